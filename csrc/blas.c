@@ -1,0 +1,40 @@
+/*
+ * blas.c - row-major GEMM over the BLAS pointer table.
+ *
+ * BLAS is column-major; a row-major (M, N) matrix is the column-major (N, M) matrix of its
+ * transpose, so row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: call gemm
+ * with the operands swapped. This is the only place that knows it.
+ */
+#include <string.h>
+#include "internal.h"
+
+static lstmc_sgemm_fn sgemm_ptr = NULL;
+static lstmc_dgemm_fn dgemm_ptr = NULL;
+
+void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm)
+{
+    sgemm_ptr = sgemm;
+    dgemm_ptr = dgemm;
+}
+
+int lstmc_blas_ready(void) { return sgemm_ptr != NULL && dgemm_ptr != NULL; }
+
+#define DEFINE_GEMM(real, sfx, fn)                                                             \
+    void lstmc_gemm_##sfx(int transa, int transb, int M, int N, int K, real alpha,              \
+                          const real *A, int lda, const real *B, int ldb, real beta, real *C,   \
+                          int ldc)                                                              \
+    {                                                                                           \
+        if (M <= 0 || N <= 0)                                                                   \
+            return;                                                                             \
+        if (K <= 0) { /* BLAS would reject lda < 1; the product is empty: C = beta C */         \
+            for (int i = 0; i < M; i++)                                                         \
+                for (int j = 0; j < N; j++)                                                     \
+                    C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];      \
+            return;                                                                             \
+        }                                                                                       \
+        char ta = transb ? 'T' : 'N', tb = transa ? 'T' : 'N';                                  \
+        lstmc_blas_int m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;                       \
+        fn(&ta, &tb, &m, &n, &k, &alpha, (real *)B, &la, (real *)A, &lb, &beta, C, &lc);        \
+    }
+DEFINE_GEMM(float, f32, sgemm_ptr)
+DEFINE_GEMM(double, f64, dgemm_ptr)

@@ -1,0 +1,138 @@
+/*
+ * lstmc.h - the C API of lstmc's recurrent kernels (C99, no Python.h).
+ *
+ * Dimension letters used everywhere:
+ *   T = time steps, B = batch rows, I = input width of layer 0, H = hidden units,
+ *   P = projection width (LSTM proj_size; 0 = none), Hout = P ? P : H (width of h),
+ *   L = layers, D = directions (1 or 2), G = gate blocks per cell (LSTM 4),
+ *   N = number of valid (t, b) positions = sum over t of batch_sizes[t].
+ *
+ * Sequence layout ("packed", as PyTorch's PackedSequence): rows are sorted by length,
+ * longest first; step t holds the batch_sizes[t] rows still running, so the active rows of
+ * every step are a prefix 0..n_t-1 of the batch. Position (t, j) lives at packed row
+ * off[t] + j with off[t] = sum_{s<t} batch_sizes[s]. A dense batch is the special case
+ * batch_sizes[t] = B, where the packed layout is plain time-major (T, B, .). Padding is never
+ * stored, so it can neither cost compute nor leak NaNs.
+ *
+ * Parameter layout: one flat buffer, PyTorch's own order and shapes (row-major), for
+ * layer l = 0..L-1, then direction d = 0..D-1:
+ *   w_ih (G*H, I_l)    I_l = I for l = 0, D*Hout above
+ *   w_hh (G*H, Hout)
+ *   b_ih (G*H), b_hh (G*H)        only when the descriptor has bias
+ *   w_hr (P, H)                   only when P > 0
+ * with gate blocks of H rows in PyTorch order (LSTM: i, f, g, o). Gradients use the same
+ * layout and ACCUMULATE (+=): zeroing them is the caller's one memset.
+ *
+ * Every entry point returns LSTMC_OK or an error status; none allocates memory. Callers own
+ * two workspaces sized by the functions below: `reserve` (what a training forward saves for
+ * backward) and `scratch` (reused freely between calls).
+ */
+#ifndef LSTMC_H
+#define LSTMC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- BLAS, reached through pointers (Fortran ABI, column-major) ------------------------ */
+#ifdef LSTMC_BLAS_ILP64
+typedef int64_t lstmc_blas_int;
+#else
+typedef int lstmc_blas_int;
+#endif
+
+typedef void (*lstmc_sgemm_fn)(char *transa, char *transb, lstmc_blas_int *m, lstmc_blas_int *n,
+                               lstmc_blas_int *k, float *alpha, float *a, lstmc_blas_int *lda,
+                               float *b, lstmc_blas_int *ldb, float *beta, float *c,
+                               lstmc_blas_int *ldc);
+typedef void (*lstmc_dgemm_fn)(char *transa, char *transb, lstmc_blas_int *m, lstmc_blas_int *n,
+                               lstmc_blas_int *k, double *alpha, double *a, lstmc_blas_int *lda,
+                               double *b, lstmc_blas_int *ldb, double *beta, double *c,
+                               lstmc_blas_int *ldc);
+
+/* Hand the BLAS routines to the kernels once, before any other call. */
+void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm);
+
+/* ---- status codes ------------------------------------------------------------------------ */
+enum {
+    LSTMC_OK = 0,
+    LSTMC_ERR_ARG = 1,    /* a descriptor field is out of range */
+    LSTMC_ERR_NOBLAS = 2  /* lstmc_set_blas was never called */
+};
+
+/* ---- threads ----------------------------------------------------------------------------- */
+int lstmc_openmp_enabled(void);       /* 1 if built with OpenMP */
+void lstmc_set_num_threads(int n);    /* threads of the elementwise passes (n >= 1) */
+int lstmc_get_num_threads(void);
+
+/* ---- sequences --------------------------------------------------------------------------- */
+enum { LSTMC_CELL_LSTM = 0 };
+
+/* which tensor of a layer/direction, for lstmc_seq_param_offset */
+enum { LSTMC_W_IH = 0, LSTMC_W_HH = 1, LSTMC_B_IH = 2, LSTMC_B_HH = 3, LSTMC_W_HR = 4 };
+
+typedef struct {
+    int cell;                /* LSTMC_CELL_* */
+    int steps, batch, input; /* T, B, I */
+    int hidden, proj;        /* H, P (0 = no projection) */
+    int layers, dirs;        /* L, D */
+    int bias;                /* 1 when b_ih / b_hh are present */
+    const int *batch_sizes;  /* (T) rows running at step t: non-increasing, <= B */
+    const int *lengths;      /* (B) steps of each (sorted) row: batch_sizes[t] = #{j : lengths[j] > t} */
+} lstmc_seq;
+
+/* Checks the descriptor (sizes, monotone batch_sizes consistent with lengths). */
+int lstmc_seq_check(const lstmc_seq *s);
+
+size_t lstmc_seq_rows(const lstmc_seq *s);          /* N */
+size_t lstmc_seq_param_count(const lstmc_seq *s);   /* elements of the flat parameter buffer */
+/* Offset of one tensor in the flat buffer; (size_t)-1 if it does not exist. */
+size_t lstmc_seq_param_offset(const lstmc_seq *s, int layer, int dir, int which);
+size_t lstmc_seq_reserve_size(const lstmc_seq *s);  /* elements saved by a training forward */
+size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train); /* elements of scratch */
+
+/*
+ * Forward over the whole sequence, all layers and directions.
+ *   y        (N, D*Hout)      packed output of the last layer
+ *   hn, cn   (L*D, B, Hout), (L*D, B, H)   final states, sorted row order (cn: LSTM only)
+ *   reserve  lstmc_seq_reserve_size(s) elements, or NULL for inference (stores nothing)
+ *   x        (N, I)           packed input
+ *   h0, c0   like hn, cn, or NULL for zeros
+ *   masks    (L-1, N, D*Hout) dropout multipliers for the input of layers 1..L-1, or NULL
+ *   params   flat parameters (layout above)
+ *   scratch  lstmc_seq_scratch_size(s, reserve != NULL) elements
+ */
+int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve,
+                          const float *x, const float *h0, const float *c0, const float *masks,
+                          const float *params, float *scratch, const lstmc_seq *s);
+int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
+                          const double *x, const double *h0, const double *c0,
+                          const double *masks, const double *params, double *scratch,
+                          const lstmc_seq *s);
+
+/*
+ * Backward through time after a training forward with the same x, masks, params, reserve.
+ *   dx        (N, I)          written (not accumulated)
+ *   dh0, dc0  like h0, c0     written
+ *   dparams   flat gradients  ACCUMULATED
+ *   dy        (N, D*Hout)     gradient of y
+ *   dhn, dcn  like hn, cn, or NULL for zeros
+ *   reserve   read only: backward may run again on the same forward (gradients add up)
+ */
+int lstmc_seq_backward_f32(float *dx, float *dh0, float *dc0, float *dparams,
+                           const float *reserve,
+                           const float *dy, const float *dhn, const float *dcn,
+                           const float *x, const float *masks, const float *params,
+                           float *scratch, const lstmc_seq *s);
+int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams,
+                           const double *reserve, const double *dy, const double *dhn,
+                           const double *dcn, const double *x, const double *masks,
+                           const double *params, double *scratch, const lstmc_seq *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LSTMC_H */

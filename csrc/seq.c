@@ -1,0 +1,214 @@
+/*
+ * seq.c - the cell-agnostic sequence driver: sizes and layouts (here), and the forward and
+ * backward time loops over layers and directions (seq.inc, stamped once per dtype).
+ *
+ * Per layer and direction the work is:
+ *   forward   gates = X W_ih^T                      one GEMM over all N positions
+ *             per step: gh = h W_hh^T (running rows only), one fused elementwise pass,
+ *             and for a projection h = r W_hr^T
+ *   backward  per step: the elementwise gate backward and dh_prev = dgates W_hh
+ *             after the loop, as single GEMMs: dW_ih += dgates^T X, dW_hh += dgates^T H_prev,
+ *             db += 1^T dgates, dW_hr += dh^T r, dX = dgates W_ih
+ * Rows are sorted by length, so the rows still running at any step are a prefix of the batch:
+ * finished rows are simply outside every GEMM and pass, and cost nothing.
+ */
+#include <string.h>
+#include "internal.h"
+
+static int lstmc_threads = 0; /* 0: not set yet, use the OpenMP default */
+
+int lstmc_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void lstmc_set_num_threads(int n) { lstmc_threads = n > 0 ? n : 1; }
+
+int lstmc_get_num_threads(void)
+{
+    if (lstmc_threads > 0)
+        return lstmc_threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int gates_of(int cell) { return cell == LSTMC_CELL_LSTM ? 4 : 0; }
+static size_t hout_of(const lstmc_seq *s) { return (size_t)(s->proj > 0 ? s->proj : s->hidden); }
+static size_t input_of(const lstmc_seq *s, int l) { return l == 0 ? (size_t)s->input : s->dirs * hout_of(s); }
+
+int lstmc_seq_check(const lstmc_seq *s)
+{
+    if (!s || gates_of(s->cell) == 0 || s->steps < 1 || s->batch < 1 || s->input < 1 || s->hidden < 1 ||
+        s->proj < 0 || (s->proj > 0 && s->proj >= s->hidden) || s->layers < 1 || (s->dirs != 1 && s->dirs != 2) ||
+        !s->batch_sizes || !s->lengths)
+        return LSTMC_ERR_ARG;
+    if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)
+        return LSTMC_ERR_ARG;
+    for (int t = 0; t < s->steps; t++) {
+        const int n = s->batch_sizes[t];
+        if (n < 0 || n > (t ? s->batch_sizes[t - 1] : s->batch))
+            return LSTMC_ERR_ARG;
+    }
+    for (int j = 0; j < s->batch; j++) {
+        const int len = s->lengths[j];
+        /* row j runs exactly for t < len: it is inside the prefix of those steps only */
+        if (len < 0 || len > s->steps || (j && len > s->lengths[j - 1]) ||
+            (len > 0 && s->batch_sizes[len - 1] <= j) || (len < s->steps && s->batch_sizes[len] > j))
+            return LSTMC_ERR_ARG;
+    }
+    return LSTMC_OK;
+}
+
+size_t lstmc_seq_rows(const lstmc_seq *s)
+{
+    size_t N = 0;
+    for (int t = 0; t < s->steps; t++)
+        N += (size_t)s->batch_sizes[t];
+    return N;
+}
+
+/* sizes of the tensors of one layer/direction, in the order of the flat buffer */
+static void param_sizes(const lstmc_seq *s, int l, size_t sz[5])
+{
+    const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
+    sz[LSTMC_W_IH] = GH * input_of(s, l);
+    sz[LSTMC_W_HH] = GH * hout_of(s);
+    sz[LSTMC_B_IH] = s->bias ? GH : 0;
+    sz[LSTMC_B_HH] = s->bias ? GH : 0;
+    sz[LSTMC_W_HR] = (size_t)s->proj * s->hidden;
+}
+
+size_t lstmc_seq_param_offset(const lstmc_seq *s, int layer, int dir, int which)
+{
+    size_t off = 0, sz[5];
+    if (layer < 0 || layer >= s->layers || dir < 0 || dir >= s->dirs || which < 0 || which > 4)
+        return (size_t)-1;
+    for (int l = 0; l < s->layers; l++)
+        for (int d = 0; d < s->dirs; d++) {
+            param_sizes(s, l, sz);
+            for (int w = 0; w < 5; w++) {
+                if (l == layer && d == dir && w == which)
+                    return sz[w] ? off : (size_t)-1;
+                off += sz[w];
+            }
+        }
+    return (size_t)-1;
+}
+
+size_t lstmc_seq_param_count(const lstmc_seq *s)
+{
+    size_t n = 0, sz[5];
+    for (int l = 0; l < s->layers; l++) {
+        param_sizes(s, l, sz);
+        n += s->dirs * (sz[0] + sz[1] + sz[2] + sz[3] + sz[4]);
+    }
+    return n;
+}
+
+/* ---- workspaces --------------------------------------------------------------------------
+ * reserve, per layer l and direction d (training only):
+ *   gates (N, G*H)   activated gates          c, c_prev (N, H) each
+ *   h_prev (N, Hout) the h each step read     r (N, H) o*tanh(c), only with a projection
+ * and per layer l >= 1 its input X_l (N, D*Hout), after dropout.
+ * scratch: see scratch_layout. Element counts; the int area holds T + B ints, which fit in
+ * T + B elements of any real type. */
+typedef struct {
+    size_t gates, c, cprev, hprev, r, per_dir, x_in, per_layer;
+} reserve_layout;
+
+static reserve_layout reserve_of(const lstmc_seq *s)
+{
+    const size_t N = lstmc_seq_rows(s), GH = (size_t)gates_of(s->cell) * s->hidden;
+    const size_t H = (size_t)s->hidden, Hout = hout_of(s);
+    reserve_layout r;
+    r.gates = 0;
+    r.c = r.gates + N * GH;
+    r.cprev = r.c + N * H;
+    r.hprev = r.cprev + N * H;
+    r.r = r.hprev + N * Hout;
+    r.per_dir = r.r + (s->proj > 0 ? N * H : 0);
+    r.x_in = s->dirs * r.per_dir;
+    r.per_layer = r.x_in + N * s->dirs * Hout;
+    return r;
+}
+
+/* offset of layer l's block; layer 0 has no X_l */
+static size_t reserve_layer(const lstmc_seq *s, const reserve_layout *r, int l)
+{
+    return l == 0 ? 0 : s->dirs * r->per_dir + (size_t)(l - 1) * r->per_layer;
+}
+
+size_t lstmc_seq_reserve_size(const lstmc_seq *s)
+{
+    const reserve_layout r = reserve_of(s);
+    return reserve_layer(s, &r, s->layers);
+}
+
+typedef struct {
+    size_t ints, bias, gh, h, c, r, gx, ybuf0, ybuf1;          /* forward */
+    size_t ones, dgates, dgs, dh, dc, dht, dr, dhp, dx0, dx1;  /* backward */
+    size_t total;
+} scratch_layout;
+
+static scratch_layout scratch_of(const lstmc_seq *s, int train)
+{
+    const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch, GH = (size_t)gates_of(s->cell) * s->hidden;
+    const size_t H = (size_t)s->hidden, Hout = hout_of(s), P = (size_t)s->proj, Y = s->dirs * Hout;
+    const size_t inter = s->layers > 1 ? N * Y : 0;   /* a between-layer activation */
+    scratch_layout w;
+    size_t at = 0;
+#define TAKE(field, count) (w.field = at, at += (count))
+    TAKE(ints, (size_t)s->steps + B);
+    TAKE(bias, GH);
+    TAKE(gh, B * GH);
+    TAKE(h, B * Hout);
+    TAKE(c, B * H);
+    TAKE(r, P ? B * H : 0);
+    TAKE(gx, train ? 0 : N * GH);
+    TAKE(ybuf0, train ? 0 : inter);
+    TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
+    TAKE(ones, train ? N : 0);
+    TAKE(dgates, train ? N * GH : 0);
+    TAKE(dgs, train ? B * GH : 0);
+    TAKE(dh, train ? B * Hout : 0);
+    TAKE(dc, train ? B * H : 0);
+    TAKE(dht, train ? B * Hout : 0);
+    TAKE(dr, train && P ? B * H : 0);
+    TAKE(dhp, train && P ? N * P : 0);
+    TAKE(dx0, train ? inter : 0);
+    TAKE(dx1, train && s->layers >= 3 ? inter : 0);
+#undef TAKE
+    w.total = at;
+    return w;
+}
+
+size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of(s, train).total; }
+
+/* Packed row of each running row j at processing step `step`: the forward direction reads
+ * time `step`, the reverse direction reads row j's own valid prefix backwards. */
+static void step_positions(const lstmc_seq *s, const int *off, int step, int reverse, int *pos)
+{
+    const int n = s->batch_sizes[step];
+    for (int j = 0; j < n; j++)
+        pos[j] = off[reverse ? s->lengths[j] - 1 - step : step] + j;
+}
+
+static void step_offsets(const lstmc_seq *s, int *off)
+{
+    off[0] = 0;
+    for (int t = 1; t < s->steps; t++)
+        off[t] = off[t - 1] + s->batch_sizes[t - 1];
+}
+
+/* ---- the time loops, once per dtype ------------------------------------------------------ */
+#include "seq.inc"
+#define LSTMC_F64
+#include "seq.inc"
+#undef LSTMC_F64

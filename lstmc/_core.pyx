@@ -1,0 +1,268 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""The one boundary between Python and lstmc's C kernels.
+
+This is the only module that touches pointers. Each entry point checks that every array it
+is handed has the dtype, size, contiguity and writability the C code will assume, then makes
+one ``with nogil:`` call; C answers with a status code and Python raises. The layers above
+(``lstmc.nn``) give the user-facing error messages; the checks here make sure that no bug
+above can become a crash below.
+"""
+import numpy as np
+
+from scipy.linalg cimport cython_blas
+
+cdef extern from "lstmc.h" nogil:
+    ctypedef int lstmc_blas_int
+    ctypedef void (*lstmc_sgemm_fn)(char *, char *, lstmc_blas_int *, lstmc_blas_int *,
+                                    lstmc_blas_int *, float *, float *, lstmc_blas_int *,
+                                    float *, lstmc_blas_int *, float *, float *,
+                                    lstmc_blas_int *) noexcept
+    ctypedef void (*lstmc_dgemm_fn)(char *, char *, lstmc_blas_int *, lstmc_blas_int *,
+                                    lstmc_blas_int *, double *, double *, lstmc_blas_int *,
+                                    double *, lstmc_blas_int *, double *, double *,
+                                    lstmc_blas_int *) noexcept
+    void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm)
+
+    enum:
+        LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS
+        LSTMC_CELL_LSTM
+        LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
+
+    int lstmc_openmp_enabled()
+    void lstmc_set_num_threads(int n)
+    int lstmc_get_num_threads()
+
+    ctypedef struct lstmc_seq:
+        int cell, steps, batch, input, hidden, proj, layers, dirs, bias
+        const int *batch_sizes
+        const int *lengths
+
+    int lstmc_seq_check(const lstmc_seq *s)
+    size_t lstmc_seq_rows(const lstmc_seq *s)
+    size_t lstmc_seq_param_count(const lstmc_seq *s)
+    size_t lstmc_seq_param_offset(const lstmc_seq *s, int layer, int dir, int which)
+    size_t lstmc_seq_reserve_size(const lstmc_seq *s)
+    size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train)
+    int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve, const float *x,
+                              const float *h0, const float *c0, const float *masks,
+                              const float *params, float *scratch, const lstmc_seq *s)
+    int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
+                              const double *x, const double *h0, const double *c0,
+                              const double *masks, const double *params, double *scratch,
+                              const lstmc_seq *s)
+    int lstmc_seq_backward_f32(float *dx, float *dh0, float *dc0, float *dparams,
+                               const float *reserve, const float *dy, const float *dhn,
+                               const float *dcn, const float *x, const float *masks,
+                               const float *params, float *scratch, const lstmc_seq *s)
+    int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams,
+                               const double *reserve, const double *dy, const double *dhn,
+                               const double *dcn, const double *x, const double *masks,
+                               const double *params, double *scratch, const lstmc_seq *s)
+
+lstmc_set_blas(<lstmc_sgemm_fn>cython_blas.sgemm, <lstmc_dgemm_fn>cython_blas.dgemm)
+
+CELL_LSTM = LSTMC_CELL_LSTM
+W_IH, W_HH, B_IH, B_HH, W_HR = LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+cdef double _empty[1]   # the address handed to C for a zero-length array (never read)
+
+
+def openmp_enabled():
+    """True when the kernels were built with OpenMP."""
+    return bool(lstmc_openmp_enabled())
+
+
+def set_num_threads(int n):
+    """Threads of the kernels' parallel elementwise passes (n >= 1)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    lstmc_set_num_threads(n)
+
+
+def get_num_threads():
+    """Threads the kernels use: set_num_threads' value, else OpenMP's default."""
+    return lstmc_get_num_threads()
+
+
+cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
+                 bint optional, bint at_least=False) except? NULL:
+    """Checks `a` and returns its data address (NULL for an allowed None)."""
+    if a is None:
+        if optional:
+            return NULL
+        raise ValueError(f"{name} is required")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    if (a.size < size) if at_least else (<size_t>a.size != size):
+        raise ValueError(f"{name} must have {'at least ' if at_least else ''}{size} elements, "
+                         f"got {a.size}")
+    if a.size == 0:
+        return <void *>_empty
+    cdef Py_ssize_t address = a.__array_interface__["data"][0]
+    return <void *>address
+
+
+cdef _raise_status(int status):
+    if status == LSTMC_ERR_ARG:
+        raise ValueError("lstmc: the C kernels rejected the sequence descriptor")
+    if status == LSTMC_ERR_NOBLAS:
+        raise RuntimeError("lstmc: no BLAS was handed to the C kernels")
+    if status != LSTMC_OK:
+        raise RuntimeError(f"lstmc: C kernels returned status {status}")
+
+
+cdef class Seq:
+    """A sequence problem: cell, sizes and the sorted row lengths (see csrc/lstmc.h).
+
+    Parameters
+    ----------
+    cell : int
+        CELL_LSTM.
+    T, B, I, H, P, L, D : int
+        Steps, batch rows, input width, hidden units, projection (0 = none), layers,
+        directions.
+    bias : bool
+    lengths : array of int, shape (B,)
+        Steps of each row, sorted in non-increasing order (the caller permutes rows).
+    """
+    cdef lstmc_seq s
+    cdef int[::1] _batch_sizes
+    cdef int[::1] _lengths
+    cdef readonly object batch_sizes, lengths
+
+    def __cinit__(self, int cell, int T, int B, int I, int H, int P, int L, int D, bint bias,
+                  lengths):
+        lengths = np.ascontiguousarray(lengths, dtype=np.intc)
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
+        if B and (lengths.min() < 0 or lengths.max() > T or np.any(np.diff(lengths) > 0)):
+            raise ValueError("lengths must be sorted non-increasing within [0, T]")
+        # batch_sizes[t] = rows still running at step t
+        batch_sizes = np.ascontiguousarray(
+            np.count_nonzero(lengths[None, :] > np.arange(T)[:, None], axis=1), dtype=np.intc)
+        self.lengths, self.batch_sizes = lengths, batch_sizes
+        self._lengths, self._batch_sizes = lengths, batch_sizes
+        self.s.cell, self.s.steps, self.s.batch, self.s.input = cell, T, B, I
+        self.s.hidden, self.s.proj, self.s.layers, self.s.dirs, self.s.bias = H, P, L, D, bias
+        self.s.batch_sizes = &self._batch_sizes[0] if T > 0 else NULL
+        self.s.lengths = &self._lengths[0] if B > 0 else NULL
+        if lstmc_seq_check(&self.s) != LSTMC_OK:
+            raise ValueError(f"invalid recurrent problem: cell={cell} T={T} B={B} I={I} H={H} "
+                             f"P={P} L={L} D={D}")
+
+    @property
+    def rows(self):
+        """N, the number of valid (t, b) positions."""
+        return lstmc_seq_rows(&self.s)
+
+    @property
+    def param_count(self):
+        return lstmc_seq_param_count(&self.s)
+
+    @property
+    def reserve_size(self):
+        return lstmc_seq_reserve_size(&self.s)
+
+    def scratch_size(self, bint train):
+        return lstmc_seq_scratch_size(&self.s, train)
+
+    def param_offset(self, int layer, int direction, int which):
+        """Offset of one tensor in the flat parameter buffer, or None if it does not exist."""
+        cdef size_t off = lstmc_seq_param_offset(&self.s, layer, direction, which)
+        return None if off == <size_t>-1 else off
+
+    def _sizes(self):
+        cdef size_t N = self.rows, B = self.s.batch, H = self.s.hidden
+        cdef size_t Hout = self.s.proj if self.s.proj > 0 else self.s.hidden
+        cdef size_t LD = self.s.layers * self.s.dirs, Y = self.s.dirs * Hout
+        return N, N * Y, LD * B * Hout, LD * B * H, N * self.s.input, (self.s.layers - 1) * N * Y
+
+    def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch):
+        """Whole-sequence forward (all arrays 1-D views, dtype of `params`).
+
+        y (N*D*Hout,), hn (L*D*B*Hout,), cn (L*D*B*H,), reserve (reserve_size,) or None for
+        inference, x (N*I,), h0/c0 like hn/cn or None, masks ((L-1)*N*D*Hout,) or None,
+        params (param_count,), scratch (>= scratch_size(reserve is not None),).
+        """
+        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+            raise TypeError("params must be a float32 or float64 numpy.ndarray")
+        dt = params.dtype
+        N, ny, nh, nc, nx, nm = self._sizes()
+        cdef bint train = reserve is not None
+        cdef void *py = _addr(y, "y", dt, ny, True, False)
+        cdef void *phn = _addr(hn, "hn", dt, nh, True, False)
+        cdef void *pcn = _addr(cn, "cn", dt, nc, True, False)
+        cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, True, True)
+        cdef void *px = _addr(x, "x", dt, nx, False, False)
+        cdef void *ph0 = _addr(h0, "h0", dt, nh, False, True)
+        cdef void *pc0 = _addr(c0, "c0", dt, nc, False, True)
+        cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
+        cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
+        cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(train), True, False, True)
+        if train and pres == NULL:   # a zero-length reserve still means "training"
+            pres = <void *>_empty
+        cdef int status
+        if dt == np.float32:
+            with nogil:
+                status = lstmc_seq_forward_f32(<float *>py, <float *>phn, <float *>pcn,
+                                               <float *>pres, <const float *>px,
+                                               <const float *>ph0, <const float *>pc0,
+                                               <const float *>pm, <const float *>pp,
+                                               <float *>pw, &self.s)
+        else:
+            with nogil:
+                status = lstmc_seq_forward_f64(<double *>py, <double *>phn, <double *>pcn,
+                                               <double *>pres, <const double *>px,
+                                               <const double *>ph0, <const double *>pc0,
+                                               <const double *>pm, <const double *>pp,
+                                               <double *>pw, &self.s)
+        _raise_status(status)
+
+    def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
+        """Backward through time after a training forward; dparams accumulates.
+
+        dx (N*I,), dh0/dc0 like h0/c0, dparams (param_count,), reserve (reserve_size,),
+        dy (N*D*Hout,), dhn/dcn or None, x, masks, params as in forward,
+        scratch (>= scratch_size(True),).
+        """
+        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+            raise TypeError("params must be a float32 or float64 numpy.ndarray")
+        dt = params.dtype
+        N, ny, nh, nc, nx, nm = self._sizes()
+        cdef void *pdx = _addr(dx, "dx", dt, nx, True, False)
+        cdef void *pdh0 = _addr(dh0, "dh0", dt, nh, True, False)
+        cdef void *pdc0 = _addr(dc0, "dc0", dt, nc, True, False)
+        cdef void *pdp = _addr(dparams, "dparams", dt, self.param_count, True, False)
+        cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, False, False)
+        cdef void *pdy = _addr(dy, "dy", dt, ny, False, False)
+        cdef void *pdhn = _addr(dhn, "dhn", dt, nh, False, True)
+        cdef void *pdcn = _addr(dcn, "dcn", dt, nc, False, True)
+        cdef void *px = _addr(x, "x", dt, nx, False, False)
+        cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
+        cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
+        cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(True), True, False, True)
+        cdef int status
+        if dt == np.float32:
+            with nogil:
+                status = lstmc_seq_backward_f32(<float *>pdx, <float *>pdh0, <float *>pdc0,
+                                                <float *>pdp, <const float *>pres,
+                                                <const float *>pdy, <const float *>pdhn,
+                                                <const float *>pdcn, <const float *>px,
+                                                <const float *>pm, <const float *>pp,
+                                                <float *>pw, &self.s)
+        else:
+            with nogil:
+                status = lstmc_seq_backward_f64(<double *>pdx, <double *>pdh0, <double *>pdc0,
+                                                <double *>pdp, <const double *>pres,
+                                                <const double *>pdy, <const double *>pdhn,
+                                                <const double *>pdcn, <const double *>px,
+                                                <const double *>pm, <const double *>pp,
+                                                <double *>pw, &self.s)
+        _raise_status(status)

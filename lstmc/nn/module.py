@@ -1,0 +1,153 @@
+"""`Module` and `Parameter`: the PyTorch-style containers of lstmc.nn.
+
+A Parameter is a pair of numpy arrays of one shape: `data` (the value) and `grad` (its
+gradient). Modules keep them as views into one flat buffer each, so writing `p.data[...]`
+changes the module, and an optimizer can update all of a module's parameters in one pass.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+
+class Parameter:
+    """A named tensor of a module: `data` and `grad`, numpy arrays of the same shape."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data, grad=None):
+        self.data = data
+        self.grad = np.zeros_like(data) if grad is None else grad
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def to_numpy(value):
+    """numpy view of an array-like, including CPU torch tensors (detached)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base class of lstmc.nn modules, after torch.nn.Module.
+
+    Subclasses assign Parameters and child Modules as attributes (they are registered in
+    assignment order) and implement `forward` and `backward`. Calling the module calls
+    `forward`.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    # ---- traversal ----------------------------------------------------------------------
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix="", recurse=True):
+        """Yields (name, Parameter), own parameters first, then the children's, dotted."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        if recurse:
+            for cname, child in self._modules.items():
+                yield from child.named_parameters(f"{prefix}.{cname}" if prefix else cname)
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    # ---- modes and gradients ------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout on, forward saves what backward needs). Returns self."""
+        object.__setattr__(self, "training", bool(mode))
+        for child in self._modules.values():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Inference mode: forward stores nothing for backward. Returns self."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self):
+        """OrderedDict name -> copy of the parameter's array (PyTorch names and shapes)."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copies arrays (numpy, CPU torch tensors, anything np.asarray takes) into the
+        parameters of the same name. With strict, missing or unexpected names are an error;
+        a shape mismatch always is."""
+        params = OrderedDict(self.named_parameters())
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        values = {}
+        for name, p in params.items():
+            if name not in state_dict:
+                continue
+            value = to_numpy(state_dict[name])
+            if value.shape != p.shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {p.shape}, got "
+                                 f"{value.shape}")
+            values[name] = value
+        for name, value in values.items():   # all checked before anything is written
+            params[name].data[...] = value
+        return missing, unexpected
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ""

@@ -1,0 +1,97 @@
+"""Build of lstmc's extension: the C kernels in csrc/ plus the Cython boundary lstmc/_core.pyx.
+
+Build-time decisions, made once here:
+- OpenMP: probed by compiling and running a tiny program with -fopenmp. Used when it works;
+  otherwise the build goes on serial with a warning (lstmc.openmp_enabled() then says False).
+- BLAS integer width: scipy's cython_blas declares its integer type; an ILP64 scipy
+  (64-bit `blas_int`) gets -DLSTMC_BLAS_ILP64 so the C pointer table matches it.
+- Flags: portable -O3, no -ffast-math. LSTMC_NATIVE=1 opts into -march=native for a local build.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import warnings
+
+from setuptools import Extension, setup
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+#include <stdio.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    printf("%d\n", n > 0);
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+def compiler():
+    return (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+
+
+def openmp_works():
+    """Compile and run a tiny OpenMP program; True when it builds and runs."""
+    if os.environ.get("LSTMC_NO_OPENMP") == "1":
+        return False
+    tmp = tempfile.mkdtemp(prefix="lstmc-omp-")
+    try:
+        src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write(OPENMP_PROBE)
+        built = subprocess.run(compiler() + ["-fopenmp", src, "-o", exe],
+                               capture_output=True, timeout=120)
+        if built.returncode != 0:
+            return False
+        ran = subprocess.run([exe], capture_output=True, timeout=60)
+        return ran.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scipy_blas_is_ilp64():
+    """True when scipy.linalg.cython_blas takes 64-bit integers (its pxd says so)."""
+    import scipy.linalg
+
+    pxd = os.path.join(os.path.dirname(scipy.linalg.__file__), "cython_blas.pxd")
+    with open(pxd) as f:
+        text = f.read()
+    m = re.search(r"ctypedef\s+([\w ]+?)\s+blas_int\b", text)
+    return bool(m) and ("64" in m.group(1) or "long" in m.group(1))
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    compile_args = ["-O3", "-Wall"]
+    link_args = []
+    macros = []
+    if openmp_works():
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+    else:
+        warnings.warn("lstmc: OpenMP not available; building the kernels single-threaded")
+    if scipy_blas_is_ilp64():
+        macros.append(("LSTMC_BLAS_ILP64", "1"))
+    if os.environ.get("LSTMC_NATIVE") == "1":
+        compile_args.append("-march=native")
+    ext = Extension(
+        "lstmc._core",
+        sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c"],
+        include_dirs=["csrc"],
+        depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/seq.inc", "csrc/lstm.inc"],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    return cythonize([ext], language_level=3, compiler_directives={"embedsignature": True})
+
+
+if __name__ == "__main__":
+    setup(ext_modules=extensions())

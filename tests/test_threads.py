@@ -1,0 +1,245 @@
+"""Threads: OpenMP present, thread-count rules, thread-count independence, GIL release.
+
+Anything that starts a fresh interpreter does so with ``subprocess`` (fork + exec: no
+OpenMP runtime is ever forked half-initialised) and a timeout, so a hang fails the test
+instead of stalling the suite.
+"""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import lstmc
+
+TIMEOUT = 120  # seconds, per child process
+
+
+@pytest.fixture(autouse=True)
+def restore_num_threads():
+    n = lstmc.get_num_threads()
+    yield
+    lstmc.set_num_threads(n)
+
+
+def run_child(code, **env_overrides):
+    env = dict(os.environ)
+    for k, v in env_overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    return proc.stdout.strip()
+
+
+# ------------------------------------------------------------------------------------------
+# OpenMP and the thread-count rules
+
+
+def test_openmp_enabled():
+    if os.environ.get("LSTMC_ALLOW_NO_OPENMP") == "1":
+        pytest.skip("LSTMC_ALLOW_NO_OPENMP=1: a serial build was asked for")
+    assert lstmc.openmp_enabled() is True, (
+        "lstmc was built WITHOUT OpenMP: the build lost it (see the setup.py probe output). "
+        "Set LSTMC_ALLOW_NO_OPENMP=1 only if a serial build is intended.")
+
+
+def test_set_get_num_threads_round_trip():
+    for n in (1, 2, 1):
+        lstmc.set_num_threads(n)
+        assert lstmc.get_num_threads() == n
+
+
+@pytest.mark.parametrize("n", [0, -1, -8])
+def test_set_num_threads_rejects_non_positive(n):
+    before = lstmc.get_num_threads()
+    with pytest.raises(ValueError):
+        lstmc.set_num_threads(n)
+    assert lstmc.get_num_threads() == before
+
+
+def test_num_threads_is_process_wide():
+    """set_num_threads in one Python thread holds in every other (OpenMP's own
+    omp_set_num_threads is per calling thread; lstmc's rule must not be)."""
+    lstmc.set_num_threads(1)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(lstmc.get_num_threads()))
+    t.start()
+    t.join(TIMEOUT)
+    assert seen == [1]
+
+
+def test_omp_num_threads_is_honoured():
+    code = ("import lstmc, numpy as np\n"
+            "m = lstmc.nn.LSTM(4, 8)\n"
+            "m(np.ones((3, 2, 4), np.float32))\n"
+            "print(lstmc.get_num_threads())")
+    assert run_child(code, OMP_NUM_THREADS="1") == "1"
+    assert int(run_child(code, OMP_NUM_THREADS=None)) >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# results do not depend on the number of threads
+
+# Measured on the 2-core CI machine kind (T=7, B=9, H=67, forward + backward, 2 layers,
+# bidirectional, with and without lengths/projection), 1 vs 2 threads: see THREAD_TOL.
+THREAD_TOL = {np.float32: 0.0, np.float64: 0.0}
+
+
+def _fwd_bwd(lstm, x, lengths, dout, hx=None):
+    lstm.zero_grad()
+    out, (h_n, c_n) = lstm(x, hx, lengths=lengths)
+    dx, (dh0, dc0) = lstm.backward(dout)
+    res = {"out": out, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0}
+    res.update({f"grad {n}": p.grad.copy() for n, p in lstm.named_parameters()})
+    return res
+
+
+def _medium(dtype, proj_size=0, seed=0):
+    rng = np.random.default_rng(seed)
+    T, B, I, H = 7, 9, 33, 67
+    lstmc.manual_seed(seed)
+    lstm = lstmc.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=proj_size,
+                         dtype=dtype)
+    H_out = proj_size or H
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dout = rng.standard_normal((T, B, 2 * H_out)).astype(dtype)
+    lengths = np.array([7, 3, 0, 7, 5, 1, 6, 7, 2])
+    return lstm, x, lengths, dout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("proj_size", [0, 19])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_one_and_two_threads_agree(dtype, proj_size, use_lengths):
+    lstm, x, lengths, dout = _medium(dtype, proj_size)
+    lengths = lengths if use_lengths else None
+    lstmc.set_num_threads(1)
+    r1 = _fwd_bwd(lstm, x, lengths, dout)
+    lstmc.set_num_threads(2)
+    r2 = _fwd_bwd(lstm, x, lengths, dout)
+    r2b = _fwd_bwd(lstm, x, lengths, dout)
+    tol = THREAD_TOL[dtype]
+    bad = []
+    for k in r1:
+        # same thread count twice: always bit-identical
+        np.testing.assert_array_equal(r2[k], r2b[k], err_msg=f"{k}: 2 threads not deterministic")
+        a, b = r1[k].astype(np.float64), r2[k].astype(np.float64)
+        scale = max(1.0, float(np.max(np.abs(a))))
+        err = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if not err <= tol * scale:
+            bad.append(f"{k}: max|1 thread - 2 threads| = {err:.3e} (scale {scale:.3g})")
+    assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# the GIL is released during every C call
+
+
+def _spin_rate(seconds=0.1):
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n += 1
+    return n / seconds
+
+
+def _counter_during(call):
+    """Run ``call`` in this thread while another Python thread counts; returns
+    (increments seen during the call, seconds the call took, the counter's solo rate/s)."""
+    rate = _spin_rate()
+    count = [0]
+    stop = threading.Event()
+
+    def spin():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            count[0] = n
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.05)
+        c0, t0 = count[0], time.perf_counter()
+        call()
+        t1, c1 = time.perf_counter(), count[0]
+    finally:
+        stop.set()
+        t.join(TIMEOUT)
+    return c1 - c0, t1 - t0, rate
+
+
+def test_gil_released_during_forward_and_backward():
+    lstmc.set_num_threads(1)  # leave the second core to the counting thread
+    rng = np.random.default_rng(0)
+    T, B, H = 200, 32, 512
+    lstm = lstmc.nn.LSTM(H, H, dtype=np.float32)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    out, _ = lstm(x)  # warm-up: workspaces, BLAS threads
+    dout = np.ones_like(out)
+    lstm.backward(dout)
+
+    res = {}
+    n_f, dt_f, rate = _counter_during(lambda: res.setdefault("out", lstm(x)))
+    n_b, dt_b, _ = _counter_during(lambda: lstm.backward(dout))
+    # If the GIL were held through the C call the counter would advance only in the short
+    # Python parts of the call (a few switch intervals). Demand a tenth of its solo speed.
+    for what, n, dt in (("forward", n_f, dt_f), ("backward", n_b, dt_b)):
+        assert dt > 0.05, f"{what} too short ({dt:.3f} s) to tell anything"
+        assert n > 0.1 * rate * dt and n > 10000, (
+            f"{what}: another Python thread counted only {n} during a {dt:.3f} s call "
+            f"(solo rate {rate:.0f}/s): the GIL is not released")
+
+
+def test_two_python_threads_two_modules_match_serial():
+    lstm_a, x_a, len_a, dout_a = _medium(np.float32, 0, seed=1)
+    lstm_b, x_b, len_b, dout_b = _medium(np.float64, 19, seed=2)
+    serial_a = _fwd_bwd(lstm_a, x_a, len_a, dout_a)
+    serial_b = _fwd_bwd(lstm_b, x_b, None, dout_b)
+
+    results = {"a": [], "b": []}
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def work(key, lstm, x, lengths, dout):
+        try:
+            barrier.wait(TIMEOUT)
+            for _ in range(5):
+                results[key].append(_fwd_bwd(lstm, x, lengths, dout))
+        except BaseException as e:  # surfaced in the main thread below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=("a", lstm_a, x_a, len_a, dout_a)),
+          threading.Thread(target=work, args=("b", lstm_b, x_b, None, dout_b))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in ts), "a worker thread hung"
+    assert not errors, errors
+    for key, serial in (("a", serial_a), ("b", serial_b)):
+        assert len(results[key]) == 5
+        for i, r in enumerate(results[key]):
+            for k in serial:
+                np.testing.assert_array_equal(
+                    r[k], serial[k], err_msg=f"module {key}, run {i}, {k}: concurrent != serial")
+
+
+def test_subprocess_after_openmp_use_does_not_hang():
+    """The parent has used its OpenMP pool; a fresh child must still start and compute."""
+    lstm, x, lengths, dout = _medium(np.float32)
+    lstmc.set_num_threads(2)
+    _fwd_bwd(lstm, x, lengths, dout)
+    code = ("import lstmc, numpy as np\n"
+            "lstmc.set_num_threads(2)\n"
+            "m = lstmc.nn.LSTM(8, 16, num_layers=2)\n"
+            "out, _ = m(np.ones((5, 3, 8), np.float32))\n"
+            "m.backward(np.ones_like(out))\n"
+            "print('ok')")
+    assert run_child(code) == "ok"
