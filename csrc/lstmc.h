@@ -81,7 +81,8 @@ typedef struct {
     int layers, dirs;        /* L, D */
     int bias;                /* 1 when b_ih / b_hh are present */
     const int *batch_sizes;  /* (T) rows running at step t: non-increasing, <= B */
-    const int *lengths;      /* (B) steps of each (sorted) row: batch_sizes[t] = #{j : lengths[j] > t} */
+    const int *lengths;      /* (B) steps of each (sorted, longest first) row:
+                                batch_sizes[t] = #{j : lengths[j] > t} */
 } lstmc_seq;
 
 /* Checks the descriptor (sizes, monotone batch_sizes consistent with lengths). */

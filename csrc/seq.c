@@ -41,13 +41,16 @@ int lstmc_get_num_threads(void)
 
 static int gates_of(int cell) { return cell == LSTMC_CELL_LSTM ? 4 : 0; }
 static size_t hout_of(const lstmc_seq *s) { return (size_t)(s->proj > 0 ? s->proj : s->hidden); }
-static size_t input_of(const lstmc_seq *s, int l) { return l == 0 ? (size_t)s->input : s->dirs * hout_of(s); }
+static size_t input_of(const lstmc_seq *s, int l)
+{
+    return l == 0 ? (size_t)s->input : s->dirs * hout_of(s);
+}
 
 int lstmc_seq_check(const lstmc_seq *s)
 {
-    if (!s || gates_of(s->cell) == 0 || s->steps < 1 || s->batch < 1 || s->input < 1 || s->hidden < 1 ||
-        s->proj < 0 || (s->proj > 0 && s->proj >= s->hidden) || s->layers < 1 || (s->dirs != 1 && s->dirs != 2) ||
-        !s->batch_sizes || !s->lengths)
+    if (!s || gates_of(s->cell) == 0 || s->steps < 1 || s->batch < 1 || s->input < 1 ||
+        s->hidden < 1 || s->proj < 0 || (s->proj > 0 && s->proj >= s->hidden) ||
+        s->layers < 1 || (s->dirs != 1 && s->dirs != 2) || !s->batch_sizes || !s->lengths)
         return LSTMC_ERR_ARG;
     if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)
         return LSTMC_ERR_ARG;
@@ -60,7 +63,8 @@ int lstmc_seq_check(const lstmc_seq *s)
         const int len = s->lengths[j];
         /* row j runs exactly for t < len: it is inside the prefix of those steps only */
         if (len < 0 || len > s->steps || (j && len > s->lengths[j - 1]) ||
-            (len > 0 && s->batch_sizes[len - 1] <= j) || (len < s->steps && s->batch_sizes[len] > j))
+            (len > 0 && s->batch_sizes[len - 1] <= j) ||
+            (len < s->steps && s->batch_sizes[len] > j))
             return LSTMC_ERR_ARG;
     }
     return LSTMC_OK;
@@ -159,7 +163,8 @@ typedef struct {
 
 static scratch_layout scratch_of(const lstmc_seq *s, int train)
 {
-    const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch, GH = (size_t)gates_of(s->cell) * s->hidden;
+    const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch;
+    const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
     const size_t H = (size_t)s->hidden, Hout = hout_of(s), P = (size_t)s->proj, Y = s->dirs * Hout;
     const size_t inter = s->layers > 1 ? N * Y : 0;   /* a between-layer activation */
     scratch_layout w;

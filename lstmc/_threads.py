@@ -21,15 +21,22 @@ def _find_blas_setter():
     if _blas_name is not None:
         return _blas_setter
     _blas_name = ""
+    import os
+
+    import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (makes sure scipy's BLAS is loaded)
+
+    # scipy's wheel keeps its OpenBLAS in site-packages/scipy.libs (or a scipy_openblas*
+    # package); numpy loads another copy from numpy.libs, which is not the one lstmc calls
+    site = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+    ours = (os.path.join(site, "scipy"), os.path.join(site, "scipy_openblas"))
 
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
     except OSError:
         return None
-    # numpy ships its own OpenBLAS: prefer the one inside scipy's wheel
-    for path in sorted(paths, key=lambda p: "scipy" not in p):
+    for path in [p for p in paths if p.startswith(ours)]:
         try:
             lib = ctypes.CDLL(path)
         except OSError:

@@ -1,0 +1,53 @@
+"""Command line: `python -m lstmc info` (more commands arrive with the demo and benchmarks)."""
+import argparse
+import platform
+import sys
+
+
+def _cpu_features():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [x for x in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw",
+                                        "avx512_bf16") if x in flags]
+    except OSError:
+        pass
+    return []
+
+
+def info():
+    import numpy
+    import scipy
+
+    import lstmc
+    from lstmc import _threads
+
+    rows = [
+        ("lstmc", lstmc.__version__),
+        ("python", platform.python_version()),
+        ("numpy / scipy", f"{numpy.__version__} / {scipy.__version__}"),
+        ("OpenMP", "yes" if lstmc.openmp_enabled() else "no (serial build)"),
+        ("threads", str(lstmc.get_num_threads())),
+        ("BLAS (scipy's)", _threads.blas_library() or "not identified"),
+        ("CPU", platform.processor() or platform.machine()),
+        ("vector features", " ".join(_cpu_features()) or "unknown"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lstmc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="version, OpenMP, threads, BLAS and CPU features")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        info()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
