@@ -27,13 +27,14 @@ What is measured, per grid row and thread count (float32, time-major input, fixe
 Both libraries run in the same process with the same weights (torch's state_dict is loaded into
 lstmc), interleaved per row in rounds (lstmc block, then torch block, repeated), so that noise on
 this shared machine hits both; each figure is the median of all its timed calls. Each block
-starts with one untimed call (caches and the other library's spinning threads settle). Reps are
-sized from a probe call to a time budget per figure unless ``--reps`` fixes them.
+starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so that caches and the other
+library's spinning worker threads settle. Reps are sized from a probe call to a time budget per
+figure unless ``--reps`` fixes them.
 
 GFLOP/s use ``lstm_flops`` below (grid.json "about"); "% peak" is lstmc's GFLOP/s over the
 float32 numpy matmul (2048^3) peak measured in the same run at the same thread count. Numpy's BLAS
 thread count is set for that matmul with threadpoolctl when installed, else through OpenBLAS's
-``*_set_num_threads`` via ctypes, else not at all (the output says which). Threads: 
+``*_set_num_threads`` via ctypes, else not at all (the output says which). Threads:
 ``lstmc.set_num_threads(n)`` and ``torch.set_num_threads(n)``; lstmc's own BLAS threading is left
 to ``lstmc.set_num_threads``.
 """
@@ -65,12 +66,13 @@ SECTION_MODES = {
     "variable_length": ("fwd", "train"),
 }
 QUICK_ROWS = ["inf_h512_b1_t25", "inf_h1024_b4_t25", "trn_h512_b16_t25",
-              "nlp_i128_h256_b32_t100_l2", "bi_i128_h256_b32_t100_l2", "varlen_i256_h512_b32_t100"]
+              "bi_i128_h256_b32_t100_l2", "varlen_i256_h512_b32_t100"]
 
 # Timing budget per figure (one library, row, mode and thread count): seconds, min/max timed reps,
 # and the number of interleaving rounds the reps are split into.
 FULL = dict(budget=1.0, min_reps=5, max_reps=100, rounds=3, peak_reps=6)
 QUICK = dict(budget=0.25, min_reps=3, max_reps=25, rounds=2, peak_reps=4)
+WARM_S = 0.1      # untimed settling at the start of each block (see measure)
 PEAK_N = 2048
 CHECK_ATOL = 2e-3  # |lstmc - torch| on the forward output, float32, same weights
 
@@ -218,8 +220,7 @@ def measure(runners, cfg, reps=None):
     """Interleaved timing. runners: {lib: fn}; returns {lib: [seconds, ...]} (errors: str)."""
     probe, samples, nreps = {}, {}, {}
     for lib, fn in runners.items():
-        try:
-            fn()                            # first call: one-time setup, allocation
+        try:                                # untimed probe (includes one-time setup): sizes reps
             probe[lib] = _time_calls(fn, 1)[0]
         except Exception as e:              # a row the library cannot run yet
             samples[lib] = "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
@@ -236,9 +237,14 @@ def measure(runners, cfg, reps=None):
         for lib in live:
             n = nreps[lib] // rounds + (1 if r < nreps[lib] % rounds else 0)
             gc.collect()
-            time.sleep(0.01)                # let the other library's worker threads go idle
-            if probe[lib] < 0.1:
-                runners[lib]()              # untimed: re-warm caches after the other library
+            # Settle for WARM_S before timing: the other library's worker threads (OpenBLAS
+            # spins ~0.1 s after a call) go idle meanwhile; fast calls also re-warm caches.
+            if probe[lib] < WARM_S:
+                t_end = time.perf_counter() + WARM_S
+                while time.perf_counter() < t_end:
+                    runners[lib]()
+            else:
+                time.sleep(WARM_S)
             samples[lib] += _time_calls(runners[lib], n)
     return samples
 
@@ -312,6 +318,9 @@ def markdown(results, streaming, peaks, meta, with_torch):
     out.append("lstmc %s vs %s, float32, medians; %s." % (
         meta["lstmc_version"], ("PyTorch %s" % meta["torch_version"]) if with_torch
         else "no PyTorch", meta["machine"]))
+    out.append("Run %s, %.0f s; load average before/after %s / %s (another process busy on the "
+               "cores makes every figure, above all the 2-thread ones, unreliable)." % (
+                   meta["date"], meta["elapsed_s"], meta["load_before"], meta["load_after"]))
     out.append("sgemm peak (numpy float32 %d^3 matmul, median of %d; numpy BLAS threads: %s): %s." % (
         PEAK_N, meta["peak_reps"], meta["blas_threads"],
         ", ".join("%d thr %.0f GFLOP/s" % (t, p) for t, p in sorted(peaks.items()))))
@@ -356,6 +365,13 @@ def markdown(results, streaming, peaks, meta, with_torch):
                      "see stderr." % CHECK_ATOL)
     out += ["- " + n for n in notes]
     return "\n".join(out)
+
+
+def _loadavg():
+    try:
+        return "%.1f" % os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return "?"
 
 
 def machine_desc():
@@ -434,7 +450,8 @@ def main(argv=None):
                 numpy_version=np.__version__, python=platform.python_version(),
                 machine=machine_desc(), blas_threads=blas_thread_method(),
                 grid=str(grid_path), quick=args.quick, threads=threads,
-                peak_reps=2 * cfg["peak_reps"], date=time.strftime("%Y-%m-%d %H:%M:%S"))
+                peak_reps=2 * cfg["peak_reps"], date=time.strftime("%Y-%m-%d %H:%M"),
+                load_before=_loadavg())
     say = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     say("bench_lstm: grid %s; %d rows; threads %s; lstmc %s (OpenMP %s)%s; BLAS threads: %s" % (
         grid_path, len(cases), threads, meta["lstmc_version"], meta["lstmc_openmp"],
@@ -512,6 +529,7 @@ def main(argv=None):
     results.sort(key=lambda r: (order[r["row"]], r["mode"] != "fwd", r["threads"]))
     elapsed = time.perf_counter() - t_start
     meta["elapsed_s"] = elapsed
+    meta["load_after"] = _loadavg()
     print(markdown(results, streaming, peaks, meta, with_torch))
     say("bench_lstm: done in %.0f s" % elapsed)
     if args.json:

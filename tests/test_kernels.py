@@ -29,8 +29,8 @@ TOL_OUT = {np.float32: (1e-4, 1e-5), np.float64: (1e-10, 1e-10)}
 TOL_GRAD = {np.float32: (1e-3, 1e-4), np.float64: (1e-10, 1e-10)}
 
 # Sized so that the whole file stays well under 60 s on the 2-core CI machine.
-GRID_EXAMPLES = 120
-SMALL_EXAMPLES = 30
+GRID_EXAMPLES = 300
+SMALL_EXAMPLES = 40
 _SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                       HealthCheck.data_too_large])
 
@@ -250,14 +250,16 @@ def test_lstm_matches_reference_corners(dtype, case):
 @settings(max_examples=SMALL_EXAMPLES, **_SETTINGS)
 @given(T=st.integers(1, 5), I=st.integers(1, 9), H=st.integers(2, 9), L=st.integers(1, 2),
        bidirectional=st.booleans(), use_proj=st.booleans(), hx=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_unbatched_matches_reference(dtype, T, I, H, L, bidirectional, use_proj, hx, seed):
-    """x (T, I), hx ((D*L, H_out), (D*L, H)): same numbers as a batch of one."""
+       batch_first=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_unbatched_matches_reference(dtype, T, I, H, L, bidirectional, use_proj, hx, batch_first,
+                                     seed):
+    """x (T, I), hx ((D*L, H_out), (D*L, H)): same numbers as a batch of one (batch_first
+    does not apply to unbatched input, as in torch)."""
     rng = np.random.default_rng(seed)
     D, P = (2 if bidirectional else 1), (H // 2 if use_proj else 0)
     H_out = P or H
-    lstm = make_lstm(I, H, L, bidirectional=bidirectional, proj_size=P, dtype=dtype, rng=rng,
-                     wscale=0.8)
+    lstm = make_lstm(I, H, L, batch_first=batch_first, bidirectional=bidirectional, proj_size=P,
+                     dtype=dtype, rng=rng, wscale=0.8)
     x = rng.standard_normal((T, I)).astype(dtype)
     h0c0 = None
     if hx:
@@ -313,6 +315,45 @@ def test_lstm_cell_matches_reference(dtype, B, I, H, bias, hx, seed):
                    ("dx", dx, back(r_dx), tg), ("dh", dh, back(r_dh), tg),
                    ("dc", dc, back(r_dc), tg)]
                   + [(f"grad {n}", grads[n], r_g[short[n]], tg) for n in grads], "LSTMCell")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("H, P", [(67, 0), (130, 0), (130, 65)], ids=["H67", "H130", "H130-P65"])
+def test_lstm_matches_reference_wider(dtype, H, P):
+    """Hidden sizes past one 64-unit block, and B * H large enough for the elementwise
+    passes to go parallel: the grid above (H <= 9) reaches neither."""
+    case = dict(T=3, B=33, I=10, H=H, P=P, L=2, bidirectional=True, bias=True,
+                batch_first=False, lengths=list(np.arange(33) % 4), len_dtype=np.int64, hx=True,
+                dhx="both", wscale=None, xscale=1.0, seed=H + P)
+    check_tensors(run_case(case, dtype), f"lstmc vs reference, {np.dtype(dtype).name}, H={H} P={P}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_caller_may_mutate_its_arrays_between_forward_and_backward(dtype):
+    """Forward must not keep views of x / hx / lengths, and out / h_n / c_n must not be the
+    saved state: writing any of them before backward changes nothing."""
+    rng = np.random.default_rng(11)
+    lstm = make_lstm(4, 6, 2, bidirectional=True, proj_size=3, dtype=dtype, rng=rng, wscale=0.8)
+    x = rng.standard_normal((5, 3, 4)).astype(dtype)
+    h0 = rng.standard_normal((4, 3, 3)).astype(dtype)
+    c0 = rng.standard_normal((4, 3, 6)).astype(dtype)
+    lengths = np.array([5, 2, 4])
+    dout = rng.standard_normal((5, 3, 6)).astype(dtype)
+
+    def run(mutate):
+        xx, hh, cc, ll = x.copy(), h0.copy(), c0.copy(), lengths.copy()
+        out, (h_n, c_n) = lstm(xx, (hh, cc), lengths=ll)
+        for a in mutate(xx, hh, cc, ll, out, h_n, c_n):
+            a[...] = 7
+        lstm.zero_grad()
+        dx, (dh0, dc0) = lstm.backward(dout)
+        return [dx, dh0, dc0] + [g for g in grads_by_name(lstm).values()]
+
+    base = run(lambda *arrays: [])
+    for i, name in enumerate(["x", "h0", "c0", "lengths", "out", "h_n", "c_n"]):
+        got = run(lambda *arrays: [arrays[i]])
+        for a, b in zip(got, base):
+            np.testing.assert_array_equal(a, b, err_msg=f"writing {name} after forward changed backward")
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import lstmc  # noqa: E402
-from conftest import assert_close, close_report  # noqa: E402
+from conftest import close_report  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 T, B, I, H, P = 5, 4, 7, 5, 3
