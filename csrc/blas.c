@@ -19,6 +19,50 @@ void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm)
 
 int lstmc_blas_ready(void) { return sgemm_ptr != NULL && dgemm_ptr != NULL; }
 
+static lstmc_get_threads_fn blas_get_threads = NULL;
+static lstmc_set_threads_fn blas_set_threads = NULL;
+#ifdef _OPENMP
+static int blas_users = 0, blas_saved_threads = 1;
+#endif
+
+void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn set)
+{
+    blas_get_threads = get;
+    blas_set_threads = set;
+}
+
+/* Concurrent calls (Python threads) count in and out; the first one in pins the BLAS to one
+ * thread, the last one out restores what it found. Serial builds leave the BLAS alone: there
+ * the calling thread is the only lstmc thread, and the BLAS may use its own. */
+void lstmc_blas_enter(void)
+{
+#ifdef _OPENMP
+    if (!blas_get_threads || !blas_set_threads)
+        return;
+    LSTMC_OMP(critical(lstmc_blas_threads))
+    {
+        if (blas_users++ == 0) {
+            blas_saved_threads = blas_get_threads();
+            if (blas_saved_threads != 1)
+                blas_set_threads(1);
+        }
+    }
+#endif
+}
+
+void lstmc_blas_leave(void)
+{
+#ifdef _OPENMP
+    if (!blas_get_threads || !blas_set_threads)
+        return;
+    LSTMC_OMP(critical(lstmc_blas_threads))
+    {
+        if (--blas_users == 0 && blas_saved_threads != 1)
+            blas_set_threads(blas_saved_threads);
+    }
+#endif
+}
+
 #define DEFINE_GEMM(real, sfx, fn)                                                             \
     void lstmc_gemm_##sfx(int transa, int transb, int M, int N, int K, real alpha,              \
                           const real *A, int lda, const real *B, int ldb, real beta, real *C,   \

@@ -56,6 +56,15 @@ typedef void (*lstmc_dgemm_fn)(char *transa, char *transb, lstmc_blas_int *m, ls
 /* Hand the BLAS routines to the kernels once, before any other call. */
 void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm);
 
+/* Optionally, the BLAS's own thread-count getter and setter (OpenBLAS'
+ * openblas_get_num_threads / openblas_set_num_threads). With OpenMP, lstmc runs the BLAS
+ * single-threaded inside its own team of threads while a call is in progress, and restores
+ * the BLAS's setting afterwards; without these hooks it trusts the BLAS to be single-threaded
+ * (or to detect the OpenMP region). */
+typedef int (*lstmc_get_threads_fn)(void);
+typedef void (*lstmc_set_threads_fn)(int);
+void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn set);
+
 /* ---- status codes ------------------------------------------------------------------------ */
 enum {
     LSTMC_OK = 0,

@@ -156,11 +156,13 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 }
 
 typedef struct {
-    size_t ints, bias, gh, h, c, r, gx, ybuf0, ybuf1;          /* forward */
-    size_t ones, dgates, dgs, dh, dc, dht, dr, dhp, dx0, dx1;  /* backward */
+    size_t ints, bias, gh, h, c, r, gx, ybuf0, ybuf1;           /* forward */
+    size_t ones, dgates, dgs, dhc, dc, dht, dr, dhp, dx0, dx1;  /* backward */
     size_t total;
 } scratch_layout;
 
+/* h, the carried dh and the step's gate gradients are double-buffered: a step writes one
+ * buffer while slower threads may still read the other, so one barrier per step suffices. */
 static scratch_layout scratch_of(const lstmc_seq *s, int train)
 {
     const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch;
@@ -170,10 +172,10 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     scratch_layout w;
     size_t at = 0;
 #define TAKE(field, count) (w.field = at, at += (count))
-    TAKE(ints, (size_t)s->steps + B);
+    TAKE(ints, (size_t)s->steps);   /* off[t]: T ints fit in T elements of any real */
     TAKE(bias, GH);
     TAKE(gh, B * GH);
-    TAKE(h, B * Hout);
+    TAKE(h, 2 * B * Hout);
     TAKE(c, B * H);
     TAKE(r, P ? B * H : 0);
     TAKE(gx, train ? 0 : N * GH);
@@ -181,8 +183,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     TAKE(ones, train ? N : 0);
     TAKE(dgates, train ? N * GH : 0);
-    TAKE(dgs, train ? B * GH : 0);
-    TAKE(dh, train ? B * Hout : 0);
+    TAKE(dgs, train ? 2 * B * GH : 0);
+    TAKE(dhc, train ? 2 * B * Hout : 0);
     TAKE(dc, train ? B * H : 0);
     TAKE(dht, train ? B * Hout : 0);
     TAKE(dr, train && P ? B * H : 0);
@@ -196,20 +198,29 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
 
 size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of(s, train).total; }
 
-/* Packed row of each running row j at processing step `step`: the forward direction reads
- * time `step`, the reverse direction reads row j's own valid prefix backwards. */
-static void step_positions(const lstmc_seq *s, const int *off, int step, int reverse, int *pos)
-{
-    const int n = s->batch_sizes[step];
-    for (int j = 0; j < n; j++)
-        pos[j] = off[reverse ? s->lengths[j] - 1 - step : step] + j;
-}
-
 static void step_offsets(const lstmc_seq *s, int *off)
 {
     off[0] = 0;
     for (int t = 1; t < s->steps; t++)
         off[t] = off[t - 1] + s->batch_sizes[t - 1];
+}
+
+/* This thread's share [*lo, *hi) of [0, n): contiguous chunks, multiples of `align`. */
+static void share(int n, int align, int tid, int nt, int *lo, int *hi)
+{
+    int chunk = (n + nt - 1) / nt;
+    chunk = (chunk + align - 1) / align * align;
+    *lo = tid * chunk < n ? tid * chunk : n;
+    *hi = *lo + chunk < n ? *lo + chunk : n;
+}
+
+/* Threads for one problem: all of lstmc's, unless a step is too small to share. */
+static int team_size(const lstmc_seq *s)
+{
+    const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
+    const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
+    int nt = work >= LSTMC_PAR_MIN_STEP_WORK ? lstmc_get_num_threads() : 1;
+    return nt < units ? nt : units;
 }
 
 /* ---- the time loops, once per dtype ------------------------------------------------------ */

@@ -22,6 +22,9 @@ cdef extern from "lstmc.h" nogil:
                                     double *, lstmc_blas_int *, double *, double *,
                                     lstmc_blas_int *) noexcept
     void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm)
+    ctypedef int (*lstmc_get_threads_fn)() noexcept
+    ctypedef void (*lstmc_set_threads_fn)(int) noexcept
+    void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn set)
 
     enum:
         LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS
@@ -68,13 +71,20 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 cdef double _empty[1]   # the address handed to C for a zero-length array (never read)
 
 
+def set_blas_threads_api(size_t get_address, size_t set_address):
+    """Hands C the addresses of the BLAS's int get_num_threads(void) and
+    void set_num_threads(int) (0, 0 to forget them)."""
+    lstmc_set_blas_threads_api(<lstmc_get_threads_fn>get_address,
+                               <lstmc_set_threads_fn>set_address)
+
+
 def openmp_enabled():
     """True when the kernels were built with OpenMP."""
     return bool(lstmc_openmp_enabled())
 
 
 def set_num_threads(int n):
-    """Threads of the kernels' parallel elementwise passes (n >= 1)."""
+    """Threads of the kernels (n >= 1)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     lstmc_set_num_threads(n)
