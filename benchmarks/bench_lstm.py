@@ -229,7 +229,8 @@ def measure(runners, cfg, reps=None):
             nreps[lib] = reps
         else:
             n = int(cfg["budget"] / max(probe[lib], 1e-6))
-            nreps[lib] = max(cfg["min_reps"], min(cfg["max_reps"], n))
+            floor = cfg["min_reps"] if probe[lib] < cfg["budget"] else 3  # calls > budget: 3
+            nreps[lib] = max(floor, min(cfg["max_reps"], n))
         samples[lib] = []
     live = [lib for lib in runners if lib in probe]
     rounds = max(1, min(cfg["rounds"], min([nreps[lib] for lib in live] or [1])))

@@ -53,8 +53,16 @@ typedef void (*lstmc_dgemm_fn)(char *transa, char *transb, lstmc_blas_int *m, ls
                                double *b, lstmc_blas_int *ldb, double *beta, double *c,
                                lstmc_blas_int *ldc);
 
+typedef void (*lstmc_sgemv_fn)(char *trans, lstmc_blas_int *m, lstmc_blas_int *n, float *alpha,
+                               float *a, lstmc_blas_int *lda, float *x, lstmc_blas_int *incx,
+                               float *beta, float *y, lstmc_blas_int *incy);
+typedef void (*lstmc_dgemv_fn)(char *trans, lstmc_blas_int *m, lstmc_blas_int *n, double *alpha,
+                               double *a, lstmc_blas_int *lda, double *x, lstmc_blas_int *incx,
+                               double *beta, double *y, lstmc_blas_int *incy);
+
 /* Hand the BLAS routines to the kernels once, before any other call. */
-void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm);
+void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm, lstmc_sgemv_fn sgemv,
+                    lstmc_dgemv_fn dgemv);
 
 /* Optionally, the BLAS's own thread-count getter and setter (OpenBLAS'
  * openblas_get_num_threads / openblas_set_num_threads). With OpenMP, lstmc runs the BLAS

@@ -21,7 +21,14 @@ cdef extern from "lstmc.h" nogil:
                                     lstmc_blas_int *, double *, double *, lstmc_blas_int *,
                                     double *, lstmc_blas_int *, double *, double *,
                                     lstmc_blas_int *) noexcept
-    void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm)
+    ctypedef void (*lstmc_sgemv_fn)(char *, lstmc_blas_int *, lstmc_blas_int *, float *,
+                                    float *, lstmc_blas_int *, float *, lstmc_blas_int *,
+                                    float *, float *, lstmc_blas_int *) noexcept
+    ctypedef void (*lstmc_dgemv_fn)(char *, lstmc_blas_int *, lstmc_blas_int *, double *,
+                                    double *, lstmc_blas_int *, double *, lstmc_blas_int *,
+                                    double *, double *, lstmc_blas_int *) noexcept
+    void lstmc_set_blas(lstmc_sgemm_fn sgemm, lstmc_dgemm_fn dgemm, lstmc_sgemv_fn sgemv,
+                        lstmc_dgemv_fn dgemv)
     ctypedef int (*lstmc_get_threads_fn)() noexcept
     ctypedef void (*lstmc_set_threads_fn)(int) noexcept
     void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn set)
@@ -62,7 +69,8 @@ cdef extern from "lstmc.h" nogil:
                                const double *dcn, const double *x, const double *masks,
                                const double *params, double *scratch, const lstmc_seq *s)
 
-lstmc_set_blas(<lstmc_sgemm_fn>cython_blas.sgemm, <lstmc_dgemm_fn>cython_blas.dgemm)
+lstmc_set_blas(<lstmc_sgemm_fn>cython_blas.sgemm, <lstmc_dgemm_fn>cython_blas.dgemm,
+               <lstmc_sgemv_fn>cython_blas.sgemv, <lstmc_dgemv_fn>cython_blas.dgemv)
 
 CELL_LSTM = LSTMC_CELL_LSTM
 W_IH, W_HH, B_IH, B_HH, W_HR = LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
