@@ -83,9 +83,11 @@ def extensions():
         compile_args.append("-march=native")
     ext = Extension(
         "lstmc._core",
-        sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c"],
+        sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c", "csrc/gru.c",
+                 "csrc/rnn.c"],
         include_dirs=["csrc"],
-        depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/seq.inc", "csrc/lstm.inc"],
+        depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/seq.inc",
+                 "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -28,8 +28,9 @@ Both libraries run in the same process with the same weights (torch's state_dict
 lstmc), interleaved per row in rounds (lstmc block, then torch block, repeated), so that noise on
 this shared machine hits both; each figure is the median of all its timed calls. Each block
 starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so that caches and the other
-library's spinning worker threads settle. Reps are sized from a probe call to a time budget per
-figure unless ``--reps`` fixes them.
+library's spinning worker threads settle. Reps are sized from an untimed probe call to a time
+budget per figure (1 s; --quick 0.25 s), at least 5 (3 for calls slower than the budget; --quick 3),
+unless ``--reps`` fixes them.
 
 GFLOP/s use ``lstm_flops`` below (grid.json "about"); "% peak" is lstmc's GFLOP/s over the
 float32 numpy matmul (2048^3) peak measured in the same run at the same thread count. Numpy's BLAS

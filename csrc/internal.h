@@ -40,35 +40,49 @@ static inline size_t lstmc_row(const int *off, const int *lengths, int t, int re
     return (size_t)off[reverse ? lengths[j] - 1 - t : t] + (size_t)j;
 }
 
-/* The per-step contexts the driver hands a cell kernel, one per dtype. A kernel works on the
+/* The per-step context the driver hands a cell kernel, one per dtype. A kernel works on the
  * running rows [0, n) and on one thread's units [u0, u1) only; all of a unit's gates belong to
- * the thread that owns the unit, so kernels need no synchronisation. */
+ * the thread that owns the unit, so kernels need no synchronisation. Each cell file says what
+ * it keeps in aux[0] and aux[1]. */
 #define LSTMC_STEP_STRUCT(real, name)                                                             \
     typedef struct {                                                                              \
-        int n, H, u0, u1;                                                                         \
+        int cell, n, H, u0, u1;                                                                   \
         const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */   \
         int t, reverse;                                                                           \
         real *gates;         /* (N, G*H) input projection; a training forward keeps the          \
                                 activated gates here */                                          \
         const real *gh;      /* (B, G*H) recurrent projection of this step */                    \
-        const real *bias;    /* (G*H) b_ih + b_hh (zeros without bias) */                         \
-        real *c;             /* (B, H) cell state, updated in place */                            \
-        real *h;             /* (B, H) receives o * tanh(c) */                                    \
-        real *c_saved;       /* (N, H) c after the step, or NULL (inference) */                   \
-        real *cprev_saved;   /* (N, H) c before the step, or NULL */                              \
+        const real *bias_i;  /* (G*H) b_ih (zeros without bias) */                                \
+        const real *bias_h;  /* (G*H) b_hh (zeros without bias) */                                \
+        const real *hp;      /* (B, H) h before the step */                                       \
+        real *h;             /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */       \
+        real *c;             /* (B, H) LSTM cell state, updated in place */                       \
+        real *step_aux;      /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */  \
+        real *aux[2];        /* (N, H) each: what a training forward saves, or NULL */            \
         /* backward only */                                                                       \
-        real *dgates;        /* (N, G*H) gradient of the pre-activation gates */                  \
-        real *dgates_step;   /* (B, G*H) the same rows, contiguous, for the recurrent GEMM */     \
-        const real *dh;      /* (B, H) gradient of o * tanh(c) */                                 \
-        real *dc;            /* (B, H) gradient of c, carried from step to step in place */      \
+        const real *hprev;   /* (N, H) h before each step, as saved by the forward */             \
+        real *dgates;        /* (N, G*H) gradient of the input-side pre-activations */            \
+        real *dgates_h;      /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */     \
+        real *dgates_step;   /* (B, G*H) this step's recurrent-side rows, for the GEMM */         \
+        const real *dh;      /* (B, H) gradient of h (LSTM: of o * tanh(c)) */                    \
+        real *dc;            /* (B, H) LSTM: gradient of c, carried in place */                   \
+        real *dh_direct;     /* (B, H) GRU: the part of dh_prev that skips W_hh */                \
+        const real *dstep_aux; /* (B, H) GRU reset-before: gradient of r*h */                     \
     } name;
 LSTMC_STEP_STRUCT(float, lstmc_step_f32)
 LSTMC_STEP_STRUCT(double, lstmc_step_f64)
 
-void lstmc_lstm_step_forward_f32(const lstmc_step_f32 *st);
-void lstmc_lstm_step_forward_f64(const lstmc_step_f64 *st);
-void lstmc_lstm_step_backward_f32(const lstmc_step_f32 *st);
-void lstmc_lstm_step_backward_f64(const lstmc_step_f64 *st);
+/* Cell kernels. Two-phase cells (GRU reset-before) run phase 0, then the driver's GEMM of the
+ * remaining gate blocks, then phase 1. */
+#define LSTMC_CELL_KERNELS(sfx)                                                                   \
+    void lstmc_lstm_step_forward_##sfx(const lstmc_step_##sfx *st);                               \
+    void lstmc_lstm_step_backward_##sfx(const lstmc_step_##sfx *st);                              \
+    void lstmc_gru_step_forward_##sfx(const lstmc_step_##sfx *st, int phase);                     \
+    void lstmc_gru_step_backward_##sfx(const lstmc_step_##sfx *st, int phase);                    \
+    void lstmc_rnn_step_forward_##sfx(const lstmc_step_##sfx *st);                                \
+    void lstmc_rnn_step_backward_##sfx(const lstmc_step_##sfx *st);
+LSTMC_CELL_KERNELS(f32)
+LSTMC_CELL_KERNELS(f64)
 
 /* Pins the BLAS to one thread while lstmc runs (its own threads share the work), and
  * restores the caller's setting when the last concurrent call leaves. */

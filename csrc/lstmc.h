@@ -86,7 +86,19 @@ void lstmc_set_num_threads(int n);    /* threads of the elementwise passes (n >=
 int lstmc_get_num_threads(void);
 
 /* ---- sequences --------------------------------------------------------------------------- */
-enum { LSTMC_CELL_LSTM = 0 };
+/* cells: gate blocks G and their PyTorch order
+ *   LSTM                4: i, f, g, o
+ *   GRU                 3: r, z, n   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+ *   GRU_RESET_BEFORE    3: r, z, n   n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+ *   RNN_TANH, RNN_RELU  1            h' = act(W_ih x + b_ih + W_hh h + b_hh)
+ * Only LSTM carries c and may have a projection. */
+enum {
+    LSTMC_CELL_LSTM = 0,
+    LSTMC_CELL_GRU = 1,
+    LSTMC_CELL_GRU_RESET_BEFORE = 2,
+    LSTMC_CELL_RNN_TANH = 3,
+    LSTMC_CELL_RNN_RELU = 4
+};
 
 /* which tensor of a layer/direction, for lstmc_seq_param_offset */
 enum { LSTMC_W_IH = 0, LSTMC_W_HH = 1, LSTMC_B_IH = 2, LSTMC_B_HH = 3, LSTMC_W_HR = 4 };
@@ -115,10 +127,11 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train); /* elements of scr
 /*
  * Forward over the whole sequence, all layers and directions.
  *   y        (N, D*Hout)      packed output of the last layer
- *   hn, cn   (L*D, B, Hout), (L*D, B, H)   final states, sorted row order (cn: LSTM only)
+ *   hn, cn   (L*D, B, Hout), (L*D, B, H)   final states, sorted row order (cn: LSTM only,
+ *            NULL for the other cells)
  *   reserve  lstmc_seq_reserve_size(s) elements, or NULL for inference (stores nothing)
  *   x        (N, I)           packed input
- *   h0, c0   like hn, cn, or NULL for zeros
+ *   h0, c0   like hn, cn, or NULL for zeros (c0 is ignored by cells without c)
  *   masks    (L-1, N, D*Hout) dropout multipliers for the input of layers 1..L-1, or NULL
  *   params   flat parameters (layout above)
  *   scratch  lstmc_seq_scratch_size(s, reserve != NULL) elements
@@ -134,7 +147,7 @@ int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
 /*
  * Backward through time after a training forward with the same x, masks, params, reserve.
  *   dx        (N, I)          written (not accumulated)
- *   dh0, dc0  like h0, c0     written
+ *   dh0, dc0  like h0, c0     written (dc0: LSTM only, NULL otherwise)
  *   dparams   flat gradients  ACCUMULATED
  *   dy        (N, D*Hout)     gradient of y
  *   dhn, dcn  like hn, cn, or NULL for zeros

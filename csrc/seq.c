@@ -39,7 +39,29 @@ int lstmc_get_num_threads(void)
 #endif
 }
 
-static int gates_of(int cell) { return cell == LSTMC_CELL_LSTM ? 4 : 0; }
+/* What the driver needs to know of a cell; the rest is in its kernels (lstm.c, gru.c, rnn.c). */
+typedef struct {
+    int gates;       /* G: gate blocks in W_ih / W_hh */
+    int rec_gates;   /* blocks whose recurrent GEMM reads h; the others read step_aux after
+                        phase 0 (two-phase cells) */
+    int aux;         /* (N, H) tensors a training forward saves beside the gates */
+    int has_c;       /* carries a cell state c */
+    int split;       /* recurrent-side gate gradients differ from the input side's */
+    int direct;      /* the backward adds a term to dh_prev that skips W_hh */
+} cell_info;
+
+static const cell_info CELLS[] = {
+    [LSTMC_CELL_LSTM] = {4, 4, 2, 1, 0, 0},
+    [LSTMC_CELL_GRU] = {3, 3, 1, 0, 1, 1},
+    [LSTMC_CELL_GRU_RESET_BEFORE] = {3, 2, 1, 0, 0, 1},
+    [LSTMC_CELL_RNN_TANH] = {1, 1, 0, 0, 0, 0},
+    [LSTMC_CELL_RNN_RELU] = {1, 1, 0, 0, 0, 0},
+};
+
+static int cell_valid(int cell) { return cell >= 0 && cell <= LSTMC_CELL_RNN_RELU; }
+static const cell_info *cell_of(const lstmc_seq *s) { return &CELLS[s->cell]; }
+static int gates_of(int cell) { return cell_valid(cell) ? CELLS[cell].gates : 0; }
+static int two_phase(const lstmc_seq *s) { return cell_of(s)->rec_gates < cell_of(s)->gates; }
 static size_t hout_of(const lstmc_seq *s) { return (size_t)(s->proj > 0 ? s->proj : s->hidden); }
 static size_t input_of(const lstmc_seq *s, int l)
 {
@@ -48,11 +70,11 @@ static size_t input_of(const lstmc_seq *s, int l)
 
 int lstmc_seq_check(const lstmc_seq *s)
 {
-    if (!s || gates_of(s->cell) == 0 || s->steps < 1 || s->batch < 1 || s->input < 1 ||
+    if (!s || !cell_valid(s->cell) || s->steps < 1 || s->batch < 1 || s->input < 1 ||
         s->hidden < 1 || s->proj < 0 || (s->proj > 0 && s->proj >= s->hidden) ||
         s->layers < 1 || (s->dirs != 1 && s->dirs != 2) || !s->batch_sizes || !s->lengths)
         return LSTMC_ERR_ARG;
-    if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)
+    if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)   /* only the LSTM has a projection */
         return LSTMC_ERR_ARG;
     for (int t = 0; t < s->steps; t++) {
         const int n = s->batch_sizes[t];
@@ -118,13 +140,13 @@ size_t lstmc_seq_param_count(const lstmc_seq *s)
 
 /* ---- workspaces --------------------------------------------------------------------------
  * reserve, per layer l and direction d (training only):
- *   gates (N, G*H)   activated gates          c, c_prev (N, H) each
+ *   gates (N, G*H)   activated gates          aux (N, aux*H) the cell's extras (LSTM: c, c_prev)
  *   h_prev (N, Hout) the h each step read     r (N, H) o*tanh(c), only with a projection
  * and per layer l >= 1 its input X_l (N, D*Hout), after dropout.
- * scratch: see scratch_layout. Element counts; the int area holds T + B ints, which fit in
- * T + B elements of any real type. */
+ * scratch: see scratch_of. Element counts; the int area holds T ints, which fit in T
+ * elements of any real type. */
 typedef struct {
-    size_t gates, c, cprev, hprev, r, per_dir, x_in, per_layer;
+    size_t gates, aux, hprev, r, per_dir, x_in, per_layer;
 } reserve_layout;
 
 static reserve_layout reserve_of(const lstmc_seq *s)
@@ -133,9 +155,8 @@ static reserve_layout reserve_of(const lstmc_seq *s)
     const size_t H = (size_t)s->hidden, Hout = hout_of(s);
     reserve_layout r;
     r.gates = 0;
-    r.c = r.gates + N * GH;
-    r.cprev = r.c + N * H;
-    r.hprev = r.cprev + N * H;
+    r.aux = r.gates + N * GH;
+    r.hprev = r.aux + (size_t)cell_of(s)->aux * N * H;
     r.r = r.hprev + N * Hout;
     r.per_dir = r.r + (s->proj > 0 ? N * H : 0);
     r.x_in = s->dirs * r.per_dir;
@@ -156,8 +177,8 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 }
 
 typedef struct {
-    size_t ints, bias, gh, h, c, r, gx, ybuf0, ybuf1;           /* forward */
-    size_t ones, dgates, dgs, dhc, dc, dht, dr, dhp, dx0, dx1;  /* backward */
+    size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, ybuf0, ybuf1;          /* forward */
+    size_t ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1;     /* backward */
     size_t total;
 } scratch_layout;
 
@@ -169,25 +190,28 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
     const size_t H = (size_t)s->hidden, Hout = hout_of(s), P = (size_t)s->proj, Y = s->dirs * Hout;
     const size_t inter = s->layers > 1 ? N * Y : 0;   /* a between-layer activation */
+    const int c = cell_of(s)->has_c, step_aux = P || two_phase(s);
     scratch_layout w;
     size_t at = 0;
 #define TAKE(field, count) (w.field = at, at += (count))
-    TAKE(ints, (size_t)s->steps);   /* off[t]: T ints fit in T elements of any real */
-    TAKE(bias, GH);
+    TAKE(ints, (size_t)s->steps);   /* off[t] */
+    TAKE(bias_i, GH);
+    TAKE(bias_h, GH);
     TAKE(gh, B * GH);
     TAKE(h, 2 * B * Hout);
-    TAKE(c, B * H);
-    TAKE(r, P ? B * H : 0);
+    TAKE(c, c ? B * H : 0);
+    TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
     TAKE(gx, train ? 0 : N * GH);
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     TAKE(ones, train ? N : 0);
     TAKE(dgates, train ? N * GH : 0);
+    TAKE(dgates_h, train && cell_of(s)->split ? N * GH : 0);
     TAKE(dgs, train ? 2 * B * GH : 0);
     TAKE(dhc, train ? 2 * B * Hout : 0);
-    TAKE(dc, train ? B * H : 0);
+    TAKE(dc, train && c ? B * H : 0);
     TAKE(dht, train ? B * Hout : 0);
-    TAKE(dr, train && P ? B * H : 0);
+    TAKE(dstep, train && step_aux ? B * H : 0);   /* LSTM: grad of o*tanh(c); GRU: of r*h */
     TAKE(dhp, train && P ? N * P : 0);
     TAKE(dx0, train ? inter : 0);
     TAKE(dx1, train && s->layers >= 3 ? inter : 0);

@@ -35,7 +35,8 @@ cdef extern from "lstmc.h" nogil:
 
     enum:
         LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS
-        LSTMC_CELL_LSTM
+        LSTMC_CELL_LSTM, LSTMC_CELL_GRU, LSTMC_CELL_GRU_RESET_BEFORE
+        LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
         LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
 
     int lstmc_openmp_enabled()
@@ -72,7 +73,9 @@ cdef extern from "lstmc.h" nogil:
 lstmc_set_blas(<lstmc_sgemm_fn>cython_blas.sgemm, <lstmc_dgemm_fn>cython_blas.dgemm,
                <lstmc_sgemv_fn>cython_blas.sgemv, <lstmc_dgemv_fn>cython_blas.dgemv)
 
-CELL_LSTM = LSTMC_CELL_LSTM
+CELL_LSTM, CELL_GRU, CELL_GRU_RESET_BEFORE = (LSTMC_CELL_LSTM, LSTMC_CELL_GRU,
+                                               LSTMC_CELL_GRU_RESET_BEFORE)
+CELL_RNN_TANH, CELL_RNN_RELU = LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
 W_IH, W_HH, B_IH, B_HH, W_HR = LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -142,7 +145,8 @@ cdef class Seq:
     Parameters
     ----------
     cell : int
-        CELL_LSTM.
+        CELL_LSTM, CELL_GRU, CELL_GRU_RESET_BEFORE, CELL_RNN_TANH or CELL_RNN_RELU. Only the
+        LSTM has a cell state c: the c arrays must be None for the others.
     T, B, I, H, P, L, D : int
         Steps, batch rows, input width, hidden units, projection (0 = none), layers,
         directions.
@@ -196,8 +200,12 @@ cdef class Seq:
         cdef size_t off = lstmc_seq_param_offset(&self.s, layer, direction, which)
         return None if off == <size_t>-1 else off
 
+    @property
+    def has_c(self):
+        return self.s.cell == LSTMC_CELL_LSTM
+
     def _sizes(self):
-        cdef size_t N = self.rows, B = self.s.batch, H = self.s.hidden
+        cdef size_t N = self.rows, B = self.s.batch, H = self.s.hidden if self.has_c else 0
         cdef size_t Hout = self.s.proj if self.s.proj > 0 else self.s.hidden
         cdef size_t LD = self.s.layers * self.s.dirs, Y = self.s.dirs * Hout
         return N, N * Y, LD * B * Hout, LD * B * H, N * self.s.input, (self.s.layers - 1) * N * Y
@@ -216,7 +224,7 @@ cdef class Seq:
         cdef bint train = reserve is not None
         cdef void *py = _addr(y, "y", dt, ny, True, False)
         cdef void *phn = _addr(hn, "hn", dt, nh, True, False)
-        cdef void *pcn = _addr(cn, "cn", dt, nc, True, False)
+        cdef void *pcn = _addr(cn, "cn", dt, nc, True, not self.has_c)
         cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, True, True)
         cdef void *px = _addr(x, "x", dt, nx, False, False)
         cdef void *ph0 = _addr(h0, "h0", dt, nh, False, True)
@@ -256,7 +264,7 @@ cdef class Seq:
         N, ny, nh, nc, nx, nm = self._sizes()
         cdef void *pdx = _addr(dx, "dx", dt, nx, True, False)
         cdef void *pdh0 = _addr(dh0, "dh0", dt, nh, True, False)
-        cdef void *pdc0 = _addr(dc0, "dc0", dt, nc, True, False)
+        cdef void *pdc0 = _addr(dc0, "dc0", dt, nc, True, not self.has_c)
         cdef void *pdp = _addr(dparams, "dparams", dt, self.param_count, True, False)
         cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, False, False)
         cdef void *pdy = _addr(dy, "dy", dt, ny, False, False)

@@ -1,13 +1,16 @@
-"""Float64 NumPy reference LSTM: the specification of every lstmc kernel.
+"""Float64 NumPy reference LSTM, GRU and simple RNN: the specification of every lstmc kernel.
 
 This module is the spec (SPEC.md section 7). It is written to be read, not to be fast:
 every C kernel is tested against it, and it is itself tested against central finite
-differences and, when installed, against ``torch.nn.LSTM``. If a kernel and this file
-disagree, the kernel is wrong.
+differences and, when installed, against ``torch.nn.LSTM`` / ``GRU`` / ``RNN``. If a kernel
+and this file disagree, the kernel is wrong.
 
 Dimension letters: T = time, B = batch, I = input features, H = hidden (cell) size,
-P = projection size, H_out = P if P > 0 else H, G = 4H gates, D = directions (1 or 2),
-L = layers. Arrays are time-major. Gate blocks are in PyTorch order i, f, g, o::
+P = projection size, H_out = P if P > 0 else H, G = gates (4H LSTM, 3H GRU, H RNN),
+D = directions (1 or 2), L = layers. Arrays are time-major; rows are batch entries, so a
+layer computes ``x W^T``. Gate blocks are in PyTorch order.
+
+LSTM, blocks i, f, g, o::
 
     i = sigmoid(x W_ii^T + b_ii + h W_hi^T + b_hi)     (likewise f, o)
     g = tanh(x W_ig^T + b_ig + h W_hg^T + b_hg)
@@ -15,12 +18,29 @@ L = layers. Arrays are time-major. Gate blocks are in PyTorch order i, f, g, o::
     h' = o * tanh(c')                (P == 0)
     h' = (o * tanh(c')) W_hr^T       (P > 0; h has P features, c has H)
 
-Variable lengths follow PyTorch packed sequences: row b uses steps 0..len_b-1, the reverse
-direction runs over that valid prefix reversed, outputs at padding are 0, and h_n/c_n are
-the state after each row's last valid step (h0/c0 when len_b == 0). Padding rows are never
-computed at all (only the active rows of a step enter the cell), so padding values of ``x``
-and ``dout`` cannot leak into anything, not even as NaN * 0.
+GRU, blocks r, z, n (W_hr here is the reset block of ``weight_hh``, not a projection)::
+
+    r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)     (likewise z)
+    n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))  reset_after=True: torch.nn.GRU, cuDNN,
+                                                       Keras reset_after=True, ONNX lbr=1
+    n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)  reset_after=False: Keras
+                                                       reset_after=False, ONNX lbr=0
+    h' = (1 - z) * n + z * h
+
+Simple RNN (Elman), one block::
+
+    h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)        act = tanh or relu, relu'(0) = 0 (torch)
+
+Sequences: all three cells run through one driver (:func:`_sequence_forward`,
+:func:`_sequence_backward`); only the step functions differ. Variable lengths follow PyTorch
+packed sequences: row b uses steps 0..len_b-1, the reverse direction runs over that valid
+prefix reversed, outputs at padding are 0, and the final states (h_n, and c_n for the LSTM)
+are the state after each row's last valid step (the initial state when len_b == 0). Padding
+rows are never computed at all (only the active rows of a step enter the cell), so padding
+values of ``x`` and ``dout`` cannot leak into anything, not even as NaN * 0.
 """
+
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -28,13 +48,31 @@ __all__ = [
     "sigmoid",
     "lstm_cell_forward",
     "lstm_cell_backward",
+    "gru_cell_forward",
+    "gru_cell_backward",
+    "rnn_cell_forward",
+    "rnn_cell_backward",
     "lstm_forward",
     "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
 ]
 
 
 def _f64(a):
     return np.asarray(a, dtype=np.float64)
+
+
+def _f64_or_none(a):
+    return None if a is None else _f64(a)
+
+
+def _affine(a, w, b):
+    """a W^T + b for a batch of rows a (B, K), w (N, K), b (N,) or None."""
+    y = a @ w.T
+    return y if b is None else y + b
 
 
 def sigmoid(x):
@@ -159,8 +197,225 @@ def lstm_cell_backward(cache, dh1, dc1):
     return dx, dh, dc, grads
 
 
+def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
+    """One GRU step for a batch.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, I)
+    h : ndarray, shape (B, H), or None for zeros
+    w_ih : ndarray, shape (3H, I)
+    w_hh : ndarray, shape (3H, H)
+    b_ih, b_hh : ndarray, shape (3H,), or None for no bias
+    reset_after : bool
+        True: the reset gate multiplies ``h W_hn^T + b_hn`` (torch.nn.GRU). False: it
+        multiplies ``h`` before the product (Keras reset_after=False).
+
+    Returns
+    -------
+    h1 : ndarray, shape (B, H)
+    cache : dict
+        Everything :func:`gru_cell_backward` needs.
+    """
+    x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
+    B, H = x.shape[0], w_hh.shape[1]
+    h = np.zeros((B, H)) if h is None else _f64(h)
+    b_ih, b_hh = _f64_or_none(b_ih), _f64_or_none(b_hh)
+    w_hrz, w_hn = w_hh[:2 * H], w_hh[2 * H:]
+    b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[:2 * H], b_hh[2 * H:])
+
+    gi = _affine(x, w_ih, b_ih)  # (B, 3H) input part of all three blocks
+    gh_rz = _affine(h, w_hrz, b_hrz)  # (B, 2H) recurrent part of r and z
+    r = sigmoid(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H])
+    z = sigmoid(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H])
+    # the two variants differ only in what the candidate's recurrent product reads
+    hn_in = h if reset_after else r * h  # (B, H)
+    gh_n = _affine(hn_in, w_hn, b_hn)  # (B, H)
+    n = np.tanh(gi[:, 2 * H:3 * H] + (r * gh_n if reset_after else gh_n))
+    h1 = (1.0 - z) * n + z * h
+    cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, reset_after=reset_after,
+                 r=r, z=z, n=n, hn_in=hn_in, gh_n=gh_n)
+    return h1, cache
+
+
+def gru_cell_backward(cache, dh1):
+    """Gradients of one GRU step.
+
+    Parameters
+    ----------
+    cache : dict
+        From :func:`gru_cell_forward`.
+    dh1 : ndarray, shape (B, H), or None for zeros
+        Gradient of the loss w.r.t. ``h1``.
+
+    Returns
+    -------
+    dx : ndarray, shape (B, I)
+    dh : ndarray, shape (B, H)
+    grads : dict
+        ``w_ih`` (3H, I), ``w_hh`` (3H, H), and ``b_ih``, ``b_hh`` (3H,) for exactly those
+        biases that were given (not None) to the forward call.
+    """
+    x, h, r, z, n, hn_in, gh_n = (cache[k] for k in ("x", "h", "r", "z", "n", "hn_in", "gh_n"))
+    H = h.shape[1]
+    w_hrz, w_hn = cache["w_hh"][:2 * H], cache["w_hh"][2 * H:]
+    dh1 = np.zeros_like(h) if dh1 is None else _f64(dh1)
+    grads = {}
+
+    # h1 = (1 - z) * n + z * h
+    dn, dz, dh = dh1 * (1.0 - z), dh1 * (h - n), dh1 * z
+    dn_pre = dn * (1.0 - n * n)  # tanh' = 1 - n^2
+    # n_pre = gi_n + r * gh_n (reset after)  or  gi_n + gh_n (reset before)
+    if cache["reset_after"]:
+        dgh_n, dr = dn_pre * r, dn_pre * gh_n
+    else:
+        dgh_n = dn_pre
+    # gh_n = hn_in W_hn^T + b_hn, with hn_in = h (reset after) or r * h (reset before)
+    dhn_in = dgh_n @ w_hn
+    if cache["reset_after"]:
+        dh = dh + dhn_in
+    else:
+        dr, dh = dhn_in * h, dh + dhn_in * r
+    # through the gate sigmoids, from the stored outputs: sigmoid' = y(1-y)
+    dgh_rz = np.concatenate([dr * r * (1.0 - r), dz * z * (1.0 - z)], axis=1)  # (B, 2H)
+    dgi = np.concatenate([dgh_rz, dn_pre], axis=1)  # (B, 3H)
+    # gi = x W_ih^T + b_ih;  gh_rz = h W_hrz^T + b_hrz
+    dx = dgi @ cache["w_ih"]
+    dh = dh + dgh_rz @ w_hrz
+    grads["w_ih"] = dgi.T @ x
+    grads["w_hh"] = np.concatenate([dgh_rz.T @ h, dgh_n.T @ hn_in], axis=0)
+    if cache["b_ih"] is not None:
+        grads["b_ih"] = dgi.sum(axis=0)
+    if cache["b_hh"] is not None:
+        grads["b_hh"] = np.concatenate([dgh_rz.sum(axis=0), dgh_n.sum(axis=0)])
+    return dx, dh, grads
+
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def _check_nonlinearity(nonlinearity):
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One simple (Elman) RNN step for a batch.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, I)
+    h : ndarray, shape (B, H), or None for zeros
+    w_ih : ndarray, shape (H, I)
+    w_hh : ndarray, shape (H, H)
+    b_ih, b_hh : ndarray, shape (H,), or None for no bias
+    nonlinearity : {"tanh", "relu"}
+
+    Returns
+    -------
+    h1 : ndarray, shape (B, H)
+    cache : dict
+        Everything :func:`rnn_cell_backward` needs.
+    """
+    _check_nonlinearity(nonlinearity)
+    x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
+    h = np.zeros((x.shape[0], w_hh.shape[1])) if h is None else _f64(h)
+    b_ih, b_hh = _f64_or_none(b_ih), _f64_or_none(b_hh)
+
+    a = _affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh)  # (B, H) pre-activation
+    h1 = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # relu(NaN) = NaN
+    cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                 nonlinearity=nonlinearity, h1=h1)
+    return h1, cache
+
+
+def rnn_cell_backward(cache, dh1):
+    """Gradients of one simple RNN step.
+
+    Parameters
+    ----------
+    cache : dict
+        From :func:`rnn_cell_forward`.
+    dh1 : ndarray, shape (B, H), or None for zeros
+        Gradient of the loss w.r.t. ``h1``.
+
+    Returns
+    -------
+    dx : ndarray, shape (B, I)
+    dh : ndarray, shape (B, H)
+    grads : dict
+        ``w_ih`` (H, I), ``w_hh`` (H, H), and ``b_ih``, ``b_hh`` (H,) for exactly those biases
+        that were given (not None) to the forward call.
+    """
+    x, h, h1 = cache["x"], cache["h"], cache["h1"]
+    dh1 = np.zeros_like(h1) if dh1 is None else _f64(dh1)
+    grads = {}
+
+    # from the stored output: tanh' = 1 - y^2; relu' = 0 where y <= 0 (so 0 at exactly 0,
+    # as torch's threshold_backward, which also lets the gradient through where y is NaN)
+    if cache["nonlinearity"] == "tanh":
+        da = dh1 * (1.0 - h1 * h1)
+    else:
+        da = np.where(h1 <= 0.0, 0.0, dh1)
+    # a = x W_ih^T + b_ih + h W_hh^T + b_hh
+    dx = da @ cache["w_ih"]
+    dh = da @ cache["w_hh"]
+    grads["w_ih"] = da.T @ x
+    grads["w_hh"] = da.T @ h
+    if cache["b_ih"] is not None:
+        grads["b_ih"] = da.sum(axis=0)
+    if cache["b_hh"] is not None:
+        grads["b_hh"] = da.sum(axis=0)
+    return dx, dh, grads
+
+
 # ----------------------------------------------------------------------------------------------
-# whole sequence
+# what the sequence driver needs to know about a cell
+
+
+class _Cell(NamedTuple):
+    """A cell kind as the sequence driver sees it.
+
+    ``states`` names the recurrent states the cell carries; ``states[0]`` is h, which is also
+    the layer's output. ``forward(x, states, w) -> (states1, step_cache)`` and
+    ``backward(step_cache, dstates1) -> (dx, dstates, grads)`` take and return tuples in
+    that order; ``w`` and ``grads`` use the cell functions' argument names (``w_ih`` ...).
+    """
+
+    states: tuple
+    forward: Callable
+    backward: Callable
+
+
+def _lstm_step_forward(x, states, w):
+    h1, c1, cache = lstm_cell_forward(x, *states, **w)
+    return (h1, c1), cache
+
+
+def _lstm_step_backward(cache, dstates):
+    dx, dh, dc, grads = lstm_cell_backward(cache, *dstates)
+    return dx, (dh, dc), grads
+
+
+_LSTM = _Cell(("h", "c"), _lstm_step_forward, _lstm_step_backward)
+
+
+def _h_only_cell(cell_forward, cell_backward, **options):
+    """Cell kind for cells whose only state is h (GRU, RNN); options go to cell_forward."""
+
+    def forward(x, states, w):
+        h1, cache = cell_forward(x, states[0], **w, **options)
+        return (h1,), cache
+
+    def backward(cache, dstates):
+        dx, dh, grads = cell_backward(cache, dstates[0])
+        return dx, (dh,), grads
+
+    return _Cell(("h",), forward, backward)
+
+
+# ----------------------------------------------------------------------------------------------
+# whole sequence: one driver for every cell kind
 
 _CELL_TO_TORCH = (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"),
                   ("b_hh", "bias_hh"), ("w_hr", "weight_hr"))
@@ -170,6 +425,169 @@ def _names(layer, direction):
     """Map cell argument names to PyTorch parameter names of (layer, direction)."""
     sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     return {short: torch_name + sfx for short, torch_name in _CELL_TO_TORCH}
+
+
+def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, hx, lengths,
+                      dropout_masks):
+    """Run ``cell`` over a padded time-major batch: layers, directions, lengths, dropout.
+
+    Parameters
+    ----------
+    cell : _Cell
+    x : ndarray, shape (T, B, I)
+    params : dict of str -> ndarray
+        PyTorch names; the ``weight_*`` / ``bias_*`` of (layer, direction) present in it are
+        handed to the cell under its argument names (absent biases mean no bias).
+    num_layers : int
+    bidirectional : bool
+    state_sizes : tuple of int
+        Feature size of each of ``cell.states``; ``state_sizes[0]`` = H_out, the output width.
+    hx : None or tuple of ndarrays
+        One per state, shape (D*L, B, size); None means zeros. Index = layer * D + direction.
+    lengths : None or int array, shape (B,)
+    dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H_out)
+
+    Returns
+    -------
+    out : ndarray, shape (T, B, D*H_out)
+    states_n : tuple of ndarrays, shapes (D*L, B, size)
+    cache : dict
+        For :func:`_sequence_backward`.
+    """
+    x = _f64(x)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected shape (T, B, I), got {x.shape}")
+    T, B, _ = x.shape
+    L, D = num_layers, 2 if bidirectional else 1
+    params = {k: _f64(v) for k, v in params.items()}
+    H_out = state_sizes[0]
+    shapes = [(D * L, B, size) for size in state_sizes]
+
+    if lengths is None:
+        lengths = np.full(B, T)
+    lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected an integer array, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths: expected shape ({B},), got {lengths.shape}")
+    if B and (lengths.min() < 0 or lengths.max() > T):
+        raise ValueError(f"lengths: expected values in [0, {T}], got {lengths}")
+    if hx is None:
+        states0 = [np.zeros(shape) for shape in shapes]
+    else:
+        states0 = [_f64(s) for s in hx]
+        if [s.shape for s in states0] != shapes:
+            raise ValueError(f"hx: expected shapes {' and '.join(map(str, shapes))}, "
+                             f"got {' and '.join(str(s.shape) for s in states0)}")
+    masks = None
+    if dropout_masks is not None:
+        masks = [_f64(m) for m in dropout_masks]
+        if len(masks) != L - 1 or any(m.shape != (T, B, D * H_out) for m in masks):
+            raise ValueError(f"dropout_masks: expected {L - 1} arrays of shape "
+                             f"{(T, B, D * H_out)}, got {[m.shape for m in masks]}")
+
+    states_n = tuple(np.empty_like(s) for s in states0)
+    tapes = []  # tapes[layer * D + direction] = [(t, rows, step_cache), ...] in execution order
+    layer_in = x
+    for layer in range(L):
+        if layer > 0 and masks is not None:
+            layer_in = layer_in * masks[layer - 1]
+        out = np.zeros((T, B, D * H_out))
+        for direction in range(D):
+            names = _names(layer, direction)
+            w = {short: params[name] for short, name in names.items() if name in params}
+            k = layer * D + direction
+            states = [s[k].copy() for s in states0]
+            tape = []
+            # reverse direction walking t = T-1..0 with only rows t < len_b active starts each
+            # row at its own len_b - 1 from its initial state: its valid prefix reversed, as
+            # torch packs it
+            for t in range(T) if direction == 0 else range(T - 1, -1, -1):
+                rows = np.flatnonzero(t < lengths)
+                if rows.size == 0:
+                    continue
+                new, step_cache = cell.forward(layer_in[t, rows], [s[rows] for s in states], w)
+                for s, s1 in zip(states, new):
+                    s[rows] = s1
+                out[t, rows, direction * H_out:(direction + 1) * H_out] = new[0]
+                tape.append((t, rows, step_cache))
+            for s_n, s in zip(states_n, states):
+                s_n[k] = s
+            tapes.append(tape)
+        layer_in = out
+
+    cache = dict(cell=cell, T=T, B=B, I=x.shape[2], L=L, D=D, H_out=H_out, shapes=shapes,
+                 params=params, masks=masks, tapes=tapes)
+    return out, states_n, cache
+
+
+def _sequence_backward(cache, dout, dstates_n, arg_name):
+    """Backpropagation through time for :func:`_sequence_forward`.
+
+    Parameters
+    ----------
+    cache : dict
+        From :func:`_sequence_forward`.
+    dout : ndarray, shape (T, B, D*H_out)
+        Gradient w.r.t. ``out``; values at padding are ignored.
+    dstates_n : tuple
+        One entry per state: ndarray (D*L, B, size) or None for zeros.
+    arg_name : str
+        The public name of ``dstates_n``, for error messages.
+
+    Returns
+    -------
+    dx : ndarray, shape (T, B, I)
+        0 at padding.
+    dstates0 : tuple of ndarrays, shapes (D*L, B, size)
+    grads : dict of str -> ndarray
+        Same keys and shapes as ``params``.
+    """
+    cell, T, B, L, D, H_out, shapes = (cache[k] for k in ("cell", "T", "B", "L", "D", "H_out",
+                                                          "shapes"))
+    dout = _f64(dout)
+    if dout.shape != (T, B, D * H_out):
+        raise ValueError(f"dout: expected shape {(T, B, D * H_out)}, got {dout.shape}")
+    dstates_n = [np.zeros(shape) if d is None else _f64(d) for d, shape in zip(dstates_n, shapes)]
+    if [d.shape for d in dstates_n] != shapes:
+        raise ValueError(f"{arg_name}: expected shapes {' and '.join(map(str, shapes))}, "
+                         f"got {' and '.join(str(d.shape) for d in dstates_n)}")
+
+    grads = {name: np.zeros_like(p) for name, p in cache["params"].items()}
+    dstates0 = tuple(np.empty_like(d) for d in dstates_n)
+    d_above = dout  # gradient w.r.t. the current layer's output
+    for layer in reversed(range(L)):
+        in_size = cache["I"] if layer == 0 else D * H_out
+        d_in = np.zeros((T, B, in_size))
+        for direction in range(D):
+            names = _names(layer, direction)
+            k = layer * D + direction
+            dstates = [d[k].copy() for d in dstates_n]
+            for t, rows, step_cache in reversed(cache["tapes"][k]):
+                # h1 feeds both the next step of this direction and the layer output at t
+                dnew = [d[rows] for d in dstates]
+                dnew[0] = dnew[0] + d_above[t, rows, direction * H_out:(direction + 1) * H_out]
+                dx, dprev, g = cell.backward(step_cache, dnew)
+                for d, d_prev in zip(dstates, dprev):
+                    d[rows] = d_prev
+                d_in[t, rows] += dx  # both directions read the same input
+                for short, grad in g.items():
+                    grads[names[short]] += grad
+            for d0, d in zip(dstates0, dstates):
+                d0[k] = d
+        if layer > 0 and cache["masks"] is not None:
+            d_in = d_in * cache["masks"][layer - 1]
+        d_above = d_in
+    return d_above, dstates0, grads
+
+
+def _hidden_size(params, gates, kind):
+    """H from ``weight_hh_l0`` (gates * H, H), checked so that foreign params fail loudly."""
+    shape = np.shape(params["weight_hh_l0"])
+    if len(shape) != 2 or shape[0] != gates * shape[1]:
+        raise ValueError(f"params: weight_hh_l0 of a {kind} must have shape "
+                         f"({gates}*H, H), got {shape}")
+    return shape[1]
 
 
 def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=None,
@@ -203,70 +621,14 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
     cache : dict
         For :func:`lstm_backward`.
     """
-    x = _f64(x)
-    if x.ndim != 3:
-        raise ValueError(f"x: expected shape (T, B, I), got {x.shape}")
-    T, B, _ = x.shape
-    L, D = num_layers, 2 if bidirectional else 1
-    params = {k: _f64(v) for k, v in params.items()}
-    H = params["weight_hh_l0"].shape[0] // 4
-    P = params["weight_hr_l0"].shape[0] if "weight_hr_l0" in params else 0
+    if np.ndim(x) != 3:
+        raise ValueError(f"x: expected shape (T, B, I), got {np.shape(x)}")
+    H = np.shape(params["weight_hh_l0"])[0] // 4
+    P = np.shape(params["weight_hr_l0"])[0] if "weight_hr_l0" in params else 0
     if P != proj_size:
         raise ValueError(f"proj_size={proj_size} but params imply {P}")
-    H_out = P or H
-
-    if lengths is None:
-        lengths = np.full(B, T)
-    lengths = np.asarray(lengths)
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths: expected an integer array, got dtype {lengths.dtype}")
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths: expected shape ({B},), got {lengths.shape}")
-    if B and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError(f"lengths: expected values in [0, {T}], got {lengths}")
-    if hx is None:
-        h0, c0 = np.zeros((D * L, B, H_out)), np.zeros((D * L, B, H))
-    else:
-        h0, c0 = _f64(hx[0]), _f64(hx[1])
-        if h0.shape != (D * L, B, H_out) or c0.shape != (D * L, B, H):
-            raise ValueError(f"hx: expected shapes {(D * L, B, H_out)} and {(D * L, B, H)}, "
-                             f"got {h0.shape} and {c0.shape}")
-    masks = None
-    if dropout_masks is not None:
-        masks = [_f64(m) for m in dropout_masks]
-        if len(masks) != L - 1 or any(m.shape != (T, B, D * H_out) for m in masks):
-            raise ValueError(f"dropout_masks: expected {L - 1} arrays of shape "
-                             f"{(T, B, D * H_out)}, got {[m.shape for m in masks]}")
-
-    h_n, c_n = np.empty_like(h0), np.empty_like(c0)
-    tapes = []  # tapes[layer * D + direction] = [(t, rows, cell_cache), ...] in execution order
-    layer_in = x
-    for layer in range(L):
-        if layer > 0 and masks is not None:
-            layer_in = layer_in * masks[layer - 1]
-        out = np.zeros((T, B, D * H_out))
-        for direction in range(D):
-            names = _names(layer, direction)
-            w = {short: params[name] for short, name in names.items() if name in params}
-            k = layer * D + direction
-            h, c = h0[k].copy(), c0[k].copy()
-            tape = []
-            # reverse direction walking t = T-1..0 with only rows t < len_b active starts each
-            # row at its own len_b - 1 from h0/c0: its valid prefix reversed, as torch packs it
-            for t in range(T) if direction == 0 else range(T - 1, -1, -1):
-                rows = np.flatnonzero(t < lengths)
-                if rows.size == 0:
-                    continue
-                h1, c1, cc = lstm_cell_forward(layer_in[t, rows], h[rows], c[rows], **w)
-                h[rows], c[rows] = h1, c1
-                out[t, rows, direction * H_out:(direction + 1) * H_out] = h1
-                tape.append((t, rows, cc))
-            h_n[k], c_n[k] = h, c
-            tapes.append(tape)
-        layer_in = out
-
-    cache = dict(T=T, B=B, I=x.shape[2], L=L, D=D, H=H, H_out=H_out, params=params,
-                 masks=masks, tapes=tapes)
+    out, (h_n, c_n), cache = _sequence_forward(_LSTM, x, params, num_layers, bidirectional,
+                                               (P or H, H), hx, lengths, dropout_masks)
     return out, (h_n, c_n), cache
 
 
@@ -290,37 +652,128 @@ def lstm_backward(cache, dout, dhx=None):
     grads : dict of str -> ndarray
         Same keys and shapes as ``params``.
     """
-    T, B, L, D, H, H_out = (cache[k] for k in ("T", "B", "L", "D", "H", "H_out"))
-    dout = _f64(dout)
-    if dout.shape != (T, B, D * H_out):
-        raise ValueError(f"dout: expected shape {(T, B, D * H_out)}, got {dout.shape}")
-    dh_n, dc_n = (None, None) if dhx is None else dhx
-    dh_n = np.zeros((D * L, B, H_out)) if dh_n is None else _f64(dh_n)
-    dc_n = np.zeros((D * L, B, H)) if dc_n is None else _f64(dc_n)
-    if dh_n.shape != (D * L, B, H_out) or dc_n.shape != (D * L, B, H):
-        raise ValueError(f"dhx: expected shapes {(D * L, B, H_out)} and {(D * L, B, H)}, "
-                         f"got {dh_n.shape} and {dc_n.shape}")
+    dx, (dh0, dc0), grads = _sequence_backward(cache, dout, (None, None) if dhx is None else dhx,
+                                               "dhx")
+    return dx, (dh0, dc0), grads
 
-    grads = {name: np.zeros_like(p) for name, p in cache["params"].items()}
-    dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
-    d_above = dout  # gradient w.r.t. the current layer's output
-    for layer in reversed(range(L)):
-        in_size = cache["I"] if layer == 0 else D * H_out
-        d_in = np.zeros((T, B, in_size))
-        for direction in range(D):
-            names = _names(layer, direction)
-            k = layer * D + direction
-            dh, dc = dh_n[k].copy(), dc_n[k].copy()
-            for t, rows, cc in reversed(cache["tapes"][k]):
-                # h1 feeds both the next step of this direction and the layer output at t
-                dh1 = dh[rows] + d_above[t, rows, direction * H_out:(direction + 1) * H_out]
-                dx, dh_prev, dc_prev, g = lstm_cell_backward(cc, dh1, dc[rows])
-                dh[rows], dc[rows] = dh_prev, dc_prev
-                d_in[t, rows] += dx  # both directions read the same input
-                for short, grad in g.items():
-                    grads[names[short]] += grad
-            dh0[k], dc0[k] = dh, dc
-        if layer > 0 and cache["masks"] is not None:
-            d_in = d_in * cache["masks"][layer - 1]
-        d_above = d_in
-    return d_above, (dh0, dc0), grads
+
+def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
+                dropout_masks=None, reset_after=True):
+    """Multi-layer, optionally bidirectional GRU over a padded time-major batch.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I)
+    params : dict of str -> ndarray
+        PyTorch names and shapes (``torch.nn.GRU.state_dict()``): ``weight_ih_l{k}`` (3H, I or
+        D*H), ``weight_hh_l{k}`` (3H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H,); suffix
+        ``_reverse`` for the reverse direction. No ``bias_*`` keys means no bias.
+    num_layers : int
+    bidirectional : bool
+    hx : None or ndarray, shape (D*L, B, H)
+        h0; None means zeros. Index = layer * D + direction.
+    lengths : None or int array, shape (B,)
+        Valid steps per row, 0 <= len <= T, any order. None means all T.
+    dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H)
+        Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
+    reset_after : bool
+        Where the reset gate acts, see :func:`gru_cell_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (T, B, D*H)
+        Last layer's hidden states, forward then reverse features; 0 at padding.
+    h_n : ndarray, shape (D*L, B, H)
+    cache : dict
+        For :func:`gru_backward`.
+    """
+    H = _hidden_size(params, 3, "GRU")
+    out, (h_n,), cache = _sequence_forward(
+        _h_only_cell(gru_cell_forward, gru_cell_backward, reset_after=reset_after), x, params,
+        num_layers, bidirectional, (H,), None if hx is None else (hx,), lengths, dropout_masks)
+    return out, h_n, cache
+
+
+def gru_backward(cache, dout, dh_n=None):
+    """Backpropagation through time for :func:`gru_forward`.
+
+    Parameters
+    ----------
+    cache : dict
+        From :func:`gru_forward`.
+    dout : ndarray, shape (T, B, D*H)
+        Gradient w.r.t. ``out``; values at padding are ignored.
+    dh_n : None or ndarray, shape (D*L, B, H)
+        Gradient w.r.t. ``h_n``; None means zeros.
+
+    Returns
+    -------
+    dx : ndarray, shape (T, B, I)
+        0 at padding.
+    dh0 : ndarray, shape (D*L, B, H)
+    grads : dict of str -> ndarray
+        Same keys and shapes as ``params``.
+    """
+    dx, (dh0,), grads = _sequence_backward(cache, dout, (dh_n,), "dh_n")
+    return dx, dh0, grads
+
+
+def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
+                dropout_masks=None, nonlinearity="tanh"):
+    """Multi-layer, optionally bidirectional simple RNN over a padded time-major batch.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I)
+    params : dict of str -> ndarray
+        PyTorch names and shapes (``torch.nn.RNN.state_dict()``): ``weight_ih_l{k}`` (H, I or
+        D*H), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H,); suffix
+        ``_reverse`` for the reverse direction. No ``bias_*`` keys means no bias.
+    num_layers : int
+    bidirectional : bool
+    hx : None or ndarray, shape (D*L, B, H)
+        h0; None means zeros. Index = layer * D + direction.
+    lengths : None or int array, shape (B,)
+        Valid steps per row, 0 <= len <= T, any order. None means all T.
+    dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H)
+        Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
+    nonlinearity : {"tanh", "relu"}
+
+    Returns
+    -------
+    out : ndarray, shape (T, B, D*H)
+        Last layer's hidden states, forward then reverse features; 0 at padding.
+    h_n : ndarray, shape (D*L, B, H)
+    cache : dict
+        For :func:`rnn_backward`.
+    """
+    _check_nonlinearity(nonlinearity)
+    H = _hidden_size(params, 1, "simple RNN")
+    out, (h_n,), cache = _sequence_forward(
+        _h_only_cell(rnn_cell_forward, rnn_cell_backward, nonlinearity=nonlinearity), x, params,
+        num_layers, bidirectional, (H,), None if hx is None else (hx,), lengths, dropout_masks)
+    return out, h_n, cache
+
+
+def rnn_backward(cache, dout, dh_n=None):
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    Parameters
+    ----------
+    cache : dict
+        From :func:`rnn_forward`.
+    dout : ndarray, shape (T, B, D*H)
+        Gradient w.r.t. ``out``; values at padding are ignored.
+    dh_n : None or ndarray, shape (D*L, B, H)
+        Gradient w.r.t. ``h_n``; None means zeros.
+
+    Returns
+    -------
+    dx : ndarray, shape (T, B, I)
+        0 at padding.
+    dh0 : ndarray, shape (D*L, B, H)
+    grads : dict of str -> ndarray
+        Same keys and shapes as ``params``.
+    """
+    dx, (dh0,), grads = _sequence_backward(cache, dout, (dh_n,), "dh_n")
+    return dx, dh0, grads

@@ -1,4 +1,6 @@
-"""Recurrent modules: `LSTM` (whole sequences, stacked, bidirectional) and `LSTMCell`.
+"""Recurrent modules: `LSTM`, `GRU`, `RNN` (whole sequences, stacked, bidirectional, variable
+lengths) and the one-step `LSTMCell`, `GRUCell`, `RNNCell`, all on one engine: the three
+sequence modules differ only in their cell and in what they return.
 
 The modules turn the user's arrays into the kernels' packed time-major layout (csrc/lstmc.h):
 rows sorted by length, longest first, padding dropped. They check every argument first, so a
@@ -62,7 +64,7 @@ class _Plan:
             sorted_lengths = lengths[perm]
             self.perm = None if np.array_equal(perm, np.arange(B)) else perm
         self.seq = _core.Seq(module._cell, T, B, module.input_size, module.hidden_size,
-                             module.proj_size, module.num_layers, module._D, module.bias,
+                             module._proj, module.num_layers, module._D, module.bias,
                              sorted_lengths)
         self.N = self.seq.rows
         self.dense = self.N == T * B
@@ -117,41 +119,20 @@ class _Workspace:
         return arr[:size]
 
 
-class LSTM(Module):
-    """Multi-layer LSTM over whole sequences, with PyTorch's arguments and parameter names.
+class _RNNBase(Module):
+    """The machinery shared by LSTM, GRU and RNN: arguments, parameters, packing, workspaces,
+    and the calls into the kernels. Subclasses name their cell and shape their results."""
 
-    Parameters
-    ----------
-    input_size, hidden_size : int
-    num_layers : int, default 1
-    bias : bool, default True
-    batch_first : bool, default False
-        Input and output (B, T, F) instead of (T, B, F).
-    dropout : float in [0, 1), default 0
-        Dropout on the outputs of every layer but the last, in training mode.
-    bidirectional : bool, default False
-    proj_size : int, default 0
-        If > 0, h is projected to this size (must be < hidden_size).
-    dtype : float32 or float64
+    _gates = None      # gate blocks per cell
+    _has_c = False     # carries a cell state c (LSTM)
+    _proj = 0          # projection size (LSTM's proj_size)
 
-    Parameters are named as in torch.nn.LSTM (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
-    bias_hh_l{k}, weight_hr_l{k}, with suffix _reverse), gate blocks i, f, g, o, initialised
-    from U(-1/sqrt(H), 1/sqrt(H)) with lstmc's generator (`lstmc.manual_seed`).
-    """
-
-    _cell = _core.CELL_LSTM
-    _gates = 4
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32):
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, dtype):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
-        self.proj_size = _positive_int(proj_size, "proj_size", minimum=0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be < hidden_size ({self.hidden_size}), got "
-                             f"{self.proj_size}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
@@ -165,11 +146,14 @@ class LSTM(Module):
         self._lock = threading.Lock()
         self._saved = None
         self._last_dropout_masks = []
-        self._init_parameters()
+
+    @property
+    def _cell(self):
+        raise NotImplementedError
 
     @property
     def _hout(self):
-        return self.proj_size or self.hidden_size
+        return self._proj or self.hidden_size
 
     def _param_names(self):
         """(name, layer, direction, which, shape) in PyTorch's order."""
@@ -183,11 +167,11 @@ class LSTM(Module):
                 if self.bias:
                     yield "bias_ih" + sfx, l, d, _core.B_IH, (G,)
                     yield "bias_hh" + sfx, l, d, _core.B_HH, (G,)
-                if self.proj_size:
-                    yield "weight_hr" + sfx, l, d, _core.W_HR, (self.proj_size, H)
+                if self._proj:
+                    yield "weight_hr" + sfx, l, d, _core.W_HR, (self._proj, H)
 
     def _init_parameters(self):
-        layout = _core.Seq(self._cell, 1, 1, self.input_size, self.hidden_size, self.proj_size,
+        layout = _core.Seq(self._cell, 1, 1, self.input_size, self.hidden_size, self._proj,
                            self.num_layers, self._D, self.bias, [1])
         count = layout.param_count
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -201,11 +185,14 @@ class LSTM(Module):
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
+        for name, default in self._repr_defaults():
             if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
+                s += f", {name}={getattr(self, name)!r}"
         return s + f", dtype={self.dtype}"
+
+    def _repr_defaults(self):
+        return (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                ("bidirectional", False))
 
     # ---- argument checks ----------------------------------------------------------------
     def _input(self, x):
@@ -215,7 +202,7 @@ class LSTM(Module):
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D ({'B, T' if self.batch_first else 'T, B'}, "
                              f"input_size) or 2-D (T, input_size) for one sequence, got shape "
-                             f"{x.shape}")
+                             f"{shape}")
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None, :]
@@ -244,51 +231,24 @@ class LSTM(Module):
                              f"{arr.max()}")
         return arr.astype(np.intc)
 
-    def _state_shapes(self, B, unbatched):
+    def _state(self, value, name, B, unbatched, width):
+        """A user state array -> (L*D, B, width), or None."""
+        if value is None:
+            return None
         LD = self.num_layers * self._D
-        if unbatched:
-            return (LD, self._hout), (LD, self.hidden_size)
-        return (LD, B, self._hout), (LD, B, self.hidden_size)
+        arr = _as_float(value, name, self.dtype)
+        _check_shape(arr, name, (LD, width) if unbatched else (LD, B, width))
+        return arr[:, None, :] if unbatched else arr
 
-    def _states(self, hx, B, unbatched, names=("h0", "c0")):
-        """(h, c) user pair -> kernel-shaped arrays (each None when absent)."""
-        if hx is None:
-            return None, None
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError(f"({names[0]}, {names[1]}) must be a pair of arrays or None")
-        out = []
-        for value, name, shape in zip(hx, names, self._state_shapes(B, unbatched)):
-            if value is None:
-                out.append(None)
-                continue
-            arr = _as_float(value, name, self.dtype)
-            _check_shape(arr, name, shape)
-            out.append(arr[:, None, :] if unbatched else arr)
-        return out[0], out[1]
-
-    # ---- forward / backward -------------------------------------------------------------
-    def forward(self, x, hx=None, lengths=None):
-        """Runs the sequence.
-
-        Parameters
-        ----------
-        x : array (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
-        hx : (h0, c0) or None
-            h0 (num_layers * D, B, H_out), c0 (num_layers * D, B, hidden_size); zeros if None.
-            H_out is proj_size if set, else hidden_size. Unbatched: without the B axis.
-        lengths : int array (B,) or None
-            Valid steps of each row (0..T, any order). Outputs past a row's length are 0 and
-            its final state is the state after its last valid step.
-
-        Returns
-        -------
-        output : array (T, B, D * H_out) (or batch_first / unbatched layout)
-        (h_n, c_n) : arrays shaped like h0 and c0
-        """
+    # ---- the engine ---------------------------------------------------------------------
+    def _run(self, x, h0, c0, lengths):
+        """Forward through the kernels. h0/c0 are user arrays or None (checked here).
+        Returns (out, h_n, c_n) in the user's layout (c_n None without c)."""
         xt, unbatched = self._input(x)
         T, B, _ = xt.shape
         lengths = self._lengths(lengths, T, B)
-        h0, c0 = self._states(hx, B, unbatched)
+        h0 = self._state(h0, "h0", B, unbatched, self._hout)
+        c0 = self._state(c0, "c0", B, unbatched, self.hidden_size) if self._has_c else None
         plan = _Plan(self, T, B, lengths)
         train = self.training
         D, Hout, H, L = self._D, self._hout, self.hidden_size, self.num_layers
@@ -305,51 +265,36 @@ class LSTM(Module):
             self._last_dropout_masks = [m.astype(self.dtype) / self.dtype.type(keep)
                                         for m in dense]
             masks = np.stack([plan.pack(m) for m in self._last_dropout_masks])
-        h0s, c0s = plan.to_sorted(h0), plan.to_sorted(c0)
         y = np.empty((plan.N, Y), dtype=self.dtype)
         hn = np.empty((L * D, B, Hout), dtype=self.dtype)
-        cn = np.empty((L * D, B, H), dtype=self.dtype)
+        cn = np.empty((L * D, B, H), dtype=self.dtype) if self._has_c else None
         seq = plan.seq
         with self._lock:
             ws = self._workspace
             reserve = ws.get("reserve", seq.reserve_size) if train else None
-            seq.forward(y.reshape(-1), hn.reshape(-1), cn.reshape(-1),
-                        reserve, xp.reshape(-1), _flat(h0s), _flat(c0s), _flat(masks),
+            seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
+                        _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
                         self._flat, ws.get("scratch", seq.scratch_size(train)))
             self._saved = (plan, xp, masks, reserve, unbatched) if train else None
 
         out = plan.unpack(y, Y)
-        hn, cn = plan.from_sorted(hn), plan.from_sorted(cn)
+        hn = plan.from_sorted(hn)
+        cn = None if cn is None else plan.from_sorted(cn)
         if unbatched:
-            return out[:, 0], (hn[:, 0], cn[:, 0])
+            return out[:, 0], hn[:, 0], None if cn is None else cn[:, 0]
         if self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
-        return out, (hn, cn)
+        return out, hn, cn
 
-    def backward(self, dout, dhx=None):
-        """Backpropagates through the last training-mode forward.
-
-        Parameters
-        ----------
-        dout : array shaped like that forward's output
-            Gradient of the loss w.r.t. the output (ignored at padded positions).
-        dhx : (dh_n, dc_n) or None
-            Gradients w.r.t. h_n and c_n, shaped like them; None (or either None) = zeros.
-
-        Returns
-        -------
-        dx : array shaped like x (zeros at padded positions)
-        (dh0, dc0) : gradients w.r.t. h0 and c0
-
-        Parameter gradients are added to each parameter's `.grad`.
-        """
+    def _run_backward(self, dout, dhn, dcn):
+        """Backward through the kernels; returns (dx, dh0, dc0) in the user's layout."""
         with self._lock:
             saved = self._saved
         if saved is None:
             raise RuntimeError("backward needs a forward in training mode first (after "
                                "module.train(); an eval-mode forward stores nothing)")
         plan, xp, masks, reserve, unbatched = saved
-        T, B, D, Hout, L = plan.T, plan.B, self._D, self._hout, self.num_layers
+        T, B, D, Hout, L, H = plan.T, plan.B, self._D, self._hout, self.num_layers, self.hidden_size
         Y = D * Hout
         dout = _as_float(dout, "dout", self.dtype)
         if unbatched:
@@ -361,104 +306,303 @@ class LSTM(Module):
         else:
             _check_shape(dout, "dout", (T, B, Y))
             dt = dout
-        dhn, dcn = self._states(dhx, B, unbatched, names=("dh_n", "dc_n"))
+        dhn = self._state(dhn, "dh_n", B, unbatched, Hout)
+        dcn = self._state(dcn, "dc_n", B, unbatched, H) if self._has_c else None
         dyp = plan.pack(dt)
         dx = np.empty((plan.N, self.input_size), dtype=self.dtype)
         dh0 = np.empty((L * D, B, Hout), dtype=self.dtype)
-        dc0 = np.empty((L * D, B, self.hidden_size), dtype=self.dtype)
+        dc0 = np.empty((L * D, B, H), dtype=self.dtype) if self._has_c else None
         seq = plan.seq
         with self._lock:
             if self._saved is not saved:
                 raise RuntimeError("another forward ran during backward's argument checks")
-            seq.backward(dx.reshape(-1), dh0.reshape(-1), dc0.reshape(-1), self._flat_grad,
+            seq.backward(dx.reshape(-1), dh0.reshape(-1), _flat(dc0), self._flat_grad,
                          reserve, dyp.reshape(-1), _flat(plan.to_sorted(dhn)),
                          _flat(plan.to_sorted(dcn)), xp.reshape(-1), _flat(masks), self._flat,
                          self._workspace.get("scratch", seq.scratch_size(True)))
         dx = plan.unpack(dx, self.input_size)
-        dh0, dc0 = plan.from_sorted(dh0), plan.from_sorted(dc0)
+        dh0 = plan.from_sorted(dh0)
+        dc0 = None if dc0 is None else plan.from_sorted(dc0)
         if unbatched:
-            return dx[:, 0], (dh0[:, 0], dc0[:, 0])
+            return dx[:, 0], dh0[:, 0], None if dc0 is None else dc0[:, 0]
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, dh0, dc0
+
+
+_SEQ_PARAMS = """
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bias : bool, default True
+    batch_first : bool, default False
+        Input and output (B, T, F) instead of (T, B, F).
+    dropout : float in [0, 1), default 0
+        Dropout on the outputs of every layer but the last, in training mode.
+    bidirectional : bool, default False
+    dtype : float32 or float64
+
+    Parameters are named as in PyTorch (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
+    bias_hh_l{k}, suffix _reverse) and initialised from U(-1/sqrt(H), 1/sqrt(H)) with lstmc's
+    generator (`lstmc.manual_seed`).
+
+    forward(x, hx=None, lengths=None)
+        x: (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size).
+        lengths: int array (B,) or None: valid steps of each row (0..T, any order); outputs
+        past a row's length are 0 and its final state is the one after its last valid step.
+        output: (T, B, D * H_out) (or the batch_first / unbatched layout), D = 2 if
+        bidirectional; states (num_layers * D, B, .), without B when unbatched.
+    backward(dout, ...) after a training-mode forward returns the input and initial-state
+    gradients and adds the parameter gradients to each parameter's `.grad`.
+"""
+
+
+class LSTM(_RNNBase):
+    __doc__ = """Multi-layer LSTM over whole sequences, as torch.nn.LSTM (gates i, f, g, o).
+
+    proj_size : int, default 0
+        If > 0, h is projected to this size (must be < hidden_size): H_out = proj_size, and
+        each layer has weight_hr_l{k} (proj_size, hidden_size).
+    """ + _SEQ_PARAMS + """
+    hx = (h0, c0): h0 (L*D, B, H_out), c0 (L*D, B, hidden_size), or None (zeros); returns
+    output, (h_n, c_n). backward(dout, dhx=None) with dhx = (dh_n, dc_n) (either may be
+    None) returns dx, (dh0, dc0).
+    """
+
+    _gates = 4
+    _has_c = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype)
+        self.proj_size = _positive_int(proj_size, "proj_size", minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be < hidden_size ({self.hidden_size}), got "
+                             f"{self.proj_size}")
+        self._proj = self.proj_size
+        self._init_parameters()
+
+    _cell = _core.CELL_LSTM
+
+    def _repr_defaults(self):
+        return super()._repr_defaults() + (("proj_size", 0),)
+
+    def forward(self, x, hx=None, lengths=None):
+        h0, c0 = _pair(hx, ("h0", "c0"))
+        out, hn, cn = self._run(x, h0, c0, lengths)
+        return out, (hn, cn)
+
+    def backward(self, dout, dhx=None):
+        dhn, dcn = _pair(dhx, ("dh_n", "dc_n"))
+        dx, dh0, dc0 = self._run_backward(dout, dhn, dcn)
         return dx, (dh0, dc0)
+
+
+class GRU(_RNNBase):
+    __doc__ = """Multi-layer GRU over whole sequences, as torch.nn.GRU (gates r, z, n).
+
+    reset_after : bool, default True
+        True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (PyTorch, cuDNN, Keras
+        reset_after=True, ONNX linear_before_reset=1). False: n = tanh(W_in x + b_in +
+        W_hn (r * h) + b_hn) (Keras reset_after=False, ONNX's default); same tensors.
+    """ + _SEQ_PARAMS + """
+    hx = h0 (L*D, B, hidden_size) or None; returns output, h_n. backward(dout, dh_n=None)
+    returns dx, dh0.
+    """
+
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype)
+        self.reset_after = bool(reset_after)
+        self._init_parameters()
+
+    @property
+    def _cell(self):
+        return _core.CELL_GRU if self.reset_after else _core.CELL_GRU_RESET_BEFORE
+
+    def _repr_defaults(self):
+        return super()._repr_defaults() + (("reset_after", True),)
+
+    def forward(self, x, hx=None, lengths=None):
+        out, hn, _ = self._run(x, hx, None, lengths)
+        return out, hn
+
+    def backward(self, dout, dh_n=None):
+        dx, dh0, _ = self._run_backward(dout, dh_n, None)
+        return dx, dh0
+
+
+class RNN(_RNNBase):
+    __doc__ = """Multi-layer Elman RNN over whole sequences, as torch.nn.RNN:
+    h' = act(W_ih x + b_ih + W_hh h + b_hh).
+
+    nonlinearity : "tanh" (default) or "relu"
+    """ + _SEQ_PARAMS + """
+    hx = h0 (L*D, B, hidden_size) or None; returns output, h_n. backward(dout, dh_n=None)
+    returns dx, dh0.
+    """
+
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype)
+        self.nonlinearity = nonlinearity
+        self._init_parameters()
+
+    @property
+    def _cell(self):
+        return _core.CELL_RNN_TANH if self.nonlinearity == "tanh" else _core.CELL_RNN_RELU
+
+    def _repr_defaults(self):
+        return super()._repr_defaults() + (("nonlinearity", "tanh"),)
+
+    def forward(self, x, hx=None, lengths=None):
+        out, hn, _ = self._run(x, hx, None, lengths)
+        return out, hn
+
+    def backward(self, dout, dh_n=None):
+        dx, dh0, _ = self._run_backward(dout, dh_n, None)
+        return dx, dh0
+
+
+def _pair(value, names):
+    """An optional (a, b) pair of arrays -> a, b (each may be None)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"({names[0]}, {names[1]}) must be a pair of arrays or None")
+    return value[0], value[1]
 
 
 def _flat(a):
     return None if a is None else a.reshape(-1)
 
 
-class LSTMCell(Module):
-    """One LSTM step, as torch.nn.LSTMCell: `h, c = cell(x, (h, c))`.
+class _CellBase(Module):
+    """One step of a recurrent cell: runs the sequence engine for one step of one layer,
+    whose tensors it exposes under torch's cell names (weight_ih, weight_hh, bias_ih,
+    bias_hh)."""
 
-    Parameters: weight_ih (4H, I), weight_hh (4H, H), bias_ih (4H), bias_hh (4H). It runs
-    the same kernels as `LSTM` with one step and one layer.
-    """
-
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32):
+    def __init__(self, seq_module):
         super().__init__()
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.bias = bool(bias)
-        self.dtype = _dtype_of(dtype)
-        # the engine: a one-layer LSTM run for a single step; its tensors are ours
-        lstm = LSTM(input_size, hidden_size, bias=bias, dtype=dtype)
-        object.__setattr__(self, "_lstm", lstm)   # not a child: its names would be _l0
-        for name, p in lstm.named_parameters():
+        self.input_size = seq_module.input_size
+        self.hidden_size = seq_module.hidden_size
+        self.bias = seq_module.bias
+        self.dtype = seq_module.dtype
+        object.__setattr__(self, "_seq", seq_module)   # not a child: its names end in _l0
+        for name, p in seq_module.named_parameters():
             setattr(self, name[:-len("_l0")], p)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dtype={self.dtype}"
 
     def train(self, mode=True):
-        self._lstm.train(mode)
+        self._seq.train(mode)
         return super().train(mode)
 
-    def forward(self, x, hx=None):
-        """x (B, input_size) or (input_size,); hx (h, c) each (B, H) / (H,), or None (zeros).
-        Returns (h', c')."""
+    def _step(self, x, h, c):
+        """One step: x (B, I) or (I,), h/c (B, H) or (H,) or None -> (h', c')."""
         xa = _as_float(x, "x", self.dtype)
-        if xa.ndim not in (1, 2):
+        if xa.ndim not in (1, 2) or xa.shape[-1] != self.input_size:
             raise ValueError(f"x must be (B, {self.input_size}) or ({self.input_size},), got "
                              f"shape {xa.shape}")
         unbatched = xa.ndim == 1
         xb = xa[None, :] if unbatched else xa
         B = xb.shape[0]
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("hx must be a pair (h, c) of arrays or None")
-            shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-            h, c = (_as_float(v, n, self.dtype) if v is not None else None
-                    for v, n in zip(hx, ("h", "c")))
-            for v, n in ((h, "h"), (c, "c")):
-                if v is not None:
-                    _check_shape(v, n, shape)
-            hx = (None if h is None else h.reshape(1, B, -1),
-                  None if c is None else c.reshape(1, B, -1))
-        if xb.shape[-1] != self.input_size:
-            raise ValueError(f"x must have {self.input_size} features (last axis), got shape "
-                             f"{xa.shape}")
-        _, (h1, c1) = self._lstm(xb[None], hx)
+        shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+        states = []
+        for v, n in ((h, "h"), (c, "c")):
+            if v is not None:
+                v = _as_float(v, n, self.dtype)
+                _check_shape(v, n, shape)
+                v = v.reshape(1, B, self.hidden_size)
+            states.append(v)
+        out, hn, cn = self._seq._run(xb[None], states[0], states[1], None)
         self._unbatched = unbatched
-        if unbatched:
-            return h1[0, 0], c1[0, 0]
-        return h1[0], c1[0]
+        pick = (lambda a: a[0, 0]) if unbatched else (lambda a: a[0])
+        return pick(hn), None if cn is None else pick(cn)
+
+    def _step_backward(self, dh, dc):
+        if self._seq._saved is None:
+            raise RuntimeError("backward needs a forward in training mode first")
+        B = self._seq._saved[0].B
+        shape = (self.hidden_size,) if self._unbatched else (B, self.hidden_size)
+        grads = []
+        for v, n in ((dh, "dh"), (dc, "dc")):
+            if v is not None:
+                v = _as_float(v, n, self.dtype)
+                _check_shape(v, n, shape)
+                v = v.reshape(1, B, self.hidden_size)
+            grads.append(v)
+        dy = np.zeros((1, B, self.hidden_size), dtype=self.dtype)   # h' is also the output
+        dx, dh0, dc0 = self._seq._run_backward(dy, grads[0], grads[1])
+        pick = (lambda a: a[0, 0]) if self._unbatched else (lambda a: a[0])
+        return pick(dx), pick(dh0), None if dc0 is None else pick(dc0)
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step, as torch.nn.LSTMCell: `h, c = cell(x, (h, c))`; parameters weight_ih
+    (4H, I), weight_hh (4H, H), bias_ih (4H), bias_hh (4H)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32):
+        super().__init__(LSTM(input_size, hidden_size, bias=bias, dtype=dtype))
+
+    def forward(self, x, hx=None):
+        """x (B, input_size) or (input_size,); hx (h, c) each (B, H) / (H,), or None (zeros).
+        Returns (h', c')."""
+        h, c = _pair(hx, ("h", "c"))
+        return self._step(x, h, c)
 
     def backward(self, dh, dc=None):
-        """Gradients w.r.t. the returned h' and c' (dc may be None). Returns
-        (dx, (dh_prev, dc_prev)) and adds the parameter gradients to `.grad`."""
-        if self._lstm._saved is None:
-            raise RuntimeError("backward needs a forward in training mode first")
-        B = self._lstm._saved[0].B
-        unbatched = self._unbatched
-        shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-        dh = _as_float(dh, "dh", self.dtype)
-        _check_shape(dh, "dh", shape)
-        if dc is not None:
-            dc = _as_float(dc, "dc", self.dtype)
-            _check_shape(dc, "dc", shape)
-        dy = np.zeros((1, B, self.hidden_size), dtype=self.dtype)
-        dx, (dh0, dc0) = self._lstm.backward(
-            dy, (dh.reshape(1, B, -1), None if dc is None else dc.reshape(1, B, -1)))
-        if unbatched:
-            return dx[0, 0], (dh0[0, 0], dc0[0, 0])
-        return dx[0], (dh0[0], dc0[0])
+        """Gradients w.r.t. h' and c' (dc may be None). Returns (dx, (dh_prev, dc_prev)) and
+        adds the parameter gradients to `.grad`."""
+        dx, dh0, dc0 = self._step_backward(dh, dc)
+        return dx, (dh0, dc0)
+
+
+class GRUCell(_CellBase):
+    """One GRU step, as torch.nn.GRUCell: `h = cell(x, h)`; parameters weight_ih (3H, I),
+    weight_hh (3H, H), bias_ih (3H), bias_hh (3H). reset_after as for `GRU`."""
+
+    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32):
+        super().__init__(GRU(input_size, hidden_size, bias=bias, reset_after=reset_after,
+                             dtype=dtype))
+        self.reset_after = bool(reset_after)
+
+    def forward(self, x, hx=None):
+        """x (B, input_size) or (input_size,); hx (B, H) / (H,) or None (zeros). Returns h'."""
+        return self._step(x, hx, None)[0]
+
+    def backward(self, dh):
+        """Gradient w.r.t. h'. Returns (dx, dh_prev) and adds the parameter gradients."""
+        dx, dh0, _ = self._step_backward(dh, None)
+        return dx, dh0
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step, as torch.nn.RNNCell: `h = cell(x, h)`; parameters weight_ih
+    (H, I), weight_hh (H, H), bias_ih (H), bias_hh (H)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
+                 dtype=np.float32):
+        super().__init__(RNN(input_size, hidden_size, nonlinearity=nonlinearity, bias=bias,
+                             dtype=dtype))
+        self.nonlinearity = nonlinearity
+
+    def forward(self, x, hx=None):
+        """x (B, input_size) or (input_size,); hx (B, H) / (H,) or None (zeros). Returns h'."""
+        return self._step(x, hx, None)[0]
+
+    def backward(self, dh):
+        """Gradient w.r.t. h'. Returns (dx, dh_prev) and adds the parameter gradients."""
+        dx, dh0, _ = self._step_backward(dh, None)
+        return dx, dh0

@@ -1,0 +1,1114 @@
+"""lstmc.nn.GRU / RNN / GRUCell / RNNCell: torch parity, kernels vs reference, bad input.
+
+Three parts, in this order:
+
+1. Parity with torch.nn.GRU / RNN / GRUCell / RNNCell (each test skips without torch; the rest
+   of the file runs without it). A torch module is built under ``torch.manual_seed``, its
+   ``state_dict()`` is loaded into the lstmc module, and both backpropagate
+   ``sum(out * W1) + sum(h_n * W2)``, i.e. ``module.backward(W1, W2)``. Compared: out, h_n, dx,
+   dh0 and every parameter gradient by name. Tolerances as in test_torch_parity.py: float64
+   rtol 1e-9 / atol 1e-12 * scale; float32 rtol 2e-4, atol 1e-5 (values) or 1e-5 * scale
+   (gradients), scale = max(1, max|torch|). Rows of length 0 (torch cannot pack them) are cut
+   out of the torch run and checked exactly: h_n = h0, dh0 = dh_n, out = dx = 0.
+2. The kernels against the float64 NumPy reference (lstmc.reference.gru_* / rnn_*), with
+   hypothesis over shapes, layers, directions, bias, layouts, lengths (zeros included),
+   hx, dh_n and dropout (masks taken from ``module._last_dropout_masks``), for GRU
+   reset_after=True and False (torch cannot express False: the reference is its only check)
+   and RNN tanh / relu. SPEC section 7 tolerances, atol scaled by max(1, max|expected|):
+   float64 1e-10 / 1e-10; float32 outputs rtol 1e-4 / atol 1e-5, gradients 1e-3 / 1e-4.
+   Wide cases (H >= 40, B >= 16) run at 2 threads so that the threaded path is checked.
+3. Bad input (SPEC section 6): ValueError / TypeError / RuntimeError with the argument named.
+
+ReLU and float32: a pre-activation that lies within float32 rounding of 0 may take the other
+branch of relu in the kernel than in the float64 reference (or torch), which changes that
+unit's gradient by O(1) -- a false failure, not a bug. Every float32 relu case therefore
+measures how close its pre-activations come to 0 relative to the size of the terms they sum
+(in float64, ``relu_margin``) and redraws its data until that is >= RELU_MARGIN (~250 float32
+ulp); should that never happen, only the forward values are compared.
+"""
+import itertools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lstmc
+from conftest import assert_close, close_report
+from lstmc import reference as ref
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["float32", "float64"]
+
+# kind -> (module class name, extra constructor kwargs, gates per unit)
+KINDS = {
+    "gru": ("GRU", {"reset_after": True}, 3),
+    "gru_rb": ("GRU", {"reset_after": False}, 3),     # reset before the matmul (Keras v1 / ONNX 0)
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}, 1),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}, 1),
+}
+ALL_KINDS = list(KINDS)
+TORCH_KINDS = ["gru", "rnn_tanh", "rnn_relu"]        # what torch can express
+
+RELU_MARGIN = 3e-5   # relative; see the module docstring
+RELU_ATTEMPTS = 8
+
+
+# ==========================================================================================
+# shared helpers
+
+
+def make_module(kind, input_size, hidden_size, dtype=np.float32, **kwargs):
+    cls, extra, _ = KINDS[kind]
+    return getattr(lstmc.nn, cls)(input_size, hidden_size, dtype=dtype, **extra, **kwargs)
+
+
+def make_cell(kind, input_size, hidden_size, dtype=np.float32, bias=True):
+    cls, extra, _ = KINDS[kind]
+    return getattr(lstmc.nn, cls + "Cell")(input_size, hidden_size, bias=bias, dtype=dtype,
+                                           **extra)
+
+
+def ref_forward(kind, x, params, num_layers, bidirectional, hx=None, lengths=None,
+                dropout_masks=None):
+    _, extra, _ = KINDS[kind]
+    fn = ref.gru_forward if kind.startswith("gru") else ref.rnn_forward
+    return fn(x, params, num_layers=num_layers, bidirectional=bidirectional, hx=hx,
+              lengths=lengths, dropout_masks=dropout_masks, **extra)
+
+
+def ref_backward(kind, cache, dout, dh_n=None):
+    fn = ref.gru_backward if kind.startswith("gru") else ref.rnn_backward
+    return fn(cache, dout, dh_n)
+
+
+def ref_cell_forward(kind, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    _, extra, _ = KINDS[kind]
+    fn = ref.gru_cell_forward if kind.startswith("gru") else ref.rnn_cell_forward
+    return fn(x, h, w_ih, w_hh, b_ih, b_hh, **extra)
+
+
+def ref_cell_backward(kind, cache, dh1):
+    fn = ref.gru_cell_backward if kind.startswith("gru") else ref.rnn_cell_backward
+    return fn(cache, dh1)
+
+
+def expected_names(L, bidirectional, bias):
+    names = []
+    for k in range(L):
+        for sfx in [""] + (["_reverse"] if bidirectional else []):
+            names += [f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}"]
+            if bias:
+                names += [f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"]
+    return names
+
+
+def params64(module):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in module.state_dict().items()}
+
+
+def grads_by_name(module):
+    return {n: np.array(p.grad, copy=True) for n, p in module.named_parameters()}
+
+
+def pad_mask(T, lengths, B):
+    """(T, B) bool, True at valid positions."""
+    if lengths is None:
+        return np.ones((T, B), dtype=bool)
+    return np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+
+
+def relu_margin(x_tm, params, L, D, h0=None, lengths=None, masks=None):
+    """Smallest relative distance of a relu RNN's pre-activations from the kink, in float64:
+    min over all units and steps of |pre| / (|W_ih| |x| + |W_hh| |h| + |b_ih| + |b_hh|), the
+    denominator being the size of the terms whose rounding decides pre's sign.
+
+    A plain per-row loop, independent of lstmc.reference (used only to decide whether float32
+    gradients can be compared, see the module docstring). x_tm (T, B, I); h0 (D*L, B, H)."""
+    x_tm = np.asarray(x_tm, np.float64)
+    T, B, _ = x_tm.shape
+    H = params["weight_hh_l0"].shape[0]
+    lens = np.full(B, T) if lengths is None else np.asarray(lengths)
+    margin = np.inf
+    layer_in = x_tm
+    for k in range(L):
+        if k > 0 and masks is not None:
+            layer_in = layer_in * np.asarray(masks[k - 1], np.float64)
+        out = np.zeros((T, B, D * H))
+        for d in range(D):
+            sfx = "_reverse" if d else ""
+            w_ih, w_hh = params[f"weight_ih_l{k}{sfx}"], params[f"weight_hh_l{k}{sfx}"]
+            b_ih = params.get(f"bias_ih_l{k}{sfx}", np.zeros(H))
+            b_hh = params.get(f"bias_hh_l{k}{sfx}", np.zeros(H))
+            for r in range(B):
+                h = np.zeros(H) if h0 is None else np.asarray(h0[k * D + d, r], np.float64)
+                steps = range(lens[r]) if d == 0 else range(lens[r] - 1, -1, -1)
+                for t in steps:
+                    xi = layer_in[t, r]
+                    pre = w_ih @ xi + b_ih + w_hh @ h + b_hh
+                    size = np.abs(w_ih) @ np.abs(xi) + np.abs(w_hh) @ np.abs(h) + np.abs(b_ih) + np.abs(b_hh)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        rel = np.where(size > 0, np.abs(pre) / size, np.inf)
+                    margin = min(margin, float(np.min(rel)))
+                    h = np.maximum(pre, 0.0)
+                    out[t, r, d * H:(d + 1) * H] = h
+        layer_in = out
+    return margin
+
+
+class Checks:
+    """Collects every mismatching tensor (conftest.close_report), so one failure lists all."""
+
+    def __init__(self, header=""):
+        self.header = header
+        self.messages = []
+
+    def close(self, name, actual, expected, rtol, atol, scaled=True):
+        expected = np.asarray(expected)
+        if actual is None:
+            self.messages.append(f"{name}: lstmc returned None")
+            return
+        scale = max(1.0, float(np.max(np.abs(expected)))) if scaled and expected.size else 1.0
+        msg = close_report(name, actual, expected, rtol, atol * scale)
+        if msg is not None:
+            self.messages.append(msg)
+
+    def exact(self, name, actual, expected):
+        msg = close_report(name, actual, expected, 0.0, 0.0)
+        if msg is not None:
+            self.messages.append(msg + "  [must be exact]")
+
+    def fail(self, text):
+        self.messages.append(text)
+
+    def raise_if_any(self):
+        if self.messages:
+            text = f"{self.header}\n{len(self.messages)} tensor(s) differ:\n" + "\n".join(self.messages)
+            print(text)
+            raise AssertionError(text)
+
+
+# ==========================================================================================
+# 1. parity with torch
+
+T, B, I, H = 5, 4, 7, 5
+LENGTHS = (3, 0, 5, 1)   # unsorted, a 0-length row and a full (T) row
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's OpenMP pool spin-waits on the busy 2-core machine
+    yield torch
+    torch.set_num_threads(before)
+
+
+def torch_dtype(torch, dtype):
+    return {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+
+
+def parity_tol(dtype, expected, kind):
+    """(rtol, atol) as in test_torch_parity.py."""
+    scale = max(1.0, float(np.max(np.abs(expected)))) if np.size(expected) else 1.0
+    if np.dtype(dtype) == np.float64:
+        return 1e-9, 1e-12 * scale
+    return (2e-4, 1e-5) if kind == "value" else (2e-4, 1e-5 * scale)
+
+
+def parity_check(chk, dtype, name, actual, expected, kind):
+    if actual is None:
+        chk.fail(f"{name}: lstmc returned None")
+        return
+    if np.asarray(actual).dtype != dtype:
+        chk.fail(f"{name}: dtype {np.asarray(actual).dtype}, expected {np.dtype(dtype)}")
+    rtol, atol = parity_tol(dtype, expected, kind)
+    chk.close(name, actual, expected, rtol, atol, scaled=False)
+
+
+def make_torch_pair(torch, kind, dtype, seed=0, input_size=I, hidden_size=H, **kwargs):
+    torch.manual_seed(seed)
+    _, extra, _ = KINDS[kind]
+    cls = torch.nn.GRU if kind == "gru" else torch.nn.RNN
+    tm = cls(input_size, hidden_size, dtype=torch_dtype(torch, dtype),
+             **{k: v for k, v in extra.items() if k != "reset_after"}, **kwargs)
+    mm = make_module(kind, input_size, hidden_size, dtype=dtype, **kwargs)
+    mm.load_state_dict(tm.state_dict())
+    return tm, mm
+
+
+def make_torch_cell_pair(torch, kind, dtype, bias, seed=0):
+    torch.manual_seed(seed)
+    _, extra, _ = KINDS[kind]
+    if kind == "gru":
+        tc = torch.nn.GRUCell(I, H, bias=bias, dtype=torch_dtype(torch, dtype))
+    else:
+        tc = torch.nn.RNNCell(I, H, bias=bias, nonlinearity=extra["nonlinearity"],
+                              dtype=torch_dtype(torch, dtype))
+    mc = make_cell(kind, I, H, dtype=dtype, bias=bias)
+    mc.load_state_dict(tc.state_dict())
+    return tc, mc
+
+
+def run_torch(torch, tm, x, h0, w1, w2, lengths=None, batch_first=False):
+    """Forward + backward through torch; dh0 is the gradient w.r.t. an explicit h0."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    t = lambda a, g=False: torch.tensor(np.array(a), requires_grad=g)  # noqa: E731
+    xt, h0t = t(x, True), t(h0, True)
+    tm.zero_grad()
+    if lengths is None:
+        out, hn = tm(xt, h0t)
+    else:
+        packed = pack_padded_sequence(xt, torch.as_tensor(lengths, dtype=torch.int64),
+                                      batch_first=batch_first, enforce_sorted=False)
+        out_p, hn = tm(packed, h0t)
+        out, _ = pad_packed_sequence(out_p, batch_first=batch_first,
+                                     total_length=x.shape[1 if batch_first else 0])
+    ((out * t(w1)).sum() + (hn * t(w2)).sum()).backward()
+    res = {"out": out, "h_n": hn, "dx": xt.grad, "dh0": h0t.grad}
+    res = {k: v.detach().numpy().copy() for k, v in res.items()}
+    grads = {n: p.grad.detach().numpy().copy() for n, p in tm.named_parameters()}
+    return res, grads
+
+
+def run_lstmc(mm, x, h0, w1, w2, lengths=None):
+    mm.train()
+    mm.zero_grad()
+    lens = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+    out, hn = mm(x, h0, lengths=lens)
+    res = {"out": np.array(out), "h_n": np.array(hn)}   # copies: buffers may be reused
+    dx, dh0 = mm.backward(w1, w2)
+    res.update(dx=np.array(dx), dh0=None if dh0 is None else np.array(dh0))
+    return res, grads_by_name(mm)
+
+
+def check_param_grads(chk, dtype, tm, mm, grads_m, grads_t):
+    names_t = [n for n, _ in tm.named_parameters()]
+    names_m = [n for n, _ in mm.named_parameters()]
+    if names_m != names_t:
+        chk.fail(f"parameter names/order: lstmc {names_m} != torch {names_t}")
+        return
+    for n in names_t:
+        parity_check(chk, dtype, f"grad {n}", grads_m[n], grads_t[n], "grad")
+
+
+def parity_data(rng, dtype, D, L, batch_first=False, unbatched=False):
+    """x, h0, W1 (= dout), W2 (= dh_n) in the layout of the options."""
+    r = lambda *s, scale=1.0: (scale * rng.standard_normal(s)).astype(dtype)  # noqa: E731
+    if unbatched:
+        return r(T, I), r(D * L, H, scale=0.5), r(T, D * H), r(D * L, H)
+    xs = (B, T) if batch_first else (T, B)
+    return r(*xs, I), r(D * L, B, H, scale=0.5), r(*xs, D * H), r(D * L, B, H)
+
+
+def _pick_parity_case(torch, kind, dtype, seed, D, L, batch_first, lengths, unbatched=False,
+                      hx_given=True, **kwargs):
+    """(tm, mm, x, h0, w1, w2): for float32 relu, the first seed whose data keeps every
+    pre-activation clear of relu's kink (see the module docstring)."""
+    for attempt in range(RELU_ATTEMPTS):
+        s = seed + 1000 * attempt
+        tm, mm = make_torch_pair(torch, kind, dtype, seed=s, num_layers=L,
+                                 batch_first=batch_first, **kwargs)
+        x, h0, w1, w2 = parity_data(np.random.default_rng(100 + s), dtype, D, L, batch_first,
+                                    unbatched)
+        if not hx_given:
+            h0 = np.zeros_like(h0)
+        if kind != "rnn_relu" or dtype != np.float32:
+            break
+        x_tm = x[:, None] if unbatched else (np.swapaxes(x, 0, 1) if batch_first else x)
+        h_tm = h0[:, None] if unbatched else h0
+        if relu_margin(x_tm, params64(mm), L, D, h_tm, lengths) >= RELU_MARGIN:
+            break
+    else:
+        raise AssertionError("no seed gave float32 relu data clear of the kink")
+    return tm, mm, x, h0, w1, w2
+
+
+PRODUCT = list(itertools.product(
+    TORCH_KINDS,
+    [True, False],       # bias
+    [False, True],       # batch_first
+    [False, True],       # bidirectional
+    [None, LENGTHS],     # lengths
+    [1, 2],              # num_layers
+))
+
+
+def _pid(c):
+    kind, bias, bf, bi, lengths, L = c
+    return (f"{kind}-{'bias' if bias else 'nobias'}-{'bf' if bf else 'tm'}-{'bi' if bi else 'uni'}"
+            f"-{'lens' if lengths else 'full'}-L{L}")
+
+
+def _parity(torch, dtype, kind, bias, batch_first, bidirectional, lengths, num_layers,
+            hx_given=True, seed=0):
+    D, L = (2 if bidirectional else 1), num_layers
+    tm, mm, x, h0, w1, w2 = _pick_parity_case(
+        torch, kind, dtype, seed, D, L, batch_first, lengths, hx_given=hx_given, bias=bias,
+        bidirectional=bidirectional)
+    res_m, grads_m = run_lstmc(mm, x, h0 if hx_given else None, w1, w2, lengths)
+
+    bax = 0 if batch_first else 1
+    lens = np.full(B, T) if lengths is None else np.asarray(lengths)
+    keep, zero = np.flatnonzero(lens > 0), np.flatnonzero(lens == 0)
+    sub = lambda a, ax: np.take(a, keep, axis=ax)  # noqa: E731
+    res_t, grads_t = run_torch(torch, tm, sub(x, bax), sub(h0, 1), sub(w1, bax), sub(w2, 1),
+                               lengths=None if lengths is None else lens[keep],
+                               batch_first=batch_first)
+
+    chk = Checks(f"{kind} vs torch, {np.dtype(dtype).name}")
+    shapes = {"out": w1.shape, "h_n": h0.shape, "dx": x.shape, "dh0": h0.shape}
+    for k, shape in shapes.items():
+        v = res_m[k]
+        if v is None:
+            if k == "dh0" and not hx_given:
+                continue                       # allowed: no state was given
+            chk.fail(f"{k}: lstmc returned None")
+            continue
+        if v.shape != shape:
+            chk.fail(f"{k}: shape {v.shape}, expected {shape}")
+            continue
+        ax = bax if k in ("out", "dx") else 1
+        parity_check(chk, dtype, k, sub(v, ax), res_t[k], "value" if k in ("out", "h_n") else "grad")
+        if zero.size:
+            got = np.take(v, zero, axis=ax)
+            source = {"h_n": h0, "dh0": w2}.get(k)
+            want = np.zeros_like(got) if source is None else np.take(source, zero, axis=1)
+            chk.exact(f"{k} [len-0 row]", got, want)
+    if lengths is not None:
+        valid = pad_mask(T, lens, B)
+        pad = ~(valid.T if batch_first else valid)
+        for k in ("out", "dx"):
+            if res_m[k].shape == shapes[k]:
+                chk.exact(f"{k} [padded steps]", res_m[k][pad], np.zeros_like(res_m[k][pad]))
+    check_param_grads(chk, dtype, tm, mm, grads_m, grads_t)
+    chk.raise_if_any()
+
+
+@pytest.mark.parametrize("case", PRODUCT, ids=[_pid(c) for c in PRODUCT])
+def test_matches_torch(torch, float_dtype, case):
+    _parity(torch, float_dtype, *case)
+
+
+HX_NONE = list(itertools.product(TORCH_KINDS, [False, True], [None, LENGTHS]))
+
+
+@pytest.mark.parametrize("kind,bidirectional,lengths", HX_NONE,
+                         ids=[f"{k}-{'bi' if b else 'uni'}-{'lens' if n else 'full'}"
+                              for k, b, n in HX_NONE])
+def test_matches_torch_without_hx(torch, float_dtype, kind, bidirectional, lengths):
+    _parity(torch, float_dtype, kind, True, False, bidirectional, lengths, 2, hx_given=False,
+            seed=1)
+
+
+@pytest.mark.parametrize("kind", TORCH_KINDS)
+@pytest.mark.parametrize("lengths", [(2, 4, 1, 3), (5, 5, 5, 5)], ids=["all-short", "all-full"])
+def test_matches_torch_other_lengths(torch, float_dtype, kind, lengths):
+    """No 0-length row: max(len) < T (torch pads to total_length), and every len == T."""
+    _parity(torch, float_dtype, kind, True, True, True, lengths, 2, seed=2)
+
+
+UNBATCHED = list(itertools.product(TORCH_KINDS, [False, True], [False, True], [True, False]))
+
+
+@pytest.mark.parametrize("kind,bidirectional,batch_first,hx_given", UNBATCHED,
+                         ids=[f"{k}-{'bi' if b else 'uni'}-{'bf' if f else 'tm'}-{'hx' if h else 'nohx'}"
+                              for k, b, f, h in UNBATCHED])
+def test_unbatched_matches_torch(torch, float_dtype, kind, bidirectional, batch_first, hx_given):
+    """x (T, I), h0 (D*L, H); batch_first does not apply to unbatched input (as in torch)."""
+    dtype = float_dtype
+    D, L = (2 if bidirectional else 1), 2
+    tm, mm, x, h0, w1, w2 = _pick_parity_case(
+        torch, kind, dtype, 4, D, L, False, None, unbatched=True, hx_given=hx_given,
+        bidirectional=bidirectional)
+    if batch_first:   # same weights, batch_first module
+        tm2, mm2 = make_torch_pair(torch, kind, dtype, num_layers=L, batch_first=True,
+                                   bidirectional=bidirectional)
+        tm2.load_state_dict(tm.state_dict())
+        mm2.load_state_dict(tm.state_dict())
+        tm, mm = tm2, mm2
+    res_m, grads_m = run_lstmc(mm, x, h0 if hx_given else None, w1, w2)
+    res_t, grads_t = run_torch(torch, tm, x, h0, w1, w2)
+    chk = Checks(f"unbatched {kind} vs torch, {np.dtype(dtype).name}")
+    for k in res_t:
+        if res_m[k] is None and k == "dh0" and not hx_given:
+            continue
+        parity_check(chk, dtype, k, res_m[k], res_t[k], "value" if k in ("out", "h_n") else "grad")
+    check_param_grads(chk, dtype, tm, mm, grads_m, grads_t)
+    chk.raise_if_any()
+
+
+CELL = list(itertools.product(TORCH_KINDS, [True, False], [True, False], [True, False]))
+
+
+@pytest.mark.parametrize("kind,bias,batched,hx_given", CELL,
+                         ids=[f"{k}-{'bias' if a else 'nobias'}-{'batched' if b else 'unbatched'}"
+                              f"-{'hx' if c else 'nohx'}" for k, a, b, c in CELL])
+def test_cell_matches_torch(torch, float_dtype, kind, bias, batched, hx_given):
+    """One step; loss sum(h1 * W1), i.e. cell.backward(W1)."""
+    dtype = float_dtype
+    for attempt in range(RELU_ATTEMPTS):
+        tc, mc = make_torch_cell_pair(torch, kind, dtype, bias, seed=5 + attempt)
+        rng = np.random.default_rng(5 + attempt)
+        lead = (B,) if batched else ()
+        x = rng.standard_normal((*lead, I)).astype(dtype)
+        h = (0.5 * rng.standard_normal((*lead, H))).astype(dtype)
+        w1 = rng.standard_normal((*lead, H)).astype(dtype)
+        if not hx_given:
+            h = np.zeros_like(h)
+        if kind != "rnn_relu" or dtype != np.float32:
+            break
+        p = params64(mc)
+        pl0 = {k + "_l0": v for k, v in p.items()}
+        x3 = x.reshape(1, -1, I)
+        if relu_margin(x3, pl0, 1, 1, h.reshape(1, -1, H)) >= RELU_MARGIN:
+            break
+    mc.train()
+    mc.zero_grad()
+    h1 = mc(x, h if hx_given else None)
+    h1 = np.array(h1)
+    dx, dh = mc.backward(w1)
+    grads_m = grads_by_name(mc)
+
+    t = lambda a, g=False: torch.tensor(np.array(a), requires_grad=g)  # noqa: E731
+    xt, ht = t(x, True), t(h, True)
+    h1t = tc(xt, ht)
+    (h1t * t(w1)).sum().backward()
+    grads_t = {n: p.grad.numpy() for n, p in tc.named_parameters()}
+
+    chk = Checks(f"{kind} cell vs torch, {np.dtype(dtype).name}")
+    parity_check(chk, dtype, "h1", h1, h1t.detach().numpy(), "value")
+    parity_check(chk, dtype, "dx", dx, xt.grad.numpy(), "grad")
+    if not (dh is None and not hx_given):
+        parity_check(chk, dtype, "dh", dh, ht.grad.numpy(), "grad")
+    check_param_grads(chk, dtype, tc, mc, grads_m, grads_t)
+    chk.raise_if_any()
+
+
+SD = list(itertools.product(TORCH_KINDS, [True, False], [False, True]))
+
+
+@pytest.mark.parametrize("kind,bias,bidirectional", SD,
+                         ids=[f"{k}-{'bias' if a else 'nobias'}-{'bi' if b else 'uni'}"
+                              for k, a, b in SD])
+def test_state_dict_round_trip_into_torch(torch, float_dtype, kind, bias, bidirectional):
+    """lstmc's own (seeded) weights load strictly into torch; both then compute the same."""
+    dtype = float_dtype
+    _, extra, _ = KINDS[kind]
+    kwargs = dict(num_layers=2, bias=bias, bidirectional=bidirectional)
+    lstmc.manual_seed(6)
+    mm = make_module(kind, I, H, dtype=dtype, **kwargs)
+    cls = torch.nn.GRU if kind == "gru" else torch.nn.RNN
+    tm = cls(I, H, dtype=torch_dtype(torch, dtype),
+             **{k: v for k, v in extra.items() if k != "reset_after"}, **kwargs)
+    sd, want = mm.state_dict(), tm.state_dict()
+    assert list(sd) == list(want)
+    for k, v in sd.items():
+        assert isinstance(v, np.ndarray), (k, type(v))
+        assert v.shape == tuple(want[k].shape), (k, v.shape, tuple(want[k].shape))
+        assert v.dtype == dtype, (k, v.dtype)
+    tm.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
+                       strict=True)
+    # state_dict() is a copy
+    first = next(iter(sd))
+    before = np.array(dict(mm.named_parameters())[first].data)
+    sd[first][...] += 1.0
+    np.testing.assert_array_equal(dict(mm.named_parameters())[first].data, before)
+
+    mm.eval()
+    tm.eval()
+    D = 2 if bidirectional else 1
+    x, h0, _, _ = parity_data(np.random.default_rng(6), dtype, D, 2)
+    out_m, hn_m = mm(x, h0)
+    with torch.no_grad():
+        out_t, hn_t = tm(torch.from_numpy(x), torch.from_numpy(h0))
+    chk = Checks(f"{kind} state_dict round trip")
+    parity_check(chk, dtype, "out", out_m, out_t.numpy(), "value")
+    parity_check(chk, dtype, "h_n", hn_m, hn_t.numpy(), "value")
+    chk.raise_if_any()
+
+
+# ==========================================================================================
+# 2. kernels vs reference
+
+TOL_OUT = {np.float32: (1e-4, 1e-5), np.float64: (1e-10, 1e-10)}
+TOL_GRAD = {np.float32: (1e-3, 1e-4), np.float64: (1e-10, 1e-10)}
+GRID_EXAMPLES = 50       # per kind and dtype
+SMALL_EXAMPLES = 15
+_SETTINGS = dict(deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def grid_cases(draw):
+    T = draw(st.integers(1, 6))
+    layout = draw(st.sampled_from(["tm", "bf", "unbatched"]))
+    B = 1 if layout == "unbatched" else draw(st.integers(1, 5))
+    lengths = None
+    if layout != "unbatched":
+        lengths = draw(st.one_of(st.none(), st.lists(st.integers(0, T), min_size=B, max_size=B)))
+    L = draw(st.integers(1, 3))
+    return dict(
+        T=T, B=B, I=draw(st.integers(1, 9)), H=draw(st.integers(1, 9)), L=L,
+        layout=layout,
+        bidirectional=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        lengths=lengths,
+        len_dtype=draw(st.sampled_from([np.int64, np.int32])),
+        hx=draw(st.booleans()),
+        dh_n=draw(st.booleans()),
+        dropout=draw(st.sampled_from([0.0, 0.0, 0.4])) if L > 1 else 0.0,
+        pad_fill=draw(st.sampled_from(["random", "nan"])),
+        wscale=draw(st.sampled_from([None, 0.5, 1.2])),   # None: the module's default init
+        xscale=draw(st.sampled_from([1.0, 3.0])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def run_case(kind, case, dtype):
+    """Forward + backward through lstmc and the reference; returns a Checks (not raised)."""
+    T, B, I_, H_, L = (case[k] for k in ("T", "B", "I", "H", "L"))
+    bi, layout = case["bidirectional"], case["layout"]
+    D, G = (2 if bi else 1), KINDS[kind][2]
+    bf, unb = layout == "bf", layout == "unbatched"
+    rng = np.random.default_rng(case["seed"])
+    lstmc.manual_seed(case["seed"])
+    mod = make_module(kind, I_, H_, dtype=dtype, num_layers=L, bias=case["bias"],
+                      batch_first=bf, dropout=case["dropout"], bidirectional=bi)
+    names = [n for n, _ in mod.named_parameters()]
+    assert names == expected_names(L, bi, case["bias"]), names
+    for n, p in mod.named_parameters():
+        rows = G * H_
+        cols = (I_ if n.startswith("weight_ih_l0") else D * H_) if n.startswith("weight_ih") else H_
+        want = (rows,) if n.startswith("bias") else (rows, cols)
+        assert p.data.shape == want and p.grad.shape == want, (n, p.data.shape, want)
+        assert p.data.dtype == dtype and p.grad.dtype == dtype, n
+    if case["wscale"] is not None:
+        w = case["wscale"]
+        mod.load_state_dict({k: rng.uniform(-w, w, v.shape) for k, v in mod.state_dict().items()})
+    params = params64(mod)
+
+    lengths = None if case["lengths"] is None else np.array(case["lengths"], case["len_dtype"])
+    valid = pad_mask(T, lengths, B)                              # (T, B)
+    full = (T, B) if not unb else (T, 1)
+
+    checks = Checks(f"{kind} vs reference, {np.dtype(dtype).name}, case {case}")
+    grads_comparable = True
+    for attempt in range(RELU_ATTEMPTS):
+        x_tm = (case["xscale"] * rng.standard_normal((*full, I_))).astype(dtype)
+        h0 = rng.standard_normal((D * L, B, H_)).astype(dtype) if case["hx"] else None
+        dout_tm = rng.standard_normal((*full, D * H_)).astype(dtype)
+        dh_n = rng.standard_normal((D * L, B, H_)).astype(dtype) if case["dh_n"] else None
+        # padding of x / dout is garbage (or NaN) for lstmc; the reference gets zeros there
+        x_in_tm, dout_in_tm = x_tm.copy(), dout_tm.copy()
+        if case["pad_fill"] == "nan":
+            x_in_tm[~valid], dout_in_tm[~valid] = np.nan, np.nan
+        x_tm[~valid], dout_tm[~valid] = 0, 0
+
+        if unb:
+            x_in, dout_in = x_in_tm[:, 0], dout_in_tm[:, 0]
+            h0_in = None if h0 is None else h0[:, 0]
+            dh_n_in = None if dh_n is None else dh_n[:, 0]
+        else:
+            sw = (lambda a: np.ascontiguousarray(np.swapaxes(a, 0, 1))) if bf else (lambda a: a)
+            x_in, dout_in, h0_in, dh_n_in = sw(x_in_tm), sw(dout_in_tm), h0, dh_n
+        keep = [None if a is None else a.copy() for a in (x_in, dout_in, h0_in, dh_n_in, lengths)]
+
+        mod.train()
+        mod.zero_grad()
+        out, h_n = mod(x_in, h0_in, lengths=lengths)
+        masks = [np.array(m, copy=True) for m in mod._last_dropout_masks]
+        if unb:   # (T, D*H) or (T, 1, D*H) for an unbatched call: compare as a batch of one
+            masks = [m.reshape(T, 1, -1) for m in masks]
+        if kind != "rnn_relu" or dtype != np.float32:
+            break
+        if relu_margin(x_tm, params, L, D, h0, lengths, masks or None) >= RELU_MARGIN:
+            break
+    else:
+        grads_comparable = False   # forward values only (see the module docstring)
+        checks.header += " [float32 relu: no draw clear of the kink, gradients not compared]"
+
+    if case["dropout"] > 0 and L > 1:
+        assert len(masks) == L - 1, len(masks)
+        for m in masks:
+            assert m.shape == (T, B, D * H_), (m.shape, (T, B, D * H_))
+            s = 1.0 / (1.0 - case["dropout"])
+            assert np.all((m == 0) | np.isclose(m, s, rtol=1e-6, atol=0)), np.unique(m)
+    else:
+        assert len(masks) == 0, "no dropout configured, but _last_dropout_masks is not empty"
+
+    dx, dh0 = mod.backward(dout_in, dh_n_in)
+    grads = grads_by_name(mod)
+    for a, b in zip((x_in, dout_in, h0_in, dh_n_in, lengths), keep):
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg="an input array was modified")
+
+    out_shape = (T, D * H_) if unb else ((B, T, D * H_) if bf else (T, B, D * H_))
+    h_shape = (D * L, H_) if unb else (D * L, B, H_)
+    for name, a, shape in (("out", out, out_shape), ("h_n", h_n, h_shape),
+                           ("dx", dx, x_in.shape), ("dh0", dh0, h_shape)):
+        if name == "dh0" and a is None and h0 is None:
+            continue
+        assert a is not None, f"{name} is None"
+        assert a.shape == shape, f"{name}: shape {a.shape}, expected {shape}"
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}"
+
+    if unb:
+        out_tm, dx_tm = out[:, None], dx[:, None]
+        h_n3 = h_n[:, None]
+        dh03 = None if dh0 is None else dh0[:, None]
+    else:
+        tmj = (lambda a: np.swapaxes(a, 0, 1)) if bf else (lambda a: a)
+        out_tm, dx_tm, h_n3, dh03 = tmj(out), tmj(dx), h_n, dh0
+    checks.exact("out [padding]", out_tm[~valid], np.zeros_like(out_tm[~valid]))
+    checks.exact("dx [padding]", dx_tm[~valid], np.zeros_like(dx_tm[~valid]))
+
+    r_out, r_hn, cache = ref_forward(kind, x_tm.astype(np.float64), params, L, bi,
+                                     hx=None if h0 is None else h0.astype(np.float64),
+                                     lengths=lengths,
+                                     dropout_masks=[m.astype(np.float64) for m in masks] or None)
+    r_dx, r_dh0, r_grads = ref_backward(kind, cache, dout_tm.astype(np.float64),
+                                        None if dh_n is None else dh_n.astype(np.float64))
+    to, tg = TOL_OUT[dtype], TOL_GRAD[dtype]
+    checks.close("out", out_tm, r_out, *to)
+    checks.close("h_n", h_n3, r_hn, *to)
+    if grads_comparable:
+        checks.close("dx", dx_tm, r_dx, *tg)
+        if dh03 is not None:
+            checks.close("dh0", dh03, r_dh0, *tg)
+        if set(grads) != set(r_grads):
+            checks.fail(f"grad names: lstmc {sorted(grads)} != reference {sorted(r_grads)}")
+        else:
+            for n in names:
+                checks.close(f"grad {n}", grads[n], r_grads[n], *tg)
+    return checks
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@settings(max_examples=GRID_EXAMPLES, **_SETTINGS)
+@given(case=grid_cases())
+def test_matches_reference(kind, dtype, case):
+    run_case(kind, case, dtype).raise_if_any()
+
+
+def _corner(**kw):
+    base = dict(T=1, B=1, I=1, H=1, L=1, layout="tm", bidirectional=False, bias=True,
+                lengths=None, len_dtype=np.int64, hx=False, dh_n=False, dropout=0.0,
+                pad_fill="random", wscale=None, xscale=1.0, seed=1)
+    base.update(kw)
+    return base
+
+
+CORNERS = {
+    "all-ones": _corner(),
+    "big-bidir-bf-dropout": _corner(T=6, B=5, I=9, H=9, L=3, layout="bf", bidirectional=True,
+                                    lengths=[0, 6, 3, 0, 1], hx=True, dh_n=True, dropout=0.4,
+                                    pad_fill="nan", wscale=1.2, xscale=3.0, seed=2),
+    "all-lengths-zero": _corner(T=5, B=4, I=3, H=7, L=2, bidirectional=True, bias=False,
+                                lengths=[0, 0, 0, 0], len_dtype=np.int32, hx=True, dh_n=True,
+                                seed=3),
+    "no-row-full-length": _corner(T=4, B=3, I=5, H=2, L=2, layout="bf", bidirectional=True,
+                                  lengths=[2, 2, 2], dh_n=True, seed=4),
+    "unbatched-bidir": _corner(T=6, I=4, H=3, L=3, layout="unbatched", bidirectional=True,
+                               hx=True, dh_n=True, dropout=0.4, seed=5),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("name", list(CORNERS))
+def test_matches_reference_corners(kind, dtype, name):
+    run_case(kind, CORNERS[name], dtype).raise_if_any()
+
+
+@pytest.fixture
+def restore_threads():
+    n = lstmc.get_num_threads()
+    yield
+    lstmc.set_num_threads(n)
+
+
+# 1 vs 2 threads: same bound as tests/test_threads.py (times max(1, max|tensor|))
+THREAD_TOL = {np.float32: 4e-6, np.float64: 5e-15}
+
+WIDE = {
+    "H48-B17": _corner(T=4, B=17, I=10, H=48, L=2, bidirectional=True,
+                       lengths=list(np.arange(17) % 5), hx=True, dh_n=True, seed=48),
+    "H130-B33": _corner(T=3, B=33, I=12, H=130, L=2, bidirectional=True,
+                        lengths=list(np.arange(33) % 4), hx=True, dh_n=True, seed=130),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("name", list(WIDE))
+def test_matches_reference_two_threads(restore_threads, kind, dtype, name):
+    """H >= 40 and B >= 16 (B * H >= 4096 for the second): the kernels split the work across
+    threads; against the reference at 2 threads, and 1 vs 2 threads within rounding."""
+    case = WIDE[name]
+    lstmc.set_num_threads(2)
+    run_case(kind, case, dtype).raise_if_any()
+
+    rng = np.random.default_rng(case["seed"])
+    lstmc.manual_seed(0)
+    mod = make_module(kind, case["I"], case["H"], dtype=dtype, num_layers=case["L"],
+                      bidirectional=True)
+    x = rng.standard_normal((case["T"], case["B"], case["I"])).astype(dtype)
+    lengths = np.array(case["lengths"])
+    dout = rng.standard_normal((case["T"], case["B"], 2 * case["H"])).astype(dtype)
+
+    def fwd_bwd(n):
+        lstmc.set_num_threads(n)
+        mod.zero_grad()
+        out, h_n = mod(x, lengths=lengths)
+        res = {"out": np.array(out), "h_n": np.array(h_n)}
+        dx, dh0 = mod.backward(dout)
+        res.update(dx=np.array(dx), dh0=np.array(dh0), **{f"grad {k}": v for k, v in grads_by_name(mod).items()})
+        return res
+
+    r1, r2, r2b = fwd_bwd(1), fwd_bwd(2), fwd_bwd(2)
+    bad = []
+    for k in r1:
+        np.testing.assert_array_equal(r2[k], r2b[k], err_msg=f"{k}: 2 threads not deterministic")
+        scale = max(1.0, float(np.max(np.abs(r1[k]))))
+        d = float(np.max(np.abs(r1[k].astype(np.float64) - r2[k]))) / scale
+        if not d <= THREAD_TOL[dtype]:
+            bad.append(f"{k}: max|1 thread - 2 threads| / scale = {d:.3e}")
+    # relu: a flipped kink between thread counts is possible in float32; outputs stay close
+    if kind == "rnn_relu" and dtype == np.float32:
+        bad = [b for b in bad if b.startswith(("out", "h_n"))]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@settings(max_examples=SMALL_EXAMPLES, **_SETTINGS)
+@given(Bc=st.one_of(st.none(), st.integers(1, 5)), Ic=st.integers(1, 9), Hc=st.integers(1, 9),
+       bias=st.booleans(), hx=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_cell_matches_reference(kind, dtype, Bc, Ic, Hc, bias, hx, seed):
+    rng = np.random.default_rng(seed)
+    lstmc.manual_seed(seed)
+    cell = make_cell(kind, Ic, Hc, dtype=dtype, bias=bias)
+    G = KINDS[kind][2]
+    p = params64(cell)
+    want_names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    assert [n for n, _ in cell.named_parameters()] == want_names
+    assert p["weight_ih"].shape == (G * Hc, Ic) and p["weight_hh"].shape == (G * Hc, Hc)
+    lead = () if Bc is None else (Bc,)
+    comparable = True
+    for attempt in range(RELU_ATTEMPTS):
+        x = rng.standard_normal((*lead, Ic)).astype(dtype)
+        h0 = rng.standard_normal((*lead, Hc)).astype(dtype) if hx else np.zeros((*lead, Hc), dtype)
+        if kind != "rnn_relu" or dtype != np.float32:
+            break
+        pl0 = {k + "_l0": v for k, v in p.items()}
+        if relu_margin(x.reshape(1, -1, Ic), pl0, 1, 1, h0.reshape(1, -1, Hc)) >= RELU_MARGIN:
+            break
+    else:
+        comparable = False
+    cell.train()
+    cell.zero_grad()
+    h1 = cell(x, h0 if hx else None)
+    assert h1.shape == (*lead, Hc) and h1.dtype == dtype
+    h1 = np.array(h1)
+    dh1 = rng.standard_normal((*lead, Hc)).astype(dtype)
+    dx, dh = cell.backward(dh1)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    grads = grads_by_name(cell)
+
+    as2d = (lambda a: a[None]) if Bc is None else (lambda a: a)
+    back = (lambda a: a[0]) if Bc is None else (lambda a: a)
+    r_h1, cache = ref_cell_forward(kind, as2d(x).astype(np.float64), as2d(h0).astype(np.float64),
+                                   p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+    r_dx, r_dh, r_g = ref_cell_backward(kind, cache, as2d(dh1).astype(np.float64))
+    to, tg = TOL_OUT[dtype], TOL_GRAD[dtype]
+    chk = Checks(f"{kind} cell vs reference, {np.dtype(dtype).name}, B={Bc} I={Ic} H={Hc} "
+                 f"bias={bias} hx={hx} seed={seed}")
+    chk.close("h1", h1, back(r_h1), *to)
+    if comparable:
+        chk.close("dx", dx, back(r_dx), *tg)
+        if dh is not None or hx:
+            chk.close("dh", dh, back(r_dh), *tg)
+        short = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh"}
+        for n in grads:
+            chk.close(f"grad {n}", grads[n], r_g[short[n]], *tg)
+    chk.raise_if_any()
+
+
+def test_reset_after_false_differs_from_true():
+    """The two GRU variants share tensors but not equations: on the same weights they must
+    give different outputs (guards against the flag being ignored), each its own reference's."""
+    rng = np.random.default_rng(9)
+    a = lstmc.nn.GRU(4, 6, num_layers=2, reset_after=True, dtype=np.float64)
+    b = lstmc.nn.GRU(4, 6, num_layers=2, reset_after=False, dtype=np.float64)
+    sd = {k: rng.uniform(-0.8, 0.8, v.shape) for k, v in a.state_dict().items()}
+    a.load_state_dict(sd)
+    b.load_state_dict(sd)
+    x = rng.standard_normal((5, 3, 4))
+    oa, _ = a(x)
+    ob, _ = b(x)
+    assert np.max(np.abs(oa - ob)) > 1e-3, "reset_after=False computes the same as True"
+    # each matches its own reference
+    for mod, ra in ((a, True), (b, False)):
+        r_out, r_hn, _ = ref.gru_forward(x, sd, num_layers=2, reset_after=ra)
+        out, h_n = mod(x)
+        assert_close(f"out reset_after={ra}", out, r_out, 1e-10, 1e-10)
+        assert_close(f"h_n reset_after={ra}", h_n, r_hn, 1e-10, 1e-10)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_dropout_seed_and_eval(kind):
+    rng = np.random.default_rng(12)
+    T_, B_, I_, H_, L, p = 6, 5, 4, 8, 3, 0.3
+    mod = make_module(kind, I_, H_, dtype=np.float64, num_layers=L, dropout=p,
+                      bidirectional=True)
+    x = rng.standard_normal((T_, B_, I_))
+    lstmc.manual_seed(77)
+    out1, _ = mod(x)
+    m1 = [np.array(m) for m in mod._last_dropout_masks]
+    assert len(m1) == L - 1 and all(m.shape == (T_, B_, 2 * H_) for m in m1)
+    assert not np.array_equal(m1[0], m1[1]), "layers share one mask"
+    lstmc.manual_seed(77)
+    out2, _ = mod(x)
+    for a, b in zip(m1, mod._last_dropout_masks):
+        np.testing.assert_array_equal(a, b, err_msg="same manual_seed, different masks")
+    np.testing.assert_array_equal(out1, out2)
+    mod.eval()
+    oe, hne = mod(x)
+    r_out, r_hn, _ = ref_forward(kind, x, params64(mod), L, True)
+    assert_close("eval out (no dropout)", oe, r_out, 1e-10, 1e-10)
+    assert_close("eval h_n (no dropout)", hne, r_hn, 1e-10, 1e-10)
+    with pytest.raises(RuntimeError):
+        mod.backward(np.zeros_like(oe))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_gradients_accumulate_and_zero_grad(kind):
+    rng = np.random.default_rng(7)
+    mod = make_module(kind, 5, 6, dtype=np.float64, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((4, 3, 5))
+    lengths = np.array([4, 0, 2])
+    dout = rng.standard_normal((4, 3, 12))
+    mod.zero_grad()
+    mod(x, lengths=lengths)
+    mod.backward(dout)
+    g1 = grads_by_name(mod)
+    assert any(np.any(g != 0) for g in g1.values())
+    mod(x, lengths=lengths)
+    mod.backward(dout)
+    g2 = grads_by_name(mod)
+    for n in g1:
+        assert_close(f"2x grad {n}", g2[n], 2 * g1[n], 1e-12, 1e-12)
+    mod.zero_grad()
+    for n, p in mod.named_parameters():
+        assert np.all(p.grad == 0), n
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_names_shapes_and_default_init(kind):
+    G = KINDS[kind][2]
+    mod = make_module(kind, 7, 6, num_layers=2, bidirectional=True)
+    shapes = {n: p.data.shape for n, p in mod.named_parameters()}
+    assert list(shapes) == expected_names(2, True, True)
+    assert shapes["weight_ih_l0"] == (G * 6, 7) and shapes["weight_hh_l0"] == (G * 6, 6)
+    assert shapes["bias_ih_l0"] == (G * 6,) and shapes["weight_ih_l1_reverse"] == (G * 6, 12)
+    assert list(mod.state_dict()) == list(shapes)
+    assert len(list(mod.parameters())) == len(shapes)
+    for n, v in mod.state_dict().items():
+        assert v.dtype == np.float32, n
+        assert np.all(np.abs(v) <= 1 / np.sqrt(6) + 1e-7), n
+    lstmc.manual_seed(3)
+    a = make_module(kind, 7, 6).state_dict()
+    lstmc.manual_seed(3)
+    b = make_module(kind, 7, 6).state_dict()
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n], err_msg=f"{n}: manual_seed not reproducible")
+
+
+# ==========================================================================================
+# 3. bad input
+
+X_NAME = r"\b(x|input)\b"
+H0_NAME = r"\b(h0|h_0|hx|hidden)\b|h0"
+LEN_NAME = r"lengths"
+
+
+def shape_re(shape):
+    return r"\D+".join(str(int(d)) for d in shape)
+
+
+def assert_message(excinfo, *patterns):
+    msg = str(excinfo.value)
+    for pat in patterns:
+        assert re.search(pat, msg), f"message {msg!r} does not match {pat!r}"
+
+
+def mk(kind, I=5, H=7, L=2, bidirectional=True, **kw):
+    lstmc.manual_seed(0)
+    return make_module(kind, I, H, num_layers=L, bidirectional=bidirectional, **kw)
+
+
+@pytest.mark.parametrize("nl", ["sigmoid", "Tanh", "", "gelu"])
+def test_bad_nonlinearity(nl):
+    with pytest.raises(ValueError) as ei:
+        lstmc.nn.RNN(3, 4, nonlinearity=nl)
+    assert_message(ei, "nonlinearity")
+    with pytest.raises(ValueError) as ei:
+        lstmc.nn.RNNCell(3, 4, nonlinearity=nl)
+    assert_message(ei, "nonlinearity")
+    with pytest.raises((ValueError, TypeError)):
+        lstmc.nn.RNN(3, 4, nonlinearity=None)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("kwargs, arg", [
+    (dict(hidden_size=0), "hidden_size"),
+    (dict(num_layers=0), "num_layers"),
+    (dict(dropout=-0.1), "dropout"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_constructor_rejects(kind, kwargs, arg):
+    args = dict(input_size=5, hidden_size=7)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as ei:
+        make_module(kind, **args)
+    assert_message(ei, arg)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("dtype", [np.int32, np.complex64])
+def test_constructor_rejects_non_float_dtype(kind, dtype):
+    with pytest.raises((TypeError, ValueError)):
+        make_module(kind, 3, 4, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("h0_shape", [(3, 3, 7), (4, 2, 7), (4, 3, 6), (4, 21), (4, 3, 7, 1)],
+                         ids=["layers", "batch", "features", "ndim2", "ndim4"])
+def test_hx_wrong_shape(kind, h0_shape):
+    mod = mk(kind)                                  # h0 must be (4, 3, 7)
+    with pytest.raises(ValueError) as ei:
+        mod(np.zeros((6, 3, 5), np.float32), np.zeros(h0_shape, np.float32))
+    assert_message(ei, H0_NAME, shape_re(h0_shape))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_hx_batched_with_unbatched_x(kind):
+    mod = mk(kind, L=1, bidirectional=False)
+    with pytest.raises(ValueError) as ei:
+        mod(np.zeros((6, 5), np.float32), np.zeros((1, 1, 7), np.float32))
+    assert_message(ei, H0_NAME)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
+def test_hx_lstm_style_tuple_rejected(kind):
+    mod = mk(kind)
+    h = np.zeros((4, 3, 7), np.float32)
+    with pytest.raises((ValueError, TypeError)):
+        mod(np.zeros((6, 3, 5), np.float32), (h, h))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4, 6), (3, 4, 1), (3, 11)])
+def test_x_wrong_features(kind, batch_first, shape):
+    mod = mk(kind, batch_first=batch_first)
+    with pytest.raises(ValueError) as ei:
+        mod(np.zeros(shape, np.float32))
+    assert_message(ei, X_NAME + "|input_size", r"\b5\b", str(shape[-1]))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("shape", [(11,), (3, 4, 2, 5)])
+def test_x_wrong_ndim(kind, shape):
+    with pytest.raises(ValueError) as ei:
+        mk(kind)(np.zeros(shape, np.float32))
+    assert_message(ei, X_NAME)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.complex128, object])
+def test_x_int_dtype_is_type_error(kind, dtype):
+    mod = mk(kind)
+    with pytest.raises(TypeError) as ei:
+        mod(np.zeros((3, 2, 5), dtype=dtype))
+    assert_message(ei, "float32", "float64")
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_hx_int_dtype_is_type_error(kind):
+    mod = mk(kind)
+    with pytest.raises(TypeError):
+        mod(np.zeros((3, 2, 5), np.float32), np.zeros((4, 2, 7), np.int64))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_cell_bad_inputs(kind):
+    cell = make_cell(kind, 5, 7)
+    with pytest.raises(RuntimeError):
+        cell.backward(np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError) as ei:
+        cell(np.zeros((3, 6), np.float32))
+    assert_message(ei, X_NAME + "|input_size")
+    with pytest.raises(ValueError):
+        cell(np.zeros((3, 5), np.float32), np.zeros((2, 7), np.float32))
+    with pytest.raises(ValueError):
+        cell(np.zeros((3, 5), np.float32), np.zeros((3, 6), np.float32))
+    with pytest.raises(TypeError):
+        cell(np.zeros((3, 5), np.int32))
+    h1 = cell(np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError):
+        cell.backward(np.zeros((3, 6), np.float32))
+    cell.backward(np.zeros_like(h1))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_backward_before_forward(kind):
+    with pytest.raises(RuntimeError):
+        mk(kind).backward(np.zeros((6, 3, 14), np.float32))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_backward_after_eval_forward(kind):
+    mod = mk(kind)
+    mod(np.ones((4, 2, 5), np.float32))     # a train-mode forward first: must not be reused
+    mod.eval()
+    out, _ = mod(np.zeros((6, 3, 5), np.float32))
+    with pytest.raises(RuntimeError):
+        mod.backward(np.zeros_like(out))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("lengths, exc", [
+    ([3, 3], ValueError),                    # B - 1 entries
+    ([3, 3, 3, 3], ValueError),              # B + 1 entries
+    ([3, 7, 1], ValueError),                 # > T
+    ([3, -1, 1], ValueError),                # negative
+    ([2 ** 62, 1, 1], ValueError),           # huge
+    (np.array([3.0, 2.0, 1.0]), TypeError),  # float dtype
+])
+def test_lengths_rejected(kind, lengths, exc):
+    mod = mk(kind)
+    with pytest.raises(exc) as ei:
+        mod(np.zeros((6, 3, 5), np.float32), lengths=np.asarray(lengths))
+    assert_message(ei, LEN_NAME)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_dout_and_dh_n_wrong_shape(kind):
+    mod = mk(kind)                                   # out (6, 3, 14), h_n (4, 3, 7)
+    mod(np.zeros((6, 3, 5), np.float32))
+    with pytest.raises(ValueError) as ei:
+        mod.backward(np.zeros((6, 3, 13), np.float32))
+    assert_message(ei, r"dout|grad", shape_re((6, 3, 13)))
+    with pytest.raises(ValueError) as ei:
+        mod.backward(np.zeros((6, 3, 14), np.float32), np.zeros((4, 2, 7), np.float32))
+    assert_message(ei, shape_re((4, 2, 7)))
+    with pytest.raises(TypeError):
+        mod.backward(np.zeros((6, 3, 14), np.int32))
+    # a failed backward leaves the module usable
+    dx, dh0 = mod.backward(np.zeros((6, 3, 14), np.float32))
+    assert dx.shape == (6, 3, 5)
