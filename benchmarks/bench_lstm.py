@@ -30,7 +30,9 @@ this shared machine hits both; each figure is the median of all its timed calls.
 starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so that caches and the other
 library's spinning worker threads settle. Reps are sized from an untimed probe call to a time
 budget per figure (1 s; --quick 0.25 s), at least 5 (3 for calls slower than the budget; --quick 3),
-unless ``--reps`` fixes them.
+unless ``--reps`` fixes them. Before timing, each row's lstmc and torch forward outputs are
+compared (same weights, same data); a row marked (!) differs by more than CHECK_ATOL.
+``--json`` also writes the metadata, the sgemm peaks and every timed sample.
 
 GFLOP/s use ``lstm_flops`` below (grid.json "about"); "% peak" is lstmc's GFLOP/s over the
 float32 numpy matmul (2048^3) peak measured in the same run at the same thread count. Numpy's BLAS
@@ -45,7 +47,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import math
 import os
 import platform
 import re
@@ -323,7 +324,8 @@ def markdown(results, streaming, peaks, meta, with_torch):
     out.append("Run %s, %.0f s; load average before/after %s / %s (another process busy on the "
                "cores makes every figure, above all the 2-thread ones, unreliable)." % (
                    meta["date"], meta["elapsed_s"], meta["load_before"], meta["load_after"]))
-    out.append("sgemm peak (numpy float32 %d^3 matmul, median of %d; numpy BLAS threads: %s): %s." % (
+    out.append("sgemm peak (numpy float32 %d^3 matmul, median of %d; numpy BLAS threads: %s): "
+               "%s." % (
         PEAK_N, meta["peak_reps"], meta["blas_threads"],
         ", ".join("%d thr %.0f GFLOP/s" % (t, p) for t, p in sorted(peaks.items()))))
     out.append("")
@@ -358,7 +360,8 @@ def markdown(results, streaming, peaks, meta, with_torch):
              "(layer > 0 reads D·H inputs), train step = 3x forward; variable-length rows count "
              "sum(lengths) tokens instead of T·B.",
              "fwd = eval-mode forward; train = zero_grad + train-mode forward + backward "
-             "(torch: packed sequences for variable-length rows, x.requires_grad so dx is computed)."]
+             "(torch: packed sequences for variable-length rows, x.requires_grad so dx is "
+             "computed)."]
     if with_torch:
         notes.append("ratio = lstmc ms / torch ms (< 1: lstmc faster); both measured interleaved "
                      "in the same process; single absolute times on a shared machine are noisy.")
@@ -494,7 +497,8 @@ def main(argv=None):
         if with_torch:
             torch.set_num_threads(n)
         peak_samples[n] = sgemm_times(n, cfg["peak_reps"])
-        say("[%d thr] sgemm %.0f GFLOP/s so far" % (n, 2 * PEAK_N ** 3 / np.median(peak_samples[n]) / 1e9))
+        say("[%d thr] sgemm %.0f GFLOP/s so far"
+            % (n, 2 * PEAK_N ** 3 / np.median(peak_samples[n]) / 1e9))
         rows_n = []
         for c, lrun, trun in built:
             for mode in c["modes"]:
@@ -513,12 +517,10 @@ def main(argv=None):
                         r[lib + "_gflops"] = flops / r[lib + "_s"] / 1e9
                         r[lib + "_samples_s"] = v
                 rows_n.append(r)
-                say("[%d thr] %-28s %-5s lstmc %s%s   (%.0f s)" % (
-                    n, c["name"], mode,
-                    r.get("lstmc_error") or "%s ms (n=%d)" % (fmt_ms(r["lstmc_s"]), len(s["lstmc"])),
-                    "" if not with_torch else "  torch " + (
-                        r.get("torch_error") or "%s ms (n=%d)" % (fmt_ms(r["torch_s"]), len(s["torch"]))),
-                    time.perf_counter() - t_start))
+                done = "  ".join("%s %s" % (lib, r.get(lib + "_error") or "%s ms (n=%d)" % (
+                    fmt_ms(r[lib + "_s"]), len(s[lib]))) for lib in runners)
+                say("[%d thr] %-28s %-5s %s   (%.0f s)" % (
+                    n, c["name"], mode, done, time.perf_counter() - t_start))
         peak_samples[n] += sgemm_times(n, cfg["peak_reps"])
         peaks[n] = 2 * PEAK_N ** 3 / float(np.median(peak_samples[n])) / 1e9
         for r in rows_n:

@@ -23,8 +23,8 @@ ReLU and float32: a pre-activation that lies within float32 rounding of 0 may ta
 branch of relu in the kernel than in the float64 reference (or torch), which changes that
 unit's gradient by O(1) -- a false failure, not a bug. Every float32 relu case therefore
 measures how close its pre-activations come to 0 relative to the size of the terms they sum
-(in float64, ``relu_margin``) and redraws its data until that is >= RELU_MARGIN (~250 float32
-ulp); should that never happen, only the forward values are compared.
+(in float64, ``relu_margin``) and redraws its data until that is >= RELU_MARGIN (1e-5, ~80 float32
+epsilons); should that never happen, only the forward values are compared.
 """
 import itertools
 import re
@@ -51,8 +51,8 @@ KINDS = {
 ALL_KINDS = list(KINDS)
 TORCH_KINDS = ["gru", "rnn_tanh", "rnn_relu"]        # what torch can express
 
-RELU_MARGIN = 3e-5   # relative; see the module docstring
-RELU_ATTEMPTS = 8
+RELU_MARGIN = 1e-5   # of the summed terms' size (~80 float32 eps); see the docstring
+RELU_ATTEMPTS = 12
 
 
 # ==========================================================================================
@@ -736,8 +736,8 @@ THREAD_TOL = {np.float32: 4e-6, np.float64: 5e-15}
 
 WIDE = {
     "H48-B17": _corner(T=4, B=17, I=10, H=48, L=2, bidirectional=True,
-                       lengths=list(np.arange(17) % 5), hx=True, dh_n=True, seed=48),
-    "H130-B33": _corner(T=3, B=33, I=12, H=130, L=2, bidirectional=True,
+                       lengths=list(np.arange(17) % 5), hx=True, dh_n=True, dropout=0.3, seed=48),
+    "H130-B33": _corner(T=3, B=33, I=12, H=130, L=1, bidirectional=True,
                         lengths=list(np.arange(33) % 4), hx=True, dh_n=True, seed=130),
 }
 
@@ -755,7 +755,7 @@ def test_matches_reference_two_threads(restore_threads, kind, dtype, name):
     rng = np.random.default_rng(case["seed"])
     lstmc.manual_seed(0)
     mod = make_module(kind, case["I"], case["H"], dtype=dtype, num_layers=case["L"],
-                      bidirectional=True)
+                      bidirectional=True)   # no dropout: both runs must see the same network
     x = rng.standard_normal((case["T"], case["B"], case["I"])).astype(dtype)
     lengths = np.array(case["lengths"])
     dout = rng.standard_normal((case["T"], case["B"], 2 * case["H"])).astype(dtype)
