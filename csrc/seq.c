@@ -12,6 +12,7 @@
  * Rows are sorted by length, so the rows still running at any step are a prefix of the batch:
  * finished rows are simply outside every GEMM and pass, and cost nothing.
  */
+#include <limits.h>
 #include <string.h>
 #include "internal.h"
 
@@ -81,6 +82,15 @@ int lstmc_seq_check(const lstmc_seq *s)
         if (n < 0 || n > (t ? s->batch_sizes[t - 1] : s->batch))
             return LSTMC_ERR_ARG;
     }
+    /* GEMM sizes and leading dimensions are ints: keep every one of them representable */
+    const long long GH = (long long)gates_of(s->cell) * s->hidden;
+    if (GH > INT_MAX || (long long)s->dirs * s->hidden > INT_MAX)
+        return LSTMC_ERR_ARG;
+    long long N = 0;
+    for (int t = 0; t < s->steps; t++)
+        N += s->batch_sizes[t];
+    if (N > INT_MAX)
+        return LSTMC_ERR_ARG;
     for (int j = 0; j < s->batch; j++) {
         const int len = s->lengths[j];
         /* row j runs exactly for t < len: it is inside the prefix of those steps only */
