@@ -5,7 +5,10 @@ Build-time decisions, made once here:
   otherwise the build goes on serial with a warning (lstmc.openmp_enabled() then says False).
 - BLAS integer width: scipy's cython_blas declares its integer type; an ILP64 scipy
   (64-bit `blas_int`) gets -DLSTMC_BLAS_ILP64 so the C pointer table matches it.
-- Flags: portable -O3, no -ffast-math. LSTMC_NATIVE=1 opts into -march=native for a local build.
+- Flags: portable -O3, no -ffast-math. -fno-trapping-math only lets the compiler turn the
+  selects of the activation code into vector blends (values, NaN and rounding are unchanged;
+  lstmc never reads floating-point exception flags). Cell kernels carry their own AVX2/FMA
+  clones (csrc/internal.h, LSTMC_DISPATCH). LSTMC_NATIVE=1 opts into -march=native.
 """
 import os
 import re
@@ -69,7 +72,7 @@ def scipy_blas_is_ilp64():
 def extensions():
     from Cython.Build import cythonize
 
-    compile_args = ["-O3", "-Wall"]
+    compile_args = ["-O3", "-Wall", "-fno-trapping-math"]
     link_args = []
     macros = []
     if openmp_works():
@@ -86,8 +89,8 @@ def extensions():
         sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c", "csrc/gru.c",
                  "csrc/rnn.c"],
         include_dirs=["csrc"],
-        depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/seq.inc",
-                 "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc"],
+        depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/vmath.h",
+                 "csrc/seq.inc", "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

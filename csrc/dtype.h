@@ -4,24 +4,25 @@
  *   real      the element type
  *   F(name)   name_f32 / name_f64
  *   GEMM      the row-major GEMM helper of that type
- *   EXP, TANH libm functions of that type (no fast-math: NaN and rounding stay IEEE)
+ *   SIGMOID, TANH  the activations: vmath.h's vectorisable ones for float, libm for double
+ *                  (no fast-math anywhere: NaN and rounding stay IEEE)
  */
 #undef real
 #undef F
 #undef F_
 #undef GEMM
-#undef EXP
+#undef SIGMOID
 #undef TANH
 #ifdef LSTMC_F64
 #define real double
 #define F_(name) name##_f64
-#define EXP exp
+#define SIGMOID(x) (1 / (1 + exp(-(x))))
 #define TANH tanh
 #else
 #define real float
 #define F_(name) name##_f32
-#define EXP expf
-#define TANH tanhf
+#define SIGMOID lstmc_sigmoidf
+#define TANH lstmc_tanhf
 #endif
 #define F(name) F_(name)
 #define GEMM F(lstmc_gemm)

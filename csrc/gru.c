@@ -18,6 +18,7 @@
  */
 #include <math.h>
 #include "internal.h"
+#include "vmath.h"
 
 #include "gru.inc"
 #define LSTMC_F64

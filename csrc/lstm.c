@@ -11,7 +11,9 @@
  * tanh' = 1 - y^2).
  */
 #include <math.h>
+#include <string.h>
 #include "internal.h"
+#include "vmath.h"
 
 #include "lstm.inc"
 #define LSTMC_F64

@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include "internal.h"
+#include "vmath.h"
 
 #include "rnn.inc"
 #define LSTMC_F64
