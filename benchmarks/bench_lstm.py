@@ -1,16 +1,22 @@
 #!/usr/bin/env python
-"""Time lstmc.nn.LSTM (and PyTorch's nn.LSTM, when installed) on the shared shape grid.
+"""Time lstmc.nn.LSTM / GRU / RNN (and PyTorch's nn.LSTM / GRU / RNN) on the benchmark grids.
 
 How to run (from the repo root, after ``pip install -e . --no-build-isolation``)::
 
-    python benchmarks/bench_lstm.py                  # whole grid at 1 and 2 threads (~5 min)
-    python benchmarks/bench_lstm.py --quick          # 4 rows (6 figures), fewer reps (< 1 min)
+    python benchmarks/bench_lstm.py                  # both grids at 1 and 2 threads (~7 min)
+    python benchmarks/bench_lstm.py --quick          # 6 rows (9 figures), fewer reps (< 1 min)
+    python benchmarks/bench_lstm.py --cells gru,rnn  # only the GRU / RNN rows (~1.5 min)
     python benchmarks/bench_lstm.py --threads 2 --rows inf_h512_b1_t25,trn_h512_b16_t25
     python benchmarks/bench_lstm.py --reps 30 --json /tmp/bench.json
     python benchmarks/bench_lstm.py --no-torch       # lstmc only (also automatic without torch)
     python benchmarks/bench_lstm.py --list           # show the rows of the grid
 
 The Markdown table goes to stdout (paste it into README.md); progress goes to stderr.
+
+Rows come from two grids: the shared LSTM grid (grid.json, below) and ``grid_rnn.json`` beside
+this script, whose rows name their cell (``"cell": "gru"`` or ``"rnn"`` with ``"nonlinearity"``).
+The cell kind is a property of a row; every row goes through the same timing code, against
+torch.nn.LSTM / GRU / RNN respectively. ``--cells`` (default ``lstm,gru,rnn``) picks the kinds.
 
 What is measured, per grid row and thread count (float32, time-major input, fixed random data):
 
@@ -34,7 +40,7 @@ unless ``--reps`` fixes them. Before timing, each row's lstmc and torch forward 
 compared (same weights, same data); a row marked (!) differs by more than CHECK_ATOL.
 ``--json`` also writes the metadata, the sgemm peaks and every timed sample.
 
-GFLOP/s use ``lstm_flops`` below (grid.json "about"); "% peak" is lstmc's GFLOP/s over the
+GFLOP/s use ``rnn_flops`` below (grid.json "about"; G = 4 LSTM, 3 GRU, 1 RNN gate blocks); "% peak" is lstmc's GFLOP/s over the
 float32 numpy matmul (2048^3) peak measured in the same run at the same thread count. Numpy's BLAS
 thread count is set for that matmul with threadpoolctl when installed, else through OpenBLAS's
 ``*_set_num_threads`` via ctypes, else not at all (the output says which). Threads:
@@ -59,6 +65,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 # Prefer the project's shared grid (../shared/bench/grid.json beside the repo), else our copy.
 GRID_PATHS = [HERE.parent.parent / "shared" / "bench" / "grid.json", HERE / "grid.json"]
+# GRU / RNN rows (the shared grid is LSTM-only); rows without "cell" in grid.json are LSTM.
+RNN_GRID_PATHS = [HERE / "grid_rnn.json"]
+
+# Cell kinds: gate blocks G per cell (FLOPs count G*H output rows per gate GEMM).
+CELL_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELLS = tuple(CELL_GATES)
 
 # Sections measured and the modes each gets.
 SECTION_MODES = {
@@ -69,8 +81,10 @@ SECTION_MODES = {
 }
 # --quick: one row per path (B=1 latency, training, bidirectional 2-layer, variable lengths), and
 # the modes timed for each (the bidirectional train step is the slowest figure: left out).
+# GRU and RNN: a training shape (GEMM path) and a B=1 latency shape (gemv path).
 QUICK_ROWS = {"inf_h512_b1_t25": ("fwd",), "trn_h512_b16_t25": ("fwd", "train"),
-              "bi_i128_h256_b32_t100_l2": ("fwd",), "varlen_i256_h512_b32_t100": ("fwd", "train")}
+              "bi_i128_h256_b32_t100_l2": ("fwd",), "varlen_i256_h512_b32_t100": ("fwd", "train"),
+              "gru_trn_h512_b16_t25": ("fwd", "train"), "rnn_tanh_inf_h512_b1_t25": ("fwd",)}
 
 # Timing budget per figure (one library, row, mode and thread count): seconds, min/max timed reps,
 # and the number of interleaving rounds the reps are split into.
@@ -81,30 +95,39 @@ PEAK_N = 2048
 CHECK_ATOL = 2e-3  # |lstmc - torch| on the forward output, float32, same weights
 
 
-def lstm_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=None):
-    """FLOPs of one LSTM call, as grid.json's "about" counts them.
+def rnn_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=None,
+              cell="lstm"):
+    """FLOPs of one LSTM / GRU / RNN call, as grid.json's "about" counts them.
 
-    Forward: 2 * T*B * 4H * (I_l + H) per layer and direction, where layer 0 reads I inputs and
-    layer l > 0 reads D*H (D = 2 if bidirectional). A training step (forward + backward) counts
-    3x the forward. ``tokens`` replaces T*B for variable-length rows: sum(lengths), the work the
-    sequence actually needs (padding is not counted as useful work).
+    Forward: 2 * T*B * G*H * (I_l + H) per layer and direction, G = CELL_GATES[cell] (4 LSTM,
+    3 GRU, 1 RNN), where layer 0 reads I inputs and layer l > 0 reads D*H (D = 2 if
+    bidirectional). A training step (forward + backward) counts 3x the forward. ``tokens``
+    replaces T*B for variable-length rows: sum(lengths), the work the sequence actually needs
+    (padding is not counted as useful work).
     """
     D = 2 if bidirectional else 1
+    G = CELL_GATES[cell]
     n = T * B if tokens is None else tokens
-    fwd = sum(D * 2 * n * 4 * H * ((I if layer == 0 else D * H) + H) for layer in range(num_layers))
+    fwd = sum(D * 2 * n * G * H * ((I if layer == 0 else D * H) + H) for layer in range(num_layers))
     return 3 * fwd if mode == "train" else fwd
+
+
+def lstm_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=None):
+    """rnn_flops for an LSTM (kept for callers of the LSTM-only version)."""
+    return rnn_flops(I, H, T, B, num_layers, bidirectional, mode, tokens, cell="lstm")
 
 
 # ---------------------------------------------------------------------------------------------
 # grid
 
-def load_grid(path=None):
-    paths = [Path(path)] if path else GRID_PATHS
+def load_grid(path=None, default_paths=GRID_PATHS):
+    paths = [Path(path)] if path else default_paths
     for p in paths:
         if p.is_file():
             with open(p) as f:
                 return json.load(f), p
-    sys.exit("bench_lstm: no grid.json found (looked at %s)" % ", ".join(map(str, paths)))
+    sys.exit("bench_lstm: no %s found (looked at %s)" % (
+        paths[-1].name, ", ".join(map(str, paths))))
 
 
 def parse_lengths(spec, B):
@@ -117,22 +140,33 @@ def parse_lengths(spec, B):
 
 
 def grid_cases(grid):
-    """Measured rows (dicts) in grid order, and the streaming_step rows (not measured)."""
+    """Measured rows (dicts) in grid order, and the streaming_step rows (not measured).
+
+    A row's ``cell`` is "lstm" (the default: grid.json has no "cell" field), "gru" or "rnn";
+    "rnn" rows also carry ``nonlinearity`` ("tanh" unless given).
+    """
     cases = []
     for section, modes in SECTION_MODES.items():
         for row in grid.get(section, []):
+            cell = row.get("cell", "lstm")
+            if cell not in CELL_GATES:
+                raise ValueError("row %s: unknown cell %r (known: %s)"
+                                 % (row["name"], cell, ", ".join(CELLS)))
             c = dict(name=row["name"], section=section, I=row["I"], H=row["H"], B=row["B"],
                      T=row["T"], L=row.get("L", 1), bidirectional=bool(row.get("bidirectional")),
-                     modes=modes, lengths=None)
+                     modes=modes, lengths=None, cell=cell,
+                     nonlinearity=row.get("nonlinearity", "tanh") if cell == "rnn" else None)
             if "lengths" in row:
                 c["lengths"] = parse_lengths(row["lengths"], c["B"])
             cases.append(c)
-    return cases, list(grid.get("streaming_step", []))
+    streaming = [dict(s, cell=s.get("cell", "lstm")) for s in grid.get("streaming_step", [])]
+    return cases, streaming
 
 
 def case_flops(c, mode):
     tokens = None if c["lengths"] is None else int(c["lengths"].sum())
-    return lstm_flops(c["I"], c["H"], c["T"], c["B"], c["L"], c["bidirectional"], mode, tokens)
+    return rnn_flops(c["I"], c["H"], c["T"], c["B"], c["L"], c["bidirectional"], mode, tokens,
+                     cell=c["cell"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,11 +289,21 @@ def measure(runners, cfg, reps=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# the two libraries
+# the two libraries (one module per row; its class follows the row's cell)
+
+def _module_kwargs(c):
+    kw = dict(num_layers=c["L"], bidirectional=c["bidirectional"])
+    if c["cell"] == "rnn":
+        kw["nonlinearity"] = c["nonlinearity"]
+    return kw
+
+
+_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
 
 def make_lstmc(lstmc, c, x, dout, state_dict):
-    m = lstmc.nn.LSTM(c["I"], c["H"], num_layers=c["L"], bidirectional=c["bidirectional"],
-                      dtype=np.float32)
+    m = getattr(lstmc.nn, _CLASS[c["cell"]])(c["I"], c["H"], dtype=np.float32,
+                                              **_module_kwargs(c))
     if state_dict is not None:
         m.load_state_dict(state_dict)
     lengths = c["lengths"]
@@ -280,7 +324,7 @@ def make_lstmc(lstmc, c, x, dout, state_dict):
 
 def make_torch(torch, c, x, dout):
     torch.manual_seed(0)
-    m = torch.nn.LSTM(c["I"], c["H"], num_layers=c["L"], bidirectional=c["bidirectional"])
+    m = getattr(torch.nn, _CLASS[c["cell"]])(c["I"], c["H"], **_module_kwargs(c))
     xt = torch.from_numpy(x)
     xg = xt.clone().requires_grad_(True)
     doutt = torch.from_numpy(dout)
@@ -358,7 +402,12 @@ def markdown(results, streaming, peaks, meta, with_torch):
         cells = [s["name"], "—", "step", "not measured yet (streaming_step: later issue)", "", ""]
         out.append("| " + " | ".join(cells + (["", ""] if with_torch else [])) + " |")
     out.append("")
-    notes = ["GFLOP/s and % peak are lstmc's: forward 2·T·B·4H·(I+H) per layer and direction "
+    if all(r.get("cell", "lstm") == "lstm" for r in results):
+        flops_note = "forward 2·T·B·4H·(I+H)"
+    else:
+        flops_note = ("forward 2·T·B·G·H·(I+H) with G = 4 LSTM, 3 GRU (gru_* rows), 1 RNN "
+                      "(rnn_* rows)")
+    notes = ["GFLOP/s and % peak are lstmc's: " + flops_note + " per layer and direction "
              "(layer > 0 reads D·H inputs), train step = 3x forward; variable-length rows count "
              "sum(lengths) tokens instead of T·B.",
              "fwd = eval-mode forward; train = zero_grad + train-mode forward + backward "
@@ -367,6 +416,10 @@ def markdown(results, streaming, peaks, meta, with_torch):
     if with_torch:
         notes.append("ratio = lstmc ms / torch ms (< 1: lstmc faster); both measured interleaved "
                      "in the same process; single absolute times on a shared machine are noisy.")
+        if any(r.get("cell", "lstm") != "lstm" for r in results):
+            notes.append("gru_* rows: lstmc.nn.GRU vs torch.nn.GRU (reset_after); rnn_<act>_* "
+                         "rows: lstmc.nn.RNN vs torch.nn.RNN with that nonlinearity; same "
+                         "weights, same modes as the LSTM rows.")
     if any(r.get("mismatch") for r in results):
         notes.append("(!) lstmc and torch forward outputs differ by more than %g on this row: "
                      "see stderr." % CHECK_ATOL)
@@ -408,15 +461,40 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--grid", default=None, help="grid.json path (default: ../shared/bench/"
                     "grid.json beside the repo, else benchmarks/grid.json)")
-    ap.add_argument("--list", action="store_true", help="list the grid's rows and exit")
+    ap.add_argument("--grid-rnn", default=None, help="GRU/RNN grid path (default: "
+                    "benchmarks/grid_rnn.json)")
+    ap.add_argument("--cells", default=",".join(CELLS),
+                    help="comma-separated cell kinds to run, of %s (default: all)"
+                    % ",".join(CELLS))
+    ap.add_argument("--list", action="store_true", help="list the grids' rows and exit")
     args = ap.parse_args(argv)
 
+    cells = [k.strip().lower() for k in args.cells.split(",") if k.strip()]
+    bad = [k for k in cells if k not in CELL_GATES]
+    if not cells or bad:
+        ap.error("--cells wants a comma-separated subset of %s; got %r" % (",".join(CELLS),
+                                                                            args.cells))
     grid, grid_path = load_grid(args.grid)
     cases, streaming = grid_cases(grid)
+    grid_rnn_path = None
+    if any(k != "lstm" for k in cells):
+        grid_rnn, grid_rnn_path = load_grid(args.grid_rnn, RNN_GRID_PATHS)
+        more, more_streaming = grid_cases(grid_rnn)
+        names = {c["name"] for c in cases} | {s["name"] for s in streaming}
+        dup = [c["name"] for c in more if c["name"] in names]
+        if dup:
+            sys.exit("bench_lstm: rows in both grids: %s" % ", ".join(dup))
+        cases += more
+        streaming += more_streaming
+    # Keep the chosen cells; group by cell (LSTM rows keep grid.json's order).
+    cases = sorted((c for c in cases if c["cell"] in cells), key=lambda c: CELLS.index(c["cell"]))
+    streaming = [s for s in streaming if s["cell"] in cells]
     if args.list:
         for c in cases:
-            print("%-28s %-16s I=%d H=%d B=%d T=%d L=%d%s%s" % (
-                c["name"], c["section"], c["I"], c["H"], c["B"], c["T"], c["L"],
+            print("%-28s %-16s %-8s I=%d H=%d B=%d T=%d L=%d%s%s" % (
+                c["name"], c["section"], c["cell"] + ("/" + c["nonlinearity"]
+                                                      if c["nonlinearity"] else ""),
+                c["I"], c["H"], c["B"], c["T"], c["L"],
                 " bidirectional" if c["bidirectional"] else "",
                 " lengths" if c["lengths"] is not None else ""))
         for s in streaming:
@@ -433,7 +511,8 @@ def main(argv=None):
         known = {c["name"] for c in cases} | {s["name"] for s in streaming}
         unknown = [r for r in wanted if r not in known]
         if unknown:
-            ap.error("unknown rows %s; known: %s" % (", ".join(unknown), ", ".join(sorted(known))))
+            ap.error("unknown rows %s; known (with --cells %s): %s" % (
+                ", ".join(unknown), ",".join(cells), ", ".join(sorted(known))))
         cases = [c for c in cases if c["name"] in wanted]
         streaming = [s for s in streaming if s["name"] in wanted]
     elif args.quick:
@@ -457,11 +536,14 @@ def main(argv=None):
                 numpy_version=np.__version__, python=platform.python_version(),
                 machine=machine_desc(), blas_threads=blas_thread_method(),
                 grid=str(grid_path), quick=args.quick, threads=threads,
+                grid_rnn=str(grid_rnn_path) if grid_rnn_path else None, cells=cells,
                 peak_reps=2 * cfg["peak_reps"], date=time.strftime("%Y-%m-%d %H:%M"),
                 load_before=_loadavg())
     say = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    say("bench_lstm: grid %s; %d rows; threads %s; lstmc %s (OpenMP %s)%s; BLAS threads: %s" % (
-        grid_path, len(cases), threads, meta["lstmc_version"], meta["lstmc_openmp"],
+    say("bench_lstm: grid %s%s; cells %s; %d rows; threads %s; lstmc %s (OpenMP %s)%s; "
+        "BLAS threads: %s" % (
+        grid_path, " + %s" % grid_rnn_path if grid_rnn_path else "", ",".join(cells),
+        len(cases), threads, meta["lstmc_version"], meta["lstmc_openmp"],
         "; torch %s" % torch.__version__ if with_torch else "", meta["blas_threads"]))
 
     t_start = time.perf_counter()
@@ -509,7 +591,8 @@ def main(argv=None):
                     runners["torch"] = trun(mode)
                 s = measure(runners, cfg, args.reps)
                 flops = case_flops(c, mode)
-                r = dict(row=c["name"], section=c["section"], threads=n, mode=mode, flops=flops,
+                r = dict(row=c["name"], section=c["section"], cell=c["cell"],
+                         nonlinearity=c["nonlinearity"], threads=n, mode=mode, flops=flops,
                          mismatch=bool(c.get("mismatch")), max_abs_diff=c.get("max_abs_diff"))
                 for lib, v in s.items():
                     if isinstance(v, str):
