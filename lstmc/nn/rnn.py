@@ -400,7 +400,19 @@ class LSTM(_RNNBase):
         return dx, (dh0, dc0)
 
 
-class GRU(_RNNBase):
+class _HiddenStateRNN(_RNNBase):
+    """Sequence modules whose only state is h (GRU, RNN): forward returns (output, h_n)."""
+
+    def forward(self, x, hx=None, lengths=None):
+        out, hn, _ = self._run(x, hx, None, lengths)
+        return out, hn
+
+    def backward(self, dout, dh_n=None):
+        dx, dh0, _ = self._run_backward(dout, dh_n, None)
+        return dx, dh0
+
+
+class GRU(_HiddenStateRNN):
     __doc__ = """Multi-layer GRU over whole sequences, as torch.nn.GRU (gates r, z, n).
 
     reset_after : bool, default True
@@ -428,16 +440,8 @@ class GRU(_RNNBase):
     def _repr_defaults(self):
         return super()._repr_defaults() + (("reset_after", True),)
 
-    def forward(self, x, hx=None, lengths=None):
-        out, hn, _ = self._run(x, hx, None, lengths)
-        return out, hn
 
-    def backward(self, dout, dh_n=None):
-        dx, dh0, _ = self._run_backward(dout, dh_n, None)
-        return dx, dh0
-
-
-class RNN(_RNNBase):
+class RNN(_HiddenStateRNN):
     __doc__ = """Multi-layer Elman RNN over whole sequences, as torch.nn.RNN:
     h' = act(W_ih x + b_ih + W_hh h + b_hh).
 
@@ -464,14 +468,6 @@ class RNN(_RNNBase):
 
     def _repr_defaults(self):
         return super()._repr_defaults() + (("nonlinearity", "tanh"),)
-
-    def forward(self, x, hx=None, lengths=None):
-        out, hn, _ = self._run(x, hx, None, lengths)
-        return out, hn
-
-    def backward(self, dout, dh_n=None):
-        dx, dh0, _ = self._run_backward(dout, dh_n, None)
-        return dx, dh0
 
 
 def _pair(value, names):
