@@ -92,6 +92,15 @@ class _Loss(Module):
     def _save(self, **saved):
         object.__setattr__(self, "_saved", saved)
 
+    def _reduce(self, loss):
+        """Elementwise losses -> the array ('none') or a Python float ('sum', 'mean')."""
+        if self.reduction == "none":
+            return loss
+        if self.reduction == "sum":
+            return float(loss.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(loss.mean()) if loss.size else float("nan")
+
     def _saved_or_raise(self):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -382,12 +391,7 @@ class BCEWithLogitsLoss(_Loss):
             loss = loss * w
         loss = loss.astype(dtype, copy=False)
         self._save(x=x, y=y, w=w, lw=lw, dtype=dtype)
-        if self.reduction == "none":
-            return loss
-        if self.reduction == "sum":
-            return float(loss.sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return float(loss.mean()) if loss.size else float("nan")
+        return self._reduce(loss)
 
     def backward(self, grad=None):
         """Gradient of the last forward's loss with respect to `pred`.
@@ -456,12 +460,7 @@ class MSELoss(_Loss):
         diff = x - y
         self._save(diff=diff, dtype=dtype)
         loss = diff * diff
-        if self.reduction == "none":
-            return loss
-        if self.reduction == "sum":
-            return float(loss.sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return float(loss.mean()) if loss.size else float("nan")
+        return self._reduce(loss)
 
     def backward(self, grad=None):
         """Gradient of the last forward's loss with respect to `pred`.
