@@ -1,4 +1,5 @@
-"""Command line: `python -m lstmc info` (more commands arrive with the demo and benchmarks)."""
+"""Command line: `python -m lstmc demo` (train a character LSTM on real text) and
+`python -m lstmc info` (the build and the machine)."""
 import argparse
 import platform
 import sys
@@ -42,10 +43,16 @@ def info():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lstmc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from lstmc import demo
+
+    demo.add_arguments(sub.add_parser(
+        "demo", help="train a character-level LSTM language model on real text"))
     sub.add_parser("info", help="version, OpenMP, threads, BLAS and CPU features")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
+    elif args.command == "demo":
+        demo.run(args)
     return 0
 
 

@@ -63,10 +63,11 @@ class Linear(Module):
             raise ValueError(f"x must have {self.in_features} features on its last axis, got "
                              f"shape {x.shape}")
         self._x = x
-        y = x @ self.weight.data.T
+        # as 2-D products: numpy's stacked 3-D matmul can be 10x slower here
+        y = x.reshape(-1, self.in_features) @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dy):
         x = _saved(self, "_x")
@@ -78,7 +79,7 @@ class Linear(Module):
         self.weight.grad += dy2.T @ x2
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return dy @ self.weight.data
+        return (dy2 @ self.weight.data).reshape(x.shape)
 
 
 class Embedding(Module):

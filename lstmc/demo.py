@@ -1,0 +1,191 @@
+"""`python -m lstmc demo`: a character-level LSTM language model trained on real text.
+
+By default the text is the Python standard library's own source (always present, no
+download); `--text FILE` trains on a file of yours. The model is Embedding -> LSTM -> Linear,
+trained with Adam on random windows for a fixed time budget, with a live progress line. It
+then reports held-out bits per character and samples text from a prime.
+"""
+import glob
+import math
+import os
+import sys
+import sysconfig
+import time
+
+import numpy as np
+
+import lstmc
+from lstmc import nn
+
+
+def stdlib_text(max_bytes):
+    """Up to max_bytes of the standard library's .py sources, in a fixed order."""
+    root = sysconfig.get_paths()["stdlib"]
+    parts, size = [], 0
+    for path in sorted(glob.glob(os.path.join(root, "*.py"))):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        parts.append(data)
+        size += len(data)
+        if size >= max_bytes:
+            break
+    if not parts:
+        raise SystemExit(f"no Python sources found under {root}: use --text FILE")
+    return b"\n".join(parts)[:max_bytes]
+
+
+class CharLM(nn.Module):
+    """Embedding -> LSTM -> Linear over the vocabulary, per step."""
+
+    def __init__(self, vocab, embed, hidden, layers):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, vocab)
+
+    def forward(self, idx, hx=None):
+        out, state = self.lstm(self.embedding(idx), hx)
+        self.state = state
+        return self.fc(out)
+
+    def backward(self, dlogits):
+        dx, _ = self.lstm.backward(self.fc.backward(dlogits))
+        return self.embedding.backward(dx)
+
+
+def _bar(step, elapsed, budget, loss, chars_per_s, width=24):
+    done = min(1.0, elapsed / budget)
+    fill = int(done * width)
+    eta = max(0.0, budget - elapsed)
+    return (f"[{'=' * fill}{'.' * (width - fill)}] step {step:5d}  loss {loss:.3f}  "
+            f"{loss / math.log(2):.2f} bits/char  {chars_per_s / 1e3:6.1f}k chars/s  "
+            f"ETA {eta:4.0f}s ")
+
+
+def _windows(rng, data, batch, steps):
+    starts = rng.integers(0, len(data) - steps - 1, size=batch)
+    idx = np.stack([data[s:s + steps + 1] for s in starts])
+    return idx[:, :-1], idx[:, 1:]
+
+
+def evaluate(model, data, steps, batch=32, windows=40, seed=1):
+    """Mean held-out bits per character over fixed random windows."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    total = 0.0
+    for _ in range(windows):
+        x, y = _windows(rng, data, batch, steps)
+        total += loss_fn(model(x), y)
+    model.train()
+    return total / windows / math.log(2)
+
+
+def sample(model, itos, stoi, prime, length, temperature, seed):
+    """Generates `length` characters after `prime`, one step at a time (state carried)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    ids = [stoi[b] for b in prime.encode() if b in stoi] or [0]
+    logits = model(np.array([ids]))[:, -1]
+    out = bytearray(prime.encode())
+    for _ in range(length):
+        z = logits[0].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(itos[nxt])
+        logits = model(np.array([[nxt]]), model.state)[:, -1]
+    model.train()
+    return out.decode("utf-8", errors="replace")
+
+
+def run(args):
+    t_start = time.time()
+    if args.threads:
+        lstmc.set_num_threads(args.threads)
+    lstmc.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    if args.text:
+        with open(args.text, "rb") as f:
+            raw = f.read()
+        source = args.text
+    else:
+        raw = stdlib_text(args.max_bytes)
+        source = f"the Python standard library's source ({sysconfig.get_paths()['stdlib']})"
+    if len(raw) < 4 * (args.seq + 1):
+        raise SystemExit(f"the text is too short ({len(raw)} bytes) for --seq {args.seq}")
+    vocab = sorted(set(raw))
+    stoi = {b: i for i, b in enumerate(vocab)}
+    table = np.zeros(256, dtype=np.int64)
+    table[vocab] = np.arange(len(vocab))
+    data = table[np.frombuffer(raw, dtype=np.uint8)]
+    split = int(len(data) * 0.95)
+    train, held = data[:split], data[split:]
+    model = CharLM(len(vocab), args.embed, args.hidden, args.layers)
+    optimizer = lstmc.optim.Adam(model.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    n_params = sum(p.size for p in model.parameters())
+    print(f"lstmc {lstmc.__version__} demo: character LSTM language model")
+    print(f"text: {source}, {len(raw) / 1e6:.2f} MB, {len(vocab)} distinct bytes; "
+          f"held out: last 5 %")
+    print(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, {args.hidden}, "
+          f"layers={args.layers}) -> Linear({args.hidden}, {len(vocab)}), {n_params:,} "
+          f"parameters; {lstmc.get_num_threads()} threads")
+    print(f"training for {args.seconds:.0f} s on windows of {args.seq} characters, batch "
+          f"{args.batch}, Adam lr {args.lr}")
+    budget = args.seconds
+    t0 = time.time()
+    step, chars, loss_avg = 0, 0, None
+    tty = sys.stdout.isatty()
+    while time.time() - t0 < budget:
+        x, y = _windows(rng, train, args.batch, args.seq)
+        model.zero_grad()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        chars += x.size
+        loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+        elapsed = time.time() - t0
+        if tty:       # a live line on a terminal, a line every 50 steps in a log
+            print("\r" + _bar(step, elapsed, budget, loss_avg, chars / elapsed), end="",
+                  flush=True)
+        elif step % 50 == 0:
+            print(_bar(step, elapsed, budget, loss_avg, chars / elapsed), flush=True)
+    train_time = time.time() - t0
+    print(("\r" if tty else "") + _bar(step, train_time, budget, loss_avg, chars / train_time))
+    bpc = evaluate(model, held, args.seq)
+    uniform = math.log2(len(vocab))
+    print(f"held-out: {bpc:.3f} bits per character (uniform over the vocabulary: "
+          f"{uniform:.2f}); trained {step} steps, {chars / 1e6:.2f} M characters")
+    text = sample(model, vocab, stoi, args.prime, args.sample_length, args.temperature,
+                  args.seed)
+    print(f"sample (temperature {args.temperature}, prime {args.prime!r}):")
+    print("-" * 60)
+    print(text)
+    print("-" * 60)
+    print(f"total time {time.time() - t_start:.1f} s")
+    return bpc
+
+
+def add_arguments(parser):
+    parser.add_argument("--seconds", type=float, default=150.0,
+                        help="training time budget in seconds (default 150: about 2.6 minutes "
+                             "in all)")
+    parser.add_argument("--hidden", type=int, default=256, help="LSTM hidden size")
+    parser.add_argument("--layers", type=int, default=1, help="LSTM layers")
+    parser.add_argument("--embed", type=int, default=64, help="embedding size")
+    parser.add_argument("--seq", type=int, default=100, help="characters per training window")
+    parser.add_argument("--batch", type=int, default=32, help="windows per step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--threads", type=int, default=0, help="threads (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", help="train on this file instead of the standard library")
+    parser.add_argument("--max-bytes", type=int, default=4_000_000,
+                        help="how much standard-library source to read")
+    parser.add_argument("--prime", default="def ", help="start of the generated sample")
+    parser.add_argument("--sample-length", type=int, default=300)
+    parser.add_argument("--temperature", type=float, default=0.8)
