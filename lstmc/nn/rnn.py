@@ -505,6 +505,18 @@ class _CellBase(Module):
         self._seq.train(mode)
         return super().train(mode)
 
+    def _states(self, *named, B, unbatched):
+        """(array or None, name) pairs of one step's states -> (1, B, H) arrays or None."""
+        shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+        out = []
+        for v, n in named:
+            if v is not None:
+                v = _as_float(v, n, self.dtype)
+                _check_shape(v, n, shape)
+                v = v.reshape(1, B, self.hidden_size)
+            out.append(v)
+        return out
+
     def _step(self, x, h, c):
         """One step: x (B, I) or (I,), h/c (B, H) or (H,) or None -> (h', c')."""
         xa = _as_float(x, "x", self.dtype)
@@ -514,14 +526,7 @@ class _CellBase(Module):
         unbatched = xa.ndim == 1
         xb = xa[None, :] if unbatched else xa
         B = xb.shape[0]
-        shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-        states = []
-        for v, n in ((h, "h"), (c, "c")):
-            if v is not None:
-                v = _as_float(v, n, self.dtype)
-                _check_shape(v, n, shape)
-                v = v.reshape(1, B, self.hidden_size)
-            states.append(v)
+        states = self._states((h, "h"), (c, "c"), B=B, unbatched=unbatched)
         out, hn, cn = self._seq._run(xb[None], states[0], states[1], None)
         self._unbatched = unbatched
         pick = (lambda a: a[0, 0]) if unbatched else (lambda a: a[0])
@@ -531,14 +536,7 @@ class _CellBase(Module):
         if self._seq._saved is None:
             raise RuntimeError("backward needs a forward in training mode first")
         B = self._seq._saved[0].B
-        shape = (self.hidden_size,) if self._unbatched else (B, self.hidden_size)
-        grads = []
-        for v, n in ((dh, "dh"), (dc, "dc")):
-            if v is not None:
-                v = _as_float(v, n, self.dtype)
-                _check_shape(v, n, shape)
-                v = v.reshape(1, B, self.hidden_size)
-            grads.append(v)
+        grads = self._states((dh, "dh"), (dc, "dc"), B=B, unbatched=self._unbatched)
         dy = np.zeros((1, B, self.hidden_size), dtype=self.dtype)   # h' is also the output
         dx, dh0, dc0 = self._seq._run_backward(dy, grads[0], grads[1])
         pick = (lambda a: a[0, 0]) if self._unbatched else (lambda a: a[0])
@@ -565,7 +563,20 @@ class LSTMCell(_CellBase):
         return dx, (dh0, dc0)
 
 
-class GRUCell(_CellBase):
+class _HiddenStateCell(_CellBase):
+    """Cells whose only state is h (GRU, RNN): `h = cell(x, h)`."""
+
+    def forward(self, x, hx=None):
+        """x (B, input_size) or (input_size,); hx (B, H) / (H,) or None (zeros). Returns h'."""
+        return self._step(x, hx, None)[0]
+
+    def backward(self, dh):
+        """Gradient w.r.t. h'. Returns (dx, dh_prev) and adds the parameter gradients."""
+        dx, dh0, _ = self._step_backward(dh, None)
+        return dx, dh0
+
+
+class GRUCell(_HiddenStateCell):
     """One GRU step, as torch.nn.GRUCell: `h = cell(x, h)`; parameters weight_ih (3H, I),
     weight_hh (3H, H), bias_ih (3H), bias_hh (3H). reset_after as for `GRU`."""
 
@@ -574,17 +585,8 @@ class GRUCell(_CellBase):
                              dtype=dtype))
         self.reset_after = bool(reset_after)
 
-    def forward(self, x, hx=None):
-        """x (B, input_size) or (input_size,); hx (B, H) / (H,) or None (zeros). Returns h'."""
-        return self._step(x, hx, None)[0]
 
-    def backward(self, dh):
-        """Gradient w.r.t. h'. Returns (dx, dh_prev) and adds the parameter gradients."""
-        dx, dh0, _ = self._step_backward(dh, None)
-        return dx, dh0
-
-
-class RNNCell(_CellBase):
+class RNNCell(_HiddenStateCell):
     """One Elman RNN step, as torch.nn.RNNCell: `h = cell(x, h)`; parameters weight_ih
     (H, I), weight_hh (H, H), bias_ih (H), bias_hh (H)."""
 
@@ -593,12 +595,3 @@ class RNNCell(_CellBase):
         super().__init__(RNN(input_size, hidden_size, nonlinearity=nonlinearity, bias=bias,
                              dtype=dtype))
         self.nonlinearity = nonlinearity
-
-    def forward(self, x, hx=None):
-        """x (B, input_size) or (input_size,); hx (B, H) / (H,) or None (zeros). Returns h'."""
-        return self._step(x, hx, None)[0]
-
-    def backward(self, dh):
-        """Gradient w.r.t. h'. Returns (dx, dh_prev) and adds the parameter gradients."""
-        dx, dh0, _ = self._step_backward(dh, None)
-        return dx, dh0
