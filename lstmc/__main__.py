@@ -45,14 +45,20 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     from lstmc import demo
 
-    demo.add_arguments(sub.add_parser(
-        "demo", help="train a character-level LSTM language model on real text"))
-    sub.add_parser("info", help="version, OpenMP, threads, BLAS and CPU features")
+    # each command: (name, help, add_arguments(parser) or None, run(args))
+    commands = [
+        ("demo", "train a character-level LSTM language model on real text",
+         demo.add_arguments, demo.run),
+        ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),
+    ]
+    runners = {}
+    for name, help_text, add_arguments, run in commands:
+        p = sub.add_parser(name, help=help_text)
+        if add_arguments is not None:
+            add_arguments(p)
+        runners[name] = run
     args = parser.parse_args(argv)
-    if args.command == "info":
-        info()
-    elif args.command == "demo":
-        demo.run(args)
+    runners[args.command](args)
     return 0
 
 
