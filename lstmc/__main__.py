@@ -1,4 +1,5 @@
-"""Command line: `python -m lstmc demo` (train a character LSTM on real text) and
+"""Command line: `python -m lstmc demo` (train a character LSTM on real text),
+`python -m lstmc generate MODEL` (sample from a model the demo saved) and
 `python -m lstmc info` (the build and the machine)."""
 import argparse
 import platform
@@ -49,6 +50,8 @@ def main(argv=None):
     commands = [
         ("demo", "train a character-level LSTM language model on real text",
          demo.add_arguments, demo.run),
+        ("generate", "sample text from a model saved by `demo --save`",
+         demo.add_generate_arguments, demo.generate),
         ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),
     ]
     runners = {}

@@ -3,11 +3,13 @@
 By default the text is the Python standard library's own source (always present, no
 download); `--text FILE` trains on a file of yours. The model is Embedding -> LSTM -> Linear,
 trained with Adam on random windows for a fixed time budget, with a live progress line. It
-then reports held-out bits per character and samples text from a prime.
+then reports held-out bits per character and samples text from a prime; `--save PATH` keeps
+the model, and `python -m lstmc generate PATH` samples from it later.
 """
 import glob
 import math
 import os
+import shlex
 import sys
 import sysconfig
 import time
@@ -15,7 +17,9 @@ import time
 import numpy as np
 
 import lstmc
-from lstmc import nn
+from lstmc import io, nn
+
+KIND = "lstmc.demo.CharLM"
 
 
 def stdlib_text(max_bytes):
@@ -84,10 +88,12 @@ def evaluate(model, data, steps, batch=32, windows=40, seed=1):
     return total / windows / math.log(2)
 
 
-def sample(model, itos, stoi, prime, length, temperature, seed):
-    """Generates `length` characters after `prime`, one step at a time (state carried)."""
+def sample(model, vocab, prime, length, temperature, seed):
+    """Generates `length` characters after `prime`, one step at a time (state carried).
+    `vocab` lists the byte value of each class; prime bytes outside it are not fed."""
     model.eval()
     rng = np.random.default_rng(seed)
+    stoi = {b: i for i, b in enumerate(vocab)}
     ids = [stoi[b] for b in prime.encode() if b in stoi] or [0]
     logits = model(np.array([ids]))[:, -1]
     out = bytearray(prime.encode())
@@ -95,14 +101,41 @@ def sample(model, itos, stoi, prime, length, temperature, seed):
         z = logits[0].astype(np.float64) / temperature
         p = np.exp(z - z.max())
         nxt = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(itos[nxt])
+        out.append(vocab[nxt])
         logits = model(np.array([[nxt]]), model.state)[:, -1]
     model.train()
     return out.decode("utf-8", errors="replace")
 
 
+def save_model(path, model, vocab, args, **facts):
+    """Writes the model: its sizes and vocabulary as config, its state_dict as arrays."""
+    config = {"vocab": [int(b) for b in vocab], "embed": args.embed, "hidden": args.hidden,
+              "layers": args.layers, **facts}
+    io.write(path, KIND, config, model.state_dict())
+
+
+def load_model(path):
+    """(model, config) from a file written by `save_model`; io.FormatError if it is not one."""
+    config, arrays = io.read(path, kind=KIND)
+    sizes = [config.get(k) for k in ("embed", "hidden", "layers")]
+    vocab = config.get("vocab")
+    if not (all(type(n) is int and n > 0 for n in sizes) and isinstance(vocab, list) and vocab
+            and all(type(b) is int and 0 <= b < 256 for b in vocab)):
+        raise io.FormatError(f"{path}: config must hold vocab (byte values) and positive "
+                             f"embed, hidden and layers, got {config!r:.200}")
+    model = CharLM(len(vocab), *sizes)
+    try:
+        model.load_state_dict(arrays)
+    except ValueError as e:
+        raise io.FormatError(f"{path}: the weights do not fit the model of its config: {e}") \
+            from None
+    return model, config
+
+
 def run(args):
     t_start = time.time()
+    if args.save:
+        _check_writable(args.save)     # before training, not after
     if args.threads:
         lstmc.set_num_threads(args.threads)
     lstmc.manual_seed(args.seed)
@@ -117,7 +150,6 @@ def run(args):
     if len(raw) < 4 * (args.seq + 1):
         raise SystemExit(f"the text is too short ({len(raw)} bytes) for --seq {args.seq}")
     vocab = sorted(set(raw))
-    stoi = {b: i for i, b in enumerate(vocab)}
     table = np.zeros(256, dtype=np.int64)
     table[vocab] = np.arange(len(vocab))
     data = table[np.frombuffer(raw, dtype=np.uint8)]
@@ -161,14 +193,74 @@ def run(args):
     uniform = math.log2(len(vocab))
     print(f"held-out: {bpc:.3f} bits per character (uniform over the vocabulary: "
           f"{uniform:.2f}); trained {step} steps, {chars / 1e6:.2f} M characters")
-    text = sample(model, vocab, stoi, args.prime, args.sample_length, args.temperature,
-                  args.seed)
+    text = sample(model, vocab, args.prime, args.sample_length, args.temperature, args.seed)
     print(f"sample (temperature {args.temperature}, prime {args.prime!r}):")
     print("-" * 60)
     print(text)
     print("-" * 60)
+    if args.save:
+        save_model(args.save, model, vocab, args, held_out_bits_per_char=float(bpc),
+                   steps=step)
+        print(f"saved the model to {args.save} ({os.path.getsize(args.save):,} bytes); "
+              f"sample from it with: python -m lstmc generate {shlex.quote(args.save)} "
+              f"--prime {shlex.quote(args.prime)}")
     print(f"total time {time.time() - t_start:.1f} s")
     return bpc
+
+
+def _check_writable(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise SystemExit(f"--save {path}: cannot write to the directory {directory}")
+    if os.path.isdir(path):
+        raise SystemExit(f"--save {path}: is a directory")
+
+
+def generate(args):
+    """`python -m lstmc generate MODEL`: prints a sample from a model saved by `demo --save`."""
+    try:
+        model, config = load_model(args.model)
+    except io.FormatError as e:
+        raise SystemExit(f"python -m lstmc generate: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"python -m lstmc generate: cannot read {args.model}: "
+                         f"{e.strerror}") from None
+    unknown = sorted(set(args.prime.encode()) - set(config["vocab"]))
+    if unknown:
+        print(f"note: the model never saw the bytes {bytes(unknown)!r} of the prime; they "
+              "are shown but not fed to it", file=sys.stderr)
+    print(sample(model, config["vocab"], args.prime, args.length, args.temperature,
+                 args.seed))
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+# argparse names the type in its message: "invalid positive float value: '0'"
+_positive_float.__name__ = "positive float"
+_non_negative_int.__name__ = "non-negative int"
+
+
+def add_generate_arguments(parser):
+    parser.add_argument("model", help="a model file written by `python -m lstmc demo --save`")
+    parser.add_argument("--prime", default="def ", help="start of the sample (default 'def ')")
+    parser.add_argument("--length", type=_non_negative_int, default=300,
+                        help="characters to generate after the prime (default 300)")
+    parser.add_argument("--temperature", type=_positive_float, default=0.8,
+                        help="softmax temperature: lower is more conservative (default 0.8)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sampling seed (default: a different sample each run)")
 
 
 def add_arguments(parser):
@@ -187,5 +279,7 @@ def add_arguments(parser):
     parser.add_argument("--max-bytes", type=int, default=4_000_000,
                         help="how much standard-library source to read")
     parser.add_argument("--prime", default="def ", help="start of the generated sample")
-    parser.add_argument("--sample-length", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--sample-length", type=_non_negative_int, default=300)
+    parser.add_argument("--temperature", type=_positive_float, default=0.8)
+    parser.add_argument("--save", metavar="PATH",
+                        help="save the trained model (for `python -m lstmc generate PATH`)")
