@@ -1,0 +1,420 @@
+"""The Keras flavour's model: SPEC's snippet, fit / evaluate / predict, losses and optimizers
+against Keras' rules, callbacks, the progress bar, save / load_model."""
+import io as _io
+import os
+
+import numpy as np
+import pytest
+
+import lstmc
+from lstmc import io, losses
+from lstmc.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lstmc.layers import GRU, LSTM, Bidirectional, Dense, Dropout, Embedding, Input, SimpleRNN
+from lstmc.models import Sequential, load_model
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+def _keras():
+    try:
+        import keras
+    except Exception:
+        pytest.skip("keras (with its torch backend) is not installed")
+    return keras
+
+
+def _sum_sign_data(n=512, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 10, 1)).astype(np.float32)
+    return x, (x[:, :, 0].sum(axis=1) > 0).astype(np.float32)
+
+
+def test_spec_keras_snippet_learns():
+    """SPEC §5's Keras example with only its import lines changed."""
+    lstmc.manual_seed(0)
+    x_train, y_train = _sum_sign_data()
+    from lstmc.models import Sequential
+    from lstmc.layers import LSTM, Dense
+    model = Sequential()
+    model.add(LSTM(units=50, input_shape=(10, 1)))
+    model.add(Dense(units=1, activation='sigmoid'))
+    model.compile(optimizer='adam', loss='binary_crossentropy', metrics=['accuracy'])
+    history = model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    x_test, y_test = _sum_sign_data(256, seed=1)
+    loss, acc = model.evaluate(x_test, y_test, verbose=0)
+    assert acc > 0.9
+
+
+def test_tagging_with_masks_learns_and_ignores_padding():
+    """Embedding(mask_zero) -> Bidirectional(LSTM, return_sequences) -> Dense(softmax) on
+    right-padded batches: tag each token with its parity; padding is neither trained nor
+    scored."""
+    lstmc.manual_seed(1)
+    rng = np.random.default_rng(1)
+    n, T = 600, 12
+    x = rng.integers(1, 9, (n, T))
+    lengths = rng.integers(3, T + 1, n)
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0
+    y = x % 2
+    model = Sequential([Embedding(9, 8, mask_zero=True),
+                        Bidirectional(LSTM(16, return_sequences=True)),
+                        Dense(2, activation="softmax")])
+    model.compile(lstmc.optimizers.Adam(learning_rate=0.01), "sparse_categorical_crossentropy",
+                  ["accuracy"])
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    _, acc = model.evaluate(x, y, verbose=0)
+    assert acc > 0.9
+    y_noise = y.copy()
+    y_noise[x == 0] = 1 - y_noise[x == 0]    # labels on padding must not count
+    assert model.evaluate(x, y_noise, verbose=0)[1] == pytest.approx(acc)
+
+
+class _StopWhen(Callback):
+    """Stops fit once `monitor` reaches `target`."""
+
+    def __init__(self, monitor, target):
+        self.monitor, self.target = monitor, target
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs[self.monitor] >= self.target:
+            self.model.stop_training = True
+
+
+def test_fit_learns_memory_over_50_steps():
+    """The latch task: a marker token (1 or 2) starts each sequence, then random filler
+    tokens (3..9), left-padded with 0 to T = 60; the label is the marker. Trained on lengths
+    2..60 (the short ones show the LSTM what to keep), scored on lengths 50..60 only, where
+    the answer has to be held across at least 49 filler steps. (Trained on lengths 50..60
+    only, it stays at chance for 6+ epochs.)"""
+    threads = lstmc.get_num_threads()
+    lstmc.set_num_threads(1)            # one deterministic trajectory
+    try:
+        lstmc.manual_seed(1)
+        rng = np.random.default_rng(1)
+        T = 60
+
+        def data(n, shortest):
+            x = np.zeros((n, T), np.int64)
+            y = rng.integers(0, 2, n)
+            for i, L in enumerate(rng.integers(shortest, T + 1, n)):
+                x[i, T - L:] = rng.integers(3, 10, L)
+                x[i, T - L] = 1 + y[i]
+            return x, y.astype(np.float32)
+
+        x, y = data(3000, 2)
+        x_long, y_long = data(500, 50)
+        model = Sequential([Embedding(10, 8, mask_zero=True), LSTM(32),
+                            Dense(1, activation="sigmoid")])
+        model.compile(lstmc.optimizers.Adam(learning_rate=0.01), "binary_crossentropy",
+                      ["accuracy"])
+        assert model.evaluate(x_long, y_long, verbose=0)[1] < 0.7     # chance before
+        history = model.fit(x, y, epochs=10, batch_size=32, verbose=0,
+                            validation_data=(x_long, y_long),
+                            callbacks=[_StopWhen("val_accuracy", 0.99)])
+        assert history.history["val_accuracy"][-1] >= 0.99, history.history["val_accuracy"]
+    finally:
+        lstmc.set_num_threads(threads)
+
+
+def test_fit_matches_keras_trajectory():
+    """Same initial weights, same batches: the per-epoch losses of Keras' own fit."""
+    keras = _keras()
+    x, y = _sum_sign_data(96)
+    for opt in ("adam", "sgd", "rmsprop"):
+        lstmc.manual_seed(2)
+        ours = Sequential([Input((10, 1)), GRU(6), Dense(1, activation="sigmoid")])
+        ours.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+        theirs = keras.Sequential([keras.Input((10, 1)), keras.layers.GRU(6),
+                                   keras.layers.Dense(1, activation="sigmoid")])
+        theirs.set_weights(ours.get_weights())
+        theirs.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+        a = ours.fit(x, y, epochs=2, shuffle=False, verbose=0).history
+        b = theirs.fit(x, y, epochs=2, shuffle=False, verbose=0).history
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, err_msg=opt)
+        np.testing.assert_allclose(a["accuracy"], b["accuracy"], atol=1e-6, err_msg=opt)
+
+
+def test_masked_tagger_fit_matches_keras():
+    """Masks through Embedding -> Bidirectional(return_sequences) -> Dense(softmax) and a
+    masked sparse cross-entropy: Keras' own per-epoch loss and accuracy."""
+    keras = _keras()
+    rng = np.random.default_rng(8)
+    n, T = 96, 9
+    x = rng.integers(1, 9, (n, T))
+    x[np.arange(T)[None, :] >= rng.integers(2, T + 1, n)[:, None]] = 0
+    x[::3] = np.roll(x[::3], 3, axis=1)                  # some rows left-padded
+    y = x % 3
+    lstmc.manual_seed(8)
+    ours = Sequential([Input((T,)), Embedding(9, 4, mask_zero=True),
+                       Bidirectional(LSTM(5, return_sequences=True)),
+                       Dense(3, activation="softmax")])
+    ours.compile(lstmc.optimizers.Adam(learning_rate=0.01), "sparse_categorical_crossentropy",
+                 ["accuracy"])
+    theirs = keras.Sequential([keras.Input((T,)), keras.layers.Embedding(9, 4, mask_zero=True),
+                               keras.layers.Bidirectional(keras.layers.LSTM(
+                                   5, return_sequences=True)),
+                               keras.layers.Dense(3, activation="softmax")])
+    theirs.set_weights(ours.get_weights())
+    theirs.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
+                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    a = ours.fit(x, y, epochs=2, shuffle=False, verbose=0).history
+    b = theirs.fit(x, y, epochs=2, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["accuracy"], b["accuracy"], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["binary_crossentropy", "categorical_crossentropy",
+                                  "sparse_categorical_crossentropy", "mse"])
+def test_losses_match_keras(name):
+    keras = _keras()
+    rng = np.random.default_rng(3)
+    p = rng.random((4, 5, 3)).astype(np.float32) * 0.98 + 0.01
+    if name == "binary_crossentropy":
+        t = (rng.random(p.shape) > 0.5).astype(np.float32)
+    elif name == "sparse_categorical_crossentropy":
+        t = rng.integers(0, 3, (4, 5))
+    else:
+        t = rng.random(p.shape).astype(np.float32)
+        if name == "categorical_crossentropy":
+            p = p / p.sum(-1, keepdims=True)
+    ours = losses.get(name)(t, p)
+    theirs = float(keras.ops.convert_to_numpy(keras.losses.get(name)(t, p)).mean())
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+@pytest.mark.parametrize("name,act", [("binary_crossentropy", "sigmoid"),
+                                      ("categorical_crossentropy", "softmax"),
+                                      ("sparse_categorical_crossentropy", "softmax"),
+                                      ("mse", "linear")])
+def test_loss_gradients_finite_differences(name, act):
+    """The gradient a loss hands back, on probabilities and (fused) on logits."""
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((3, 4))
+    if name == "sparse_categorical_crossentropy":
+        t = rng.integers(0, 4, 3)
+    elif name == "categorical_crossentropy":
+        t = np.eye(4)[rng.integers(0, 4, 3)]
+    else:
+        t = rng.random((3, 4))
+    loss = losses.get(name)
+    from lstmc.layers import _ACTIVATIONS
+    f = _ACTIVATIONS[act][0]
+    for logits in ([False, True] if act != "linear" else [False]):
+        inp = z if logits else f(z)
+        _, g = loss.compute(t, inp, logits=logits)
+        for idx in np.ndindex(inp.shape):
+            e = np.zeros_like(inp)
+            e[idx] = 1e-6
+            fd = (loss.compute(t, inp + e, logits=logits)[0]
+                  - loss.compute(t, inp - e, logits=logits)[0]) / 2e-6
+            assert g[idx] == pytest.approx(fd, abs=1e-6, rel=1e-4)
+
+
+def test_predict_evaluate_and_batches():
+    lstmc.manual_seed(5)
+    x, y = _sum_sign_data(70)
+    model = Sequential([LSTM(4, input_shape=(10, 1)), Dropout(0.5), Dense(1, "sigmoid")])
+    model.compile("sgd", "binary_crossentropy", ["accuracy", "mae"])
+    p = model.predict(x, batch_size=16)
+    assert p.shape == (70, 1)
+    np.testing.assert_array_equal(p, model.predict(x))          # dropout off: deterministic
+    np.testing.assert_allclose(model(x[:5]), p[:5])
+    result = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert list(result) == ["loss", "accuracy", "mae"]
+    acc = ((p[:, 0] > 0.5) == (y > 0.5)).mean()
+    assert result["accuracy"] == pytest.approx(acc)
+    assert result["mae"] == pytest.approx(np.abs(p[:, 0] - y).mean(), rel=1e-5)
+
+
+def test_validation_split_and_history():
+    x, y = _sum_sign_data(100)
+    model = Sequential([SimpleRNN(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy", ["accuracy"])
+    h = model.fit(x, y, epochs=2, validation_split=0.2, verbose=0)
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert h.epoch == [0, 1] and h.params["steps"] == 3      # 80 samples / 32
+    assert h.history["val_loss"][-1] == pytest.approx(model.evaluate(x[80:], y[80:],
+                                                                     verbose=0)[0])
+
+
+def test_progress_bar_lines(capsys):
+    x, y = _sum_sign_data(64)
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy", ["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=1, validation_data=(x, y))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Epoch 1/2" and out[2] == "Epoch 2/2"
+    for line in (out[1], out[3]):
+        assert line.startswith("4/4 ") and "ms/step" in line
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert f" - {key}: " in line
+
+
+def test_early_stopping_restores_best_weights():
+    x, y = _sum_sign_data(64)
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile(lstmc.optimizers.SGD(learning_rate=0.0), "binary_crossentropy")
+    seen = []
+
+    class Record(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    stop = EarlyStopping(monitor="loss", patience=2)
+    model.fit(x, y, epochs=20, verbose=0, callbacks=[stop, Record()])
+    assert seen == [0, 1, 2] and stop.stopped_epoch == 2   # lr 0: no improvement after epoch 0
+
+    model.compile(lstmc.optimizers.SGD(learning_rate=5.0), "binary_crossentropy")
+    best = []
+
+    class Keep(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            best.append((logs["loss"], model.get_weights()))
+
+    stop = EarlyStopping(monitor="loss", patience=1, restore_best_weights=True)
+    model.fit(x, y, epochs=8, verbose=0, callbacks=[Keep(), stop])
+    i = int(np.argmin([b[0] for b in best]))
+    # weights of the best epoch's end (the callbacks run in order: Keep saw them first)
+    for w, v in zip(best[i][1], model.get_weights()):
+        np.testing.assert_array_equal(w, v)
+
+
+def test_model_checkpoint(tmp_path):
+    x, y = _sum_sign_data(64)
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    pattern = str(tmp_path / "m-{epoch:02d}-{loss:.3f}.lstmc")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(pattern, monitor="loss")])
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and files[0].startswith("m-01-")
+    best = tmp_path / "best.lstmc"
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        ModelCheckpoint(str(best), monitor="loss", save_best_only=True)])
+    np.testing.assert_array_equal(load_model(best).predict(x), model.predict(x))
+
+
+# ---- saving -------------------------------------------------------------------------------
+def _trained_model():
+    lstmc.manual_seed(6)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 20, (40, 9))
+    y = rng.integers(0, 3, 40)
+    model = Sequential([Embedding(20, 5, mask_zero=True),
+                        Bidirectional(GRU(4, return_sequences=True), merge_mode="sum"),
+                        LSTM(6), Dropout(0.2), Dense(3, activation="softmax")])
+    model.compile(lstmc.optimizers.RMSprop(learning_rate=0.01, momentum=0.5),
+                  "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    return model, x, y
+
+
+def test_save_load_bit_identical_and_resumes(tmp_path):
+    model, x, y = _trained_model()
+    path = tmp_path / "model.lstmc"
+    model.save(path)
+    loaded = load_model(path)
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    # the optimizer state came along: one more identical step each
+    lstmc.manual_seed(7)
+    a = model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0).history["loss"]
+    lstmc.manual_seed(7)
+    b = loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0).history["loss"]
+    assert a == b
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_save_weights_and_uncompiled(tmp_path):
+    model = Sequential([Input((5, 2)), LSTM(3), Dense(2)])
+    model.save(tmp_path / "a.lstmc")
+    loaded = load_model(tmp_path / "a.lstmc")
+    x = np.ones((2, 5, 2), np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert not loaded.compiled
+    model.save_weights(tmp_path / "w.lstmc")
+    other = Sequential([Input((5, 2)), LSTM(3), Dense(2)])
+    other.load_weights(tmp_path / "w.lstmc")
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+
+
+def test_bad_files_fail_cleanly(tmp_path):
+    model, x, _ = _trained_model()
+    path = tmp_path / "model.lstmc"
+    model.save(path)
+    data = path.read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 5):
+        bad = tmp_path / f"cut{cut}.lstmc"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(io.FormatError):
+            load_model(bad)
+    flipped = bytearray(data)
+    flipped[data.index(b"\x93NUMPY") + 200] ^= 0xFF      # inside the first weight array
+    (tmp_path / "flip.lstmc").write_bytes(bytes(flipped))
+    with pytest.raises(io.FormatError):
+        load_model(tmp_path / "flip.lstmc")
+    (tmp_path / "junk.lstmc").write_bytes(b"not a model at all")
+    with pytest.raises(io.FormatError):
+        load_model(tmp_path / "junk.lstmc")
+    lstmc.save({"a": np.zeros(3)}, tmp_path / "other.lstmc")
+    with pytest.raises(io.FormatError, match="expected"):
+        load_model(tmp_path / "other.lstmc")
+    model.save_weights(tmp_path / "w.lstmc")
+    with pytest.raises(io.FormatError):
+        load_model(tmp_path / "w.lstmc")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.lstmc")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    model, x, _ = _trained_model()
+    path = tmp_path / "model.lstmc"
+    model.save(path)
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np.lib.format, "write_array", broken)
+    with pytest.raises(OSError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.lstmc"]
+
+
+# ---- errors -------------------------------------------------------------------------------
+def test_model_errors():
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    x, y = _sum_sign_data(8)
+    with pytest.raises(RuntimeError, match="compile"):
+        model.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        model.compile("adamax", "mse")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        model.compile("adam", "hinge")
+    model.compile("adam", "binary_crossentropy", ["accuracy"])
+    with pytest.raises(ValueError, match="same number of samples"):
+        model.fit(x, y[:-1], verbose=0)
+    with pytest.raises(ValueError, match=r"y_true must have the output's shape \(8, 1\)"):
+        model.fit(x, np.zeros((8, 2)), verbose=0)
+    with pytest.raises(ValueError, match=r"input must have shape \(batch,\) \+ \(T, 1\)|"
+                                         r"input must have shape"):
+        model.predict(np.zeros((2, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="batch_size"):
+        model.fit(x, y, batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="returns its states"):
+        Sequential([LSTM(3, return_state=True), Dense(1)])
+    with pytest.raises(TypeError, match="lstmc.layers"):
+        Sequential([lstmc.nn.Linear(2, 3)])
+
+
+def test_summary_counts(capsys):
+    model = Sequential([Embedding(100, 8, input_shape=(20,)), Bidirectional(LSTM(16)),
+                        Dense(1, activation="sigmoid")])
+    model.summary()
+    out = capsys.readouterr().out
+    assert "(None, 20, 8)" in out and "(None, 32)" in out
+    total = 100 * 8 + 2 * 4 * (16 * (8 + 16) + 16) + 33
+    assert f"Total params: {total:,}" in out
