@@ -1,5 +1,6 @@
 """Command line: `python -m lstmc demo` (train a character LSTM on real text),
-`python -m lstmc generate MODEL` (sample from a model the demo saved) and
+`python -m lstmc generate MODEL` (sample from a model the demo saved),
+`python -m lstmc bench` (time lstmc against the installed peers) and
 `python -m lstmc info` (the build and the machine)."""
 import argparse
 import platform
@@ -44,12 +45,14 @@ def info():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lstmc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from lstmc import demo
+    from lstmc import bench, demo
 
     # each command: (name, help, add_arguments(parser) or None, run(args))
     commands = [
         ("demo", "train a character-level LSTM language model on real text",
          demo.add_arguments, demo.run),
+        ("bench", "time lstmc against the installed peers (PyTorch, ONNX Runtime) on the "
+         "benchmark grid", bench.add_arguments, bench.run),
         ("generate", "sample text from a model saved by `demo --save`",
          demo.add_generate_arguments, demo.generate),
         ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),

@@ -95,6 +95,8 @@ class Sequential(Module):
         if not self._layers:
             raise RuntimeError("the model has no layers")
         self.train(training)
+        if self._input_shape is None:         # built from the first batch
+            self._input_shape = tuple(np.shape(x)[1:])
         mask = None
         last = len(self._layers) - 1
         for i, layer in enumerate(self._layers):

@@ -1,0 +1,1010 @@
+"""`python -m lstmc bench`: time lstmc.nn.LSTM / GRU / RNN against the peers that are installed
+(PyTorch, ONNX Runtime) on the benchmark grids, in one run, and print a Markdown table.
+
+How to run::
+
+    python -m lstmc bench                  # both grids at 1 and 2 threads (~7 min)
+    python -m lstmc bench --quick          # one row of each kind, fewer reps (< 1 min)
+    python -m lstmc bench --cells gru,rnn  # only the GRU / RNN rows
+    python -m lstmc bench --threads 2 --rows inf_h512_b1_t25,step_i512_h512
+    python -m lstmc bench --reps 30 --json /tmp/bench.json
+    python -m lstmc bench --peers ort      # lstmc and ONNX Runtime only
+    python -m lstmc bench --list           # show the rows of the grids
+
+(`python benchmarks/bench_lstm.py` in the repository is the same command.) The table goes to
+stdout; progress goes to stderr.
+
+Rows come from two grids shipped with the package: ``lstmc/bench_grid.json`` (a copy of the
+project's shared LSTM grid, grid.json) and ``lstmc/bench_grid_rnn.json``, whose rows name their
+cell (``"cell": "gru"`` or ``"rnn"`` with ``"nonlinearity"``). The cell kind is a property of a
+row; every row goes through the same timing code. ``--cells`` (default ``lstm,gru,rnn``) picks
+the kinds.
+
+What is measured, per grid row and thread count (float32, time-major input, fixed random data):
+
+* ``fwd``: forward in eval mode (lstmc ``eval()``; torch ``eval()`` + ``torch.no_grad()``;
+  ONNX Runtime: an ``LSTM`` / ``GRU`` / ``RNN`` node per layer, see ``onnx_model``).
+* ``train``: one training step: ``zero_grad()``, train-mode forward, backward of a random
+  ``dout`` shaped like the output (lstmc ``backward(dout)``; torch ``(out * dout).sum().backward()``
+  with ``x.requires_grad`` so that both compute dx). ONNX Runtime is inference only.
+* ``variable_length`` rows pass ``lengths`` to lstmc, ``sequence_lens`` to ONNX Runtime and a
+  ``pack_padded_sequence(..., enforce_sorted=False)`` / ``pad_packed_sequence`` pair to torch
+  (packing is timed: users pay it).
+* ``streaming_step`` rows: one timestep at B=1 called from Python, the state fed back each call.
+  lstmc: ``mode step`` is ``lstmc.nn.LSTM.step`` (the streaming API, when the installed lstmc
+  has it) and ``mode cell`` is ``lstmc.nn.LSTMCell``; torch: ``nn.LSTMCell`` under ``no_grad``
+  (``nn.LSTM`` on one step re-lays its weights out every call on the oneDNN path: milliseconds);
+  ONNX Runtime: a T=1 model with the states as inputs and outputs.
+* Rows of ``inference`` get ``fwd``; rows of ``training``, ``bidirectional`` and
+  ``variable_length`` get ``fwd`` and ``train``.
+
+All libraries run in the same process with the same weights (lstmc's, loaded into torch and
+converted to ONNX), interleaved per row in rounds (lstmc block, then each peer's block, repeated),
+so that noise on this shared machine hits all of them; each figure is the median of all its
+timed calls. Each block starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so
+that caches and the other libraries' spinning worker threads settle. Reps are sized from an
+untimed probe call to a time budget per figure (1 s; --quick 0.2 s), at least 5 (3 for calls
+slower than the budget; --quick 3), unless ``--reps`` fixes them. Before timing, each row's
+forward (streaming: three steps) is compared between lstmc and every peer; a row marked (!)
+differs by more than CHECK_ATOL. ``--json`` also writes the metadata, the sgemm peaks and every
+timed sample.
+
+GFLOP/s use ``rnn_flops`` (grid.json "about"; G = 4 LSTM, 3 GRU, 1 RNN gate blocks); "% peak" is
+lstmc's GFLOP/s over the float32 numpy matmul (2048^3) peak measured in the same run at the same
+thread count. Numpy's BLAS thread count is set for that matmul with threadpoolctl when installed,
+else through OpenBLAS's ``*_set_num_threads`` via ctypes, else not at all (the output says
+which). Threads: ``lstmc.set_num_threads(n)``, ``torch.set_num_threads(n)`` and an ONNX Runtime
+session per thread count with ``intra_op_num_threads = n``, ``inter_op_num_threads = 1``,
+sequential execution, all graph optimizations.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GRID_PATHS = [HERE / "bench_grid.json"]      # a copy of the project's shared grid.json
+# GRU / RNN rows (grid.json is LSTM-only); rows without "cell" in grid.json are LSTM.
+RNN_GRID_PATHS = [HERE / "bench_grid_rnn.json"]
+
+# Cell kinds: gate blocks G per cell (FLOPs count G*H output rows per gate GEMM).
+CELL_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELLS = tuple(CELL_GATES)
+
+# Sections measured and the modes each gets ("step": one streaming timestep).
+SECTION_MODES = {
+    "inference": ("fwd",),
+    "training": ("fwd", "train"),
+    "bidirectional": ("fwd", "train"),
+    "variable_length": ("fwd", "train"),
+    "streaming_step": ("step",),
+}
+# --quick: one row per kind (B=1 latency, training, bidirectional 2-layer, variable lengths,
+# streaming step, GRU, RNN) and the modes timed for each. Slow figures are left out (the
+# bidirectional and variable-length train steps: torch's packed backward takes ~1.5 s a call).
+QUICK_ROWS = {"inf_h512_b1_t25": ("fwd",), "trn_h512_b16_t25": ("fwd", "train"),
+              "bi_i128_h256_b32_t100_l2": ("fwd",), "varlen_i256_h512_b32_t100": ("fwd",),
+              "step_i512_h512": ("step",), "gru_trn_h512_b16_t25": ("fwd", "train"),
+              "rnn_tanh_inf_h512_b1_t25": ("fwd",)}
+
+# Timing budget per figure (one library, row, mode and thread count): seconds, min/max timed reps,
+# and the number of interleaving rounds the reps are split into. Streaming steps are short
+# calls: their reps are capped higher so that the budget, not the cap, sizes them.
+FULL = dict(budget=1.0, min_reps=5, max_reps=100, max_step_reps=5000, rounds=3, peak_reps=6)
+QUICK = dict(budget=0.2, min_reps=3, max_reps=25, max_step_reps=1000, rounds=2, peak_reps=3)
+WARM_S = 0.1      # untimed settling at the start of each block (see measure)
+PEAK_N = 2048
+CHECK_ATOL = 2e-3  # |lstmc - peer| on the forward output, float32, same weights
+CHECK_STEPS = 3    # streaming rows: steps run from zero state before comparing h
+PEERS = ("torch", "ort")
+LABELS = {"lstmc": "lstmc", "torch": "torch", "ort": "ORT"}
+
+
+def rnn_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=None,
+              cell="lstm"):
+    """FLOPs of one LSTM / GRU / RNN call, as grid.json's "about" counts them.
+
+    Forward: 2 * T*B * G*H * (I_l + H) per layer and direction, G = CELL_GATES[cell] (4 LSTM,
+    3 GRU, 1 RNN), where layer 0 reads I inputs and layer l > 0 reads D*H (D = 2 if
+    bidirectional). A training step (forward + backward) counts 3x the forward. ``tokens``
+    replaces T*B for variable-length rows: sum(lengths), the work the sequence actually needs
+    (padding is not counted as useful work). A streaming step is a forward with T = 1.
+    """
+    D = 2 if bidirectional else 1
+    G = CELL_GATES[cell]
+    n = T * B if tokens is None else tokens
+    fwd = sum(D * 2 * n * G * H * ((I if layer == 0 else D * H) + H) for layer in range(num_layers))
+    return 3 * fwd if mode == "train" else fwd
+
+
+# ---------------------------------------------------------------------------------------------
+# grid
+
+def load_grid(path=None, default_paths=GRID_PATHS):
+    paths = [Path(path)] if path else default_paths
+    for p in paths:
+        if p.is_file():
+            with open(p) as f:
+                return json.load(f), p
+    raise SystemExit("lstmc bench: no %s found (looked at %s)" % (
+        paths[-1].name, ", ".join(map(str, paths))))
+
+
+def parse_lengths(spec, B):
+    """grid.json's lengths spec, e.g. "uniform integers in [10, 100], seed 0" (bounds inclusive)."""
+    m = re.fullmatch(r"\s*uniform integers in \[(\d+),\s*(\d+)\],\s*seed (\d+)\s*", spec)
+    if not m:
+        raise ValueError("unknown lengths spec in grid.json: %r" % spec)
+    lo, hi, seed = map(int, m.groups())
+    return np.random.default_rng(seed).integers(lo, hi + 1, size=B).astype(np.int64)
+
+
+def grid_cases(grid):
+    """Measured rows (dicts) in grid order.
+
+    A row's ``cell`` is "lstm" (the default: grid.json has no "cell" field), "gru" or "rnn";
+    "rnn" rows also carry ``nonlinearity`` ("tanh" unless given). Streaming rows are one
+    timestep (T = 1) of one layer.
+    """
+    cases = []
+    for section, modes in SECTION_MODES.items():
+        for row in grid.get(section, []):
+            cell = row.get("cell", "lstm")
+            if cell not in CELL_GATES:
+                raise ValueError("row %s: unknown cell %r (known: %s)"
+                                 % (row["name"], cell, ", ".join(CELLS)))
+            c = dict(name=row["name"], section=section, I=row["I"], H=row["H"], B=row["B"],
+                     T=row.get("T", 1), L=row.get("L", 1),
+                     bidirectional=bool(row.get("bidirectional")), modes=modes, lengths=None,
+                     cell=cell,
+                     nonlinearity=row.get("nonlinearity", "tanh") if cell == "rnn" else None)
+            if "lengths" in row:
+                c["lengths"] = parse_lengths(row["lengths"], c["B"])
+            cases.append(c)
+    return cases
+
+
+def case_flops(c, mode):
+    tokens = None if c["lengths"] is None else int(c["lengths"].sum())
+    return rnn_flops(c["I"], c["H"], c["T"], c["B"], c["L"], c["bidirectional"], mode, tokens,
+                     cell=c["cell"])
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy BLAS threads and the sgemm peak
+
+def _numpy_openblas():
+    """ctypes handle and (set, get) function names of numpy's OpenBLAS, or None."""
+    npdir = os.path.dirname(np.__file__)
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        return None
+    for path in sorted(libs, key=lambda p: not p.startswith(npdir)):  # numpy's own first
+        lib = ctypes.CDLL(path)
+        for sfx in ("64_", "_64", ""):
+            for pre in ("scipy_openblas", "openblas"):
+                set_, get_ = pre + "_set_num_threads" + sfx, pre + "_get_num_threads" + sfx
+                if hasattr(lib, set_) and hasattr(lib, get_):
+                    return lib, set_, get_, path
+    return None
+
+
+def blas_thread_method():
+    try:
+        import threadpoolctl
+        return "threadpoolctl %s" % threadpoolctl.__version__
+    except ImportError:
+        pass
+    if _numpy_openblas():
+        return "ctypes OpenBLAS set_num_threads (threadpoolctl not installed)"
+    return "NOT controlled (threadpoolctl not installed, OpenBLAS not found)"
+
+
+@contextlib.contextmanager
+def numpy_blas_threads(n):
+    """Limit numpy's BLAS to n threads inside the block, restore afterwards."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        found = _numpy_openblas()
+        if not found:
+            yield
+            return
+        lib, set_, get_, _ = found
+        getattr(lib, get_).restype = ctypes.c_int
+        old = getattr(lib, get_)()
+        getattr(lib, set_)(ctypes.c_int(n))
+        try:
+            yield
+        finally:
+            getattr(lib, set_)(ctypes.c_int(old))
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def sgemm_times(n_threads, reps, n=None):
+    """Per-call seconds of a float32 n^3 numpy matmul (n = PEAK_N) at n_threads BLAS threads."""
+    n = n or PEAK_N
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    with numpy_blas_threads(n_threads):
+        for _ in range(2):
+            np.matmul(a, b, out=c)
+        return _time_calls(lambda: np.matmul(a, b, out=c), reps)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+def _time_calls(fn, n):
+    ts = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    finally:
+        if gc_was:
+            gc.enable()
+    return ts
+
+
+def _error_text(e):
+    return "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+
+
+def measure(runners, cfg, reps=None, max_reps=None):
+    """Interleaved timing. runners: {lib: fn}; returns {lib: [seconds, ...]} (errors: str)."""
+    probe, samples, nreps = {}, {}, {}
+    max_reps = max_reps or cfg["max_reps"]
+    for lib, fn in runners.items():
+        try:                                # untimed probe (includes one-time setup): sizes reps
+            probe[lib] = _time_calls(fn, 1)[0]
+        except Exception as e:              # a row the library cannot run
+            samples[lib] = _error_text(e)
+            continue
+        if reps:
+            nreps[lib] = reps
+        else:
+            n = int(cfg["budget"] / max(probe[lib], 1e-6))
+            floor = cfg["min_reps"] if probe[lib] < cfg["budget"] else 3  # calls > budget: 3
+            nreps[lib] = max(floor, min(max_reps, n))
+        samples[lib] = []
+    live = [lib for lib in runners if lib in probe]
+    rounds = max(1, min(cfg["rounds"], min([nreps[lib] for lib in live] or [1])))
+    for r in range(rounds):
+        for lib in live:
+            n = nreps[lib] // rounds + (1 if r < nreps[lib] % rounds else 0)
+            gc.collect()
+            # Settle for WARM_S before timing: the other libraries' worker threads (OpenBLAS
+            # spins ~0.1 s after a call) go idle meanwhile; fast calls also re-warm caches.
+            if probe[lib] < WARM_S:
+                t_end = time.perf_counter() + WARM_S
+                while time.perf_counter() < t_end:
+                    runners[lib]()
+            else:
+                time.sleep(WARM_S)
+            samples[lib] += _time_calls(runners[lib], n)
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: the same network as an ONNX graph, from PyTorch-layout weights
+
+# PyTorch's gate blocks, reordered into ONNX's: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
+ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
+ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+ONNX_OPSET = 14
+
+
+def _onnx_gates(a, cell):
+    """Reorder the gate blocks (first axis) of a PyTorch weight or bias into ONNX's order."""
+    blocks = np.split(np.asarray(a, dtype=np.float32), len(ONNX_GATE_ORDER[cell]))
+    return np.concatenate([blocks[k] for k in ONNX_GATE_ORDER[cell]])
+
+
+def onnx_model(cell, state_dict, input_size, hidden_size, num_layers=1, bidirectional=False,
+               nonlinearity="tanh", with_lengths=False, with_state=False, reset_after=True):
+    """An ONNX model (onnx.ModelProto) of lstmc.nn.LSTM / GRU / RNN with these weights.
+
+    ``state_dict`` has PyTorch's names and shapes (lstmc's or torch's ``state_dict()``). One
+    ONNX ``LSTM`` / ``GRU`` / ``RNN`` node per layer (GRU with ``linear_before_reset =
+    reset_after``: 1 is the GRU of torch and lstmc's default; W and R with the gate blocks
+    reordered, B = [Wb, Rb]);
+    a bidirectional layer's (T, 2, B, H) output becomes the next layer's (T, B, 2H) input.
+
+    Inputs: ``x`` (T, B, input_size) float32; ``lengths`` (B,) int32 (ONNX ``sequence_lens``)
+    when ``with_lengths``; ``h0_l{k}`` (and ``c0_l{k}`` for LSTM), each (D, B, H), per layer
+    when ``with_state`` (else zeros). Outputs: ``y`` (T, B, D*H), ``h_n`` (L*D, B, H) and, for
+    LSTM, ``c_n`` — the layout of lstmc's and torch's outputs.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if cell not in ONNX_OP:
+        raise ValueError("cell must be one of %s, got %r" % (", ".join(ONNX_OP), cell))
+    if any(k.startswith("weight_hr") for k in state_dict):
+        raise ValueError("state_dict has weight_hr (proj_size > 0): ONNX's LSTM has no "
+                         "projection")
+    D = 2 if bidirectional else 1
+    H = hidden_size
+    suffixes = ("", "_reverse")[:D]
+    dirs = dict(direction="bidirectional" if bidirectional else "forward")
+    attrs = dict(hidden_size=H, **dirs)
+    if cell == "gru":
+        attrs["linear_before_reset"] = int(bool(reset_after))
+    if cell == "rnn":
+        attrs["activations"] = [nonlinearity.capitalize()] * D
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", input_size])]
+    if with_lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
+    states = ("h", "c") if cell == "lstm" else ("h",)
+    finals = {s: [] for s in states}
+    x = "x"
+    for k in range(num_layers):
+        def weight(prefix):
+            return np.stack([_onnx_gates(state_dict["%s_l%d%s" % (prefix, k, s)], cell)
+                             for s in suffixes])
+        names = [x, "W_l%d" % k, "R_l%d" % k]
+        inits += [numpy_helper.from_array(weight("weight_ih"), names[1]),
+                  numpy_helper.from_array(weight("weight_hh"), names[2])]
+        if "bias_ih_l%d" % k in state_dict:
+            names.append("B_l%d" % k)
+            bias = np.concatenate([weight("bias_ih"), weight("bias_hh")], axis=1)
+            inits.append(numpy_helper.from_array(bias, names[3]))
+        else:
+            names.append("")
+        names.append("lengths" if with_lengths else "")
+        for s in states:
+            if with_state:
+                name = "%s0_l%d" % (s, k)
+                inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [D, "B", H]))
+                names.append(name)
+            else:
+                names.append("")
+        while names[-1] == "":
+            names.pop()
+        y = "Y_l%d" % k
+        outs = [y] + ["%sn_l%d" % (s, k) for s in states]
+        for s, o in zip(states, outs[1:]):
+            finals[s].append(o)
+        nodes.append(helper.make_node(ONNX_OP[cell], names, outs, name="%s_l%d" % (cell, k),
+                                      **attrs))
+        # (T, D, B, H) -> (T, B, D*H)
+        x = "x_l%d" % (k + 1) if k + 1 < num_layers else "y"
+        if D == 1:
+            axes = "axes_l%d" % k
+            inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+            nodes.append(helper.make_node("Squeeze", [y, axes], [x]))
+        else:
+            shape = "shape_l%d" % k
+            inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
+            nodes.append(helper.make_node("Transpose", [y], [y + "_t"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [y + "_t", shape], [x]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "B", D * H])]
+    for s in states:
+        nodes.append(helper.make_node("Concat", finals[s], ["%s_n" % s], axis=0))
+        outputs.append(helper.make_tensor_value_info("%s_n" % s, TensorProto.FLOAT,
+                                                     [num_layers * D, "B", H]))
+    graph = helper.make_graph(nodes, "lstmc_" + cell, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="lstmc")
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_session(model, threads):
+    """An ONNX Runtime CPU session: intra-op threads = threads, sequential, all optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the libraries: per row, runner(mode, threads) -> a callable (None: mode not supported) and
+# check() -> the forward output (streaming rows: h after CHECK_STEPS steps from zero state)
+
+_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def _module_kwargs(c):
+    kw = dict(num_layers=c["L"], bidirectional=c["bidirectional"])
+    if c["cell"] == "rnn":
+        kw["nonlinearity"] = c["nonlinearity"]
+    return kw
+
+
+def _streaming(make_step, state0, data):
+    """(runner, check) of a streaming row, from make_step(threads) -> step(x_t, state) ->
+    (h_t, state) (threads None: any) and state0() -> a fresh zero state. The timed call is one
+    step on x_t = x[0], fed its own previous state; check() runs CHECK_STEPS steps on x[0], x[1],
+    ... from zeros and returns the last h."""
+    def runner(mode, threads):
+        step, x_t, held = make_step(threads), data["x"][0], [state0()]
+
+        def one():
+            held[0] = step(x_t, held[0])[1]
+        return one
+
+    def check():
+        step, state = make_step(None), state0()
+        for x_t in data["x"][:CHECK_STEPS]:
+            h, state = step(x_t, state)
+        return np.asarray(h).reshape(-1)
+    return runner, check
+
+
+def make_lstmc(lstmc, c, data):
+    """lstmc's module for the row (weights from lstmc.manual_seed(0)); returns (libs, sd) with
+    libs {name: (runner, check)}: "lstmc", plus "lstmc.cell" on streaming rows when the
+    streaming API exists (then "lstmc" is LSTM.step and "lstmc.cell" the cell)."""
+    lstmc.manual_seed(0)
+    m = getattr(lstmc.nn, _CLASS[c["cell"]])(c["I"], c["H"], dtype=np.float32,
+                                              **_module_kwargs(c))
+    sd = {k: np.array(v) for k, v in m.state_dict().items()}
+    if c["section"] == "streaming_step":
+        return _lstmc_streaming(lstmc, c, m, sd, data), sd
+    x, dout, lengths = data["x"], data["dout"], c["lengths"]
+
+    def fwd():
+        return m(x, lengths=lengths)
+
+    def train():
+        m.zero_grad()
+        m(x, lengths=lengths)
+        m.backward(dout)
+
+    def runner(mode, threads):
+        (m.eval if mode == "fwd" else m.train)()
+        return fwd if mode == "fwd" else train
+
+    def check():
+        m.eval()
+        return np.asarray(fwd()[0])
+    return {"lstmc": (runner, check)}, sd
+
+
+def _lstmc_streaming(lstmc, c, m, sd, data):
+    cell_cls = getattr(lstmc.nn, _CLASS[c["cell"]] + "Cell")
+    kw = dict(nonlinearity=c["nonlinearity"]) if c["cell"] == "rnn" else {}
+    cell = cell_cls(c["I"], c["H"], dtype=np.float32, **kw)
+    cell.load_state_dict({k[:-len("_l0")]: v for k, v in sd.items()})
+    cell.eval()
+    B, H = c["B"], c["H"]
+    lstm = c["cell"] == "lstm"
+
+    def zeros():
+        z = np.zeros((B, H), np.float32)
+        return (z, z.copy()) if lstm else z
+
+    def cell_step(x_t, state):
+        state = cell(x_t, state)
+        return (state[0] if lstm else state), state
+    cell_lib = _streaming(lambda threads: cell_step, zeros, data)
+    if not (hasattr(m, "initial_state") and hasattr(m, "step")):
+        return {"lstmc": cell_lib}
+    m.eval()
+    return {"lstmc": _streaming(lambda threads: m.step,
+                                lambda: m.initial_state(batch_size=B), data),
+            "lstmc.cell": cell_lib}
+
+
+def make_torch(torch, c, data, sd):
+    """torch.nn.LSTM / GRU / RNN (streaming rows: the Cell) with lstmc's weights."""
+    tsd = {k: torch.from_numpy(v.copy()) for k, v in sd.items()}
+    if c["section"] == "streaming_step":
+        kw = dict(nonlinearity=c["nonlinearity"]) if c["cell"] == "rnn" else {}
+        m = getattr(torch.nn, _CLASS[c["cell"]] + "Cell")(c["I"], c["H"], **kw)
+        m.load_state_dict({k[:-len("_l0")]: v for k, v in tsd.items()})
+        m.eval()
+        B, H = c["B"], c["H"]
+        lstm = c["cell"] == "lstm"
+
+        def zeros():
+            z = lambda: torch.zeros(B, H)  # noqa: E731
+            return (z(), z()) if lstm else z()
+
+        def step(x_t, state):
+            with torch.no_grad():
+                state = m(torch.from_numpy(x_t), state)
+            return (state[0] if lstm else state), state
+        return _streaming(lambda threads: step, zeros, data)
+
+    m = getattr(torch.nn, _CLASS[c["cell"]])(c["I"], c["H"], **_module_kwargs(c))
+    m.load_state_dict(tsd)
+    xt = torch.from_numpy(data["x"])
+    xg = xt.clone().requires_grad_(True)
+    doutt = torch.from_numpy(data["dout"])
+    T = c["T"]
+    rnn = torch.nn.utils.rnn
+    lengths = None if c["lengths"] is None else torch.from_numpy(c["lengths"])
+
+    def run(inp):
+        if lengths is None:
+            return m(inp)[0]
+        packed = rnn.pack_padded_sequence(inp, lengths, enforce_sorted=False)
+        return rnn.pad_packed_sequence(m(packed)[0], total_length=T)[0]
+
+    def fwd():
+        with torch.no_grad():
+            return run(xt)
+
+    def train():
+        xg.grad = None
+        m.zero_grad()
+        (run(xg) * doutt).sum().backward()
+
+    def runner(mode, threads):
+        (m.eval if mode == "fwd" else m.train)()
+        return fwd if mode == "fwd" else train
+
+    def check():
+        m.eval()
+        return fwd().numpy()
+    return runner, check
+
+
+def make_ort(ort, c, data, sd):
+    """An ONNX Runtime session of onnx_model(...) with lstmc's weights; one session per thread
+    count, built when that count is first asked for (the previous one is dropped). Inference
+    only: runner("train", n) is None."""
+    streaming = c["section"] == "streaming_step"
+    model = onnx_model(c["cell"], sd, c["I"], c["H"], c["L"], c["bidirectional"],
+                       c["nonlinearity"] or "tanh", with_lengths=c["lengths"] is not None,
+                       with_state=streaming)
+    held = {}
+
+    def session(threads):
+        if held.get("threads") != threads:
+            held.clear()
+            held.update(threads=threads, sess=ort_session(model, threads))
+        return held["sess"]
+
+    states = ("h", "c") if c["cell"] == "lstm" else ("h",)
+    if streaming:
+        shape = (1, c["B"], c["H"])
+        names = ["%s_n" % s for s in states]
+
+        def zeros():
+            return [np.zeros(shape, np.float32) for _ in states]
+
+        def make_step(threads):
+            sess = session(threads or held.get("threads", 1))
+
+            def step(x_t, state):
+                feed = {"x": x_t[None]}
+                feed.update(("%s0_l0" % s, v) for s, v in zip(states, state))
+                state = sess.run(names, feed)
+                return state[0], state
+            return step
+        return _streaming(make_step, zeros, data)
+
+    feed = {"x": data["x"]}
+    if c["lengths"] is not None:
+        feed["lengths"] = c["lengths"].astype(np.int32)
+
+    def runner(mode, threads):
+        if mode != "fwd":
+            return None
+        sess = session(threads)
+        return lambda: sess.run(["y"], feed)
+
+    def check():
+        return session(held.get("threads", 1)).run(["y"], feed)[0]
+    return runner, check
+
+
+def import_peers(wanted, say):
+    """{peer: module or None (not installed)} for the wanted peers."""
+    found = {}
+    for peer in wanted:
+        try:
+            if peer == "torch":
+                import torch as mod
+            else:
+                import onnx  # noqa: F401  (builds the graph)
+                import onnxruntime as mod
+            found[peer] = mod
+        except ImportError as e:
+            say("lstmc bench: %s not importable (%s): its columns say 'not installed'"
+                % (LABELS[peer], e))
+            found[peer] = None
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+def fmt_ms(s):
+    ms = s * 1e3
+    return "%.0f" % ms if ms >= 100 else "%.1f" % ms if ms >= 10 else "%.2f" % ms if ms >= 1 \
+        else "%.3f" % ms
+
+
+def _peer_cell(r, peer, installed):
+    if not installed:
+        return "not installed"
+    if r.get(peer + "_error"):
+        return "error (stderr): " + r[peer + "_error"].split(":")[0]
+    if peer + "_s" not in r:
+        return "—"
+    return fmt_ms(r[peer + "_s"])
+
+
+def best_peer(r, peers):
+    """(peer, seconds) of the fastest peer measured on this result row, or None."""
+    timed = [(r[p + "_s"], p) for p in peers if p + "_s" in r]
+    return min(timed)[::-1] if timed else None
+
+
+def markdown(results, peaks, meta, peers):
+    """The table: one line per row, mode and thread count; peers: {peer: installed?}."""
+    out = []
+    versions = ", ".join("%s %s" % (LABELS[p], meta["versions"][p] or "not installed")
+                         for p in peers)
+    out.append("lstmc %s vs %s, float32, medians; %s." % (
+        meta["lstmc_version"], versions or "no peers", meta["machine"]))
+    out.append("Run %s, %.0f s; load average before/after %s / %s (another process busy on the "
+               "cores makes every figure, above all the 2-thread ones, unreliable)." % (
+                   meta["date"], meta["elapsed_s"], meta["load_before"], meta["load_after"]))
+    out.append("sgemm peak (numpy float32 %d^3 matmul, median of %d; numpy BLAS threads: %s): "
+               "%s." % (
+        PEAK_N, meta["peak_reps"], meta["blas_threads"],
+        ", ".join("%d thr %.0f GFLOP/s" % (t, p) for t, p in sorted(peaks.items()))))
+    out.append("")
+    cols = ["row", "threads", "mode", "lstmc ms", "GFLOP/s", "% peak"]
+    cols += ["%s ms" % LABELS[p] for p in peers] + (["lstmc / best peer"] if peers else [])
+    align = ["---", "---:", "---"] + ["---:"] * (len(cols) - 3)
+    out.append("| " + " | ".join(cols) + " |")
+    out.append("|" + "|".join(align) + "|")
+    for r in results:
+        cells = [r["row"] + (" (!)" if r.get("mismatch") else ""), str(r["threads"]), r["mode"]]
+        if r.get("lstmc_error"):
+            cells += ["error (stderr): " + r["lstmc_error"].split(":")[0], "", ""]
+        else:
+            cells += [fmt_ms(r["lstmc_s"]), "%.1f" % r["lstmc_gflops"],
+                      "%.0f %%" % r["lstmc_pct_peak"]]
+        cells += [_peer_cell(r, p, installed) for p, installed in peers.items()]
+        best = best_peer(r, peers)
+        if peers:
+            cells.append("%.3g (%s)" % (r["lstmc_s"] / best[1], LABELS[best[0]])
+                         if best and r.get("lstmc_s") else "")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out += ["- " + n for n in _notes(results, peers)]
+    return "\n".join(out)
+
+
+def _notes(results, peers):
+    cells = {r.get("cell", "lstm") for r in results}
+    if cells == {"lstm"}:
+        flops = "forward 2·T·B·4H·(I+H)"
+    else:
+        flops = ("forward 2·T·B·G·H·(I+H) with G = 4 LSTM, 3 GRU (gru_* rows), 1 RNN (rnn_* "
+                 "rows)")
+    notes = ["GFLOP/s and % peak are lstmc's: " + flops + " per layer and direction (layer > 0 "
+             "reads D·H inputs), train step = 3x forward, a streaming step = forward with T = 1; "
+             "variable-length rows count sum(lengths) tokens instead of T·B.",
+             "fwd = eval-mode forward; train = zero_grad + train-mode forward + backward (torch: "
+             "packed sequences for variable-length rows, x.requires_grad so dx is computed; ORT "
+             "is inference only: —); step = one streaming timestep at B=1 from Python, state fed "
+             "back (lstmc.nn.LSTM.step; torch nn.LSTMCell under no_grad; ORT a T=1 session); "
+             "cell = the same with lstmc.nn.LSTMCell (its peer figures are the step line's)."]
+    if peers:
+        notes.append("lstmc / best peer = lstmc ms over the fastest peer's ms on that line (< 1: "
+                     "lstmc faster), all measured interleaved in the same process at the same "
+                     "thread count; single absolute times on a shared machine are noisy.")
+    if "ort" in peers:
+        notes.append("ORT: one ONNX LSTM / GRU (linear_before_reset=1) / RNN node per layer built "
+                     "from lstmc's weights (sequence_lens for variable-length rows), "
+                     "intra_op_num_threads = threads, inter_op 1, sequential, all graph "
+                     "optimizations.")
+    if any(r.get("mismatch") for r in results):
+        notes.append("(!) lstmc's forward output and a peer's differ by more than %g on this "
+                     "row: see stderr." % CHECK_ATOL)
+    return notes
+
+
+def _loadavg():
+    try:
+        return "%.1f" % os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return "?"
+
+
+def machine_desc():
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    model = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%s, %d logical CPUs" % (model, os.cpu_count() or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+def select_cases(args, error):
+    """The rows to measure, from the grids and --cells / --rows / --quick."""
+    cells = [k.strip().lower() for k in args.cells.split(",") if k.strip()]
+    bad = [k for k in cells if k not in CELL_GATES]
+    if not cells or bad:
+        error("--cells wants a comma-separated subset of %s; got %r" % (",".join(CELLS),
+                                                                         args.cells))
+    grid, grid_path = load_grid(args.grid)
+    cases, paths = grid_cases(grid), [grid_path]
+    if any(k != "lstm" for k in cells):
+        grid_rnn, grid_rnn_path = load_grid(args.grid_rnn, RNN_GRID_PATHS)
+        more = grid_cases(grid_rnn)
+        names = {c["name"] for c in cases}
+        dup = [c["name"] for c in more if c["name"] in names]
+        if dup:
+            raise SystemExit("lstmc bench: rows in both grids: %s" % ", ".join(dup))
+        cases += more
+        paths.append(grid_rnn_path)
+    # Keep the chosen cells; group by cell (LSTM rows keep grid.json's order).
+    cases = sorted((c for c in cases if c["cell"] in cells), key=lambda c: CELLS.index(c["cell"]))
+    if args.rows:
+        wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+        known = {c["name"] for c in cases}
+        unknown = [r for r in wanted if r not in known]
+        if unknown:
+            error("unknown rows %s; known (with --cells %s): %s" % (
+                ", ".join(unknown), ",".join(cells), ", ".join(sorted(known))))
+        cases = [c for c in cases if c["name"] in wanted]
+    elif args.quick:
+        quick = [dict(c, modes=QUICK_ROWS[c["name"]]) for c in cases if c["name"] in QUICK_ROWS]
+        cases = quick or [next(c for c in cases if c["section"] == s) for s in SECTION_MODES
+                          if any(c["section"] == s for c in cases)]
+    return cases, cells, paths
+
+
+def row_data(c):
+    """Fixed random input x (T, B, I) and output gradient dout (T, B, D*H) for a row."""
+    rng = np.random.default_rng(0)
+    D = 2 if c["bidirectional"] else 1
+    T = max(c["T"], CHECK_STEPS) if c["section"] == "streaming_step" else c["T"]
+    return dict(x=rng.standard_normal((T, c["B"], c["I"]), dtype=np.float32),
+                dout=rng.standard_normal((T, c["B"], D * c["H"]), dtype=np.float32))
+
+
+def build_row(c, lstmc, mods, threads, say):
+    """Every library's (runner, check) for a row, with the same weights; checks the peers'
+    forward outputs against lstmc's (a peer that cannot build or run the row gets an error
+    string instead)."""
+    data = row_data(c)
+    libs, sd = make_lstmc(lstmc, c, data)
+    makers = {"torch": make_torch, "ort": make_ort}
+    for peer, mod in mods.items():
+        if mod is None:
+            continue
+        try:
+            libs[peer] = makers[peer](mod, c, data, sd)
+        except Exception as e:
+            libs[peer] = _error_text(e)
+            say("  %s: %s cannot build this row: %s" % (c["name"], LABELS[peer], libs[peer]))
+    set_threads(lstmc, mods, threads)
+    ref = libs["lstmc"][1]()
+    for name, lib in libs.items():
+        if name == "lstmc" or isinstance(lib, str):
+            continue
+        try:
+            err = float(np.max(np.abs(np.asarray(lib[1]()) - ref)))
+        except Exception as e:
+            libs[name] = _error_text(e)
+            say("  %s: %s fails: %s" % (c["name"], name, libs[name]))
+            continue
+        c.setdefault("max_abs_diff", {})[name] = err
+        if not err <= CHECK_ATOL:
+            c["mismatch"] = True
+            say("  WARNING %s: lstmc and %s outputs differ: max |diff| %.3g"
+                % (c["name"], name, err))
+    return libs
+
+
+def set_threads(lstmc, mods, n):
+    """Library-wide thread counts (ORT's is per session: see make_ort)."""
+    lstmc.set_num_threads(n)
+    if mods.get("torch") is not None:
+        mods["torch"].set_num_threads(n)
+
+
+def result_rows(c, n, mode, samples):
+    """Result dicts of one measure() call: one per lstmc figure (streaming rows with the step
+    API give "step" and "cell"), each with every peer's figure."""
+    variants = [("lstmc", mode)] + ([("lstmc.cell", "cell")] if "lstmc.cell" in samples else [])
+    if mode == "step" and len(variants) == 1:
+        variants = [("lstmc", "cell")]      # no streaming API: the cell is lstmc's figure
+    flops = case_flops(c, "fwd" if mode == "step" else mode)
+    rows = []
+    for lstmc_name, label in variants:
+        r = dict(row=c["name"], section=c["section"], cell=c["cell"],
+                 nonlinearity=c["nonlinearity"], threads=n, mode=label, flops=flops,
+                 mismatch=bool(c.get("mismatch")), max_abs_diff=c.get("max_abs_diff"))
+        for lib, v in samples.items():
+            if lib.startswith("lstmc") and lib != lstmc_name:
+                continue
+            key = "lstmc" if lib == lstmc_name else lib
+            if isinstance(v, str):
+                r[key + "_error"] = v
+            else:
+                r[key + "_s"] = float(np.median(v))
+                r[key + "_gflops"] = flops / r[key + "_s"] / 1e9
+                r[key + "_samples_s"] = v
+        rows.append(r)
+    return rows
+
+
+def run_grid(built, threads, cfg, reps, lstmc, mods, say):
+    """Time every (row, mode) at every thread count. Returns (results, peaks, peak_samples)."""
+    t_start = time.perf_counter()
+    results, peaks, peak_samples = [], {}, {}
+    for n in threads:
+        set_threads(lstmc, mods, n)
+        peak_samples[n] = sgemm_times(n, cfg["peak_reps"])
+        say("[%d thr] sgemm %.0f GFLOP/s so far"
+            % (n, 2 * PEAK_N ** 3 / np.median(peak_samples[n]) / 1e9))
+        rows_n = []
+        for c, libs in built:
+            for mode in c["modes"]:
+                runners, errors = {}, {}
+                for name, lib in libs.items():
+                    if isinstance(lib, str):
+                        errors[name] = lib
+                    else:
+                        fn = lib[0](mode, n)
+                        if fn is not None:
+                            runners[name] = fn
+                s = measure(runners, cfg, reps,
+                            cfg["max_step_reps"] if mode == "step" else None)
+                s.update(errors)
+                rows_n += result_rows(c, n, mode, s)
+                done = "  ".join("%s %s" % (lib, v if isinstance(v, str) else "%s ms (n=%d)" % (
+                    fmt_ms(float(np.median(v))), len(v))) for lib, v in s.items())
+                say("[%d thr] %-28s %-5s %s   (%.0f s)" % (
+                    n, c["name"], mode, done, time.perf_counter() - t_start))
+        peak_samples[n] += sgemm_times(n, cfg["peak_reps"])
+        peaks[n] = 2 * PEAK_N ** 3 / float(np.median(peak_samples[n])) / 1e9
+        for r in rows_n:
+            for lib in ("lstmc",) + PEERS:
+                if lib + "_gflops" in r:
+                    r[lib + "_pct_peak"] = 100 * r[lib + "_gflops"] / peaks[n]
+        results += rows_n
+    return results, peaks, peak_samples
+
+
+def add_arguments(ap):
+    ap.add_argument("--quick", action="store_true",
+                    help="one row of each kind, fewer reps (< 1 min)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--rows", default=None, help="comma-separated grid row names (default: all)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed reps per figure (default: sized to a time budget per figure)")
+    ap.add_argument("--json", default=None, metavar="OUT.json", help="also write results as JSON")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="comma-separated peers to compare with, of %s (default: all; a peer "
+                         "that is not installed shows 'not installed'); '' for none"
+                         % ",".join(PEERS))
+    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out of the peers")
+    ap.add_argument("--grid", default=None, help="grid.json path (default: the packaged "
+                    "lstmc/bench_grid.json)")
+    ap.add_argument("--grid-rnn", default=None, help="GRU/RNN grid path (default: the packaged "
+                    "lstmc/bench_grid_rnn.json)")
+    ap.add_argument("--cells", default=",".join(CELLS),
+                    help="comma-separated cell kinds to run, of %s (default: all)"
+                    % ",".join(CELLS))
+    ap.add_argument("--list", action="store_true", help="list the grids' rows and exit")
+
+
+def run(args, error=None):
+    """Run the benchmark for parsed arguments (see add_arguments); the table goes to stdout."""
+    if error is None:
+        def error(msg):
+            raise SystemExit("lstmc bench: " + msg)
+    cases, cells, grid_paths = select_cases(args, error)
+    if args.list:
+        for c in cases:
+            print("%-28s %-16s %-8s I=%d H=%d B=%d T=%d L=%d%s%s" % (
+                c["name"], c["section"], c["cell"] + ("/" + c["nonlinearity"]
+                                                      if c["nonlinearity"] else ""),
+                c["I"], c["H"], c["B"], c["T"], c["L"],
+                " bidirectional" if c["bidirectional"] else "",
+                " lengths" if c["lengths"] is not None else ""))
+        return 0
+    cfg = QUICK if args.quick else FULL
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        error("--threads wants positive integers, e.g. 1,2; got %r" % args.threads)
+    if args.reps is not None and args.reps < 1:
+        error("--reps must be >= 1, got %d" % args.reps)
+    wanted = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    if any(p not in PEERS for p in wanted):
+        error("--peers wants a comma-separated subset of %s; got %r" % (",".join(PEERS),
+                                                                         args.peers))
+    if args.no_torch:
+        wanted = [p for p in wanted if p != "torch"]
+
+    import lstmc
+    say = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    mods = import_peers(wanted, say)
+    meta = dict(lstmc_version=getattr(lstmc, "__version__", "(dev)"),
+                lstmc_openmp=bool(lstmc.openmp_enabled()),
+                versions={p: getattr(m, "__version__", "?") if m else None
+                          for p, m in mods.items()},
+                lstmc_streaming_api=hasattr(lstmc.nn.LSTM, "step"),
+                numpy_version=np.__version__, python=platform.python_version(),
+                machine=machine_desc(), blas_threads=blas_thread_method(),
+                grids=[str(p) for p in grid_paths], quick=args.quick, threads=threads,
+                cells=cells, peak_reps=2 * cfg["peak_reps"],
+                date=time.strftime("%Y-%m-%d %H:%M"), load_before=_loadavg())
+    say("lstmc bench: grids %s; cells %s; %d rows; threads %s; lstmc %s (OpenMP %s); peers %s; "
+        "BLAS threads: %s" % (
+            " + ".join(meta["grids"]), ",".join(cells), len(cases), threads,
+            meta["lstmc_version"], meta["lstmc_openmp"],
+            ", ".join("%s %s" % (LABELS[p], v or "not installed")
+                      for p, v in meta["versions"].items()) or "none", meta["blas_threads"]))
+
+    t_start = time.perf_counter()
+    built = [(c, build_row(c, lstmc, mods, threads[0], say)) for c in cases]
+    # Everything alive now (torch's and ORT's modules, the models) lives to the end: frozen out
+    # of the collector, the gc.collect() before each timed block costs microseconds, not the
+    # ~0.2-0.5 s a full collection over torch's objects takes.
+    gc.collect()
+    gc.freeze()
+    try:
+        results, peaks, peak_samples = run_grid(built, threads, cfg, args.reps, lstmc, mods, say)
+    finally:
+        gc.unfreeze()
+    order = {c["name"]: i for i, c in enumerate(cases)}
+    results.sort(key=lambda r: (order[r["row"]], r["mode"] == "train", r["mode"] == "cell",
+                                r["threads"]))
+    meta["elapsed_s"] = time.perf_counter() - t_start
+    meta["load_after"] = _loadavg()
+    print(markdown(results, peaks, meta, {p: m is not None for p, m in mods.items()}))
+    say("lstmc bench: done in %.0f s" % meta["elapsed_s"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, sgemm_peak_gflops=peaks, sgemm_samples_s=peak_samples,
+                           results=results), f, indent=1)
+    return 0
+
+
+def main(argv=None, prog="python -m lstmc bench"):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    return run(args, ap.error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

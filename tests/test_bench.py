@@ -1,0 +1,234 @@
+"""lstmc.bench: the ONNX graphs built from lstmc's weights compute what lstmc computes, and the
+benchmark machinery runs end to end on a tiny grid (no timing is asserted)."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import lstmc
+from lstmc import bench
+
+ATOL = 1e-5
+
+
+def _ort():
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+def _module(cell, L, bidirectional, bias=True, nonlinearity="tanh"):
+    lstmc.manual_seed(1)
+    kw = dict(nonlinearity=nonlinearity) if cell == "rnn" else {}
+    cls = {"lstm": lstmc.nn.LSTM, "gru": lstmc.nn.GRU, "rnn": lstmc.nn.RNN}[cell]
+    m = cls(5, 6, num_layers=L, bidirectional=bidirectional, bias=bias, **kw)
+    m.eval()
+    return m
+
+
+def _states(cell, out):
+    """lstmc's (h_n,) or (h_n, c_n)."""
+    return (out[1],) if cell != "lstm" else tuple(out[1])
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("lstm", "tanh"), ("gru", "tanh"),
+                                               ("rnn", "tanh"), ("rnn", "relu")])
+@pytest.mark.parametrize("L,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_onnx_model_matches_lstmc(cell, nonlinearity, L, bidirectional, with_lengths):
+    _ort()
+    m = _module(cell, L, bidirectional, nonlinearity=nonlinearity)
+    rng = np.random.default_rng(0)
+    T, B = 7, 4
+    x = rng.standard_normal((T, B, 5), dtype=np.float32)
+    lengths = np.array([7, 0, 3, 1]) if with_lengths else None
+    out = m(x, lengths=lengths)
+    model = bench.onnx_model(cell, m.state_dict(), 5, 6, L, bidirectional, nonlinearity,
+                             with_lengths=with_lengths)
+    feed = {"x": x}
+    if with_lengths:
+        feed["lengths"] = lengths.astype(np.int32)
+    got = bench.ort_session(model, 1).run(None, feed)
+    expected = (out[0],) + _states(cell, out)
+    assert len(got) == len(expected)
+    for name, g, e in zip(("y", "h_n", "c_n"), got, expected):
+        assert g.shape == e.shape, name
+        err = np.max(np.abs(g - e))
+        assert err <= ATOL, "%s: max |ORT - lstmc| = %g" % (name, err)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_onnx_model_without_bias_and_with_state_inputs(cell):
+    """bias=False leaves out ONNX's B; with_state feeds h0 (and c0) per layer."""
+    _ort()
+    m = _module(cell, 2, False, bias=False)
+    assert not any(k.startswith("bias") for k in m.state_dict())
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 5), dtype=np.float32)
+    h0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
+    c0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
+    out = m(x, (h0, c0) if cell == "lstm" else h0)
+    model = bench.onnx_model(cell, m.state_dict(), 5, 6, 2, with_state=True)
+    feed = {"x": x, "h0_l0": h0[:1], "h0_l1": h0[1:]}
+    if cell == "lstm":
+        feed.update(c0_l0=c0[:1], c0_l1=c0[1:])
+    got = bench.ort_session(model, 1).run(None, feed)
+    for g, e in zip(got, (out[0],) + _states(cell, out)):
+        assert np.max(np.abs(g - e)) <= ATOL
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onnx_gru_reset_before(bidirectional):
+    """lstmc's GRU(reset_after=False) is ONNX's linear_before_reset=0."""
+    _ort()
+    lstmc.manual_seed(3)
+    m = lstmc.nn.GRU(5, 6, bidirectional=bidirectional, reset_after=False)
+    m.eval()
+    x = np.random.default_rng(3).standard_normal((4, 2, 5), dtype=np.float32)
+    out, h_n = m(x)
+    model = bench.onnx_model("gru", m.state_dict(), 5, 6, 1, bidirectional, reset_after=False)
+    y, h = bench.ort_session(model, 1).run(None, {"x": x})
+    assert np.max(np.abs(y - out)) <= ATOL and np.max(np.abs(h - h_n)) <= ATOL
+
+
+def test_onnx_model_rejects_projection_and_unknown_cells():
+    pytest.importorskip("onnx")
+    lstm = lstmc.nn.LSTM(5, 6, proj_size=3)
+    with pytest.raises(ValueError, match="proj_size"):
+        bench.onnx_model("lstm", lstm.state_dict(), 5, 6)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        bench.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
+
+
+def test_rnn_flops_counts_layers_directions_and_tokens():
+    # layer 0: 2*T*B*4H*(I+H) per direction; layer 1 reads 2H; train = 3x
+    one = 2 * 10 * 3 * 4 * 8 * (5 + 8)
+    two = 2 * 10 * 3 * 4 * 8 * (16 + 8)
+    assert bench.rnn_flops(5, 8, 10, 3, 2, True) == 2 * one + 2 * two
+    assert bench.rnn_flops(5, 8, 10, 3, mode="train", cell="gru") == 3 * one * 3 // 4
+    assert bench.rnn_flops(5, 8, 10, 3, tokens=7, cell="rnn") == 2 * 7 * 8 * (5 + 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the machinery on a tiny grid
+
+TINY_GRID = {
+    "inference": [{"name": "t_inf", "I": 6, "H": 8, "B": 1, "T": 5}],
+    "training": [{"name": "t_trn", "I": 6, "H": 8, "B": 3, "T": 4, "L": 2}],
+    "bidirectional": [{"name": "t_bi", "I": 6, "H": 8, "B": 3, "T": 4, "L": 2,
+                       "bidirectional": True}],
+    "variable_length": [{"name": "t_var", "I": 6, "H": 8, "B": 5, "T": 6,
+                         "lengths": "uniform integers in [1, 6], seed 0"}],
+    "streaming_step": [{"name": "t_step", "I": 6, "H": 8, "B": 1}],
+}
+TINY_RNN_GRID = {
+    "inference": [{"name": "t_gru", "cell": "gru", "I": 6, "H": 8, "B": 2, "T": 5},
+                  {"name": "t_rnn", "cell": "rnn", "nonlinearity": "relu", "I": 6, "H": 8,
+                   "B": 2, "T": 5}],
+}
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """Paths of the tiny grids; a small sgemm and a short settle keep a run to a few seconds."""
+    monkeypatch.setattr(bench, "PEAK_N", 128)
+    monkeypatch.setattr(bench, "WARM_S", 0.005)
+    paths = []
+    for name, grid in (("grid.json", TINY_GRID), ("grid_rnn.json", TINY_RNN_GRID)):
+        p = tmp_path / name
+        p.write_text(json.dumps(grid))
+        paths.append(str(p))
+    return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2"]
+
+
+def _table(text):
+    """{(row, threads, mode): {column: cell}} of the Markdown table in text."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[1:]:
+        cells = dict(zip(cols, (c.strip() for c in ln.strip("|").split("|"))))
+        rows[(cells["row"], cells["threads"], cells["mode"])] = cells
+    return cols, rows
+
+
+def _installed(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
+    out_json = tmp_path / "out.json"
+    assert bench.main(tiny + ["--threads", "1,2", "--json", str(out_json)]) == 0
+    cols, rows = _table(capsys.readouterr().out)
+    assert cols[-1] == "lstmc / best peer"
+    assert {"torch ms", "ORT ms"} <= set(cols)
+    step_mode = "step" if hasattr(lstmc.nn.LSTM, "step") else "cell"
+    expected = {("t_inf", "fwd"), ("t_trn", "fwd"), ("t_trn", "train"), ("t_bi", "fwd"),
+                ("t_bi", "train"), ("t_var", "fwd"), ("t_var", "train"), ("t_step", step_mode),
+                ("t_gru", "fwd"), ("t_rnn", "fwd")}
+    if step_mode == "step":
+        expected.add(("t_step", "cell"))
+    assert {(r, m) for r, _, m in rows} == expected
+    assert {t for _, t, _ in rows} == {"1", "2"}
+    have = {"torch": _installed("torch"), "ORT": _installed("onnxruntime")
+            and _installed("onnx")}
+    for (row, threads, mode), cells in rows.items():
+        assert not row.endswith("(!)"), "a peer disagrees with lstmc on %s" % row
+        float(cells["lstmc ms"])
+        for peer, ok in have.items():
+            if not ok:
+                assert cells[peer + " ms"] == "not installed"
+            elif peer == "ORT" and mode == "train":
+                assert cells["ORT ms"] == "—"       # inference only
+            else:
+                float(cells[peer + " ms"])
+        if any(have.values()):
+            ratio, best = cells["lstmc / best peer"].split()
+            assert float(ratio) > 0 and best.strip("()") in [p for p, ok in have.items() if ok]
+    saved = json.loads(out_json.read_text())
+    assert len(saved["results"]) == len(rows)
+    assert all(len(r["lstmc_samples_s"]) == 2 for r in saved["results"])
+
+
+def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)         # import torch -> ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step,t_var"]) == 0
+    cols, rows = _table(capsys.readouterr().out)
+    step_lines = 2 if hasattr(lstmc.nn.LSTM, "step") else 1     # step and cell, or cell
+    assert len(rows) == 3 + step_lines                          # t_inf fwd, t_var fwd + train
+    for cells in rows.values():
+        assert cells["torch ms"] == cells["ORT ms"] == "not installed"
+        assert cells["lstmc / best peer"] == ""
+        float(cells["lstmc ms"])
+
+
+def test_bench_flags_a_peer_that_disagrees(tiny, capsys, monkeypatch):
+    """The pre-timing check catches a wrong conversion (here: torch's gate order fed to ONNX)."""
+    _ort()
+    monkeypatch.setitem(bench.ONNX_GATE_ORDER, "lstm", (0, 1, 2, 3))
+    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step", "--peers", "ort"]) == 0
+    captured = capsys.readouterr()
+    assert "| t_inf (!) |" in captured.out and "| t_step (!) |" in captured.out
+    assert "WARNING t_inf: lstmc and ort outputs differ" in captured.err
+    assert "WARNING t_step: lstmc and ort outputs differ" in captured.err
+
+
+def test_bench_is_a_command_of_python_m_lstmc(tiny, capsys):
+    from lstmc.__main__ import main
+    assert main(["bench", "--list"] + tiny[:4]) == 0
+    listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    assert listed == ["t_inf", "t_trn", "t_bi", "t_var", "t_step", "t_gru", "t_rnn"]
+
+
+def test_bench_rejects_bad_arguments(tiny):
+    with pytest.raises(SystemExit):
+        bench.main(tiny + ["--peers", "tensorflow"])
+    with pytest.raises(SystemExit):
+        bench.main(tiny + ["--rows", "no_such_row"])
+    with pytest.raises(SystemExit):
+        bench.main(tiny + ["--threads", "0"])
