@@ -329,6 +329,153 @@ class _RNNBase(Module):
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0, dc0
 
+    # ---- streaming ----------------------------------------------------------------------
+    def _stream_key(self):
+        """What a StreamState must agree on with the module that steps it."""
+        return (self._cell, self.input_size, self.hidden_size, self._proj, self.num_layers,
+                self.dtype)
+
+    def initial_state(self, batch_size=1, h0=None, c0=None):
+        """A new `StreamState` for `step`: zeros, or copies of h0 (and c0).
+
+        Parameters
+        ----------
+        batch_size : int, default 1
+            Rows B streamed side by side.
+        h0 : array (num_layers, B, H_out), or a StreamState, or None (zeros)
+            A StreamState of a module of the same shapes starts the new stream from a copy of
+            its states (a fork: e.g. one hypothesis of a beam search); batch_size and c0 are
+            then taken from it.
+        c0 : array (num_layers, B, hidden_size) or None (zeros); LSTM only.
+        """
+        self._refuse_bidirectional()
+        if isinstance(h0, StreamState):
+            self._check_stream(h0)
+            if c0 is not None:
+                raise ValueError("c0 must be None when h0 is a StreamState (its c is used)")
+            state = StreamState(self, h0.batch_size)
+            np.copyto(state.h, h0.h)
+            if state.c is not None:
+                np.copyto(state.c, h0.c)
+            return state
+        state = StreamState(self, _positive_int(batch_size, "batch_size"))
+        for value, name, target in ((h0, "h0", state.h), (c0, "c0", state.c)):
+            if value is not None:
+                if target is None:
+                    raise ValueError(f"{name} must be None: {type(self).__name__} has no "
+                                     f"cell state")
+                arr = _as_float(value, name, self.dtype)
+                _check_shape(arr, name, target.shape)
+                np.copyto(target, arr)
+        return state
+
+    def step(self, x_t, state, out=None):
+        """One timestep of a stream through all layers; updates `state` in place.
+
+        Runs in eval semantics whatever the module's mode: no dropout between layers, and
+        nothing is saved for backward. With x_t a C-contiguous array of the module's dtype,
+        a step allocates no memory: the kernels read x_t, update state.h (and state.c) in
+        place and write y_t into a buffer of the state (or into `out`).
+
+        Parameters
+        ----------
+        x_t : array (B, input_size), or (input_size,) when B == 1
+            Other float dtypes and layouts are converted (one copy).
+        state : StreamState from `initial_state` of a module of the same shapes
+        out : array (B, H_out) of the module's dtype, C-contiguous, or None
+            Where to write y_t. None: y_t is the state's own output buffer, which the next
+            step on this state overwrites: copy it (y_t.copy()) to keep it.
+
+        Returns
+        -------
+        y_t : array (B, H_out), or (H_out,) for a 1-D x_t: the last layer's output,
+            equal to state.h[-1].
+        state : the same StreamState, now after this step.
+        """
+        if state.__class__ is not StreamState or state._owner is not self:
+            self._check_stream(state)   # a state of another module of the same shapes is fine
+        x = x_t
+        if x.__class__ is not np.ndarray or x.dtype != self.dtype \
+                or not x.flags.c_contiguous or x.shape not in state._x_shapes:
+            x = self._stream_input(x_t, state)
+        y = state._y if x.ndim == 2 else state._y1
+        if out is not None:
+            y = _check_out(out, y.shape, self.dtype)
+        # h0/c0 and hn/cn are the same arrays: the driver copies each layer's h0/c0 into its
+        # own buffers before it writes that layer's hn/cn, each thread its own columns
+        # (csrc/seq.inc), so the state is updated in place; tests/test_streaming.py holds it
+        state._seq.forward(y, state.h, state.c, None, x, state.h, state.c, None, self._flat,
+                           state._scratch)
+        return y, state
+
+    def _refuse_bidirectional(self):
+        if self.bidirectional:
+            raise ValueError("initial_state/step stream one timestep at a time, which a "
+                             "bidirectional module cannot do: its reverse direction starts "
+                             "at the sequence's last step. Run forward() on whole "
+                             "sequences instead")
+
+    def _check_stream(self, state):
+        self._refuse_bidirectional()
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be a StreamState from initial_state(), got "
+                            f"{type(state).__name__}")
+        if state._key != self._stream_key():
+            raise ValueError(f"state belongs to a module of other shapes: its (cell, "
+                             f"input_size, hidden_size, proj_size, num_layers, dtype) are "
+                             f"{state._key}, this module's are {self._stream_key()}")
+
+    def _stream_input(self, x_t, state):
+        """The slow path of step's x_t check: converts, or raises naming the shapes."""
+        x = np.ascontiguousarray(_as_float(x_t, "x_t", self.dtype))
+        if x.shape not in state._x_shapes:
+            raise ValueError(f"x_t must have shape {' or '.join(map(str, state._x_shapes))} "
+                             f"(batch_size, input_size) for this state, got {x.shape}")
+        return x
+
+
+class StreamState:
+    """The state of one stream through a sequence module's `step`, from `initial_state`.
+
+    h : array (num_layers, B, H_out) and c : array (num_layers, B, hidden_size) (LSTM; None
+    for GRU and RNN) are the states after the last step, updated in place by each step: read
+    them, or write them (e.g. ``state.h[:] = 0`` to restart a stream). The state also owns
+    the step's output buffer and the kernels' workspace, all sized once here, so stepping
+    allocates nothing. One state serves one stream at a time: give each thread its own.
+    """
+
+    __slots__ = ("h", "c", "batch_size", "_owner", "_key", "_seq", "_scratch", "_y", "_y1",
+                 "_x_shapes")
+
+    def __init__(self, module, batch_size):
+        L, B, H, dt = module.num_layers, batch_size, module.hidden_size, module.dtype
+        self.batch_size = B
+        self._owner = module   # the module that made it: step's one-comparison check
+        self._key = module._stream_key()
+        self._seq = _core.Seq(module._cell, 1, B, module.input_size, H, module._proj, L, 1,
+                              module.bias, np.ones(B, dtype=np.intc))
+        self._scratch = np.empty(self._seq.scratch_size(False), dtype=dt)
+        self.h = np.zeros((L, B, module._hout), dtype=dt)
+        self.c = np.zeros((L, B, H), dtype=dt) if module._has_c else None
+        self._y = np.empty((B, module._hout), dtype=dt)
+        self._y1 = self._y[0] if B == 1 else None
+        self._x_shapes = ((B, module.input_size),) + (((module.input_size,),) if B == 1
+                                                       else ())
+
+    def __repr__(self):
+        c = "" if self.c is None else f", c {self.c.shape}"
+        return f"StreamState(h {self.h.shape}{c}, dtype={self.h.dtype})"
+
+
+def _check_out(out, shape, dtype):
+    if out.__class__ is not np.ndarray or out.dtype != dtype or out.shape != shape \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        got = (f"{type(out).__name__} {getattr(out, 'shape', '')} "
+               f"{getattr(out, 'dtype', '')}")
+        raise ValueError(f"out must be a writable C-contiguous numpy array of shape {shape} "
+                         f"and dtype {dtype}, got {got}")
+    return out
+
 
 _SEQ_PARAMS = """
     Parameters
@@ -483,6 +630,10 @@ def _flat(a):
     return None if a is None else a.reshape(-1)
 
 
+def _contiguous(a):
+    return None if a is None else np.ascontiguousarray(a)
+
+
 class _CellBase(Module):
     """One step of a recurrent cell: runs the sequence engine for one step of one layer,
     whose tensors it exposes under torch's cell names (weight_ih, weight_hh, bias_ih,
@@ -527,10 +678,30 @@ class _CellBase(Module):
         xb = xa[None, :] if unbatched else xa
         B = xb.shape[0]
         states = self._states((h, "h"), (c, "c"), B=B, unbatched=unbatched)
-        out, hn, cn = self._seq._run(xb[None], states[0], states[1], None)
+        if self._seq.training:   # backward needs what _run saves
+            out, hn, cn = self._seq._run(xb[None], states[0], states[1], None)
+        else:
+            hn, cn = self._eval_step(xb, states[0], states[1])
         self._unbatched = unbatched
         pick = (lambda a: a[0, 0]) if unbatched else (lambda a: a[0])
         return pick(hn), None if cn is None else pick(cn)
+
+    def _eval_step(self, xb, h0, c0):
+        """An eval-mode step on the streaming machinery: the T=1 problem, workspace and output
+        buffer of a StreamState, kept for the last batch size; h0/c0 (1, B, H) or None.
+        Returns fresh (1, B, H) arrays h', c' (c' None without c), as torch's cells do."""
+        seq, B = self._seq, xb.shape[0]
+        stream = self.__dict__.get("_stream")
+        if stream is None or stream.batch_size != B:
+            stream = seq.initial_state(B)
+            object.__setattr__(self, "_stream", stream)   # not a parameter or child
+        hn = np.empty((1, B, self.hidden_size), dtype=self.dtype)
+        cn = np.empty_like(hn) if seq._has_c else None
+        with seq._lock:   # the workspace is shared by the threads that call this cell
+            stream._seq.forward(stream._y, hn, cn, None, np.ascontiguousarray(xb),
+                                _contiguous(h0), _contiguous(c0), None, seq._flat,
+                                stream._scratch)
+        return hn, cn
 
     def _step_backward(self, dh, dc):
         if self._seq._saved is None:
