@@ -382,7 +382,7 @@ class _RNNBase(Module):
         x_t : array (B, input_size), or (input_size,) when B == 1
             Other float dtypes and layouts are converted (one copy).
         state : StreamState from `initial_state` of a module of the same shapes
-        out : array (B, H_out) of the module's dtype, C-contiguous, or None
+        out : array shaped like y_t, of the module's dtype, C-contiguous, or None
             Where to write y_t. None: y_t is the state's own output buffer, which the next
             step on this state overwrites: copy it (y_t.copy()) to keep it.
 
@@ -502,6 +502,9 @@ _SEQ_PARAMS = """
         bidirectional; states (num_layers * D, B, .), without B when unbatched.
     backward(dout, ...) after a training-mode forward returns the input and initial-state
     gradients and adds the parameter gradients to each parameter's `.grad`.
+    state = initial_state(batch_size=1); y_t, state = step(x_t, state) stream one timestep
+    at a time through all layers (unidirectional modules; eval semantics; no allocation per
+    step).
 """
 
 
