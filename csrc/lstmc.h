@@ -131,7 +131,9 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train); /* elements of scr
  *            NULL for the other cells)
  *   reserve  lstmc_seq_reserve_size(s) elements, or NULL for inference (stores nothing)
  *   x        (N, I)           packed input
- *   h0, c0   like hn, cn, or NULL for zeros (c0 is ignored by cells without c)
+ *   h0, c0   like hn, cn, or NULL for zeros (c0 is ignored by cells without c); hn may be h0
+ *            and cn may be c0 (updated in place: each layer reads its h0/c0 before it
+ *            writes its hn/cn; nn.LSTM.step relies on this)
  *   masks    (L-1, N, D*Hout) dropout multipliers for the input of layers 1..L-1, or NULL
  *   params   flat parameters (layout above)
  *   scratch  lstmc_seq_scratch_size(s, reserve != NULL) elements
