@@ -111,12 +111,14 @@ LSTMC_CELL_KERNELS(f64)
 /* The packed recurrent kernels (recur.c). Units per packed block: one AVX2 vector of floats;
  * thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block boundaries. */
 #define LSTMC_PACK_UNITS 8
-/* Calls with more batch rows keep BLAS (and no packed copy in scratch): from about 16 rows on,
- * sgemm's own packing pays for itself. */
+/* Calls with more batch rows keep BLAS (and need no packed copy in scratch). At 8 rows the
+ * packed product still beats 8 gemv (H512: 608 vs 775 us a step); against sgemm at 9-16 rows
+ * it is not measured. */
 #define LSTMC_PACK_MAX_ROWS 8
 /* The automatic choice packs only calls of at least this many steps (one batch row: the
- * _ONE_ROW figure). A pack costs 2-3 steps of the packed product at B=1 (H512: 0.19-0.27 ms
- * vs 86 us a step), which saves 40-50 % a step at 2-8 rows but only 5-10 % at one
+ * _ONE_ROW figure). A pack costs at best 2-3 steps of the packed product at B=1 (H512:
+ * 0.19-0.27 ms vs 86 us a step; inside a forward, with W_hh coming from DRAM, 1-1.6 ms), which
+ * saves 40-50 % a step at 2-8 rows but only 5-10 % at one
  * (csrc/recur.c). LSTM forward, 1 thread, ms (BLAS / packed, same process): H512 B4 T25
  * 51.1 / 39.3, H1024 B4 T25 245 / 181; H512 B1 T25 20.9 / 21.5, H1024 B1 T25 123 / 126,
  * H256 B1 T150 20.2 / 19.1. */

@@ -87,7 +87,8 @@ int lstmc_get_num_threads(void);
 
 /* The kernel of the recurrent product W_hh h at small batch (at most 8 rows; larger batches
  * always use BLAS). AUTO packs W_hh once per call and runs the AVX2/FMA kernel on float32
- * when the CPU has it and the call has a few steps, else BLAS; the others force a choice
+ * when the CPU has it and the call has at least 8 steps (64 at batch 1), else BLAS; the
+ * others force a choice
  * (PACKED_AVX2 falls back to PACKED_C without AVX2; float64 packs with PACKED_C). All give
  * the same results up to rounding. For tests and benchmarks; the setting is global. */
 enum {
