@@ -87,10 +87,11 @@ def extensions():
     ext = Extension(
         "lstmc._core",
         sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c", "csrc/gru.c",
-                 "csrc/rnn.c"],
+                 "csrc/rnn.c", "csrc/recur.c"],
         include_dirs=["csrc"],
         depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/vmath.h",
-                 "csrc/seq.inc", "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc"],
+                 "csrc/seq.inc", "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc",
+                 "csrc/recur.inc"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -6,6 +6,8 @@
  *   GEMM      the row-major GEMM helper of that type
  *   SIGMOID, TANH  the activations: vmath.h's vectorisable ones for float, libm for double
  *                  (no fast-math anywhere: NaN and rounding stay IEEE)
+ *   PACKED_GEMM_FAST, PACK_GATES_FAST  the AVX2 packed kernel and packing of that type
+ *                  (recur.c; float64 has the portable ones only)
  */
 #undef real
 #undef F
@@ -13,16 +15,22 @@
 #undef GEMM
 #undef SIGMOID
 #undef TANH
+#undef PACKED_GEMM_FAST
+#undef PACK_GATES_FAST
 #ifdef LSTMC_F64
 #define real double
 #define F_(name) name##_f64
 #define SIGMOID(x) (1 / (1 + exp(-(x))))
 #define TANH tanh
+#define PACKED_GEMM_FAST lstmc_packed_gemm_c_f64
+#define PACK_GATES_FAST lstmc_pack_gates_f64
 #else
 #define real float
 #define F_(name) name##_f32
 #define SIGMOID lstmc_sigmoidf
 #define TANH lstmc_tanhf
+#define PACKED_GEMM_FAST lstmc_packed_gemm_avx2_f32
+#define PACK_GATES_FAST lstmc_pack_gates_avx2_f32
 #endif
 #define F(name) F_(name)
 #define GEMM F(lstmc_gemm)

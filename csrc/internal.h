@@ -29,6 +29,17 @@
 #define LSTMC_DISPATCH
 #endif
 
+/* The row helpers of the cell kernels: they must be inlined into each clone of their caller
+ * to run its instruction set. GCC 12 kept lstm_row_forward out of line (both call sites
+ * share one constant-propagated copy), compiled for the baseline: the x86-64-v3 clone of the
+ * LSTM forward ran SSE2 code (LSTM H256 B32 T150 forward, 1 thread, median CPU time: 157 ms
+ * out of line, 121-126 ms inlined). */
+#if defined(__GNUC__)
+#define LSTMC_ROW_INLINE __attribute__((always_inline)) inline
+#else
+#define LSTMC_ROW_INLINE inline
+#endif
+
 /* Units of a thread's share are multiples of this (one AVX-512 vector of floats), so shares
  * start on vector boundaries of every gate block. */
 #define LSTMC_UNIT_ALIGN 16
@@ -96,6 +107,44 @@ LSTMC_STEP_STRUCT(double, lstmc_step_f64)
     void lstmc_rnn_step_backward_##sfx(const lstmc_step_##sfx *st);
 LSTMC_CELL_KERNELS(f32)
 LSTMC_CELL_KERNELS(f64)
+
+/* The packed recurrent kernels (recur.c). Units per packed block: one AVX2 vector of floats;
+ * thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block boundaries. */
+#define LSTMC_PACK_UNITS 8
+/* Calls with more batch rows keep BLAS (and need no packed copy in scratch). At 8 rows the
+ * packed product still beats 8 gemv (H512: 608 vs 775 us a step); against sgemm at 9-16 rows
+ * it is not measured. */
+#define LSTMC_PACK_MAX_ROWS 8
+/* The automatic choice packs only calls of at least this many steps (one batch row: the
+ * _ONE_ROW figure). A pack costs at best 2-3 steps of the packed product at B=1 (H512:
+ * 0.19-0.27 ms vs 86 us a step; inside a forward, with W_hh coming from DRAM, 1-1.6 ms), which
+ * saves 40-50 % a step at 2-8 rows but only 5-10 % at one
+ * (csrc/recur.c). LSTM forward, 1 thread, ms (BLAS / packed, same process): H512 B4 T25
+ * 51.1 / 39.3, H1024 B4 T25 245 / 181; H512 B1 T25 20.9 / 21.5, H1024 B1 T25 123 / 126,
+ * H256 B1 T150 20.2 / 19.1. */
+#define LSTMC_PACK_MIN_STEPS 8
+#define LSTMC_PACK_MIN_STEPS_ONE_ROW 64
+
+size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all G blocks */
+/* Which recurrent kernel a call of this dtype (f64: 1 for double), batch and steps runs:
+ * LSTMC_RECUR_BLAS or one of the packed ones, from lstmc_set_recurrent_kernel's setting. */
+int lstmc_recur_kernel_for(int f64, int batch, int steps);
+int lstmc_avx2_supported(void);
+/* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns */
+#define lstmc_pack_set(pack, H, K, g0) ((pack) + lstmc_pack_size(H, K, 1) * (size_t)(g0))
+#define LSTMC_PACK_KERNELS(real, sfx)                                                            \
+    void lstmc_pack_gates_##sfx(real *set, const real *W, int H, int K, int g0, int g1, int u0,  \
+                                int u1);                                                         \
+    void lstmc_packed_gemm_c_##sfx(int n, const real *A, int lda, int K, const real *set,        \
+                                   int g0, int g1, int H, int u0, int u1, real *C, int ldc);
+LSTMC_PACK_KERNELS(float, f32)
+LSTMC_PACK_KERNELS(double, f64)
+/* The AVX2/FMA kernel (the portable one where the compiler cannot build it); callers check
+ * lstmc_avx2_supported() first. Same arguments and result as lstmc_packed_gemm_c_f32. */
+void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
+                               int u1);
+void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
+                                int g1, int H, int u0, int u1, float *C, int ldc);
 
 /* Pins the BLAS to one thread while lstmc runs (its own threads share the work), and
  * restores the caller's setting when the last concurrent call leaves. */

@@ -187,7 +187,7 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 }
 
 typedef struct {
-    size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, ybuf0, ybuf1;          /* forward */
+    size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, ybuf0, ybuf1, pack;    /* forward */
     size_t ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1;     /* backward */
     size_t total;
 } scratch_layout;
@@ -214,6 +214,9 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     TAKE(gx, train ? 0 : N * GH);
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
+    /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
+    TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS
+                   ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
     TAKE(ones, train ? N : 0);
     TAKE(dgates, train ? N * GH : 0);
     TAKE(dgates_h, train && cell_of(s)->split ? N * GH : 0);

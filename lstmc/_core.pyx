@@ -44,6 +44,8 @@ cdef extern from "lstmc.h" nogil:
     int lstmc_openmp_enabled()
     void lstmc_set_num_threads(int n)
     int lstmc_get_num_threads()
+    void lstmc_set_recurrent_kernel(int kernel)
+    int lstmc_get_recurrent_kernel()
 
     ctypedef struct lstmc_seq:
         int cell, steps, batch, input, hidden, proj, layers, dirs, bias
@@ -107,6 +109,22 @@ def set_num_threads(int n):
 def get_num_threads():
     """Threads the kernels use: set_num_threads' value, else OpenMP's default."""
     return lstmc_get_num_threads()
+
+
+RECURRENT_KERNELS = ("auto", "blas", "packed_c", "packed_avx2")
+
+
+def _set_recurrent_kernel(str kernel):
+    """Forces the kernel of the recurrent product at small batch (lstmc.h, LSTMC_RECUR_*),
+    process-wide: one of RECURRENT_KERNELS. For tests and benchmarks."""
+    if kernel not in RECURRENT_KERNELS:
+        raise ValueError(f"kernel must be one of {RECURRENT_KERNELS}, got {kernel!r}")
+    lstmc_set_recurrent_kernel(RECURRENT_KERNELS.index(kernel))
+
+
+def _get_recurrent_kernel():
+    """The setting of _set_recurrent_kernel."""
+    return RECURRENT_KERNELS[lstmc_get_recurrent_kernel()]
 
 
 cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,

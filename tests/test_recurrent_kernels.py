@@ -1,0 +1,163 @@
+"""The kernels of the recurrent product at small batch (csrc/recur.c): BLAS, the packed
+portable C kernel and the packed AVX2/FMA kernel, each forced with
+``lstmc._core._set_recurrent_kernel``, against the float64 NumPy reference and each other.
+
+Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
+33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
+to 9 (the AVX2 kernel takes one row alone, then rows in chunks of two and three; batches
+above 8 keep BLAS), ragged lengths (rows drop out of the product step by step), both
+directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
+and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
+
+Tolerances as SPEC section 7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
+max(1, max|expected|); the two packed kernels sum over k in the same order and differ only by
+FMA rounding: 4e-6 between them.
+"""
+import numpy as np
+import pytest
+
+import lstmc
+from conftest import assert_close
+from lstmc import reference as ref
+
+KERNELS = ["blas", "packed_c", "packed_avx2"]
+
+# kind -> (module class, constructor kwargs, reference forward, its kwargs)
+KINDS = {
+    "lstm": ("LSTM", {}, ref.lstm_forward, {}),
+    "lstm_proj": ("LSTM", {"proj_size": 3}, ref.lstm_forward, {"proj_size": 3}),
+    "gru": ("GRU", {"reset_after": True}, ref.gru_forward, {"reset_after": True}),
+    "gru_rb": ("GRU", {"reset_after": False}, ref.gru_forward, {"reset_after": False}),
+    "rnn": ("RNN", {"nonlinearity": "tanh"}, ref.rnn_forward, {"nonlinearity": "tanh"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_kernel_and_threads():
+    threads = lstmc.get_num_threads()
+    yield
+    lstmc._core._set_recurrent_kernel("auto")
+    lstmc.set_num_threads(threads)
+
+
+def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0):
+    """A module of `kind` with random weights, its input, lengths and the reference output."""
+    cls, kwargs, _, _ = KINDS[kind]
+    if kind == "lstm_proj" and H <= 3:
+        kwargs = {"proj_size": H - 1} if H > 1 else {}
+    rng = np.random.default_rng(seed)
+    m = getattr(lstmc.nn, cls)(5, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
+                               **kwargs)
+    for _, p in m.named_parameters():
+        p.data[...] = rng.uniform(-0.6, 0.6, p.shape)
+    T = 6
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B) if ragged else None
+    return m, x, lengths
+
+
+def reference(kind, m, x, lengths):
+    _, _, forward, ref_kwargs = KINDS[kind]
+    if kind == "lstm_proj":
+        ref_kwargs = {"proj_size": m.proj_size}
+    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
+    out = forward(x.astype(np.float64), params, num_layers=m.num_layers,
+                  bidirectional=m.bidirectional, lengths=lengths, **ref_kwargs)
+    return out[0]
+
+
+def tolerances(dtype, expected):
+    scale = max(1.0, float(np.abs(expected).max()))
+    return (1e-4, 1e-5 * scale) if dtype == np.float32 else (1e-10, 1e-10 * scale)
+
+
+def run(m, x, lengths, kernel):
+    lstmc._core._set_recurrent_kernel(kernel)
+    return m(x, lengths=lengths)[0]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("H", [1, 7, 9, 13, 33])
+def test_kernels_match_reference(kind, H, kernel):
+    for B in range(1, 10):
+        m, x, lengths = build(kind, H, B, np.float32, seed=B)
+        m.eval()
+        expected = reference(kind, m, x, lengths)
+        assert_close(f"{kind} H{H} B{B} {kernel}", run(m, x, lengths, kernel), expected,
+                     *tolerances(np.float32, expected))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kernels_ragged_bidirectional_two_layers(kind, kernel):
+    for H, B in [(7, 3), (9, 5), (13, 8)]:
+        m, x, lengths = build(kind, H, B, np.float32, layers=2, bidirectional=True, ragged=True,
+                              seed=H)
+        m.eval()
+        expected = reference(kind, m, x, lengths)
+        assert_close(f"{kind} H{H} B{B} {kernel}", run(m, x, lengths, kernel), expected,
+                     *tolerances(np.float32, expected))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_packed_float64_matches_reference(kind):
+    """float64 packs too when forced (the portable kernel), to float64 accuracy."""
+    for H, B in [(1, 1), (9, 2), (13, 4), (33, 7)]:
+        m, x, lengths = build(kind, H, B, np.float64, bidirectional=True, ragged=True, seed=B)
+        m.eval()
+        expected = reference(kind, m, x, lengths)
+        assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_c"), expected,
+                     *tolerances(np.float64, expected))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_packed_twins_agree(kind):
+    """The AVX2 kernel and its portable twin: same packed layout, same order over k."""
+    for H, B in [(9, 1), (13, 2), (33, 3), (33, 4), (70, 9)]:
+        m, x, lengths = build(kind, H, B, np.float32, ragged=True, seed=H + B)
+        m.eval()
+        twin = run(m, x, lengths, "packed_c")
+        assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), twin, 4e-6, 4e-6)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", ["lstm", "gru_rb"])
+def test_kernels_two_threads_partial_block(kind, kernel):
+    """H 70 at 5 rows runs two threads; the second owns units 48..69, a partial block."""
+    if not lstmc.openmp_enabled():
+        pytest.skip("needs OpenMP")
+    lstmc.set_num_threads(2)
+    m, x, lengths = build(kind, 70, 5, np.float32, ragged=True, seed=3)
+    m.eval()
+    expected = reference(kind, m, x, lengths)
+    assert_close(f"{kind} {kernel}", run(m, x, lengths, kernel), expected,
+                 *tolerances(np.float32, expected))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru_rb"])
+def test_training_forward_and_backward_with_packed_kernel(kind):
+    """A training forward runs the packed kernel too; its saved gates feed the backward,
+    which must give BLAS's gradients."""
+    m, x, lengths = build(kind, 13, 4, np.float32, ragged=True, seed=7)
+    m.train()
+    dout = np.random.default_rng(1).standard_normal((6, 4, m.hidden_size)).astype(np.float32)
+    if kind == "lstm_proj":
+        dout = dout[..., :m.proj_size]
+    grads = {}
+    for kernel in ["blas", "packed_avx2"]:
+        m.zero_grad()
+        run(m, x, lengths, kernel)
+        dx = m.backward(dout)[0]
+        grads[kernel] = [dx] + [p.grad.copy() for _, p in m.named_parameters()]
+    for a, b in zip(grads["packed_avx2"], grads["blas"]):
+        scale = max(1.0, float(np.abs(b).max()))
+        assert_close(kind, a, b, 1e-3, 1e-4 * scale)
+
+
+def test_kernel_setting():
+    for kernel in lstmc._core.RECURRENT_KERNELS:
+        lstmc._core._set_recurrent_kernel(kernel)
+        assert lstmc._core._get_recurrent_kernel() == kernel
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        lstmc._core._set_recurrent_kernel("fast")
