@@ -84,6 +84,9 @@ def extensions():
         macros.append(("LSTMC_BLAS_ILP64", "1"))
     if os.environ.get("LSTMC_NATIVE") == "1":
         compile_args.append("-march=native")
+    # what `python -m lstmc info` reports as the build (a C string literal)
+    described = " ".join(compile_args + [f"-D{k}={v}" for k, v in macros])
+    macros.append(("LSTMC_BUILD_FLAGS", '"' + described.replace('"', "") + '"'))
     ext = Extension(
         "lstmc._core",
         sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c", "csrc/gru.c",

@@ -25,12 +25,13 @@ def info():
     import scipy
 
     import lstmc
-    from lstmc import _threads
+    from lstmc import _core, _threads
 
     rows = [
         ("lstmc", lstmc.__version__),
         ("python", platform.python_version()),
         ("numpy / scipy", f"{numpy.__version__} / {scipy.__version__}"),
+        ("build flags", _core.build_flags()),
         ("OpenMP", "yes" if lstmc.openmp_enabled() else "no (serial build)"),
         ("threads", str(lstmc.get_num_threads())),
         ("BLAS (scipy's)", _threads.blas_library() or "not identified"),

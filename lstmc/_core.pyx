@@ -99,6 +99,15 @@ def openmp_enabled():
     return bool(lstmc_openmp_enabled())
 
 
+cdef extern from *:
+    const char *LSTMC_BUILD_FLAGS
+
+
+def build_flags():
+    """The compiler flags and macros the extension was built with."""
+    return LSTMC_BUILD_FLAGS.decode()
+
+
 def set_num_threads(int n):
     """Threads of the kernels (n >= 1)."""
     if n < 1:

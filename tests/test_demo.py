@@ -150,3 +150,13 @@ def test_save_to_a_missing_directory_fails_before_training(tmp_path):
     res = _run("demo", *SMALL, "--save", str(tmp_path / "no" / "m.lstmc"))
     assert res.returncode != 0 and "cannot write to the directory" in res.stderr
     assert "training for" not in res.stdout
+
+
+def test_info_reports_the_build(capsys):
+    from lstmc.__main__ import main
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    field = lambda name: re.search(rf"^{name}\s+(.*)$", out, re.M).group(1)
+    assert "-O3" in field("build flags") and "-ffast-math" not in field("build flags")
+    assert ("-fopenmp" in field("build flags")) == lstmc.openmp_enabled()
+    assert field("threads") == str(lstmc.get_num_threads())
