@@ -71,15 +71,22 @@ class _Monitor(Callback):
                   f"available (have {sorted(logs or {})})", file=sys.stderr)
         return value
 
-    def _improves(self, value):
+    def _improves(self, value, reference=None):
+        """Whether `value` beats `reference` (default: the best so far; None: anything
+        does) by more than min_delta."""
+        reference = self.best if reference is None else reference
+        if reference is None:
+            return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
 
 
 class EarlyStopping(_Monitor):
     """Stops fit when `monitor` has not improved by more than `min_delta` for `patience`
-    epochs; restore_best_weights puts back the weights of the best epoch."""
+    epochs (an improvement that does not also beat `baseline` does not reset the count);
+    restore_best_weights puts back the weights of the best epoch when training ends, early
+    or not (Keras 3's rules)."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
@@ -93,33 +100,36 @@ class EarlyStopping(_Monitor):
     def on_train_begin(self, logs=None):
         self.wait = 0
         self.stopped_epoch = 0
+        self.best = None
         self.best_weights = None
         self.best_epoch = 0
-        self.best = math.inf if self.mode == "min" else -math.inf
-        if self.baseline is not None:
-            self.best = self.baseline
 
     def on_epoch_end(self, epoch, logs=None):
         value = self._value(logs)
         if value is None or epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = self.model.get_weights()
+            self.best_weights = self.model.get_weights()   # if nothing ever improves
         self.wait += 1
         if self._improves(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improves(value, self.baseline):
+                self.wait = 0
             return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(_Monitor):

@@ -170,12 +170,15 @@ class Layer(Module):
         if list(weights):
             raise ValueError(f"{self.name} has no weights, got {len(list(weights))} arrays")
 
-    def _check_weights(self, weights, expected):
-        """`weights` against the list of expected shapes -> list of arrays of our dtype."""
-        weights = [to_numpy(w) for w in weights]
+    def _require_built(self):
         if not self.built:
             raise RuntimeError(f"{self.name}: set_weights needs the layer built (call it on "
                                "an input or give input_shape=) so that its shapes are known")
+
+    def _check_weights(self, weights, expected):
+        """`weights` against the list of expected shapes -> list of arrays of our dtype."""
+        weights = [to_numpy(w) for w in weights]
+        self._require_built()
         if len(weights) != len(expected):
             raise ValueError(f"{self.name}: set_weights expects {len(expected)} arrays with "
                              f"shapes {expected}, got {len(weights)}")
@@ -338,8 +341,9 @@ class Dense(Layer):
         return w + ([self._module.bias.data.copy()] if self.use_bias else [])
 
     def set_weights(self, weights):
-        m = self._module if self.built else None
-        expected = [(self.built_shape[-1] if self.built else None, self.units)]
+        self._require_built()
+        m = self._module
+        expected = [(self.built_shape[-1], self.units)]
         expected += [(self.units,)] if self.use_bias else []
         ws = self._check_weights(weights, expected)
         m.weight.data[...] = ws[0].T
@@ -569,6 +573,7 @@ class _RNN(Layer):
         return self._get_direction(0) if self.built else []
 
     def set_weights(self, weights):
+        self._require_built()
         self._set_direction(0, self._check_weights(weights, self._weight_shapes()))
 
     # ---- states ---------------------------------------------------------------------------
@@ -614,6 +619,11 @@ class _RNN(Layer):
 
     def _backward_hx(self, dstates):
         return dstates[0]
+
+    def __call__(self, x, mask=None, training=False, initial_state=None):
+        """Runs the layer on a batch; `initial_state` is a list of (B, units) arrays (h, or
+        h and c for LSTM), zeros when None."""
+        return self.forward(x, mask=mask, training=training, initial_state=initial_state)[0]
 
     # ---- forward / backward -------------------------------------------------------------
     def forward(self, x, mask=None, training=False, initial_state=None):
@@ -792,16 +802,24 @@ class Bidirectional(Layer):
             raise ValueError(f"merge_mode must be one of {_MERGE_MODES}, got {merge_mode!r}")
         if layer.stateful:
             raise ValueError("Bidirectional does not support stateful layers")
+        if layer.go_backwards:
+            raise ValueError("Bidirectional runs the layer both ways itself: give it a layer "
+                             "with go_backwards=False")
         kwargs.setdefault("input_shape", layer.input_shape)
         super().__init__(**kwargs)
         self.merge_mode = merge_mode
-        object.__setattr__(self, "layer", layer)   # its parameters are registered on build
-        layer.bidirectional = True
-        layer.go_backwards = False
+        # a fresh layer of the same configuration: the caller's layer stays as it was
+        inner = type(layer).from_config(layer.get_config())
+        inner.bidirectional = True
+        object.__setattr__(self, "layer", inner)   # its parameters are registered on build
 
     @property
     def return_sequences(self):
         return self.layer.return_sequences
+
+    @property
+    def return_state(self):
+        return self.layer.return_state
 
     @property
     def units(self):
@@ -864,9 +882,9 @@ class Bidirectional(Layer):
         return self.layer._get_direction(0) + self.layer._get_direction(1)
 
     def set_weights(self, weights):
-        weights = list(weights)
-        shapes = self.layer._weight_shapes() if self.built else []
-        ws = self._check_weights(weights, shapes + shapes)
+        self._require_built()
+        shapes = self.layer._weight_shapes()
+        ws = self._check_weights(list(weights), shapes + shapes)
         n = len(shapes)
         self.layer._set_direction(0, ws[:n])
         self.layer._set_direction(1, ws[n:])

@@ -229,13 +229,15 @@ _METRICS = {"binary_accuracy": _binary_accuracy,
             "mse": _mean_squared_error, "mean_squared_error": _mean_squared_error}
 
 
-def metric(name, loss, output_shape):
-    """(display name, function) for a metric name; 'accuracy' / 'acc' picks the accuracy that
-    fits the loss and the output, as Keras does."""
+def metric(name, target_shape, output_shape):
+    """(display name, function) for a metric name; 'accuracy' / 'acc' picks binary,
+    sparse-categorical or categorical accuracy from the shapes, as Keras does: binary for a
+    single output, sparse when the targets are class ids, categorical otherwise."""
     if name in ("accuracy", "acc"):
-        if isinstance(loss, BinaryCrossentropy) or output_shape[-1] == 1:
+        target_shape, output_shape = tuple(target_shape), tuple(output_shape)
+        if output_shape[-1] == 1:
             fn = _binary_accuracy
-        elif isinstance(loss, SparseCategoricalCrossentropy):
+        elif len(target_shape) < len(output_shape) or target_shape[-1] == 1:
             fn = _sparse_categorical_accuracy
         else:
             fn = _categorical_accuracy

@@ -125,6 +125,8 @@ class Sequential(Module):
         outs = [self._forward(x[i:i + bs], False)[0] for i in range(0, len(x), bs)]
         if not outs:
             raise ValueError("predict needs at least one sample")
+        if isinstance(outs[0], list):     # a last layer with return_state: one array each
+            return tuple(np.concatenate(parts) for parts in zip(*outs))
         return np.concatenate(outs)
 
     # ---- training -----------------------------------------------------------------------
@@ -160,10 +162,22 @@ class Sequential(Module):
         return (not self.loss.from_logits and isinstance(last, layers_module.Dense)
                 and last.activation == self.loss.activation)
 
-    def _metric_fns(self, y_pred):
-        return [losses_module.metric(n, self.loss, y_pred.shape) for n in self._metric_names]
+    def _metric_fns(self, y_pred, y_true):
+        return [losses_module.metric(n, np.shape(y_true), y_pred.shape)
+                for n in self._metric_names]
 
     def train_on_batch(self, x, y):
+        """One optimizer step on one batch; returns its loss, or [loss, metrics...] (the
+        figures before the step, as Keras)."""
+        x, y = _array(x, "x"), _array(y, "y")
+        loss, out, mask = self._train_step(x, y)
+        figures = [loss]
+        for _, fn in self._metric_fns(out, y):
+            total, count = fn(y, out, mask)
+            figures.append(total / max(count, 1))
+        return figures[0] if len(figures) == 1 else figures
+
+    def _train_step(self, x, y):
         """One optimizer step on one batch; returns (loss, outputs, mask)."""
         if not self.compiled:
             raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
@@ -195,6 +209,10 @@ class Sequential(Module):
             x, y = x[:n_train], y[:n_train]
         if len(x) == 0:
             raise ValueError("fit needs at least one training sample")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x_val, y_val) (sample "
+                                 "weights are not supported)")
         bs = _batch_size(batch_size)
         steps = -(-len(x) // bs)
         verbose = 1 if verbose == "auto" else int(verbose)
@@ -214,9 +232,9 @@ class Sequential(Module):
             for step in range(steps):
                 idx = order[step * bs:(step + 1) * bs]
                 cb.on_train_batch_begin(step)
-                loss, out, mask = self.train_on_batch(x[idx], y[idx])
+                loss, out, mask = self._train_step(x[idx], y[idx])
                 totals.add("loss", loss * len(idx), len(idx))
-                for name, fn in self._metric_fns(out):
+                for name, fn in self._metric_fns(out, y[idx]):
                     totals.add(name, *fn(y[idx], out, mask))
                 cb.on_train_batch_end(step, totals.logs())
             logs = totals.logs()
@@ -251,7 +269,7 @@ class Sequential(Module):
             if fused:
                 out = layers_module._ACTIVATIONS[self._layers[-1].activation][0](out)
             totals.add("loss", loss * len(xb), len(xb))
-            for name, fn in self._metric_fns(out):
+            for name, fn in self._metric_fns(out, yb):
                 totals.add(name, *fn(yb, out, mask))
         logs = totals.logs()
         if verbose:
@@ -275,7 +293,8 @@ class Sequential(Module):
         at = 0
         for layer in self._layers:
             n = len(layer.get_weights())
-            layer.set_weights(weights[at:at + n])
+            if n:                             # an unbuilt layer has none yet
+                layer.set_weights(weights[at:at + n])
             at += n
         if at != len(weights):
             raise ValueError(f"set_weights expects {at} arrays, got {len(weights)}")

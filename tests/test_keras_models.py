@@ -418,3 +418,106 @@ def test_summary_counts(capsys):
     assert "(None, 20, 8)" in out and "(None, 32)" in out
     total = 100 * 8 + 2 * 4 * (16 * (8 + 16) + 16) + 33
     assert f"Total params: {total:,}" in out
+
+
+# ---- behaviours a Keras user relies on ----------------------------------------------------
+def test_bidirectional_leaves_the_given_layer_alone():
+    x = np.random.default_rng(9).standard_normal((6, 5, 2)).astype(np.float32)
+    lstm = LSTM(3)
+    before = lstm(x)                                   # built, used on its own
+    wrapped = Bidirectional(lstm)
+    assert wrapped(x).shape == (6, 6)
+    np.testing.assert_array_equal(lstm(x), before)    # untouched
+    with pytest.raises(ValueError, match="go_backwards"):
+        Bidirectional(LSTM(3, go_backwards=True))
+
+
+def test_predict_with_return_state_gives_one_array_per_output():
+    x = np.random.default_rng(10).standard_normal((5, 4, 2)).astype(np.float32)
+    model = Sequential([Input((4, 2)), LSTM(3, return_state=True)])
+    out, h, c = model.predict(x, batch_size=2)
+    assert out.shape == h.shape == c.shape == (5, 3)
+    np.testing.assert_array_equal(out, h)
+    with pytest.raises(ValueError, match="returns its states"):
+        Sequential([Bidirectional(LSTM(3, return_state=True)), Dense(1)])
+
+
+def _drive_early_stopping(stop, values, model=None):
+    """Feeds `values` as val_loss, one epoch each, to `stop` watching `model` (lstmc's or
+    Keras'; a 1x1 Dense whose weight records the epoch); returns (the epoch whose weight the
+    model ends with, stopped_epoch)."""
+    if model is None:
+        model = Sequential([Input((1,)), Dense(1, use_bias=False)])
+    stop.set_model(model)
+    stop.on_train_begin()
+    for epoch, v in enumerate(values):
+        model.set_weights([np.full((1, 1), epoch, np.float32)])
+        stop.on_epoch_end(epoch, {"val_loss": v})
+        if model.stop_training:
+            break
+    stop.on_train_end()
+    return int(model.get_weights()[0][0, 0]), stop.stopped_epoch
+
+
+def test_early_stopping_follows_keras():
+    losses = [1.0, 0.9, 0.95, 0.97, 0.99, 1.2]
+    # restored at the end of training even without an early stop
+    assert _drive_early_stopping(EarlyStopping(patience=10, restore_best_weights=True),
+                                 losses) == (1, 0)
+    # an improvement that does not beat the baseline does not reset the patience count
+    assert _drive_early_stopping(EarlyStopping(patience=2, baseline=0.5,
+                                               restore_best_weights=True), losses) == (1, 2)
+    assert _drive_early_stopping(EarlyStopping(patience=1), losses) == (2, 2)   # no restore
+
+
+def test_early_stopping_matches_keras():
+    keras = _keras()
+    losses = [1.0, 0.9, 0.95, 0.97, 0.99, 1.2]
+    for kw in (dict(patience=10, restore_best_weights=True),
+               dict(patience=2, baseline=0.5, restore_best_weights=True),
+               dict(patience=1, min_delta=0.05), dict(patience=0)):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+        model.compile(loss="mse")
+        expected = _drive_early_stopping(keras.callbacks.EarlyStopping(**kw), losses, model)
+        assert _drive_early_stopping(EarlyStopping(**kw), losses) == expected, kw
+
+
+def test_saved_before_built_loads(tmp_path):
+    model = Sequential([Embedding(10, 3), LSTM(2), Dense(1)])
+    model.compile("adam", "mse")
+    model.save(tmp_path / "m.lstmc")
+    loaded = load_model(tmp_path / "m.lstmc")
+    x = np.array([[1, 2, 3]])
+    loaded.fit(x, np.zeros(1), verbose=0)
+    assert loaded.predict(x).shape == (1, 1)
+
+
+def test_train_on_batch_returns_loss_and_metrics():
+    x, y = _sum_sign_data(16)
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy", ["accuracy"])
+    loss, acc = model.train_on_batch(x, y)
+    assert isinstance(loss, float) and 0 <= acc <= 1
+    model.compile("adam", "binary_crossentropy")
+    assert isinstance(model.train_on_batch(x, y), float)
+
+
+def test_accuracy_is_chosen_from_shapes_as_keras():
+    from lstmc.losses import _binary_accuracy, _categorical_accuracy, \
+        _sparse_categorical_accuracy, metric
+    assert metric("accuracy", (8,), (8, 1))[1] is _binary_accuracy
+    assert metric("accuracy", (8,), (8, 3))[1] is _sparse_categorical_accuracy
+    assert metric("accuracy", (8, 1), (8, 3))[1] is _sparse_categorical_accuracy
+    assert metric("accuracy", (8, 3), (8, 3))[1] is _categorical_accuracy   # multi-label too
+
+
+def test_fit_argument_errors_and_initial_state():
+    x, y = _sum_sign_data(8)
+    model = Sequential([LSTM(3, input_shape=(10, 1)), Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    with pytest.raises(ValueError, match="validation_data must be a pair"):
+        model.fit(x, y, validation_data=(x, y, np.ones(8)), verbose=0)
+    layer = LSTM(3)
+    h, c = np.ones((8, 3), np.float32), np.zeros((8, 3), np.float32)
+    a, b = layer(x, initial_state=[h, c]), layer(x)
+    assert a.shape == (8, 3) and not np.allclose(a, b)
