@@ -122,14 +122,6 @@ def shakespeare_plays():
     return plays
 
 
-def windows(rng, data, batch, steps):
-    """`batch` random windows of `steps` symbols of the 1-D array `data`, and the symbols that
-    follow each: inputs and next-symbol targets, both (batch, steps)."""
-    starts = rng.integers(0, len(data) - steps - 1, size=batch)
-    idx = np.stack([data[s:s + steps + 1] for s in starts])
-    return idx[:, :-1], idx[:, 1:]
-
-
 # ---- command line and progress ------------------------------------------------------------
 def parser(description, seconds=None, epochs=None):
     """The options every example takes: --smoke, --seed, --threads, and the budget (a time

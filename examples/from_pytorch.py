@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import lstmc
-from lstmc.demo import CharLM, stdlib_text
+from lstmc.demo import CharLM, random_windows, stdlib_text
 
 import _data  # examples/_data.py
 
@@ -50,7 +50,7 @@ def train_torch(model, data, rng, seconds, steps=0, batch=32, seq=64):
     progress = _data.Progress(every=50)
     t0, step, loss_avg = time.time(), 0, None
     while (step < steps) if steps else (time.time() - t0 < seconds):
-        x, y = (torch.from_numpy(a) for a in _data.windows(rng, data, batch, seq))
+        x, y = (torch.from_numpy(a) for a in random_windows(rng, data, batch, seq))
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
@@ -129,7 +129,7 @@ def main():
     print("loaded torch's state_dict into lstmc: "
           + ", ".join(name for name, _ in model.named_parameters()))
 
-    x, y = _data.windows(np.random.default_rng(1), data[split:], 32, seq)
+    x, y = random_windows(np.random.default_rng(1), data[split:], 32, seq)
     with torch.inference_mode():
         ref = torch_model(torch.from_numpy(x)).numpy()
     ours = model(x)

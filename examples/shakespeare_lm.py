@@ -21,7 +21,7 @@ import numpy as np
 
 import lstmc
 from lstmc import nn
-from lstmc.demo import CharLM, evaluate, sample
+from lstmc.demo import CharLM, evaluate, sample, train_step, random_windows
 
 import _data  # examples/_data.py
 
@@ -64,12 +64,8 @@ def main():
     progress = _data.Progress(every=50)
     t0, step, loss_avg = time.time(), 0, None
     while (step < args.steps) if args.steps else (time.time() - t0 < args.seconds):
-        x, y = _data.windows(rng, train, batch, seq)
-        model.zero_grad()
-        loss = loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        x, y = random_windows(rng, train, batch, seq)
+        loss = train_step(model, optimizer, loss_fn, x, y)
         step += 1
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         elapsed = time.time() - t0

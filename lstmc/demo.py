@@ -69,10 +69,22 @@ def _bar(step, elapsed, budget, loss, chars_per_s, width=24):
             f"ETA {eta:4.0f}s ")
 
 
-def _windows(rng, data, batch, steps):
+def random_windows(rng, data, batch, steps):
+    """`batch` random windows of `steps` symbols of the 1-D array `data`, and the symbols that
+    follow each: inputs and next-symbol targets, both (batch, steps)."""
     starts = rng.integers(0, len(data) - steps - 1, size=batch)
     idx = np.stack([data[s:s + steps + 1] for s in starts])
     return idx[:, :-1], idx[:, 1:]
+
+
+def train_step(model, optimizer, loss_fn, x, y, clip=1.0):
+    """One Adam step of next-symbol prediction (gradient norm clipped); returns the loss."""
+    model.zero_grad()
+    loss = loss_fn(model(x), y)
+    model.backward(loss_fn.backward())
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss
 
 
 def evaluate(model, data, steps, batch=32, windows=40, seed=1):
@@ -82,7 +94,7 @@ def evaluate(model, data, steps, batch=32, windows=40, seed=1):
     loss_fn = nn.CrossEntropyLoss()
     total = 0.0
     for _ in range(windows):
-        x, y = _windows(rng, data, batch, steps)
+        x, y = random_windows(rng, data, batch, steps)
         total += loss_fn(model(x), y)
     model.train()
     return total / windows / math.log(2)
@@ -172,12 +184,8 @@ def run(args):
     step, chars, loss_avg = 0, 0, None
     tty = sys.stdout.isatty()
     while time.time() - t0 < budget:
-        x, y = _windows(rng, train, args.batch, args.seq)
-        model.zero_grad()
-        loss = loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        x, y = random_windows(rng, train, args.batch, args.seq)
+        loss = train_step(model, optimizer, loss_fn, x, y)
         step += 1
         chars += x.size
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss

@@ -334,8 +334,7 @@ def save(obj, path):
     Shared or repeated arrays are stored once per occurrence and load as separate arrays.
     """
     arrays = {}
-    tree = _encode(obj, "obj", arrays, set())
-    write(path, SAVE_KIND, {"tree": tree}, arrays)
+    write(path, SAVE_KIND, {"tree": encode(obj, arrays)}, arrays)
 
 
 def load(path):
@@ -343,7 +342,19 @@ def load(path):
     config, arrays = read(path, kind=SAVE_KIND)
     if "tree" not in config:
         raise FormatError(f"{os.fsdecode(path)}: header config lacks the field 'tree'")
-    return _decode(config["tree"], "obj", arrays, os.fsdecode(path))
+    return decode(config["tree"], arrays, path)
+
+
+def encode(obj, arrays):
+    """The JSON tree of the nested structure `obj` (what `save` takes), adding its arrays to
+    the dict `arrays` under fresh names ("arr_<n>"); for writers that keep such a structure
+    inside their own config, e.g. an optimizer's state_dict."""
+    return _encode(obj, "obj", arrays, set())
+
+
+def decode(tree, arrays, path):
+    """The structure `encode` described, from the arrays `read` returned."""
+    return _decode(tree, "obj", arrays, os.fsdecode(path))
 
 
 # In the JSON tree, None, bool, int, str and finite floats stand for themselves; everything

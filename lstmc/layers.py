@@ -68,22 +68,22 @@ def orthogonal(shape, dtype):
 
 
 # ---- activations (Dense) ----------------------------------------------------------------
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
-
-
 def _softmax(z):
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _from_nn(activation):
+    """An lstmc.nn activation module's function and its gradient (from the output)."""
+    return activation._f, lambda y, dy: dy * activation._df(y)
+
+
 # name -> (f(z), df: (y, dy) -> dz)
 _ACTIVATIONS = {
     "linear": (lambda z: z, lambda y, dy: dy),
-    "relu": (lambda z: np.maximum(z, 0), lambda y, dy: dy * (y > 0)),
-    "tanh": (np.tanh, lambda y, dy: dy * (1 - y * y)),
-    "sigmoid": (_sigmoid, lambda y, dy: dy * y * (1 - y)),
+    "relu": _from_nn(nn.ReLU),
+    "tanh": _from_nn(nn.Tanh),
+    "sigmoid": _from_nn(nn.Sigmoid),
     "softmax": (_softmax, lambda y, dy: y * (dy - (dy * y).sum(axis=-1, keepdims=True))),
 }
 

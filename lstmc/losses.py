@@ -10,15 +10,12 @@ mask keeps), Keras' "sum_over_batch_size".
 """
 import numpy as np
 
+from lstmc.nn.layers import sigmoid
+
 __all__ = ["Loss", "BinaryCrossentropy", "CategoricalCrossentropy",
            "SparseCategoricalCrossentropy", "MeanSquaredError", "get", "metric"]
 
 _EPS = 1e-7   # Keras' backend epsilon: probabilities are clipped to [eps, 1 - eps]
-
-
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _log_softmax(z):
@@ -79,7 +76,7 @@ class BinaryCrossentropy(Loss):
         if logits:
             z = p
             values = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-            grad = (_sigmoid(z) - y) / C
+            grad = (sigmoid(z) - y) / C
         else:
             q = np.clip(p, _EPS, 1 - _EPS)
             values = -(y * np.log(q) + (1 - y) * np.log(1 - q))

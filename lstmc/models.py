@@ -333,7 +333,7 @@ class Sequential(Module):
         """One file (lstmc.io format) with the architecture, the weights, and — once compiled
         — the loss, metrics and optimizer with its state. Written atomically."""
         config = {"model": self._config()}
-        arrays = {f"weights/{i}": w for i, w in enumerate(self.get_weights())}
+        arrays = _weight_arrays(self.get_weights())
         if self.compiled:
             opt = self.optimizer
             config["compile"] = {
@@ -342,27 +342,17 @@ class Sequential(Module):
                          "config": self.loss.get_config()},
                 "metrics": self._metric_names}
             if opt.built:
-                state = opt.state_dict()
-                slots = {}
-                for idx, s in state["state"].items():
-                    slots[str(idx)] = {}
-                    for k, v in s.items():
-                        if isinstance(v, np.ndarray):
-                            arrays[f"optimizer/{idx}/{k}"] = v
-                            slots[str(idx)][k] = None
-                        else:
-                            slots[str(idx)][k] = v
-                config["compile"]["optimizer_state"] = {
-                    "slots": slots, "param_groups": _jsonable(state["param_groups"])}
+                config["compile"]["optimizer_state"] = io.encode(opt.state_dict(), arrays)
         io.write(filepath, _KIND, config, arrays)
 
     def save_weights(self, filepath):
-        io.write(filepath, _KIND + ".weights", {"count": len(self.get_weights())},
-                 {f"weights/{i}": w for i, w in enumerate(self.get_weights())})
+        weights = self.get_weights()
+        io.write(filepath, _KIND + ".weights", {"count": len(weights)},
+                 _weight_arrays(weights))
 
     def load_weights(self, filepath):
-        config, arrays = io.read(filepath, kind=_KIND + ".weights")
-        self.set_weights([arrays[f"weights/{i}"] for i in range(config["count"])])
+        _, arrays = io.read(filepath, kind=_KIND + ".weights")
+        self.set_weights(_weights_of(arrays))
 
 
 def load_model(filepath, compile=True):
@@ -379,25 +369,32 @@ def load_model(filepath, compile=True):
             model.add(layer)
         if mc["input_shape"] is not None:
             model.build((None,) + tuple(mc["input_shape"]))
-        n = sum(1 for k in arrays if k.startswith("weights/"))
-        model.set_weights([arrays[f"weights/{i}"] for i in range(n)])
+        model.set_weights(_weights_of(arrays))
         cc = config.get("compile")
         if compile and cc is not None:
             opt = optimizers_module.deserialize(cc["optimizer"]["class_name"],
                                                 cc["optimizer"]["config"])
             loss = losses_module.deserialize(cc["loss"]["class_name"], cc["loss"]["config"])
             model.compile(opt, loss, cc["metrics"])
-            st = cc.get("optimizer_state")
-            if st is not None:
+            if "optimizer_state" in cc:
                 model._ensure_optimizer()
-                state = {int(i): {k: arrays[f"optimizer/{i}/{k}"] if v is None else v
-                                  for k, v in s.items()} for i, s in st["slots"].items()}
-                model.optimizer.load_state_dict({"state": state,
-                                                 "param_groups": st["param_groups"]})
+                model.optimizer.load_state_dict(io.decode(cc["optimizer_state"], arrays,
+                                                          filepath))
     except (KeyError, TypeError, ValueError) as e:
         raise io.FormatError(f"{filepath}: the saved model does not fit together: {e}") \
             from e
     return model
+
+
+def _weight_arrays(weights):
+    """A model's weight list as named file arrays (weights/0, weights/1, ...)."""
+    return {f"weights/{i}": w for i, w in enumerate(weights)}
+
+
+def _weights_of(arrays):
+    """The weight list `_weight_arrays` stored."""
+    n = sum(1 for name in arrays if name.startswith("weights/"))
+    return [arrays[f"weights/{i}"] for i in range(n)]
 
 
 class _Totals:
@@ -437,13 +434,3 @@ def _bytes(n):
         if n < 1024 or unit == "GB":
             return f"{n:.2f} {unit}"
         n /= 1024
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

@@ -6,7 +6,7 @@ parameter storage) created without parameters: `compile` binds them to the model
 Keras' rule differs from PyTorch's it is written out here:
 - Adam: Keras puts epsilon outside the bias correction of the second moment
   (w -= lr_t * m / (sqrt(v) + eps), lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)), default
-  epsilon 1e-7;
+  epsilon 1e-7: lstmc.optim.Adam's rule with its `_epsilon_hat` switch;
 - RMSprop: w -= lr * g / sqrt(v + eps), rho 0.9, epsilon 1e-7;
 - SGD: Keras' velocity form (v = momentum * v - lr * g) is PyTorch's rule for a constant
   learning rate, so it is lstmc.optim.SGD under Keras' names (lr default 0.01).
@@ -63,6 +63,7 @@ class Adam(_KerasOptimizer, optim.Adam):
     """keras.optimizers.Adam(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
     amsgrad=False)."""
 
+    _epsilon_hat = True
     _config_keys = ("lr", "betas", "eps", "amsgrad")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
@@ -76,37 +77,6 @@ class Adam(_KerasOptimizer, optim.Adam):
         c = super().get_config()
         return {"learning_rate": c["lr"], "beta_1": c["betas"][0], "beta_2": c["betas"][1],
                 "epsilon": c["eps"], "amsgrad": c["amsgrad"]}
-
-    def _update(self, p, group, state):
-        lr = float(group["lr"])
-        beta1, beta2 = group["betas"]
-        eps = float(group["eps"])
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = np.zeros_like(p.data)
-            state["exp_avg_sq"] = np.zeros_like(p.data)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(p.data)
-        state["step"] += 1
-        t = state["step"]
-        lr_t = lr * (1 - beta2 ** t) ** 0.5 / (1 - beta1 ** t)
-        (tmp,) = self._work(p, 1)
-        g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
-        np.subtract(g, m, out=tmp)          # m += (g - m) * (1 - beta1)
-        tmp *= 1 - beta1
-        m += tmp
-        np.multiply(g, g, out=tmp)          # v += (g^2 - v) * (1 - beta2)
-        tmp -= v
-        tmp *= 1 - beta2
-        v += tmp
-        if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        np.sqrt(v, out=tmp)                 # w -= lr_t * m / (sqrt(v) + eps)
-        tmp += eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= lr_t
-        p.data -= tmp
 
 
 class SGD(_KerasOptimizer, optim.SGD):
@@ -147,14 +117,7 @@ class RMSprop(_KerasOptimizer, optim.RMSprop):
     def _update(self, p, group, state):
         lr, rho, eps = float(group["lr"]), float(group["alpha"]), float(group["eps"])
         momentum = float(group["momentum"])
-        if not state:
-            state["step"] = 0
-            state["square_avg"] = np.zeros_like(p.data)
-            if momentum > 0:
-                state["momentum_buffer"] = np.zeros_like(p.data)
-            if group["centered"]:
-                state["grad_avg"] = np.zeros_like(p.data)
-        state["step"] += 1
+        self._begin_step(p, group, state)
         tmp, tmp2 = self._work(p, 2)
         g, v = p.grad, state["square_avg"]
         v *= rho                            # v = rho v + (1 - rho) g^2

@@ -194,12 +194,15 @@ class Tanh(_Activation):
         return 1 - y * y
 
 
+def sigmoid(x):
+    """1 / (1 + exp(-x)) in x's dtype: exp only of -|x|, so no overflow, and full relative
+    precision in both tails. NaN stays NaN."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
 class Sigmoid(_Activation):
-    @staticmethod
-    def _f(x):
-        # exp of a non-positive argument only: no overflow
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    _f = staticmethod(sigmoid)
 
     @staticmethod
     def _df(y):

@@ -18,6 +18,7 @@ import operator
 
 import numpy as np
 
+from lstmc.nn.layers import sigmoid
 from lstmc.nn.module import Module, to_numpy
 
 __all__ = ["CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
@@ -124,6 +125,14 @@ class _Loss(Module):
             raise ValueError(f"grad must be a scalar for reduction={self.reduction!r}, got "
                              f"shape {g.shape}")
         return g.reshape(())[()]
+
+    def _chain(self, d, g, dtype):
+        """The elementwise gradient `d` times the upstream `g`, divided by the element count
+        for 'mean' (a 0/0 of an empty batch is NaN, not a warning)."""
+        if self.reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.asarray(d * (g / dtype.type(d.size)), dtype=dtype)
+        return np.asarray(d * g, dtype=dtype)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
@@ -408,21 +417,14 @@ class BCEWithLogitsLoss(_Loss):
         s = self._saved_or_raise()
         x, y, w, lw, dtype = s["x"], s["y"], s["w"], s["lw"], s["dtype"]
         g = self._upstream(grad, x.shape, dtype)
-        # stable sigmoid
-        e = np.exp(-np.abs(x))
-        sig = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        sig = sigmoid(x)
         if lw is None:
             d = sig - y
         else:
             d = (1 - y) - lw * (1 - sig)
         if w is not None:
             d = d * w
-        if self.reduction == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                d = d * (g / dtype.type(x.size))
-        else:
-            d = d * g
-        return np.asarray(d, dtype=dtype)
+        return self._chain(d, g, dtype)
 
 
 # ---- MSELoss ------------------------------------------------------------------------------
@@ -477,9 +479,4 @@ class MSELoss(_Loss):
         s = self._saved_or_raise()
         diff, dtype = s["diff"], s["dtype"]
         g = self._upstream(grad, diff.shape, dtype)
-        if self.reduction == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                d = 2 * diff * (g / dtype.type(diff.size))
-        else:
-            d = 2 * diff * g
-        return np.asarray(d, dtype=dtype)
+        return self._chain(2 * diff, g, dtype)

@@ -272,6 +272,9 @@ class Adam(Optimizer):
     """torch.optim.Adam (L2 weight decay added to the gradient), AMSGrad, maximize."""
 
     _decoupled = False
+    # Keras' Adam adds epsilon to sqrt(v) before the bias correction (Kingma & Ba's
+    # "epsilon hat"): the same rule with epsilon divided by sqrt(1 - beta2^t)
+    _epsilon_hat = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, maximize=False):
@@ -338,7 +341,7 @@ class Adam(Optimizer):
         else:
             np.sqrt(exp_avg_sq, out=tmp)
         tmp /= bias_correction2_sqrt
-        tmp += eps
+        tmp += eps / bias_correction2_sqrt if self._epsilon_hat else eps
         np.divide(exp_avg, tmp, out=tmp)
         tmp *= step_size
         p.data -= tmp
@@ -376,19 +379,25 @@ class RMSprop(Optimizer):
     def _validate_group(self, g):
         self._check(g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"])
 
+    @staticmethod
+    def _begin_step(p, group, state):
+        """Creates the state on the first step (square_avg, and momentum_buffer / grad_avg
+        when used) and counts the step."""
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = np.zeros_like(p.data)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = np.zeros_like(p.data)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(p.data)
+        state["step"] += 1
+
     def _update(self, p, group, state):
         lr = float(group["lr"])
         alpha = float(group["alpha"])
         eps = float(group["eps"])
         momentum = float(group["momentum"])
-        if not state:
-            state["step"] = 0
-            state["square_avg"] = np.zeros_like(p.data)
-            if momentum > 0:
-                state["momentum_buffer"] = np.zeros_like(p.data)
-            if group["centered"]:
-                state["grad_avg"] = np.zeros_like(p.data)
-        state["step"] += 1
+        self._begin_step(p, group, state)
         gbuf, tmp = self._work(p, 2)
         grad = self._effective_grad(p, float(group["weight_decay"]), group["maximize"], gbuf)
         square_avg = state["square_avg"]
