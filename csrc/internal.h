@@ -127,8 +127,16 @@ LSTMC_CELL_KERNELS(f64)
 
 size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all G blocks */
 /* Which recurrent kernel a call of this dtype (f64: 1 for double), batch and steps runs:
- * LSTMC_RECUR_BLAS or one of the packed ones, from lstmc_set_recurrent_kernel's setting. */
-int lstmc_recur_kernel_for(int f64, int batch, int steps);
+ * LSTMC_RECUR_BLAS or one of the packed ones, from lstmc_set_recurrent_kernel's setting.
+ * `prepacked`: the caller has a packed copy (lstmc_seq_pack_*), so packing costs nothing and
+ * the step-count threshold does not apply. */
+int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
+/* With a packed copy, input projections of at most this many positions (T x B) run on the
+ * packed kernel, each thread its own units (no repack of W_ih inside sgemm; no barrier
+ * between the projection and the time loop). One thread, I = H = 512, G = 4, GFLOP/s best
+ * of 300 (packed kernel / OpenBLAS sgemm through numpy): 1 row 26 / 24, 3 rows 76 / 11,
+ * 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64, 256 rows 69 / 67, 800 rows - / 81. */
+#define LSTMC_PACKED_PROJ_MAX_ROWS 192
 int lstmc_avx2_supported(void);
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns */
 #define lstmc_pack_set(pack, H, K, g0) ((pack) + lstmc_pack_size(H, K, 1) * (size_t)(g0))

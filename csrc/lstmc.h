@@ -151,15 +151,38 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train); /* elements of scr
  *            writes its hn/cn; nn.LSTM.step relies on this)
  *   masks    (L-1, N, D*Hout) dropout multipliers for the input of layers 1..L-1, or NULL
  *   params   flat parameters (layout above)
+ *   packed   lstmc_seq_pack_*'s copy of params, or NULL (see below)
  *   scratch  lstmc_seq_scratch_size(s, reserve != NULL) elements
  */
 int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve,
                           const float *x, const float *h0, const float *c0, const float *masks,
-                          const float *params, float *scratch, const lstmc_seq *s);
+                          const float *params, const float *packed, float *scratch,
+                          const lstmc_seq *s);
 int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
                           const double *x, const double *h0, const double *c0,
-                          const double *masks, const double *params, double *scratch,
-                          const lstmc_seq *s);
+                          const double *masks, const double *params, const double *packed,
+                          double *scratch, const lstmc_seq *s);
+
+/*
+ * Packed weights, for callers that run many forwards on the same weights (inference,
+ * streaming): W_ih and W_hh of every layer and direction copied once into the order the
+ * packed kernels stream (csrc/recur.c), as ONNX Runtime packs its weights when a session is
+ * created. The copy depends on the cell, I, H, P, L, D and bias of `s` only (not on T, B or
+ * lengths) and on no thread count. It goes stale when the parameters change: the caller
+ * repacks (or passes NULL) after any write to them.
+ *   lstmc_seq_packed_size  elements of the buffer, which must start on a 64-byte boundary
+ *   lstmc_seq_pack_*       fills it from the flat parameters
+ *   lstmc_seq_packs        1 if a forward of this dtype (f64: 1 for double) would use a packed
+ *                          copy under the current recurrent-kernel setting, else 0 (packing
+ *                          is then wasted work, though harmless)
+ * A forward given `packed` (else NULL) skips its own per-call packing and runs the input
+ * projection of small problems (at most LSTMC_PACKED_PROJ_MAX_ROWS positions) through the
+ * packed kernel as well; results equal the unpacked forward up to rounding.
+ */
+size_t lstmc_seq_packed_size(const lstmc_seq *s);
+int lstmc_seq_pack_f32(float *packed, const float *params, const lstmc_seq *s);
+int lstmc_seq_pack_f64(double *packed, const double *params, const lstmc_seq *s);
+int lstmc_seq_packs(int f64);
 
 /*
  * Backward through time after a training forward with the same x, masks, params, reserve.

@@ -13,8 +13,10 @@
  *     panel[k][v][l] = W[(g0 + v) * H + b0 + l][k]      (K, Wg, U)
  * at set + b0 * K * Wg: one 8-float vector holds U units of one gate at one k, so the kernel
  * broadcasts h[j, k] and multiplies-adds it into Wg accumulators per row and block. Sets of a
- * call share K; set g0 starts at pack + roundup(H, U) * K * g0 (lstmc_pack_set). Nothing is
- * cached across calls: weights may change between any two of them.
+ * call share K; set g0 starts at pack + roundup(H, U) * K * g0 (lstmc_pack_set). Where a
+ * block's panel sits depends on its units only, not on which thread packs it, so a copy
+ * packed once (lstmc_seq_pack_*, for inference) serves every thread count. Without such a
+ * copy, the sequence driver packs W_hh per call (weights may change between any two).
  */
 #include <string.h>
 #include "internal.h"
@@ -53,7 +55,7 @@ size_t lstmc_pack_size(int H, int K, int G)
     return ((size_t)H + U - 1) / U * U * (size_t)K * (size_t)G;
 }
 
-int lstmc_recur_kernel_for(int f64, int batch, int steps)
+int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 {
     if (batch > LSTMC_PACK_MAX_ROWS || recur_kernel == LSTMC_RECUR_BLAS)
         return LSTMC_RECUR_BLAS;
@@ -62,8 +64,9 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps)
     if (recur_kernel == LSTMC_RECUR_PACKED_AVX2)
         return lstmc_avx2_supported() ? LSTMC_RECUR_PACKED_AVX2 : LSTMC_RECUR_PACKED_C;
     /* automatic: float32 with the AVX2 kernel, when the packing is amortised */
-    if (f64 || steps < (batch > 1 ? LSTMC_PACK_MIN_STEPS : LSTMC_PACK_MIN_STEPS_ONE_ROW) ||
-        !lstmc_avx2_supported())
+    if (f64 || !lstmc_avx2_supported() ||
+        (!prepacked &&
+         steps < (batch > 1 ? LSTMC_PACK_MIN_STEPS : LSTMC_PACK_MIN_STEPS_ONE_ROW)))
         return LSTMC_RECUR_BLAS;
     return LSTMC_RECUR_PACKED_AVX2;
 }

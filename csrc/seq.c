@@ -13,6 +13,7 @@
  * finished rows are simply outside every GEMM and pass, and cost nothing.
  */
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 #include "internal.h"
 
@@ -235,6 +236,39 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
 
 size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of(s, train).total; }
 
+/* ---- packed weights (lstmc_seq_pack_*) ---------------------------------------------------
+ * Per layer l and direction d, in the flat buffer's order: W_ih packed as one set of all G
+ * gate blocks with K = I_l, then W_hh packed as the driver packs it per call (K = Hout; the
+ * blocks that read h, then those that read step_aux). `which` is LSTMC_W_IH or LSTMC_W_HH;
+ * past the last layer, the total. The buffer starts on a 64-byte boundary (a cache line), so
+ * every panel does. */
+static size_t packed_offset(const lstmc_seq *s, int layer, int dir, int which)
+{
+    const int G = gates_of(s->cell);
+    size_t off = 0;
+    for (int l = 0; l < s->layers; l++)
+        for (int d = 0; d < s->dirs; d++) {
+            if (l == layer && d == dir && which == LSTMC_W_IH)
+                return off;
+            off += lstmc_pack_size(s->hidden, (int)input_of(s, l), G);
+            if (l == layer && d == dir)
+                return off;
+            off += lstmc_pack_size(s->hidden, (int)hout_of(s), G);
+        }
+    return off;
+}
+
+size_t lstmc_seq_packed_size(const lstmc_seq *s)
+{
+    if (lstmc_seq_check(s) != LSTMC_OK)
+        return 0;
+    return packed_offset(s, s->layers, 0, LSTMC_W_IH);
+}
+
+int lstmc_seq_packs(int f64) { return lstmc_recur_kernel_for(f64, 1, INT_MAX, 1) != LSTMC_RECUR_BLAS; }
+
+static int aligned64(const void *p) { return ((uintptr_t)p & 63) == 0; }
+
 static void step_offsets(const lstmc_seq *s, int *off)
 {
     off[0] = 0;
@@ -257,6 +291,17 @@ static int team_size(const lstmc_seq *s)
     const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
     const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
     int nt = work >= LSTMC_PAR_MIN_STEP_WORK ? lstmc_get_num_threads() : 1;
+    return nt < units ? nt : units;
+}
+
+/* Threads for packing: each packs its own units, no synchronisation; small layers alone. */
+static int pack_team_size(const lstmc_seq *s)
+{
+    const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
+    const int nt = (long)gates_of(s->cell) * s->hidden * (long)(s->input + hout_of(s)) >=
+                           LSTMC_PAR_MIN_STEP_WORK
+                       ? lstmc_get_num_threads()
+                       : 1;
     return nt < units ? nt : units;
 }
 

@@ -60,11 +60,16 @@ cdef extern from "lstmc.h" nogil:
     size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train)
     int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve, const float *x,
                               const float *h0, const float *c0, const float *masks,
-                              const float *params, float *scratch, const lstmc_seq *s)
+                              const float *params, const float *packed, float *scratch,
+                              const lstmc_seq *s)
     int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
                               const double *x, const double *h0, const double *c0,
-                              const double *masks, const double *params, double *scratch,
-                              const lstmc_seq *s)
+                              const double *masks, const double *params, const double *packed,
+                              double *scratch, const lstmc_seq *s)
+    size_t lstmc_seq_packed_size(const lstmc_seq *s)
+    int lstmc_seq_pack_f32(float *packed, const float *params, const lstmc_seq *s)
+    int lstmc_seq_pack_f64(double *packed, const double *params, const lstmc_seq *s)
+    int lstmc_seq_packs(int f64)
     int lstmc_seq_backward_f32(float *dx, float *dh0, float *dc0, float *dparams,
                                const float *reserve, const float *dy, const float *dhn,
                                const float *dcn, const float *x, const float *masks,
@@ -134,6 +139,21 @@ def _set_recurrent_kernel(str kernel):
 def _get_recurrent_kernel():
     """The setting of _set_recurrent_kernel."""
     return RECURRENT_KERNELS[lstmc_get_recurrent_kernel()]
+
+
+def packs(dtype):
+    """True if a forward of `dtype` runs on a packed copy of the weights (Seq.pack) when
+    given one, under the current recurrent-kernel setting; else packing is wasted work."""
+    return bool(lstmc_seq_packs(np.dtype(dtype) == np.float64))
+
+
+def empty_aligned(size_t count, dtype):
+    """An uninitialised 1-D array of `count` elements that starts on a 64-byte boundary
+    (what Seq.pack and Seq.forward require of a packed copy)."""
+    dt = np.dtype(dtype)
+    raw = np.empty(count * dt.itemsize + 64, dtype=np.uint8)
+    cdef size_t skip = (-raw.__array_interface__["data"][0]) % 64
+    return raw[skip:skip + count * dt.itemsize].view(dt)
 
 
 cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
@@ -250,6 +270,31 @@ cdef class Seq:
     def scratch_size(self, bint train):
         return lstmc_seq_scratch_size(&self.s, train)
 
+    @property
+    def packed_size(self):
+        """Elements of a packed copy of the weights (see pack)."""
+        return lstmc_seq_packed_size(&self.s)
+
+    def pack(self, packed, params):
+        """Fills `packed` (packed_size elements, 64-byte aligned: empty_aligned) with the
+        kernels' packed copy of `params`, for forward(..., packed=). The copy depends on the
+        cell and sizes, not on T, B or lengths; it is stale once params change."""
+        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+            raise TypeError("params must be a float32 or float64 numpy.ndarray")
+        dt = params.dtype
+        cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
+        cdef void *pk = _addr(packed, "packed", dt, self.packed_size, True, False)
+        if (<size_t>pk) % 64:
+            raise ValueError("packed must start on a 64-byte boundary (use empty_aligned)")
+        cdef int status
+        if dt == np.float32:
+            with nogil:
+                status = lstmc_seq_pack_f32(<float *>pk, <const float *>pp, &self.s)
+        else:
+            with nogil:
+                status = lstmc_seq_pack_f64(<double *>pk, <const double *>pp, &self.s)
+        _raise_status(status)
+
     def param_offset(self, int layer, int direction, int which):
         """Offset of one tensor in the flat parameter buffer, or None if it does not exist."""
         cdef size_t off = lstmc_seq_param_offset(&self.s, layer, direction, which)
@@ -265,12 +310,13 @@ cdef class Seq:
         cdef size_t LD = self.s.layers * self.s.dirs, Y = self.s.dirs * Hout
         return N, N * Y, LD * B * Hout, LD * B * H, N * self.s.input, (self.s.layers - 1) * N * Y
 
-    def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch):
+    def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch, packed=None):
         """Whole-sequence forward (all arrays 1-D views, dtype of `params`).
 
         y (N*D*Hout,), hn (L*D*B*Hout,), cn (L*D*B*H,), reserve (reserve_size,) or None for
         inference, x (N*I,), h0/c0 like hn/cn or None, masks ((L-1)*N*D*Hout,) or None,
-        params (param_count,), scratch (>= scratch_size(reserve is not None),).
+        params (param_count,), scratch (>= scratch_size(reserve is not None),), packed: a
+        current pack of params (packed_size,) from a Seq of the same cell and sizes, or None.
         """
         if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
@@ -287,6 +333,9 @@ cdef class Seq:
         cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
         cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
         cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(train), True, False, True)
+        cdef void *pk = _addr(packed, "packed", dt, self.packed_size, False, True)
+        if (<size_t>pk) % 64:
+            raise ValueError("packed must start on a 64-byte boundary (use empty_aligned)")
         if train and pres == NULL:   # a zero-length reserve still means "training"
             pres = <void *>_empty
         cdef int status
@@ -296,14 +345,14 @@ cdef class Seq:
                                                <float *>pres, <const float *>px,
                                                <const float *>ph0, <const float *>pc0,
                                                <const float *>pm, <const float *>pp,
-                                               <float *>pw, &self.s)
+                                               <const float *>pk, <float *>pw, &self.s)
         else:
             with nogil:
                 status = lstmc_seq_forward_f64(<double *>py, <double *>phn, <double *>pcn,
                                                <double *>pres, <const double *>px,
                                                <const double *>ph0, <const double *>pc0,
                                                <const double *>pm, <const double *>pp,
-                                               <double *>pw, &self.s)
+                                               <const double *>pk, <double *>pw, &self.s)
         _raise_status(status)
 
     def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):

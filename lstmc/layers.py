@@ -552,6 +552,7 @@ class _RNN(Layer):
 
     def _set_direction(self, d, weights):
         w_ih, w_hh, b = self._params(d)
+        w_ih.release()   # one call releases the module's whole buffer
         w_ih.data[...] = self._blocks(weights[0].T)
         w_hh.data[...] = self._blocks(weights[1].T)
         if b is not None:

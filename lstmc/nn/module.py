@@ -3,6 +3,12 @@
 A Parameter is a pair of numpy arrays of one shape: `data` (the value) and `grad` (its
 gradient). Modules keep them as views into one flat buffer each, so writing `p.data[...]`
 changes the module, and an optimizer can update all of a module's parameters in one pass.
+
+A module may keep a copy derived from its parameters: the recurrent modules in eval mode keep
+their weights packed for the kernels (lstmc.nn.rnn). While such a copy exists, `data` is
+read-only, so that a write cannot leave the copy silently stale; code that writes parameters
+calls `p.release()` first (the optimizers, `load_state_dict`, `train()` do), which drops the
+copy and makes `data` writable again.
 """
 from collections import OrderedDict
 
@@ -12,11 +18,19 @@ import numpy as np
 class Parameter:
     """A named tensor of a module: `data` and `grad`, numpy arrays of the same shape."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "_release")
 
     def __init__(self, data, grad=None):
         self.data = data
         self.grad = np.zeros_like(data) if grad is None else grad
+        self._release = None   # set by a module while it keeps a copy derived from data
+
+    def release(self):
+        """Makes `data` writable: a module that keeps a copy derived from it (a recurrent
+        module's packed eval-mode weights) drops the copy. Call before writing `data` while
+        the module is in eval mode; the optimizers and load_state_dict do."""
+        if self._release is not None:
+            self._release()
 
     @property
     def shape(self):
@@ -143,6 +157,7 @@ class Module:
                                  f"{value.shape}")
             values[name] = value
         for name, value in values.items():   # all checked before anything is written
+            params[name].release()
             params[name].data[...] = value
         return missing, unexpected
 

@@ -1,0 +1,239 @@
+"""The packed eval-mode weights (csrc/lstmc.h lstmc_seq_pack_*, lstmc.nn.rnn _RNNBase._packed).
+
+In eval mode a float32 recurrent module packs W_ih and W_hh once, into the order the packed
+kernels stream, and every eval forward, streaming step and eval cell call reads that copy.
+What must hold:
+
+* results equal the float64 reference (SPEC section 7 tolerances) for every cell, with and
+  without the packed input projection (at most LSTMC_PACKED_PROJ_MAX_ROWS positions) and the
+  packed recurrent product (batch <= 8), ragged lengths, two layers, both directions;
+* the copy does not depend on the thread count that packed it;
+* it can never be stale: while it exists the parameters are read-only, and every writer the
+  package has (train(), load_state_dict, the optimizers, Keras set_weights) drops it first,
+  after which the next call sees the new weights;
+* the C boundary refuses a packed buffer of the wrong size, dtype or alignment.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lstmc
+from conftest import assert_close
+from lstmc import _core
+from lstmc import reference as ref
+
+PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA
+needs_packing = pytest.mark.skipif(not PACKS, reason="no packed kernel on this CPU")
+
+# kind -> (module class, constructor kwargs, reference forward, its kwargs)
+KINDS = {
+    "lstm": ("LSTM", {}, ref.lstm_forward, {}),
+    "lstm_proj": ("LSTM", {"proj_size": 2}, ref.lstm_forward, {"proj_size": 2}),
+    "gru": ("GRU", {"reset_after": True}, ref.gru_forward, {"reset_after": True}),
+    "gru_rb": ("GRU", {"reset_after": False}, ref.gru_forward, {"reset_after": False}),
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}, ref.rnn_forward, {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}, ref.rnn_forward, {"nonlinearity": "relu"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_kernel_and_threads():
+    threads = lstmc.get_num_threads()
+    yield
+    _core._set_recurrent_kernel("auto")
+    lstmc.set_num_threads(threads)
+
+
+def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32):
+    cls, kwargs, _, _ = KINDS[kind]
+    if kind == "lstm_proj" and H <= 2:
+        kwargs = {}
+    lstmc.manual_seed(seed)
+    return getattr(lstmc.nn, cls)(I, H, num_layers=layers, bidirectional=bidirectional,
+                                  dtype=dtype, **kwargs)
+
+
+def reference_out(kind, m, x, lengths=None):
+    _, _, forward, kwargs = KINDS[kind]
+    if kind == "lstm_proj":
+        kwargs = {"proj_size": m.proj_size}
+    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
+    return forward(x.astype(np.float64), params, num_layers=m.num_layers,
+                   bidirectional=m.bidirectional, lengths=lengths, **kwargs)[0]
+
+
+def check_reference(kind, m, x, lengths=None):
+    out = m(x, lengths=lengths)[0]
+    expected = reference_out(kind, m, x, lengths)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert_close(f"{kind} eval output", out, expected, 1e-4, 1e-5 * scale)
+
+
+@needs_packing
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(sorted(KINDS)), I=st.integers(1, 21), H=st.integers(1, 37),
+       T=st.integers(1, 30), B=st.integers(1, 12), layers=st.integers(1, 2),
+       bidirectional=st.booleans(), ragged=st.booleans(), seed=st.integers(0, 2**16))
+def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, layers,
+                                                          bidirectional, ragged, seed):
+    """T x B spans both sides of the packed projection's limit (192 positions) and batches
+    both sides of the packed recurrent product's (8 rows)."""
+    m = make(kind, I, H, layers, bidirectional, seed).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B) if ragged else None
+    check_reference(kind, m, x, lengths)
+    assert m._pack is not None
+
+
+@needs_packing
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("T,B", [(1, 1), (40, 1), (24, 8), (25, 8), (7, 9), (30, 12)])
+def test_projection_limit_and_batch_limit(kind, T, B):
+    """Around LSTMC_PACKED_PROJ_MAX_ROWS = 192 (24 x 8 packed, 25 x 8 BLAS), H = 40 (five
+    blocks of 8 units; two threads own 16 + 24 of them)."""
+    lstmc.set_num_threads(2)
+    m = make(kind, 9, 40, seed=T * 100 + B).eval()
+    x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)
+    check_reference(kind, m, x)
+
+
+@needs_packing
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_pack_does_not_depend_on_the_thread_count(kind):
+    m = make(kind, 23, 70, layers=2, bidirectional=True)
+    layout = m._layout()
+    packs = []
+    for threads in (1, 2):
+        lstmc.set_num_threads(threads)
+        buf = _core.empty_aligned(layout.packed_size, np.float32)
+        buf[...] = np.nan
+        layout.pack(buf, m._flat)
+        packs.append(buf)
+    assert not np.isnan(packs[0]).any()
+    np.testing.assert_array_equal(packs[0], packs[1])
+
+
+@needs_packing
+def test_parameters_read_only_while_packed_and_train_releases():
+    m = make("lstm", 6, 10).eval()
+    x = np.random.default_rng(1).standard_normal((5, 2, 6)).astype(np.float32)
+    m(x)
+    for name, p in m.named_parameters():
+        with pytest.raises(ValueError, match="read-only"):
+            p.data[...] = 0
+    m.train()
+    m.weight_hh_l0.data[...] = 0.25   # writable again
+    m.eval()
+    check_reference("lstm", m, x)     # the new weights, repacked
+
+
+def _grad_step(m, opt):
+    rng = np.random.default_rng(7)
+    for p in m.parameters():
+        p.grad[...] = rng.standard_normal(p.shape)
+    opt.step()
+
+
+@needs_packing
+@pytest.mark.parametrize("make_opt", [lambda ps: lstmc.optim.SGD(ps, lr=0.5),
+                                      lambda ps: lstmc.optim.Adam(ps, lr=0.1)],
+                         ids=["sgd", "adam"])
+def test_optimizer_step_in_eval_mode_is_seen_by_the_next_call(make_opt):
+    """Training in eval mode (no dropout) is legitimate: the step must not be refused, and
+    the next forward, step and cell call must run on the updated weights."""
+    m = make("gru", 6, 10).eval()
+    x = np.random.default_rng(2).standard_normal((5, 3, 6)).astype(np.float32)
+    before = m(x)[0]
+    _grad_step(m, make_opt(list(m.parameters())))
+    assert m._pack is None                       # dropped by the step
+    after = m(x)[0]
+    assert np.abs(after - before).max() > 1e-3   # the update is visible
+    check_reference("gru", m, x)
+
+
+@needs_packing
+def test_load_state_dict_in_eval_mode_is_seen_by_stream_and_cell():
+    src = make("lstm", 4, 9, seed=5)
+    m = make("lstm", 4, 9, seed=6).eval()
+    cell = lstmc.nn.LSTMCell(4, 9).eval()
+    x = np.random.default_rng(3).standard_normal((1, 1, 4)).astype(np.float32)
+    state = m.initial_state(1)
+    m.step(x[0, 0], state)                       # packs the old weights
+    cell(x[0, 0])
+    assert m._pack is not None and cell._seq._pack is not None
+    m.load_state_dict(src.state_dict())
+    cell.load_state_dict({k[:-3]: v for k, v in src.state_dict().items()})
+    expected = reference_out("lstm", src, x)[0, 0]
+    y, _ = m.step(x[0, 0], m.initial_state(1))
+    h, _ = cell(x[0, 0])
+    assert_close("step after load_state_dict", y, expected, 1e-4, 1e-5)
+    assert_close("cell after load_state_dict", h, expected, 1e-4, 1e-5)
+
+
+@needs_packing
+def test_keras_set_weights_after_predict():
+    from lstmc import layers, models
+    model = models.Sequential([layers.LSTM(5, input_shape=(4, 3))])
+    x = np.random.default_rng(4).standard_normal((2, 4, 3)).astype(np.float32)
+    first = model.predict(x, verbose=0)
+    weights = [w * 0.5 for w in model.get_weights()]
+    model.set_weights(weights)
+    second = model.predict(x, verbose=0)
+    model2 = models.Sequential([layers.LSTM(5, input_shape=(4, 3))])
+    model2.set_weights(weights)
+    np.testing.assert_allclose(second, model2.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert np.abs(second - first).max() > 1e-4
+
+
+def test_float64_and_forced_blas_do_not_pack():
+    m = make("lstm", 3, 8, dtype=np.float64).eval()
+    m(np.ones((2, 1, 3)))
+    assert m._pack is None and m.weight_hh_l0.data.flags.writeable
+    _core._set_recurrent_kernel("blas")
+    m32 = make("lstm", 3, 8).eval()
+    x = np.ones((2, 1, 3), dtype=np.float32)
+    check_reference("lstm", m32, x)
+    assert m32._pack is None
+
+
+@needs_packing
+def test_a_pack_is_correct_under_every_kernel_setting():
+    """A copy packed under "auto" stays valid when the setting changes (the forward then
+    ignores it or reads it with the portable kernel)."""
+    m = make("gru_rb", 7, 19).eval()
+    x = np.random.default_rng(5).standard_normal((9, 3, 7)).astype(np.float32)
+    m(x)
+    assert m._pack is not None
+    for kernel in _core.RECURRENT_KERNELS:
+        _core._set_recurrent_kernel(kernel)
+        check_reference("gru_rb", m, x)
+
+
+def test_boundary_refuses_bad_packed_buffers():
+    m = make("lstm", 3, 8)
+    layout = m._layout()
+    n = layout.packed_size
+    assert n == 4 * 8 * (3 + 8)                  # W_ih and W_hh, one block of 8 units
+    good = _core.empty_aligned(n, np.float32)
+    layout.pack(good, m._flat)
+    raw = _core.empty_aligned(n + 1, np.float32)
+    with pytest.raises(ValueError, match="64-byte"):
+        layout.pack(raw[1:], m._flat)
+    with pytest.raises(ValueError, match=f"packed must have {n} elements"):
+        layout.pack(good[:-1], m._flat)
+    with pytest.raises(TypeError, match="packed must have dtype float32"):
+        layout.pack(_core.empty_aligned(n, np.float64), m._flat)
+    seq = _core.Seq(_core.CELL_LSTM, 1, 1, 3, 8, 0, 1, 1, True, [1])
+    y, h, c = (np.zeros(8, np.float32) for _ in range(3))
+    scratch = np.zeros(seq.scratch_size(False), np.float32)
+    with pytest.raises(ValueError, match="64-byte"):
+        seq.forward(y, h, c, None, np.ones(3, np.float32), None, None, None, m._flat,
+                    scratch, raw[1:])
+    seq.forward(y, h, c, None, np.ones(3, np.float32), None, None, None, m._flat, scratch,
+                good)
+    expected = reference_out("lstm", m, np.ones((1, 1, 3), np.float32))
+    assert_close("raw packed forward", y, expected.reshape(-1), 1e-4, 1e-5)
+    assert all(a.ctypes.data % 64 == 0 for a in (_core.empty_aligned(k, np.float32)
+                                                  for k in (1, 5, 17, 1000)))
