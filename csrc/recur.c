@@ -73,16 +73,20 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 
 #if LSTMC_HAVE_AVX2_KERNEL
 /* One register tile: R rows x NC packed columns (8 units of one gate each, at col[c], k-stride
- * ks) over all of K, to out (R, NC, 8). R and NC are constants of each instance, so the
- * accumulators live in registers, given full unrolling (a generic version with the tile shape
- * as arguments, even inlined with literals, kept them on the stack: LSTM H512 B4 1 thread
- * 54 ms vs BLAS 41; without the unroll pragmas GCC 12 stored the 4 x 2 tile every k).
- * Sizes: 8-12 accumulators (an FMA has 4-5 cycles of latency, two issue per cycle), plus R
- * broadcasts and an operand, within the 16 ymm registers. */
+ * ks) over all of K, stored straight to C: column c goes to C + dst[c] (row stride ldc), its
+ * first cnt[c] units (8 for a whole block, fewer in the last one, 0 for a column that only
+ * pads the tile). R and NC are constants of each instance, so the accumulators live in
+ * registers, given full unrolling (a generic version with the tile shape as arguments, even
+ * inlined with literals, kept them on the stack: LSTM H512 B4 1 thread 54 ms vs BLAS 41;
+ * without the unroll pragmas GCC 12 stored the 4 x 2 tile every k). Every tile has 12
+ * accumulators (an FMA has 4-5 cycles of latency, two issue per cycle) plus R broadcasts
+ * and an operand, within the 16 ymm registers. */
 #define UNROLL _Pragma("GCC unroll 16")
+static const int32_t lane_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 #define DEFINE_TILE(R, NC)                                                                     \
-    __attribute__((target("avx2,fma"))) static void tile_##R##_##NC(                                  \
-        int K, const float *A, int lda, const float *const *col, size_t ks, float *out)        \
+    __attribute__((target("avx2,fma"))) static void tile_##R##_##NC(                          \
+        int K, const float *A, int lda, const float *const *col, size_t ks, float *C, int ldc, \
+        const int *dst, const int *cnt)                                                        \
     {                                                                                          \
         __m256 acc[R][NC];                                                                     \
         const float *p[NC];                                                                    \
@@ -101,79 +105,78 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
                 UNROLL for (int c = 0; c < NC; c++)                                            \
                     acc[r][c] = _mm256_fmadd_ps(a[r], x[c], acc[r][c]);                        \
         }                                                                                      \
-        UNROLL for (int r = 0; r < R; r++)                                                     \
-            UNROLL for (int c = 0; c < NC; c++)                                                \
-                _mm256_storeu_ps(out + (r * NC + c) * 8, acc[r][c]);                           \
+        UNROLL for (int c = 0; c < NC; c++) {                                                  \
+            if (cnt[c] == 8) {                                                                 \
+                UNROLL for (int r = 0; r < R; r++)                                             \
+                    _mm256_storeu_ps(C + (size_t)r * ldc + dst[c], acc[r][c]);                 \
+            } else if (cnt[c] > 0) {                                                           \
+                const __m256i m = _mm256_loadu_si256((const __m256i *)(lane_mask + 8 - cnt[c])); \
+                UNROLL for (int r = 0; r < R; r++)                                             \
+                    _mm256_maskstore_ps(C + (size_t)r * ldc + dst[c], m, acc[r][c]);           \
+            }                                                                                  \
+        }                                                                                      \
     }
 DEFINE_TILE(1, 8)
-DEFINE_TILE(1, 6)
-DEFINE_TILE(2, 4)
-DEFINE_TILE(2, 3)
+DEFINE_TILE(1, 12)
+DEFINE_TILE(2, 6)
 DEFINE_TILE(3, 4)
-DEFINE_TILE(3, 3)
 #undef DEFINE_TILE
 #undef UNROLL
-#define TILE_MAX_COLS 8
+#define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
 
-/* A tile of R rows (1 alone, else 2 or 3) x NC columns at column q0, stored to C. Columns
- * are the thread's packed columns in order (block by block, gates v within a block); a tile
- * running out of columns repeats its last one (computed, not stored). */
-static void tile_store(int R, int NC, int q0, int ncols, int K, const float *A, int lda,
-                       const float *set, int Wg, int g0, int H, int u0, int u1, float *C,
-                       int ldc)
+/* C[R rows, columns q0 .. q0+NC-1 of the thread's packed columns] (R x NC one of the tiles
+ * above). Columns are the thread's packed columns in order (block by block, gates v within
+ * a block); a tile running out of columns repeats its last one (computed, not stored). */
+static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, int lda,
+                     const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc)
 {
     const int U = LSTMC_PACK_UNITS;
     const size_t ks = (size_t)Wg * U;
-    float out[3 * TILE_MAX_COLS * LSTMC_PACK_UNITS];
-    const float *col[TILE_MAX_COLS];
+    const float *col[GROUP_COLS];
+    int dst[GROUP_COLS], cnt[GROUP_COLS];
     for (int c = 0; c < NC; c++) {
         const int q = q0 + c < ncols ? q0 + c : ncols - 1;
-        col[c] = set + (size_t)(u0 + q / Wg * U) * K * Wg + (size_t)(q % Wg) * U;
+        const int u = u0 + q / Wg * U, g = g0 + q % Wg;
+        col[c] = set + (size_t)u * K * Wg + (size_t)(q % Wg) * U;
+        dst[c] = g * H + u;
+        cnt[c] = q0 + c < ncols ? (u1 - u < U ? u1 - u : U) : 0;
     }
-    switch (R * 10 + NC) {
-    case 18: tile_1_8(K, A, lda, col, ks, out); break;
-    case 16: tile_1_6(K, A, lda, col, ks, out); break;
-    case 24: tile_2_4(K, A, lda, col, ks, out); break;
-    case 23: tile_2_3(K, A, lda, col, ks, out); break;
-    case 34: tile_3_4(K, A, lda, col, ks, out); break;
-    default: tile_3_3(K, A, lda, col, ks, out); break;
-    }
-    for (int c = 0; c < NC && q0 + c < ncols; c++) {
-        const int q = q0 + c, u = u0 + q / Wg * U, g = g0 + q % Wg;
-        const size_t cnt = (size_t)(u1 - u < U ? u1 - u : U);
-        for (int r = 0; r < R; r++)
-            memcpy(C + (size_t)r * ldc + (size_t)g * H + u, out + (r * NC + c) * U,
-                   cnt * sizeof(float));
+    switch (R * 100 + NC) {
+    case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt); break;
+    case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt); break;
+    case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt); break;
+    default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt); break;
     }
 }
 
-/* Each tile streams whole panels (an LSTM block's k-row is 4 vectors, two cache lines): at
- * B4 tiles of 4 rows x half a panel took 3.5 ms a step at H1024 (W_hh from DRAM), against
- * 2.3 ms for 2 + 2 rows through whole panels and 2.1 ms for 3 + 1 (the same at H512: 150-195
- * us all three). Columns therefore go a panel at a time (LSTM 4, GRU 3; the 1- and 2-gate
- * sets take 4 columns of 4 or 2 panels), the rows through them in chunks of 3 (ending 2 or
- * 2 + 2), later chunks finding the panel in L2; one row alone takes two panels for 8
- * independent accumulators. Per step, one
- * thread, minimum of 100 (CPU time; packed / sgemv per row): H256 B1 21.9 / 23.6 us, B2
- * 23.7 / 45.3, B3 23.0 / 51.8, B4 37.3 / 70.7, B8 60.7 / 135.8; H512 B1 85.9 / 93.4, B2
- * 106 / 180, B3 155 / 265, B4 170-324 / 324-371, B8 608 / 775. */
+/* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
+ * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
+ * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
+ * accumulators); 2 rows, 4 rows and the remainders take 2 x 6 and 1 x 12 tiles. 4 x 3 tiles
+ * (one pass over W for 4 rows) were slower where W comes from DRAM (H1024 B4 1.70 vs 1.21
+ * ms), as were 1 x 12 tiles for a row alone (0.40 vs 0.31 ms). Tiles store straight to C
+ * (masked in a partial block) instead of through a buffer and a memcpy per column (those
+ * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
+ * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
+ * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
+ * 710 / 674; H1024 K1024 2 rows 833 / 586, 4 rows 1032 / 869. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int H, int u0, int u1, float *C, int ldc)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int ncols = (u1 - u0 + U - 1) / U * Wg;
     if (n == 1) {
-        const int NC = Wg == 3 ? 6 : 8;
-        for (int q0 = 0; q0 < ncols; q0 += NC)
-            tile_store(1, NC, q0, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc);
+        for (int q = 0; q < ncols; q += 8)
+            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc);
         return;
     }
-    const int NC = Wg == 3 ? 3 : 4;
-    for (int q0 = 0; q0 < ncols; q0 += NC)
+    for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
-            const int R = n - r0 == 2 || n - r0 == 4 ? 2 : 3;  /* chunks of 3, ending 2 or 2+2 */
-            tile_store(R, NC, q0, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,
-                       C + (size_t)r0 * ldc, ldc);
+            const int left = n - r0, R = left == 2 || left == 4 ? 2 : left < 3 ? left : 3;
+            const int NC = GROUP_COLS / R;
+            for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
+                tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,
+                         C + (size_t)r0 * ldc, ldc);
             r0 += R;
         }
 }
