@@ -115,6 +115,11 @@ LSTMC_CELL_KERNELS(f64)
  * packed product still beats 8 gemv (H512: 608 vs 775 us a step); against sgemm at 9-16 rows
  * it is not measured. */
 #define LSTMC_PACK_MAX_ROWS 8
+/* With the caller's packed copy (no pack to amortise) the packed kernel runs the recurrent
+ * product up to this many rows: it streams each 64 KB panel from L2 for every 3 rows, where
+ * sgemm repacks the thread's whole W_hh slice every step (I = H = 512, one thread, GFLOP/s
+ * packed / sgemm: 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64). */
+#define LSTMC_PREPACKED_MAX_ROWS 128
 /* The automatic choice packs only calls of at least this many steps (one batch row: the
  * _ONE_ROW figure). A pack costs at best 2-3 steps of the packed product at B=1 (H512:
  * 0.19-0.27 ms vs 86 us a step; inside a forward, with W_hh coming from DRAM, 1-1.6 ms), which

@@ -57,7 +57,8 @@ size_t lstmc_pack_size(int H, int K, int G)
 
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 {
-    if (batch > LSTMC_PACK_MAX_ROWS || recur_kernel == LSTMC_RECUR_BLAS)
+    if (batch > (prepacked ? LSTMC_PREPACKED_MAX_ROWS : LSTMC_PACK_MAX_ROWS) ||
+        recur_kernel == LSTMC_RECUR_BLAS)
         return LSTMC_RECUR_BLAS;
     if (recur_kernel == LSTMC_RECUR_PACKED_C || (f64 && recur_kernel != LSTMC_RECUR_AUTO))
         return LSTMC_RECUR_PACKED_C;

@@ -147,6 +147,7 @@ class _RNNBase(Module):
         self._saved = None
         self._last_dropout_masks = []
         self._pack = None   # the packed eval-mode weights (see _packed)
+        self._plans = {}    # (T, B) -> _Plan of a dense batch (see _plan)
 
     @property
     def _cell(self):
@@ -187,6 +188,18 @@ class _RNNBase(Module):
             size = math.prod(shape)
             setattr(self, name, Parameter(self._flat[off:off + size].reshape(shape),
                                           self._flat_grad[off:off + size].reshape(shape)))
+
+    def _plan(self, T, B, lengths):
+        """The _Plan of a call. Dense batches reuse theirs (building one took 40 of the 90 us
+        a T=25 forward of an I = H = 8 LSTM spends outside the kernels)."""
+        if lengths is not None:
+            return _Plan(self, T, B, lengths)
+        plan = self._plans.get((T, B))
+        if plan is None:
+            if len(self._plans) >= 32:
+                self._plans.clear()
+            plan = self._plans[(T, B)] = _Plan(self, T, B, None)
+        return plan
 
     # ---- the packed eval-mode weights ----------------------------------------------------
     def _packed(self):
@@ -299,7 +312,7 @@ class _RNNBase(Module):
         lengths = self._lengths(lengths, T, B)
         h0 = self._state(h0, "h0", B, unbatched, self._hout)
         c0 = self._state(c0, "c0", B, unbatched, self.hidden_size) if self._has_c else None
-        plan = _Plan(self, T, B, lengths)
+        plan = self._plan(T, B, lengths)
         train = self.training
         D, Hout, H, L = self._D, self._hout, self.hidden_size, self.num_layers
         Y = D * Hout
