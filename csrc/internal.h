@@ -111,15 +111,15 @@ LSTMC_CELL_KERNELS(f64)
 /* The packed recurrent kernels (recur.c). Units per packed block: one AVX2 vector of floats;
  * thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block boundaries. */
 #define LSTMC_PACK_UNITS 8
-/* Calls with more batch rows keep BLAS (and need no packed copy in scratch). At 8 rows the
- * packed product still beats 8 gemv (H512: 608 vs 775 us a step); against sgemm at 9-16 rows
- * it is not measured. */
-#define LSTMC_PACK_MAX_ROWS 8
-/* With the caller's packed copy (no pack to amortise) the packed kernel runs the recurrent
- * product up to this many rows: it streams each 64 KB panel from L2 for every 3 rows, where
+/* The packed kernels run the per-step products (forward gh = h W_hh^T, backward dh_prev =
+ * dgates W_hh) up to this many batch rows; calls with more keep BLAS (and need no packed
+ * copies in scratch). The kernel streams each 64 KB panel from L2 for every 3 rows, where
  * sgemm repacks the thread's whole W_hh slice every step (I = H = 512, one thread, GFLOP/s
- * packed / sgemm: 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64). */
-#define LSTMC_PREPACKED_MAX_ROWS 128
+ * packed / sgemm: 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64). Training step, LSTM
+ * I = H = 512, T = 25, ms (BLAS above 8 rows / packed up to 128; the same bench, ratios to
+ * torch in brackets): B16 1 thread 128 (1.50) / 90.5 (1.08), 2 threads 75 (1.32) / 60.6
+ * (0.94); B64 1 thread 405 (1.19) / 399 (1.13). */
+#define LSTMC_PACK_MAX_ROWS 128
 /* The automatic choice packs only calls of at least this many steps (one batch row: the
  * _ONE_ROW figure). A pack costs at best 2-3 steps of the packed product at B=1 (H512:
  * 0.19-0.27 ms vs 86 us a step; inside a forward, with W_hh coming from DRAM, 1-1.6 ms), which
@@ -143,13 +143,19 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
  * 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64, 256 rows 69 / 67, 800 rows - / 81. */
 #define LSTMC_PACKED_PROJ_MAX_ROWS 192
 int lstmc_avx2_supported(void);
-/* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns */
+/* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed
+ * GEMMs compute C[j, g*H + u] (+)= sum_k A[j, k] W[g*H + u, k] (accumulate: add to C) for
+ * rows j < n, blocks [g0, g1), units [u0, u1). lstmc_pack_columns packs W^T instead, as one
+ * gate block: columns [u0, u1) of a (K, ldw) row-major W (for products with W itself,
+ * as the backward's dh_prev = dgates W_hh), panel[k][l] = W[k][b0 + l]. */
 #define lstmc_pack_set(pack, H, K, g0) ((pack) + lstmc_pack_size(H, K, 1) * (size_t)(g0))
 #define LSTMC_PACK_KERNELS(real, sfx)                                                            \
     void lstmc_pack_gates_##sfx(real *set, const real *W, int H, int K, int g0, int g1, int u0,  \
                                 int u1);                                                         \
     void lstmc_packed_gemm_c_##sfx(int n, const real *A, int lda, int K, const real *set,        \
-                                   int g0, int g1, int H, int u0, int u1, real *C, int ldc);
+                                   int g0, int g1, int H, int u0, int u1, real *C, int ldc,      \
+                                   int accumulate);                                              \
+    void lstmc_pack_columns_##sfx(real *set, const real *W, int ldw, int K, int u0, int u1);
 LSTMC_PACK_KERNELS(float, f32)
 LSTMC_PACK_KERNELS(double, f64)
 /* The AVX2/FMA kernel (the portable one where the compiler cannot build it); callers check
@@ -157,7 +163,7 @@ LSTMC_PACK_KERNELS(double, f64)
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                                int u1);
 void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int H, int u0, int u1, float *C, int ldc);
+                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate);
 
 /* Pins the BLAS to one thread while lstmc runs (its own threads share the work), and
  * restores the caller's setting when the last concurrent call leaves. */

@@ -85,10 +85,10 @@ int lstmc_openmp_enabled(void);       /* 1 if built with OpenMP */
 void lstmc_set_num_threads(int n);    /* threads of the elementwise passes (n >= 1) */
 int lstmc_get_num_threads(void);
 
-/* The kernel of the recurrent product W_hh h at small batch (at most 8 rows, or 128 with a
- * packed copy from lstmc_seq_pack_*; larger batches always use BLAS). AUTO runs the AVX2/FMA
- * kernel on float32 when the CPU has it: on the caller's packed copy, else on W_hh packed
- * per call when the call has at least 8 steps (64 at batch 1), else BLAS. The others force
+/* The kernel of the recurrent products (forward W_hh h, backward dgates W_hh) at batches of
+ * at most 128 rows (larger batches always use BLAS). AUTO runs the AVX2/FMA kernel on
+ * float32 when the CPU has it: on the caller's packed copy (lstmc_seq_pack_*), else on W_hh
+ * packed per call when the call has at least 8 steps (64 at batch 1), else BLAS. The others force
  * a choice (PACKED_AVX2 falls back to PACKED_C without AVX2; float64 packs with PACKED_C).
  * All give the same results up to rounding. For tests and benchmarks; the setting is
  * global. */

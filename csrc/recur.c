@@ -1,12 +1,14 @@
 /*
- * recur.c - the recurrent product of a step at small batch, on W_hh packed once per call.
+ * recur.c - the per-step products at batch <= 128 (and small input projections), on weights
+ * packed once per call or once per eval-mode module.
  *
  * Per step a thread computes gh[j, g*H + u] = sum_k h[j, k] W_hh[g*H + u, k] for the running
  * rows j, the gate blocks g of a set [g0, g1) and its own units [u0, u1). With BLAS that is a
- * gemv per row and gate block: at B rows the thread streams its slice of W_hh B times a step,
- * and sgemm at few rows repacks the slice on every call. Here the slice is packed once per
- * sequence call, by the thread that owns it, into the order the kernel reads, and every
- * element loaded serves all running rows (up to four at a time).
+ * gemv per row and gate block, or an sgemm that repacks the thread's slice on every call.
+ * Here the slice is packed once, by the thread that owns it, into the order the kernel reads,
+ * and every element loaded serves up to three rows at a time (the next rows find the panel in
+ * L2). The backward's dh_prev = dgates W_hh is the same product on W_hh^T packed as one gate
+ * block (lstmc_pack_columns).
  *
  * Packed layout of a gate set [g0, g1) (Wg = g1 - g0 blocks), K = width of the product:
  * per block of U = LSTMC_PACK_UNITS units b0 .. b0+U-1 (zeros past H), a panel
@@ -57,8 +59,7 @@ size_t lstmc_pack_size(int H, int K, int G)
 
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 {
-    if (batch > (prepacked ? LSTMC_PREPACKED_MAX_ROWS : LSTMC_PACK_MAX_ROWS) ||
-        recur_kernel == LSTMC_RECUR_BLAS)
+    if (batch > LSTMC_PACK_MAX_ROWS || recur_kernel == LSTMC_RECUR_BLAS)
         return LSTMC_RECUR_BLAS;
     if (recur_kernel == LSTMC_RECUR_PACKED_C || (f64 && recur_kernel != LSTMC_RECUR_AUTO))
         return LSTMC_RECUR_PACKED_C;
@@ -87,7 +88,7 @@ static const int32_t lane_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0
 #define DEFINE_TILE(R, NC)                                                                     \
     __attribute__((target("avx2,fma"))) static void tile_##R##_##NC(                          \
         int K, const float *A, int lda, const float *const *col, size_t ks, float *C, int ldc, \
-        const int *dst, const int *cnt)                                                        \
+        const int *dst, const int *cnt, int accumulate)                                        \
     {                                                                                          \
         __m256 acc[R][NC];                                                                     \
         const float *p[NC];                                                                    \
@@ -107,13 +108,18 @@ static const int32_t lane_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0
                     acc[r][c] = _mm256_fmadd_ps(a[r], x[c], acc[r][c]);                        \
         }                                                                                      \
         UNROLL for (int c = 0; c < NC; c++) {                                                  \
-            if (cnt[c] == 8) {                                                                 \
-                UNROLL for (int r = 0; r < R; r++)                                             \
-                    _mm256_storeu_ps(C + (size_t)r * ldc + dst[c], acc[r][c]);                 \
-            } else if (cnt[c] > 0) {                                                           \
-                const __m256i m = _mm256_loadu_si256((const __m256i *)(lane_mask + 8 - cnt[c])); \
-                UNROLL for (int r = 0; r < R; r++)                                             \
-                    _mm256_maskstore_ps(C + (size_t)r * ldc + dst[c], m, acc[r][c]);           \
+            const __m256i m = _mm256_loadu_si256((const __m256i *)(lane_mask + 8 - cnt[c]));   \
+            UNROLL for (int r = 0; r < R; r++) {                                               \
+                float *to = C + (size_t)r * ldc + dst[c];                                      \
+                if (cnt[c] == 8)                                                               \
+                    _mm256_storeu_ps(to, accumulate ? _mm256_add_ps(_mm256_loadu_ps(to),       \
+                                                                    acc[r][c])                 \
+                                                    : acc[r][c]);                              \
+                else if (cnt[c] > 0)                                                           \
+                    _mm256_maskstore_ps(to, m, accumulate ? _mm256_add_ps(                     \
+                                                                _mm256_maskload_ps(to, m),     \
+                                                                acc[r][c])                     \
+                                                          : acc[r][c]);                        \
             }                                                                                  \
         }                                                                                      \
     }
@@ -129,7 +135,8 @@ DEFINE_TILE(3, 4)
  * above). Columns are the thread's packed columns in order (block by block, gates v within
  * a block); a tile running out of columns repeats its last one (computed, not stored). */
 static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, int lda,
-                     const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc)
+                     const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc,
+                     int acc)
 {
     const int U = LSTMC_PACK_UNITS;
     const size_t ks = (size_t)Wg * U;
@@ -143,10 +150,10 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
         cnt[c] = q0 + c < ncols ? (u1 - u < U ? u1 - u : U) : 0;
     }
     switch (R * 100 + NC) {
-    case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt); break;
-    case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt); break;
-    case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt); break;
-    default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt); break;
+    case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     }
 }
 
@@ -162,13 +169,13 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
  * 710 / 674; H1024 K1024 2 rows 833 / 586, 4 rows 1032 / 869. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
-                             int g1, int H, int u0, int u1, float *C, int ldc)
+                             int g1, int H, int u0, int u1, float *C, int ldc, int acc)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int ncols = (u1 - u0 + U - 1) / U * Wg;
     if (n == 1) {
         for (int q = 0; q < ncols; q += 8)
-            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc);
+            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
         return;
     }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
@@ -177,7 +184,7 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,
-                         C + (size_t)r0 * ldc, ldc);
+                         C + (size_t)r0 * ldc, ldc, acc);
             r0 += R;
         }
 }
@@ -242,12 +249,12 @@ void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0,
 }
 
 void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int H, int u0, int u1, float *C, int ldc)
+                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate)
 {
 #if LSTMC_HAVE_AVX2_KERNEL
-    packed_gemm_avx2(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc);
+    packed_gemm_avx2(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate);
 #else
-    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc);
+    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate);
 #endif
 }
 

@@ -189,7 +189,7 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 
 typedef struct {
     size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, ybuf0, ybuf1, pack;    /* forward */
-    size_t ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1;     /* backward */
+    size_t bpack, ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1; /* backward */
     size_t total;
 } scratch_layout;
 
@@ -218,6 +218,10 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
     TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
+    /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
+    TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
+                    ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16
+                    : 0);
     TAKE(ones, train ? N : 0);
     TAKE(dgates, train ? N * GH : 0);
     TAKE(dgates_h, train && cell_of(s)->split ? N * GH : 0);

@@ -4,8 +4,8 @@ portable C kernel and the packed AVX2/FMA kernel, each forced with
 
 Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
 33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
-to 9 (the AVX2 kernel takes one row alone, then rows in chunks of two and three; batches
-above 8 keep BLAS), ragged lengths (rows drop out of the product step by step), both
+to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
+two or two + two), ragged lengths (rows drop out of the product step by step), both
 directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
 and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
@@ -135,24 +135,30 @@ def test_kernels_two_threads_partial_block(kind, kernel):
                  *tolerances(np.float32, expected))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru_rb"])
-def test_training_forward_and_backward_with_packed_kernel(kind):
-    """A training forward runs the packed kernel too; its saved gates feed the backward,
-    which must give BLAS's gradients."""
-    m, x, lengths = build(kind, 13, 4, np.float32, ragged=True, seed=7)
+@pytest.mark.parametrize("B", [1, 4, 9, 33])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_training_forward_and_backward_with_packed_kernel(kind, B):
+    """A training forward runs the packed kernel too, its saved gates feed the backward, and
+    the backward's dh_prev = dgates W_hh runs on W_hh^T packed per call (accumulating onto
+    the GRU's direct term): both packed kernels must give BLAS's gradients. H = 37: five
+    blocks of 8 units, the last partial; two threads own 16 + 21 h columns."""
+    lstmc.set_num_threads(2)
+    m, x, lengths = build(kind, 37, B, np.float32, ragged=True, seed=7)
     m.train()
-    dout = np.random.default_rng(1).standard_normal((6, 4, m.hidden_size)).astype(np.float32)
+    dout = np.random.default_rng(1).standard_normal((6, B, m.hidden_size)).astype(np.float32)
     if kind == "lstm_proj":
         dout = dout[..., :m.proj_size]
     grads = {}
-    for kernel in ["blas", "packed_avx2"]:
+    for kernel in KERNELS:
         m.zero_grad()
         run(m, x, lengths, kernel)
-        dx = m.backward(dout)[0]
-        grads[kernel] = [dx] + [p.grad.copy() for _, p in m.named_parameters()]
-    for a, b in zip(grads["packed_avx2"], grads["blas"]):
-        scale = max(1.0, float(np.abs(b).max()))
-        assert_close(kind, a, b, 1e-3, 1e-4 * scale)
+        dx, hx = m.backward(dout)
+        dh0 = hx[0] if isinstance(hx, tuple) else hx
+        grads[kernel] = [dx, dh0] + [p.grad.copy() for _, p in m.named_parameters()]
+    for kernel in ("packed_c", "packed_avx2"):
+        for a, b in zip(grads[kernel], grads["blas"]):
+            scale = max(1.0, float(np.abs(b).max()))
+            assert_close(f"{kind} {kernel}", a, b, 1e-3, 1e-4 * scale)
 
 
 def test_kernel_setting():
