@@ -137,8 +137,7 @@ size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all
  * the step-count threshold does not apply. */
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
 /* With a packed copy, input projections of at most this many positions (T x B) run on the
- * packed kernel, each thread its own units (no repack of W_ih inside sgemm; no barrier
- * between the projection and the time loop). One thread, I = H = 512, G = 4, GFLOP/s best
+ * packed kernel, each thread its own units (no repack of W_ih inside sgemm). One thread, I = H = 512, G = 4, GFLOP/s best
  * of 300 (packed kernel / OpenBLAS sgemm through numpy): 1 row 26 / 24, 3 rows 76 / 11,
  * 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64, 256 rows 69 / 67, 800 rows - / 81. */
 #define LSTMC_PACKED_PROJ_MAX_ROWS 192

@@ -80,7 +80,7 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
  * pads the tile). R and NC are constants of each instance, so the accumulators live in
  * registers, given full unrolling (a generic version with the tile shape as arguments, even
  * inlined with literals, kept them on the stack: LSTM H512 B4 1 thread 54 ms vs BLAS 41;
- * without the unroll pragmas GCC 12 stored the 4 x 2 tile every k). Every tile has 12
+ * without the unroll pragmas GCC 12 stored the 4 x 2 tile every k). Tiles have 8 or 12
  * accumulators (an FMA has 4-5 cycles of latency, two issue per cycle) plus R broadcasts
  * and an operand, within the 16 ymm registers. */
 #define UNROLL _Pragma("GCC unroll 16")

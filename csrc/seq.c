@@ -3,9 +3,11 @@
  * backward time loops over layers and directions (seq.inc, stamped once per dtype).
  *
  * Per layer and direction the work is:
- *   forward   gates = X W_ih^T                      one GEMM over all N positions
- *             per step: gh = h W_hh^T (running rows only), one fused elementwise pass,
- *             and for a projection h = r W_hr^T
+ *   forward   gates = X W_ih^T                      one GEMM over all N positions (or, with
+ *                                                   the caller's packed copy and N <= 192,
+ *                                                   the packed kernel of recur.c)
+ *             per step: gh = h W_hh^T (running rows only; recur.c's packed kernel at batch
+ *             <= 128), one fused elementwise pass, and for a projection h = r W_hr^T
  *   backward  per step: the elementwise gate backward and dh_prev = dgates W_hh
  *             after the loop, as single GEMMs: dW_ih += dgates^T X, dW_hh += dgates^T H_prev,
  *             db += 1^T dgates, dW_hr += dh^T r, dX = dgates W_ih
@@ -244,8 +246,8 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of
  * Per layer l and direction d, in the flat buffer's order: W_ih packed as one set of all G
  * gate blocks with K = I_l, then W_hh packed as the driver packs it per call (K = Hout; the
  * blocks that read h, then those that read step_aux). `which` is LSTMC_W_IH or LSTMC_W_HH;
- * past the last layer, the total. The buffer starts on a 64-byte boundary (a cache line), so
- * every panel does. */
+ * past the last layer, the total. The buffer starts on a 64-byte boundary (a cache line); the
+ * kernels' loads are unaligned, so panels need not. */
 static size_t packed_offset(const lstmc_seq *s, int layer, int dir, int which)
 {
     const int G = gates_of(s->cell);

@@ -552,16 +552,15 @@ class _RNN(Layer):
 
     def _set_direction(self, d, weights):
         w_ih, w_hh, b = self._params(d)
-        w_ih.release()   # one call releases the module's whole buffer
-        w_ih.data[...] = self._blocks(weights[0].T)
-        w_hh.data[...] = self._blocks(weights[1].T)
+        values = [(w_ih, self._blocks(weights[0].T)), (w_hh, self._blocks(weights[1].T))]
         if b is not None:
             if self._recurrent_bias:
-                b[0].data[...] = self._blocks(weights[2][0])
-                b[1].data[...] = self._blocks(weights[2][1])
+                values += [(b[0], self._blocks(weights[2][0])), (b[1], self._blocks(weights[2][1]))]
             else:
-                b[0].data[...] = self._blocks(weights[2])
-                b[1].data[...] = 0
+                values += [(b[0], self._blocks(weights[2])), (b[1], 0)]
+        for p, value in values:
+            p.release()   # the module's packed eval-mode copy, if any, goes first
+            p.data[...] = value
 
     def _weight_shapes(self):
         G, U = self._gates, self.units

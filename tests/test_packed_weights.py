@@ -5,8 +5,9 @@ kernels stream, and every eval forward, streaming step and eval cell call reads 
 What must hold:
 
 * results equal the float64 reference (SPEC section 7 tolerances) for every cell, with and
-  without the packed input projection (at most LSTMC_PACKED_PROJ_MAX_ROWS positions) and the
-  packed recurrent product (batch <= 8), ragged lengths, two layers, both directions;
+  without the packed input projection (at most LSTMC_PACKED_PROJ_MAX_ROWS = 192 positions)
+  and the packed recurrent product (batch <= LSTMC_PACK_MAX_ROWS = 128), ragged lengths, two
+  layers, both directions;
 * the copy does not depend on the thread count that packed it;
 * it can never be stale: while it exists the parameters are read-only, and every writer the
   package has (train(), load_state_dict, the optimizers, Keras set_weights) drops it first,
@@ -77,8 +78,8 @@ def check_reference(kind, m, x, lengths=None):
        bidirectional=st.booleans(), ragged=st.booleans(), seed=st.integers(0, 2**16))
 def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, layers,
                                                           bidirectional, ragged, seed):
-    """T x B spans both sides of the packed projection's limit (192 positions) and batches
-    both sides of the packed recurrent product's (8 rows)."""
+    """T x B spans both sides of the packed projection's limit (192 positions); batches of
+    1 to 12 cover every row chunking of the tiles (1, 2, 2 + 2, threes and remainders)."""
     m = make(kind, I, H, layers, bidirectional, seed).eval()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -89,10 +90,12 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
 
 @needs_packing
 @pytest.mark.parametrize("kind", sorted(KINDS))
-@pytest.mark.parametrize("T,B", [(1, 1), (40, 1), (24, 8), (25, 8), (7, 9), (30, 12)])
+@pytest.mark.parametrize("T,B", [(1, 1), (40, 1), (24, 8), (25, 8), (7, 9), (30, 12),
+                                 (1, 64), (2, 96), (1, 128), (1, 129), (1, 150), (3, 129)])
 def test_projection_limit_and_batch_limit(kind, T, B):
-    """Around LSTMC_PACKED_PROJ_MAX_ROWS = 192 (24 x 8 packed, 25 x 8 BLAS), H = 40 (five
-    blocks of 8 units; two threads own 16 + 24 of them)."""
+    """Around LSTMC_PACKED_PROJ_MAX_ROWS = 192 (24 x 8 packed, 25 x 8 BLAS; 150 x 1 packed
+    with BLAS's recurrent product) and LSTMC_PACK_MAX_ROWS = 128 (128 rows packed, 129
+    BLAS), H = 40 (five blocks of 8 units; two threads own 16 + 24 of them)."""
     lstmc.set_num_threads(2)
     m = make(kind, 9, 40, seed=T * 100 + B).eval()
     x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)
@@ -185,6 +188,16 @@ def test_keras_set_weights_after_predict():
     model2.set_weights(weights)
     np.testing.assert_allclose(second, model2.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
     assert np.abs(second - first).max() > 1e-4
+
+
+def test_cell_kind_is_fixed_at_construction():
+    """Plans and packed copies follow the cell kind, so it cannot change under them."""
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        lstmc.nn.GRU(3, 4).reset_after = False
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        lstmc.nn.RNN(3, 4).nonlinearity = "relu"
+    assert lstmc.nn.RNN(3, 4, nonlinearity="relu").nonlinearity == "relu"
+    assert lstmc.nn.GRU(3, 4, reset_after=False).reset_after is False
 
 
 def test_float64_and_forced_blas_do_not_pack():

@@ -205,25 +205,37 @@ class _RNNBase(Module):
     def _packed(self):
         """The kernels' packed copy of the weights (csrc/lstmc.h, lstmc_seq_pack_*) for
         eval-mode calls, built on the first one and kept, as ONNX Runtime packs its weights
-        once per session. While it exists the parameters are read-only, so that no write can
-        leave it stale: Parameter.release() (called by train(), load_state_dict and the
-        optimizers) drops it. None where the kernels would not read it (float64, a CPU
-        without AVX2/FMA, or the recurrent kernel forced to "blas").
+        once per session. While it exists the parameters (each Parameter's `data` and the
+        module's flat buffer) are read-only, so that a write cannot leave it stale:
+        Parameter.release() (called by train(), load_state_dict and the optimizers) drops
+        it. Numpy cannot make read-only an array derived earlier from `data` (a slice or
+        reshape you kept): call p.release() before writing through one. None where the
+        kernels would not read it (float64 and a CPU without AVX2/FMA under the automatic
+        kernel choice, or the kernel forced to "blas").
 
-        What it saves, I = H = 512, T = 25, one thread (median of 300, same process):
-        B = 1 5.5 -> 3.7 ms, B = 4 11.2 -> 7.9 ms (W_ih no longer repacked inside sgemm, nor
-        W_hh per call); one streaming step 185 -> 120 us."""
+        For step(), which takes no lock; forward and the cells hold self._lock across the
+        lookup and the call (_packed_locked), so a forward that starts after a release
+        and a write sees the new weights.
+
+        What it saved when introduced, I = H = 512, T = 25, one thread, median (before /
+        after): B = 1 forward 5.65 / 3.85 ms (W_ih is no longer repacked inside sgemm on
+        every call); one streaming step 185 / 146 us; in `python -m lstmc bench`, the ratio
+        to ONNX Runtime of inf_h512_b1_t25 went 1.54 -> 0.99 (1 thread), 1.78 -> 1.01 (2)."""
         pack = self._pack
-        if pack is None and _core.packs(self.dtype):
-            with self._lock:
-                if self._pack is None:
-                    layout = self._layout()
-                    buf = _core.empty_aligned(layout.packed_size, self.dtype)
-                    layout.pack(buf, self._flat)
-                    self._read_only(True)
-                    self._pack = buf
-                pack = self._pack
-        return pack
+        if pack is not None or not _core.packs(self.dtype):
+            return pack
+        with self._lock:
+            return self._packed_locked()
+
+    def _packed_locked(self):
+        """_packed, with self._lock held by the caller."""
+        if self._pack is None and _core.packs(self.dtype):
+            layout = self._layout()
+            buf = _core.empty_aligned(layout.packed_size, self.dtype)
+            layout.pack(buf, self._flat)
+            self._read_only(True)
+            self._pack = buf
+        return self._pack
 
     def _release_pack(self):
         with self._lock:
@@ -332,8 +344,8 @@ class _RNNBase(Module):
         hn = np.empty((L * D, B, Hout), dtype=self.dtype)
         cn = np.empty((L * D, B, H), dtype=self.dtype) if self._has_c else None
         seq = plan.seq
-        packed = None if train else self._packed()
         with self._lock:
+            packed = None if train else self._packed_locked()
             ws = self._workspace
             reserve = ws.get("reserve", seq.reserve_size) if train else None
             seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
@@ -644,12 +656,21 @@ class GRU(_HiddenStateRNN):
                  dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype)
-        self.reset_after = bool(reset_after)
+        object.__setattr__(self, "_reset_after", bool(reset_after))
         self._init_parameters()
 
     @property
+    def reset_after(self):
+        """Fixed at construction (the weights' layout, plans and packed copies follow it)."""
+        return self._reset_after
+
+    @reset_after.setter
+    def reset_after(self, value):
+        raise AttributeError("reset_after is fixed at construction: build a new GRU")
+
+    @property
     def _cell(self):
-        return _core.CELL_GRU if self.reset_after else _core.CELL_GRU_RESET_BEFORE
+        return _core.CELL_GRU if self._reset_after else _core.CELL_GRU_RESET_BEFORE
 
     def _repr_defaults(self):
         return super()._repr_defaults() + (("reset_after", True),)
@@ -673,12 +694,21 @@ class RNN(_HiddenStateRNN):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype)
-        self.nonlinearity = nonlinearity
+        object.__setattr__(self, "_nonlinearity", nonlinearity)
         self._init_parameters()
 
     @property
+    def nonlinearity(self):
+        """Fixed at construction (plans and packed copies follow it)."""
+        return self._nonlinearity
+
+    @nonlinearity.setter
+    def nonlinearity(self, value):
+        raise AttributeError("nonlinearity is fixed at construction: build a new RNN")
+
+    @property
     def _cell(self):
-        return _core.CELL_RNN_TANH if self.nonlinearity == "tanh" else _core.CELL_RNN_RELU
+        return _core.CELL_RNN_TANH if self._nonlinearity == "tanh" else _core.CELL_RNN_RELU
 
     def _repr_defaults(self):
         return super()._repr_defaults() + (("nonlinearity", "tanh"),)
@@ -764,8 +794,8 @@ class _CellBase(Module):
             object.__setattr__(self, "_stream", stream)   # not a parameter or child
         hn = np.empty((1, B, self.hidden_size), dtype=self.dtype)
         cn = np.empty_like(hn) if seq._has_c else None
-        packed = seq._packed()
         with seq._lock:   # the workspace is shared by the threads that call this cell
+            packed = seq._packed_locked()
             stream._seq.forward(stream._y, hn, cn, None, np.ascontiguousarray(xb),
                                 _contiguous(h0), _contiguous(c0), None, seq._flat,
                                 stream._scratch, packed)
