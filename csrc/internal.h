@@ -137,10 +137,11 @@ size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all
  * the step-count threshold does not apply. */
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
 /* With a packed copy, input projections of at most this many positions (T x B) run on the
- * packed kernel, each thread its own units (no repack of W_ih inside sgemm). One thread, I = H = 512, G = 4, GFLOP/s best
- * of 300 (packed kernel / OpenBLAS sgemm through numpy): 1 row 26 / 24, 3 rows 76 / 11,
- * 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64, 256 rows 69 / 67, 800 rows - / 81. */
-#define LSTMC_PACKED_PROJ_MAX_ROWS 192
+ * packed kernel, each thread its own units (no repack of W_ih inside sgemm). One thread,
+ * I = H = 512, G = 4, GFLOP/s, best of 300 or more (packed kernel / OpenBLAS sgemm through
+ * numpy): 1 row 36 / 25-30, 3 rows 76 / 10-11, 25 rows 86 / 50-57, 100 rows 84 / 66-69,
+ * 192 rows 84-86 / -, 256 rows - / 77-79, 400 rows 87-88 / -, 800 rows 84-86 / 82-83. */
+#define LSTMC_PACKED_PROJ_MAX_ROWS 1024
 int lstmc_avx2_supported(void);
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed
  * GEMMs compute C[j, g*H + u] (+)= sum_k A[j, k] W[g*H + u, k] (accumulate: add to C) for

@@ -131,6 +131,7 @@ DEFINE_TILE(1, 8)
 DEFINE_TILE(1, 12)
 DEFINE_TILE(2, 6)
 DEFINE_TILE(3, 4)
+DEFINE_TILE(4, 3)
 #undef DEFINE_TILE
 #undef UNROLL
 #define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
@@ -157,6 +158,7 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    case 403: tile_4_3(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     }
 }
@@ -164,9 +166,11 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
 /* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
  * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
  * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
- * accumulators); 2 rows, 4 rows and the remainders take 2 x 6 and 1 x 12 tiles. 4 x 3 tiles
- * (one pass over W for 4 rows) were slower where W comes from DRAM (H1024 B4 1.70 vs 1.21
- * ms), as were 1 x 12 tiles for a row alone (0.40 vs 0.31 ms). Tiles store straight to C
+ * accumulators); 2 rows, 4 rows and the remainders take 2 x 6 and 1 x 12 tiles, a last 4
+ * rows after threes one 4 x 3 pass. 4 x 3 tiles as the first pass over W were slower where
+ * W comes from DRAM (4 rows alone, H1024: 1.79 vs 1.10 ms as 2 + 2; H512 from L3: 108 vs
+ * 129 us), as were 1 x 12 tiles for a row alone (0.40 vs 0.31 ms). After threes the group
+ * is in L2: 7 rows 187 -> 167 us, 16 rows 392 -> 372 us (H512, best of 3 x 3000). Tiles store straight to C
  * (masked in a partial block) instead of through a buffer and a memcpy per column (those
  * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
  * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
@@ -184,7 +188,9 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
     }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
-            const int left = n - r0, R = left == 2 || left == 4 ? 2 : left < 3 ? left : 3;
+            /* a last 4 after threes: one 4 x 3 pass over the group, now in L2 */
+            const int left = n - r0;
+            const int R = left == 4 ? (r0 ? 4 : 2) : left == 2 ? 2 : left < 3 ? left : 3;
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,

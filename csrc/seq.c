@@ -4,7 +4,7 @@
  *
  * Per layer and direction the work is:
  *   forward   gates = X W_ih^T                      one GEMM over all N positions (or, with
- *                                                   the caller's packed copy and N <= 192,
+ *                                                   the caller's packed copy and N <= 1024,
  *                                                   the packed kernel of recur.c)
  *             per step: gh = h W_hh^T (running rows only; recur.c's packed kernel at batch
  *             <= 128), one fused elementwise pass, and for a projection h = r W_hr^T
