@@ -275,6 +275,10 @@ int lstmc_seq_packs(int f64) { return lstmc_recur_kernel_for(f64, 1, INT_MAX, 1)
 
 static int aligned64(const void *p) { return ((uintptr_t)p & 63) == 0; }
 
+/* The first 64-byte boundary at or after p (the scratch areas for per-call packs carry 64
+ * bytes of slack for it). */
+static void *align64(void *p) { return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
 static void step_offsets(const lstmc_seq *s, int *off)
 {
     off[0] = 0;

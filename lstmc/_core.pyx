@@ -205,6 +205,14 @@ cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
     return <void *>data
 
 
+cdef void *_packed_addr(object packed, object dtype, size_t size, bint writable) except? NULL:
+    """_addr of a packed copy (optional when read): it must also start on a 64-byte boundary."""
+    cdef void *address = _addr(packed, "packed", dtype, size, writable, not writable)
+    if (<size_t>address) % 64:
+        raise ValueError("packed must start on a 64-byte boundary (use empty_aligned)")
+    return address
+
+
 cdef _raise_status(int status):
     if status == LSTMC_ERR_ARG:
         raise ValueError("lstmc: the C kernels rejected the sequence descriptor")
@@ -283,9 +291,7 @@ cdef class Seq:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
         dt = params.dtype
         cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
-        cdef void *pk = _addr(packed, "packed", dt, self.packed_size, True, False)
-        if (<size_t>pk) % 64:
-            raise ValueError("packed must start on a 64-byte boundary (use empty_aligned)")
+        cdef void *pk = _packed_addr(packed, dt, self.packed_size, True)
         cdef int status
         if dt == np.float32:
             with nogil:
@@ -333,9 +339,7 @@ cdef class Seq:
         cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
         cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
         cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(train), True, False, True)
-        cdef void *pk = _addr(packed, "packed", dt, self.packed_size, False, True)
-        if (<size_t>pk) % 64:
-            raise ValueError("packed must start on a 64-byte boundary (use empty_aligned)")
+        cdef void *pk = _packed_addr(packed, dt, self.packed_size, False)
         if train and pres == NULL:   # a zero-length reserve still means "training"
             pres = <void *>_empty
         cdef int status

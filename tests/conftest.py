@@ -6,6 +6,9 @@
   difference of the tensor, where the worst element is, and how many elements fail.
   ``close_report(...)`` is the same check returning the message (or None), for tests
   that want to report every mismatching tensor at once.
+* ``module_reference(m, x, lengths=None)`` -- the float64 reference output
+  (``lstmc.reference``) of an ``lstmc.nn`` LSTM / GRU / RNN on a time-major ``x``, from
+  the module's own parameters and options.
 * ``float_dtype`` -- tests that take this argument run once per float dtype
   (float32, float64). Restrict with ``--float-dtypes=float64`` on the pytest command
   line (when this conftest is loaded at start-up) or ``LSTMC_TEST_DTYPES=float64`` in
@@ -86,3 +89,18 @@ def assert_close(name, actual, expected, rtol, atol):
     if msg is not None:
         print(msg)
         raise AssertionError(msg)
+
+
+def module_reference(m, x, lengths=None):
+    """The float64 reference output of lstmc.nn sequence module `m` on time-major `x`."""
+    from lstmc import nn
+    from lstmc import reference as ref
+    if isinstance(m, nn.LSTM):
+        forward, options = ref.lstm_forward, {"proj_size": m.proj_size}
+    elif isinstance(m, nn.GRU):
+        forward, options = ref.gru_forward, {"reset_after": m.reset_after}
+    else:
+        forward, options = ref.rnn_forward, {"nonlinearity": m.nonlinearity}
+    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
+    return forward(np.asarray(x, dtype=np.float64), params, num_layers=m.num_layers,
+                   bidirectional=m.bidirectional, lengths=lengths, **options)[0]

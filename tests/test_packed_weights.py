@@ -20,21 +20,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstmc
-from conftest import assert_close
+from conftest import assert_close, module_reference
 from lstmc import _core
-from lstmc import reference as ref
 
 PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA
 needs_packing = pytest.mark.skipif(not PACKS, reason="no packed kernel on this CPU")
 
-# kind -> (module class, constructor kwargs, reference forward, its kwargs)
+# kind -> (module class, constructor kwargs)
 KINDS = {
-    "lstm": ("LSTM", {}, ref.lstm_forward, {}),
-    "lstm_proj": ("LSTM", {"proj_size": 2}, ref.lstm_forward, {"proj_size": 2}),
-    "gru": ("GRU", {"reset_after": True}, ref.gru_forward, {"reset_after": True}),
-    "gru_rb": ("GRU", {"reset_after": False}, ref.gru_forward, {"reset_after": False}),
-    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}, ref.rnn_forward, {"nonlinearity": "tanh"}),
-    "rnn_relu": ("RNN", {"nonlinearity": "relu"}, ref.rnn_forward, {"nonlinearity": "relu"}),
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", {"proj_size": 2}),
+    "gru": ("GRU", {"reset_after": True}),
+    "gru_rb": ("GRU", {"reset_after": False}),
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
 }
 
 
@@ -47,7 +46,7 @@ def restore_kernel_and_threads():
 
 
 def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32):
-    cls, kwargs, _, _ = KINDS[kind]
+    cls, kwargs = KINDS[kind]
     if kind == "lstm_proj" and H <= 2:
         kwargs = {}
     lstmc.manual_seed(seed)
@@ -55,18 +54,9 @@ def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32):
                                   dtype=dtype, **kwargs)
 
 
-def reference_out(kind, m, x, lengths=None):
-    _, _, forward, kwargs = KINDS[kind]
-    if kind == "lstm_proj":
-        kwargs = {"proj_size": m.proj_size}
-    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
-    return forward(x.astype(np.float64), params, num_layers=m.num_layers,
-                   bidirectional=m.bidirectional, lengths=lengths, **kwargs)[0]
-
-
 def check_reference(kind, m, x, lengths=None):
     out = m(x, lengths=lengths)[0]
-    expected = reference_out(kind, m, x, lengths)
+    expected = module_reference(m, x, lengths)
     scale = max(1.0, float(np.abs(expected).max()))
     assert_close(f"{kind} eval output", out, expected, 1e-4, 1e-5 * scale)
 
@@ -168,7 +158,7 @@ def test_load_state_dict_in_eval_mode_is_seen_by_stream_and_cell():
     assert m._pack is not None and cell._seq._pack is not None
     m.load_state_dict(src.state_dict())
     cell.load_state_dict({k[:-3]: v for k, v in src.state_dict().items()})
-    expected = reference_out("lstm", src, x)[0, 0]
+    expected = module_reference(src, x)[0, 0]
     y, _ = m.step(x[0, 0], m.initial_state(1))
     h, _ = cell(x[0, 0])
     assert_close("step after load_state_dict", y, expected, 1e-4, 1e-5)
@@ -246,7 +236,7 @@ def test_boundary_refuses_bad_packed_buffers():
                     scratch, raw[1:])
     seq.forward(y, h, c, None, np.ones(3, np.float32), None, None, None, m._flat, scratch,
                 good)
-    expected = reference_out("lstm", m, np.ones((1, 1, 3), np.float32))
+    expected = module_reference(m, np.ones((1, 1, 3), np.float32))
     assert_close("raw packed forward", y, expected.reshape(-1), 1e-4, 1e-5)
     assert all(a.ctypes.data % 64 == 0 for a in (_core.empty_aligned(k, np.float32)
                                                   for k in (1, 5, 17, 1000)))

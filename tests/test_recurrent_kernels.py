@@ -17,18 +17,17 @@ import numpy as np
 import pytest
 
 import lstmc
-from conftest import assert_close
-from lstmc import reference as ref
+from conftest import assert_close, module_reference
 
 KERNELS = ["blas", "packed_c", "packed_avx2"]
 
-# kind -> (module class, constructor kwargs, reference forward, its kwargs)
+# kind -> (module class, constructor kwargs)
 KINDS = {
-    "lstm": ("LSTM", {}, ref.lstm_forward, {}),
-    "lstm_proj": ("LSTM", {"proj_size": 3}, ref.lstm_forward, {"proj_size": 3}),
-    "gru": ("GRU", {"reset_after": True}, ref.gru_forward, {"reset_after": True}),
-    "gru_rb": ("GRU", {"reset_after": False}, ref.gru_forward, {"reset_after": False}),
-    "rnn": ("RNN", {"nonlinearity": "tanh"}, ref.rnn_forward, {"nonlinearity": "tanh"}),
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", {"proj_size": 3}),
+    "gru": ("GRU", {"reset_after": True}),
+    "gru_rb": ("GRU", {"reset_after": False}),
+    "rnn": ("RNN", {"nonlinearity": "tanh"}),
 }
 
 
@@ -42,7 +41,7 @@ def restore_kernel_and_threads():
 
 def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0):
     """A module of `kind` with random weights, its input, lengths and the reference output."""
-    cls, kwargs, _, _ = KINDS[kind]
+    cls, kwargs = KINDS[kind]
     if kind == "lstm_proj" and H <= 3:
         kwargs = {"proj_size": H - 1} if H > 1 else {}
     rng = np.random.default_rng(seed)
@@ -54,16 +53,6 @@ def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0
     x = rng.standard_normal((T, B, 5)).astype(dtype)
     lengths = rng.integers(0, T + 1, B) if ragged else None
     return m, x, lengths
-
-
-def reference(kind, m, x, lengths):
-    _, _, forward, ref_kwargs = KINDS[kind]
-    if kind == "lstm_proj":
-        ref_kwargs = {"proj_size": m.proj_size}
-    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
-    out = forward(x.astype(np.float64), params, num_layers=m.num_layers,
-                  bidirectional=m.bidirectional, lengths=lengths, **ref_kwargs)
-    return out[0]
 
 
 def tolerances(dtype, expected):
@@ -83,7 +72,7 @@ def test_kernels_match_reference(kind, H, kernel):
     for B in range(1, 10):
         m, x, lengths = build(kind, H, B, np.float32, seed=B)
         m.eval()
-        expected = reference(kind, m, x, lengths)
+        expected = module_reference(m, x, lengths)
         assert_close(f"{kind} H{H} B{B} {kernel}", run(m, x, lengths, kernel), expected,
                      *tolerances(np.float32, expected))
 
@@ -95,7 +84,7 @@ def test_kernels_ragged_bidirectional_two_layers(kind, kernel):
         m, x, lengths = build(kind, H, B, np.float32, layers=2, bidirectional=True, ragged=True,
                               seed=H)
         m.eval()
-        expected = reference(kind, m, x, lengths)
+        expected = module_reference(m, x, lengths)
         assert_close(f"{kind} H{H} B{B} {kernel}", run(m, x, lengths, kernel), expected,
                      *tolerances(np.float32, expected))
 
@@ -106,7 +95,7 @@ def test_packed_float64_matches_reference(kind):
     for H, B in [(1, 1), (9, 2), (13, 4), (33, 7)]:
         m, x, lengths = build(kind, H, B, np.float64, bidirectional=True, ragged=True, seed=B)
         m.eval()
-        expected = reference(kind, m, x, lengths)
+        expected = module_reference(m, x, lengths)
         assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_c"), expected,
                      *tolerances(np.float64, expected))
 
@@ -130,7 +119,7 @@ def test_kernels_two_threads_partial_block(kind, kernel):
     lstmc.set_num_threads(2)
     m, x, lengths = build(kind, 70, 5, np.float32, ragged=True, seed=3)
     m.eval()
-    expected = reference(kind, m, x, lengths)
+    expected = module_reference(m, x, lengths)
     assert_close(f"{kind} {kernel}", run(m, x, lengths, kernel), expected,
                  *tolerances(np.float32, expected))
 

@@ -119,6 +119,18 @@ class _Workspace:
         return arr[:size]
 
 
+def _fixed_at_construction(name, owner):
+    """A read-only attribute for an option that picks the cell kind (kept as `_name`): plans
+    and the packed eval-mode weights follow the kind, so it cannot change under them."""
+    private = "_" + name
+
+    def refuse(self, value):
+        raise AttributeError(f"{name} is fixed at construction: build a new {owner}")
+
+    return property(lambda self: getattr(self, private), refuse,
+                    doc=f"{name}, fixed at construction")
+
+
 class _RNNBase(Module):
     """The machinery shared by LSTM, GRU and RNN: arguments, parameters, packing, workspaces,
     and the calls into the kernels. Subclasses name their cell and shape their results."""
@@ -659,14 +671,7 @@ class GRU(_HiddenStateRNN):
         object.__setattr__(self, "_reset_after", bool(reset_after))
         self._init_parameters()
 
-    @property
-    def reset_after(self):
-        """Fixed at construction (the weights' layout, plans and packed copies follow it)."""
-        return self._reset_after
-
-    @reset_after.setter
-    def reset_after(self, value):
-        raise AttributeError("reset_after is fixed at construction: build a new GRU")
+    reset_after = _fixed_at_construction("reset_after", "GRU")
 
     @property
     def _cell(self):
@@ -697,14 +702,7 @@ class RNN(_HiddenStateRNN):
         object.__setattr__(self, "_nonlinearity", nonlinearity)
         self._init_parameters()
 
-    @property
-    def nonlinearity(self):
-        """Fixed at construction (plans and packed copies follow it)."""
-        return self._nonlinearity
-
-    @nonlinearity.setter
-    def nonlinearity(self, value):
-        raise AttributeError("nonlinearity is fixed at construction: build a new RNN")
+    nonlinearity = _fixed_at_construction("nonlinearity", "RNN")
 
     @property
     def _cell(self):
