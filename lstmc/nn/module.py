@@ -9,6 +9,9 @@ their weights packed for the kernels (lstmc.nn.rnn). While such a copy exists, `
 read-only, so that a write cannot leave the copy silently stale; code that writes parameters
 calls `p.release()` first (the optimizers, `load_state_dict`, `train()` do), which drops the
 copy and makes `data` writable again.
+
+copy.deepcopy and pickle give a module whose parameters are views of its own flat buffer
+(Module.__getstate__ records where each one sits); a copy starts without derived copies.
 """
 from collections import OrderedDict
 
@@ -31,6 +34,13 @@ class Parameter:
         the module is in eval mode; the optimizers and load_state_dict do."""
         if self._release is not None:
             self._release()
+
+    def __getstate__(self):   # copies start without a module's derived copy to release
+        return self.data, self.grad
+
+    def __setstate__(self, state):
+        self.data, self.grad = state
+        self._release = None
 
     @property
     def shape(self):
@@ -161,8 +171,44 @@ class Module:
             params[name].data[...] = value
         return missing, unexpected
 
+    # ---- copies (copy.deepcopy, pickle) --------------------------------------------------
+    def __getstate__(self):
+        """The module's attributes, plus where each parameter sits in the flat buffers: numpy
+        copies a view as a new array, so without this a deep copy's (or an unpickled
+        module's) parameters would no longer be views of its own flat buffer, and what an
+        optimizer writes would not reach what the kernels read."""
+        state = self.__dict__.copy()
+        flat, flat_grad = state.get("_flat"), state.get("_flat_grad")
+        if flat is not None:
+            state["_views"] = {name: (_offset_in(p.data, flat), _offset_in(p.grad, flat_grad))
+                               for name, p in self._parameters.items()}
+        return state
+
+    def __setstate__(self, state):
+        views = state.pop("_views", None)
+        for name in ("_flat", "_flat_grad"):   # an unpickled array may sit on pickle's bytes
+            a = state.get(name)
+            if a is not None and (a.base is not None or not a.flags.writeable):
+                state[name] = a.copy()   # owning its memory, so the pack can lock/unlock it
+        self.__dict__.update(state)
+        for name, (at, at_grad) in (views or {}).items():
+            p = self._parameters[name]
+            if at is not None:
+                p.data = self._flat[at:at + p.data.size].reshape(p.data.shape)
+            if at_grad is not None:
+                p.grad = self._flat_grad[at_grad:at_grad + p.grad.size].reshape(p.grad.shape)
+
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self):
         return ""
+
+
+def _offset_in(a, base):
+    """Element offset of `a` in the 1-d `base` if `a` is a C-contiguous view of it, else None."""
+    if base is None or a.dtype != base.dtype or not a.flags.c_contiguous \
+            or not np.shares_memory(a, base):
+        return None
+    return (a.__array_interface__["data"][0] - base.__array_interface__["data"][0]) \
+        // base.itemsize

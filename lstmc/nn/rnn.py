@@ -264,6 +264,20 @@ class _RNNBase(Module):
         if flag:
             self._flat.flags.writeable = False
 
+    # what a copy (copy.deepcopy, pickle) starts afresh: locks, caches, the packed weights
+    _NOT_COPIED = ("_lock", "_workspace", "_pack", "_plans", "_saved", "_last_dropout_masks")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in self._NOT_COPIED:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.update(_workspace=_Workspace(self.dtype), _lock=threading.Lock(),
+                             _pack=None, _plans={}, _saved=None, _last_dropout_masks=[])
+
     def train(self, mode=True):
         """Training mode (see Module.train); drops the packed eval-mode weights."""
         if mode:
@@ -550,6 +564,23 @@ class StreamState:
         self._x_shapes = ((B, module.input_size),) + (((module.input_size,),) if B == 1
                                                        else ())
 
+    def __copy__(self):
+        """A new state of the same module holding copies of h and c (to branch a stream, as
+        a beam search does), with its own buffers. copy.deepcopy does the same: a state
+        belongs to its module and does not copy it."""
+        new = StreamState(self._owner, self.batch_size)
+        new.h[...] = self.h
+        if self.c is not None:
+            new.c[...] = self.c
+        return new
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()
+
+    def __reduce__(self):
+        raise TypeError("a StreamState cannot be pickled: save state.h (and state.c), and "
+                        "copy them into module.initial_state(batch_size) to resume")
+
     def __repr__(self):
         c = "" if self.c is None else f", c {self.c.shape}"
         return f"StreamState(h {self.h.shape}{c}, dtype={self.h.dtype})"
@@ -750,6 +781,11 @@ class _CellBase(Module):
     def train(self, mode=True):
         self._seq.train(mode)
         return super().train(mode)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_stream", None)   # the eval step's cached buffers, rebuilt on demand
+        return state
 
     def _states(self, *named, B, unbatched):
         """(array or None, name) pairs of one step's states -> (1, B, H) arrays or None."""
