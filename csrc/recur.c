@@ -135,6 +135,7 @@ DEFINE_TILE(4, 3)
 #undef DEFINE_TILE
 #undef UNROLL
 #define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
+#define LSTMC_FOUR_ROWS_MAX_BYTES ((size_t)4 << 20)   /* see packed_gemm_avx2 */
 
 /* C[R rows, columns q0 .. q0+NC-1 of the thread's packed columns] (R x NC one of the tiles
  * above). Columns are the thread's packed columns in order (block by block, gates v within
@@ -166,11 +167,15 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
 /* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
  * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
  * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
- * accumulators); 2 rows, 4 rows and the remainders take 2 x 6 and 1 x 12 tiles, a last 4
- * rows after threes one 4 x 3 pass. 4 x 3 tiles as the first pass over W were slower where
- * W comes from DRAM (4 rows alone, H1024: 1.79 vs 1.10 ms as 2 + 2; H512 from L3: 108 vs
- * 129 us), as were 1 x 12 tiles for a row alone (0.40 vs 0.31 ms). After threes the group
- * is in L2: 7 rows 187 -> 167 us, 16 rows 392 -> 372 us (H512, best of 3 x 3000). Tiles store straight to C
+ * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, a last 4 rows
+ * after threes one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us, 16 rows 392
+ * -> 372 us; H512, best of 3 x 3000). Four rows alone take one 4 x 3 pass where the
+ * thread's panels stay in L3 between steps (at most LSTMC_FOUR_ROWS_MAX_BYTES), else 2 + 2
+ * rows of 2 x 6 tiles: as a first pass over W, 4 x 3 tiles lose where W comes from DRAM.
+ * One thread, 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 / 4 x 3): H256
+ * 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024 K512):
+ * 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 / 2773-3478.
+ * 1 x 12 tiles for a row alone were slower too (0.40 vs 0.31 ms). Tiles store straight to C
  * (masked in a partial block) instead of through a buffer and a memcpy per column (those
  * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
  * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
@@ -186,11 +191,12 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
         return;
     }
+    const int four = (size_t)ncols * U * K * sizeof(float) <= LSTMC_FOUR_ROWS_MAX_BYTES;
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
             /* a last 4 after threes: one 4 x 3 pass over the group, now in L2 */
             const int left = n - r0;
-            const int R = left == 4 ? (r0 ? 4 : 2) : left == 2 ? 2 : left < 3 ? left : 3;
+            const int R = left == 4 ? (r0 || four ? 4 : 2) : left == 2 ? 2 : left < 3 ? left : 3;
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,
