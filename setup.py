@@ -9,6 +9,9 @@ Build-time decisions, made once here:
   selects of the activation code into vector blends (values, NaN and rounding are unchanged;
   lstmc never reads floating-point exception flags). Cell kernels carry their own AVX2/FMA
   clones (csrc/internal.h, LSTMC_DISPATCH). LSTMC_NATIVE=1 opts into -march=native.
+  Python's own CFLAGS come first and carry -fwrapv (signed overflow wraps): a vector loop
+  indexed by `2 * H + u` then cannot be proven contiguous and GCC loads element by element,
+  so the kernels take such offsets once, outside their loops (csrc/lstm.inc).
 """
 import os
 import re
