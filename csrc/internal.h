@@ -73,8 +73,8 @@ static inline size_t lstmc_row(const int *off, const int *lengths, int t, int re
         int cell, n, H, u0, u1;                                                                   \
         const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */   \
         int t, reverse;                                                                           \
-        real *gates;         /* (N, G*H) input projection; a training forward keeps the          \
-                                activated gates here */                                          \
+        real *gates;         /* (N, G*H) input projection; cells may overwrite it with the       \
+                                activated gates, which a training forward keeps here */          \
         const real *gh;      /* (B, G*H) recurrent projection of this step */                    \
         const real *bias_i;  /* (G*H) b_ih (zeros without bias) */                                \
         const real *bias_h;  /* (G*H) b_hh (zeros without bias) */                                \

@@ -6,7 +6,8 @@
  *   z = gates[pos_j] (input projection) + gh[j] (recurrent projection) + bias
  *   i = sig(z_i)  f = sig(z_f)  g = tanh(z_g)  o = sig(z_o)
  *   c' = f c + i g        h' = o tanh(c')
- * A training forward keeps the activated gates in place of z, and c (aux[0]) and c_prev
+ * Every forward leaves the activated gates in place of z (in the call's scratch, or in the
+ * reserve a training forward keeps), and a training forward saves c (aux[0]) and c_prev
  * (aux[1]) beside them; derivatives are taken from outputs (sig' = y (1 - y),
  * tanh' = 1 - y^2).
  */

@@ -132,6 +132,31 @@ def test_stream_state_copy_branches_the_stream(copier):
     np.testing.assert_array_equal(y_state, y_branch)     # same history, same step
 
 
+def test_stream_state_deepcopied_with_its_module_belongs_to_the_copy():
+    m = nn.GRU(3, 4)
+    state = m.initial_state()
+    m2, state2 = copy.deepcopy((m, state))
+    assert state2._owner is m2
+    assert copy.deepcopy(state)._owner is m                # alone: the same module
+
+
+@pytest.mark.parametrize("make", [lambda: nn.LSTM(3, 4), lambda: nn.GRU(3, 4),
+                                  lambda: nn.RNN(3, 4)])
+def test_shallow_copy_of_a_recurrent_module_is_refused(make):
+    """A shallow copy would share the parameters but not the packed weights beside them, so a
+    write through one module could leave the other's pack stale."""
+    with pytest.raises(TypeError, match="copy.deepcopy"):
+        copy.copy(make())
+
+
+def test_shallow_copy_of_other_modules_shares_parameters():
+    lin = nn.Linear(3, 2)
+    twin = copy.copy(lin)
+    assert twin.weight is lin.weight and np.shares_memory(twin.weight.data, lin._flat)
+    cell = nn.LSTMCell(3, 4)                               # its weights live in one LSTM
+    assert copy.copy(cell)._seq is cell._seq
+
+
 def test_stream_state_pickle_is_refused_with_a_way_out():
     state = nn.GRU(3, 4).initial_state()
     with pytest.raises(TypeError, match="state.h"):

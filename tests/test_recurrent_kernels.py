@@ -5,7 +5,8 @@ portable C kernel and the packed AVX2/FMA kernel, each forced with
 Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
 33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
 to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
-two or two + two), ragged lengths (rows drop out of the product step by step), both
+two or four; four rows alone take one pass of 4 x 3 tiles, or 2 + 2 rows where the panels
+exceed LSTMC_FOUR_ROWS_MAX_BYTES: H 520 and more at one thread), ragged lengths (rows drop out of the product step by step), both
 directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
 and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
@@ -108,6 +109,24 @@ def test_packed_twins_agree(kind):
         m.eval()
         twin = run(m, x, lengths, "packed_c")
         assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), twin, 4e-6, 4e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_four_rows_past_the_one_pass_limit(kind):
+    """Four rows take 2 + 2 passes once one thread's panels pass 4 MiB (LSTM H 520: W_hh is
+    2080 x 520 floats, 4.3 MB; GRU H 600: 4.3 MB); LSTM H 512 sits exactly at the limit (one
+    4 x 3 pass)."""
+    lstmc.set_num_threads(1)
+    for H in ([512, 520] if kind == "lstm" else [600]):
+        m, x, lengths = build(kind, H, 4, np.float32, seed=H)
+        for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
+            p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
+        m.eval()
+        expected = module_reference(m, x, lengths)
+        assert_close(f"{kind} H{H}", run(m, x, lengths, "packed_avx2"), expected,
+                     *tolerances(np.float32, expected))
+        assert_close(f"{kind} H{H} twins", run(m, x, lengths, "packed_avx2"),
+                     run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -273,6 +273,11 @@ class _RNNBase(Module):
             state.pop(name, None)
         return state
 
+    def __copy__(self):
+        raise TypeError(f"copy.copy of a {type(self).__name__} would share its parameters but "
+                        "not the packed eval-mode weights kept beside them; use "
+                        "copy.deepcopy for an independent module, or the module itself")
+
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.update(_workspace=_Workspace(self.dtype), _lock=threading.Lock(),
@@ -394,7 +399,8 @@ class _RNNBase(Module):
             saved = self._saved
         if saved is None:
             raise RuntimeError("backward needs a forward in training mode first (after "
-                               "module.train(); an eval-mode forward stores nothing)")
+                               "module.train(); an eval-mode forward stores nothing, and a "
+                               "copy does not carry what a forward saved)")
         plan, xp, masks, reserve, unbatched = saved
         T, B, D, Hout, L, H = plan.T, plan.B, self._D, self._hout, self.num_layers, self.hidden_size
         Y = D * Hout
@@ -575,7 +581,13 @@ class StreamState:
         return new
 
     def __deepcopy__(self, memo):
-        return self.__copy__()
+        """As copy.copy, for the module's copy if this deepcopy has made one."""
+        owner = self._owner
+        self._owner = memo.get(id(owner), owner)
+        try:
+            return self.__copy__()
+        finally:
+            self._owner = owner
 
     def __reduce__(self):
         raise TypeError("a StreamState cannot be pickled: save state.h (and state.c), and "
