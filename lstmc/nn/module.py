@@ -184,6 +184,12 @@ class Module:
                                for name, p in self._parameters.items()}
         return state
 
+    def __copy__(self):
+        """copy.copy: a module sharing this one's parameters, buffers and children."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __setstate__(self, state):
         views = state.pop("_views", None)
         for name in ("_flat", "_flat_grad"):   # an unpickled array may sit on pickle's bytes
