@@ -164,6 +164,15 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     }
 }
 
+static int team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
  * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
  * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
@@ -175,7 +184,13 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * One thread, 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 / 4 x 3): H256
  * 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024 K512):
  * 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 / 2773-3478.
- * 1 x 12 tiles for a row alone were slower too (0.40 vs 0.31 ms). Tiles store straight to C
+ * Beyond the limit, a team of one thread sweeps the four rows in turn over each 8 columns
+ * (1 x 8 tiles: the first row streams two panels from DRAM at once, the next three find them
+ * in L2); the 2 + 2 passes keep one panel in flight and ran the DRAM-bound weights at 8.7 GB/s
+ * against 15-17 for one row (H1536, C harness). LSTM B4 forward, one thread, median of six
+ * alternating runs' medians, ms (2 + 2 / sweep): H1024 T25 65 / 57, H1536 T50 327 / 284. With
+ * two threads sharing the memory bus the sweep did not pay (H1024: 25 / 27, H1536: 182 / 185)
+ * and 2 + 2 stays. 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store straight to C
  * (masked in a partial block) instead of through a buffer and a memcpy per column (those
  * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
  * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
@@ -192,6 +207,13 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
         return;
     }
     const int four = (size_t)ncols * U * K * sizeof(float) <= LSTMC_FOUR_ROWS_MAX_BYTES;
+    if (n == 4 && !four && team_size() == 1) {      /* four rows, panels from DRAM, one core */
+        for (int q = 0; q < ncols; q += 8)
+            for (int j = 0; j < n; j++)
+                tile_run(1, 8, q, ncols, K, A + (size_t)j * lda, lda, set, Wg, g0, H, u0, u1,
+                         C + (size_t)j * ldc, ldc, acc);
+        return;
+    }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
             /* a last 4 after threes: one 4 x 3 pass over the group, now in L2 */

@@ -5,8 +5,9 @@ portable C kernel and the packed AVX2/FMA kernel, each forced with
 Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
 33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
 to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
-two or four; four rows alone take one pass of 4 x 3 tiles, or 2 + 2 rows where the panels
-exceed LSTMC_FOUR_ROWS_MAX_BYTES: H 520 and more at one thread), ragged lengths (rows drop out of the product step by step), both
+two or four; four rows alone take one pass of 4 x 3 tiles, or, where a thread's panels
+exceed LSTMC_FOUR_ROWS_MAX_BYTES, a sweep of the rows in turn (a team of one) or 2 + 2 rows),
+ragged lengths (rows drop out of the product step by step), both
 directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
 and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
@@ -111,13 +112,18 @@ def test_packed_twins_agree(kind):
         assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), twin, 4e-6, 4e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_four_rows_past_the_one_pass_limit(kind):
-    """Four rows take 2 + 2 passes once one thread's panels pass 4 MiB (LSTM H 520: W_hh is
-    2080 x 520 floats, 4.3 MB; GRU H 600: 4.3 MB); LSTM H 512 sits exactly at the limit (one
-    4 x 3 pass)."""
-    lstmc.set_num_threads(1)
-    for H in ([512, 520] if kind == "lstm" else [600]):
+def test_four_rows_past_the_one_pass_limit(kind, threads):
+    """Four rows past 4 MiB of panels per thread (LSTM H 520: W_hh is 2080 x 520 floats, 4.3
+    MB; GRU H 600: 4.3 MB): a team of one thread sweeps the rows in turn, a larger team takes
+    2 + 2 passes (H 1040 and 1200 at two threads: the same share each). LSTM H 512 sits
+    exactly at the limit (one 4 x 3 pass)."""
+    if threads > 1 and not lstmc.openmp_enabled():
+        pytest.skip("needs OpenMP")
+    lstmc.set_num_threads(threads)
+    sizes = {"lstm": [512, 520], "gru": [600]}[kind]
+    for H in [h * threads for h in sizes]:
         m, x, lengths = build(kind, H, 4, np.float32, seed=H)
         for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
             p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
