@@ -164,10 +164,11 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     }
 }
 
-static int team_size(void)
+/* 1 when the caller runs alone (a team of one thread, or outside any team) */
+static int alone_in_team(void)
 {
 #ifdef _OPENMP
-    return omp_get_num_threads();
+    return omp_get_num_threads() == 1;
 #else
     return 1;
 #endif
@@ -190,8 +191,8 @@ static int team_size(void)
  * against 15-17 for one row (H1536, C harness). LSTM B4 forward, one thread, median of six
  * alternating runs' medians, ms (2 + 2 / sweep): H1024 T25 65 / 57, H1536 T50 327 / 284. With
  * two threads sharing the memory bus the sweep did not pay (H1024: 25 / 27, H1536: 182 / 185)
- * and 2 + 2 stays. 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store straight to C
- * (masked in a partial block) instead of through a buffer and a memcpy per column (those
+ * and 2 + 2 stays. 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store
+ * straight to C (masked in a partial block) instead of through a buffer and a memcpy per column (those
  * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
  * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
  * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
@@ -201,13 +202,8 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int ncols = (u1 - u0 + U - 1) / U * Wg;
-    if (n == 1) {
-        for (int q = 0; q < ncols; q += 8)
-            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
-        return;
-    }
     const int four = (size_t)ncols * U * K * sizeof(float) <= LSTMC_FOUR_ROWS_MAX_BYTES;
-    if (n == 4 && !four && team_size() == 1) {      /* four rows, panels from DRAM, one core */
+    if (n == 1 || (n == 4 && !four && alone_in_team())) {   /* the rows in turn, 8 columns */
         for (int q = 0; q < ncols; q += 8)
             for (int j = 0; j < n; j++)
                 tile_run(1, 8, q, ncols, K, A + (size_t)j * lda, lda, set, Wg, g0, H, u0, u1,

@@ -271,7 +271,10 @@ size_t lstmc_seq_packed_size(const lstmc_seq *s)
     return packed_offset(s, s->layers, 0, LSTMC_W_IH);
 }
 
-int lstmc_seq_packs(int f64) { return lstmc_recur_kernel_for(f64, 1, INT_MAX, 1) != LSTMC_RECUR_BLAS; }
+int lstmc_seq_packs(int f64)
+{
+    return lstmc_recur_kernel_for(f64, 1, INT_MAX, 1) != LSTMC_RECUR_BLAS;
+}
 
 static int aligned64(const void *p) { return ((uintptr_t)p & 63) == 0; }
 

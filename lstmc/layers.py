@@ -555,7 +555,8 @@ class _RNN(Layer):
         values = [(w_ih, self._blocks(weights[0].T)), (w_hh, self._blocks(weights[1].T))]
         if b is not None:
             if self._recurrent_bias:
-                values += [(b[0], self._blocks(weights[2][0])), (b[1], self._blocks(weights[2][1]))]
+                values += [(b[0], self._blocks(weights[2][0])),
+                           (b[1], self._blocks(weights[2][1]))]
             else:
                 values += [(b[0], self._blocks(weights[2])), (b[1], 0)]
         for p, value in values:

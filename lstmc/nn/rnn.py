@@ -154,16 +154,19 @@ class _RNNBase(Module):
         self.bidirectional = bool(bidirectional)
         self.dtype = _dtype_of(dtype)
         self._D = 2 if self.bidirectional else 1
-        self._workspace = _Workspace(self.dtype)
-        self._lock = threading.Lock()
-        self._saved = None
-        self._last_dropout_masks = []
-        self._pack = None   # the packed eval-mode weights (see _packed)
-        self._plans = {}    # (T, B) -> _Plan of a dense batch (see _plan)
+        self.__dict__.update(self._afresh())
 
     @property
     def _cell(self):
         raise NotImplementedError
+
+    def _afresh(self):
+        """What a module starts with, and a copy (copy.deepcopy, pickle) starts afresh:
+        lock, workspace, what a forward saved for backward, caches, the packed weights."""
+        return dict(_workspace=_Workspace(self.dtype), _lock=threading.Lock(), _saved=None,
+                    _last_dropout_masks=[],
+                    _pack=None,    # the packed eval-mode weights (see _packed)
+                    _plans={})     # (T, B) -> _Plan of a dense batch (see _plan)
 
     @property
     def _hout(self):
@@ -264,12 +267,9 @@ class _RNNBase(Module):
         if flag:
             self._flat.flags.writeable = False
 
-    # what a copy (copy.deepcopy, pickle) starts afresh: locks, caches, the packed weights
-    _NOT_COPIED = ("_lock", "_workspace", "_pack", "_plans", "_saved", "_last_dropout_masks")
-
     def __getstate__(self):
         state = super().__getstate__()
-        for name in self._NOT_COPIED:
+        for name in self._afresh():
             state.pop(name, None)
         return state
 
@@ -280,8 +280,7 @@ class _RNNBase(Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self.__dict__.update(_workspace=_Workspace(self.dtype), _lock=threading.Lock(),
-                             _pack=None, _plans={}, _saved=None, _last_dropout_masks=[])
+        self.__dict__.update(self._afresh())
 
     def train(self, mode=True):
         """Training mode (see Module.train); drops the packed eval-mode weights."""
