@@ -164,57 +164,54 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     }
 }
 
-/* 1 when the caller runs alone (a team of one thread, or outside any team) */
-static int alone_in_team(void)
-{
-#ifdef _OPENMP
-    return omp_get_num_threads() == 1;
-#else
-    return 1;
-#endif
-}
-
 /* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
  * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
  * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
  * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, a last 4 rows
  * after threes one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us, 16 rows 392
  * -> 372 us; H512, best of 3 x 3000). Four rows alone take one 4 x 3 pass where the
- * thread's panels stay in L3 between steps (at most LSTMC_FOUR_ROWS_MAX_BYTES), else 2 + 2
- * rows of 2 x 6 tiles: as a first pass over W, 4 x 3 tiles lose where W comes from DRAM.
- * One thread, 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 / 4 x 3): H256
+ * thread's panels stay in L3 between steps (at most LSTMC_FOUR_ROWS_MAX_BYTES). One thread,
+ * 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 rows of 2 x 6 / 4 x 3): H256
  * 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024 K512):
  * 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 / 2773-3478.
- * Beyond the limit, a team of one thread sweeps the four rows in turn over each 8 columns
- * (1 x 8 tiles: the first row streams two panels from DRAM at once, the next three find them
- * in L2); the 2 + 2 passes keep one panel in flight and ran the DRAM-bound weights at 8.7 GB/s
- * against 15-17 for one row (H1536, C harness). LSTM B4 forward, one thread, median of six
- * alternating runs' medians, ms (2 + 2 / sweep): H1024 T25 65 / 57, H1536 T50 327 / 284. With
- * two threads sharing the memory bus the sweep did not pay (H1024: 25 / 27, H1536: 182 / 185)
- * and 2 + 2 stays. 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store
- * straight to C (masked in a partial block) instead of through a buffer and a memcpy per column (those
- * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
- * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
- * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
- * 710 / 674; H1024 K1024 2 rows 833 / 586, 4 rows 1032 / 869. */
+ * Beyond the limit the panels come from DRAM, and how fast they come depends on how many
+ * lines the core has in flight, i.e. on how few instructions wait on each line: a row
+ * alone (1 x 8, two FMAs per 64-byte line) streamed H1536's 37.7 MB at 15-20 GB/s, 2 x 6
+ * tiles at 10-15, 4 x 2 and 4 x 3 at about 10, with or without software prefetch (C
+ * harness, one thread). So there row 0 streams 8 columns alone and rows 1-3 follow with
+ * 3 x 4 tiles while those 8 columns (393 KB at K = 1536) are in L2. Four rows, the two builds
+ * alternating in one process, median of 40-100 calls, new / old (old: 2 + 2 rows of 2 x 6
+ * tiles, or at one thread all four rows in turn with 1 x 8 tiles): 1 thread H768 0.77,
+ * H1024 0.82, H1536 0.84 (3.8 vs 4.6 ms); 2 threads H1024 0.86-0.94, H1536 0.76 (2.1 vs
+ * 2.7 ms). Below the limit this order lost to one 4 x 3 pass (H256 1.15, H512 1.26; at two
+ * threads H512 K1024, 4 MB a thread, 1.11). For 2 and 3 rows it did not pay (0.94-1.03 and
+ * 1.12-1.15): their 2 x 6 and 3 x 4 passes stay. 1 x 12 tiles for a row alone were slower
+ * (0.40 vs 0.31 ms). Tiles store straight to C (masked in a partial block) instead of
+ * through a buffer and a memcpy per column (those copies took 8 % of an LSTM H256 B1 T150
+ * forward). Per call, best of 3000, one thread, LSTM gates (previous kernel: 2 + 2 rows of
+ * 2 x 4 tiles, a buffer / this one, us; noisy shared machine): H512 K512 1 row 57.5 / 57.7,
+ * 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows 710 / 674; H1024 K1024 2 rows 833 / 586,
+ * 4 rows 1032 / 869. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int H, int u0, int u1, float *C, int ldc, int acc)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int ncols = (u1 - u0 + U - 1) / U * Wg;
     const int four = (size_t)ncols * U * K * sizeof(float) <= LSTMC_FOUR_ROWS_MAX_BYTES;
-    if (n == 1 || (n == 4 && !four && alone_in_team())) {   /* the rows in turn, 8 columns */
-        for (int q = 0; q < ncols; q += 8)
-            for (int j = 0; j < n; j++)
-                tile_run(1, 8, q, ncols, K, A + (size_t)j * lda, lda, set, Wg, g0, H, u0, u1,
-                         C + (size_t)j * ldc, ldc, acc);
+    if (n == 1 || (n == 4 && !four)) {   /* row 0 streams 8 columns, rows 1-3 follow */
+        for (int q = 0; q < ncols; q += 8) {
+            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
+            for (int c = 0; n == 4 && c < 8; c += 4)
+                tile_run(3, 4, q + c, ncols, K, A + lda, lda, set, Wg, g0, H, u0, u1, C + ldc,
+                         ldc, acc);
+        }
         return;
     }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
-            /* a last 4 after threes: one 4 x 3 pass over the group, now in L2 */
+            /* four rows (alone, or a last 4 after threes): one 4 x 3 pass over the group */
             const int left = n - r0;
-            const int R = left == 4 ? (r0 || four ? 4 : 2) : left == 2 ? 2 : left < 3 ? left : 3;
+            const int R = left == 4 ? 4 : left < 3 ? left : 3;
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,

@@ -116,9 +116,9 @@ def test_packed_twins_agree(kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_four_rows_past_the_one_pass_limit(kind, threads):
     """Four rows past 4 MiB of panels per thread (LSTM H 520: W_hh is 2080 x 520 floats, 4.3
-    MB; GRU H 600: 4.3 MB): a team of one thread sweeps the rows in turn, a larger team takes
-    2 + 2 passes (H 1040 and 1200 at two threads: the same share each). LSTM H 512 sits
-    exactly at the limit (one 4 x 3 pass)."""
+    MB; GRU H 600: 4.3 MB; H 1040 and 1200 at two threads: the same share each): row 0
+    streams 8 columns, rows 1-3 follow with 3 x 4 tiles (the last group holds 4 columns at
+    LSTM H 520, 1 at GRU H 600). LSTM H 512 sits exactly at the limit (one 4 x 3 pass)."""
     if threads > 1 and not lstmc.openmp_enabled():
         pytest.skip("needs OpenMP")
     lstmc.set_num_threads(threads)
