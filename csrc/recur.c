@@ -129,13 +129,15 @@ static const int32_t lane_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0
     }
 DEFINE_TILE(1, 8)
 DEFINE_TILE(1, 12)
+DEFINE_TILE(2, 4)
 DEFINE_TILE(2, 6)
 DEFINE_TILE(3, 4)
 DEFINE_TILE(4, 3)
 #undef DEFINE_TILE
 #undef UNROLL
 #define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
-#define LSTMC_FOUR_ROWS_MAX_BYTES ((size_t)4 << 20)   /* see packed_gemm_avx2 */
+#define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)   /* see packed_gemm_avx2 */
+#define LSTMC_STREAM_MAX_K 2048   /* 8 columns of K floats: at most 512 KB, half of L2 */
 
 /* C[R rows, columns q0 .. q0+NC-1 of the thread's packed columns] (R x NC one of the tiles
  * above). Columns are the thread's packed columns in order (block by block, gates v within
@@ -158,6 +160,7 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     switch (R * 100 + NC) {
     case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    case 204: tile_2_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 403: tile_4_3(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
@@ -167,51 +170,62 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
 /* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
  * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
  * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
- * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, a last 4 rows
- * after threes one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us, 16 rows 392
- * -> 372 us; H512, best of 3 x 3000). Four rows alone take one 4 x 3 pass where the
- * thread's panels stay in L3 between steps (at most LSTMC_FOUR_ROWS_MAX_BYTES). One thread,
- * 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 rows of 2 x 6 / 4 x 3): H256
- * 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024 K512):
- * 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 / 2773-3478.
- * Beyond the limit the panels come from DRAM, and how fast they come depends on how many
- * lines the core has in flight, i.e. on how few instructions wait on each line: a row
- * alone (1 x 8, two FMAs per 64-byte line) streamed H1536's 37.7 MB at 15-20 GB/s, 2 x 6
- * tiles at 10-15, 4 x 2 and 4 x 3 at about 10, with or without software prefetch (C
- * harness, one thread). So there row 0 streams 8 columns alone and rows 1-3 follow with
- * 3 x 4 tiles while those 8 columns (393 KB at K = 1536) are in L2. Four rows, the two builds
- * alternating in one process, median of 40-100 calls, new / old (old: 2 + 2 rows of 2 x 6
- * tiles, or at one thread all four rows in turn with 1 x 8 tiles): 1 thread H768 0.77,
- * H1024 0.82, H1536 0.84 (3.8 vs 4.6 ms); 2 threads H1024 0.86-0.94, H1536 0.76 (2.1 vs
- * 2.7 ms). Below the limit this order lost to one 4 x 3 pass (H256 1.15, H512 1.26; at two
- * threads H512 K1024, 4 MB a thread, 1.11). For 2 and 3 rows it did not pay (0.94-1.03 and
- * 1.12-1.15): their 2 x 6 and 3 x 4 passes stay. 1 x 12 tiles for a row alone were slower
- * (0.40 vs 0.31 ms). Tiles store straight to C (masked in a partial block) instead of
- * through a buffer and a memcpy per column (those copies took 8 % of an LSTM H256 B1 T150
- * forward). Per call, best of 3000, one thread, LSTM gates (previous kernel: 2 + 2 rows of
- * 2 x 4 tiles, a buffer / this one, us; noisy shared machine): H512 K512 1 row 57.5 / 57.7,
- * 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows 710 / 674; H1024 K1024 2 rows 833 / 586,
- * 4 rows 1032 / 869. */
+ * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, four rows (alone
+ * or a last 4 after threes) one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us,
+ * 16 rows 392 -> 372 us; H512, best of 3 x 3000). For four rows alone that pass needs the
+ * thread's panels to stay in L3 between steps (at most LSTMC_L3_PANELS_MAX_BYTES). One
+ * thread, 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 rows of 2 x 6 / 4 x 3):
+ * H256 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024
+ * K512): 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 /
+ * 2773-3478.
+ *
+ * Beyond that limit the panels come from DRAM, and how fast depends on how many lines the
+ * core has in flight, i.e. on how few instructions wait on each line: a row alone (1 x 8
+ * tiles, two FMAs per 64-byte line) streamed H1536's 37.7 MB at 15-20 GB/s, 2 x 6 tiles at
+ * 10-15, 3 x 4, 4 x 2 and 4 x 3 at about 10, with or without software prefetch or huge
+ * pages (C harness, one thread). So there, from 4 rows on, row 0 streams 8 columns alone and
+ * the other rows follow while those columns are in L2 (3 x 4 tiles, a remainder of 1 or 2
+ * rows 1 x 8 or 2 x 4), where 8 columns of K fit in half of L2 (LSTMC_STREAM_MAX_K). The two
+ * builds alternating in one process, median of 30-100 calls, this / before (four rows
+ * before: 2 + 2 rows of 2 x 6 tiles, or at one thread the rows in turn with 1 x 8 tiles;
+ * more rows: groups of 12 columns as above), 1 thread | 2 threads: H1536 4 rows 0.84 | 0.76
+ * (3.8 vs 4.6 ms at 1 thread), 5 rows 0.89 | 0.84, 8 rows 0.88 | 0.78, 16 rows 0.87 | 0.79;
+ * H1024 4 rows 0.82 | 0.86-0.94, 8 rows 0.76 | 0.83, 16 rows 0.79 | 0.82, 32 rows 0.93 |
+ * 0.86, 64 rows 0.90 | 0.95. Groups of 12 columns, row 0 in 1 x 8 and 1 x 4 tiles, lost at
+ * 4 rows (1.17 | 1.03); 2 and 3 rows did not gain (0.94-1.12 and 1.12-1.52), so their 2 x 6
+ * and 3 x 4 passes stay; with W_hh^T at H1024 (K 4096, 8 columns fill L2) 1.04-1.06, and
+ * chunks of K 2048 there gave 0.87-1.10. Below the L3 limit the 4 x 3 pass beat streaming
+ * four rows (H256 1.15, H512 1.26; two threads H512 K1024, 4 MB a thread, 1.11).
+ *
+ * 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store straight to C
+ * (masked in a partial block) instead of through a buffer and a memcpy per column (those
+ * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
+ * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
+ * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
+ * 710 / 674; H1024 K1024 2 rows 833 / 586, 4 rows 1032 / 869. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int H, int u0, int u1, float *C, int ldc, int acc)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int ncols = (u1 - u0 + U - 1) / U * Wg;
-    const int four = (size_t)ncols * U * K * sizeof(float) <= LSTMC_FOUR_ROWS_MAX_BYTES;
-    if (n == 1 || (n == 4 && !four)) {   /* row 0 streams 8 columns, rows 1-3 follow */
-        for (int q = 0; q < ncols; q += 8) {
+    const int in_l3 = (size_t)ncols * U * K * sizeof(float) <= LSTMC_L3_PANELS_MAX_BYTES;
+    if (n == 1 || (n >= 4 && !in_l3 && K <= LSTMC_STREAM_MAX_K)) {
+        for (int q = 0; q < ncols; q += 8) {          /* row 0 streams 8 columns */
             tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
-            for (int c = 0; n == 4 && c < 8; c += 4)
-                tile_run(3, 4, q + c, ncols, K, A + lda, lda, set, Wg, g0, H, u0, u1, C + ldc,
-                         ldc, acc);
+            for (int r0 = 1; r0 < n;) {               /* the rest find them in L2 */
+                const int R = n - r0 < 3 ? n - r0 : 3, NC = R == 1 ? 8 : 4;
+                for (int c = 0; c < 8; c += NC)
+                    tile_run(R, NC, q + c, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H,
+                             u0, u1, C + (size_t)r0 * ldc, ldc, acc);
+                r0 += R;
+            }
         }
         return;
     }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
-            /* four rows (alone, or a last 4 after threes): one 4 x 3 pass over the group */
             const int left = n - r0;
-            const int R = left == 4 ? 4 : left < 3 ? left : 3;
+            const int R = left == 4 ? 4 : left < 3 ? left : 3;   /* 4 rows: one 4 x 3 pass */
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,

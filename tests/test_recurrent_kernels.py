@@ -5,9 +5,9 @@ portable C kernel and the packed AVX2/FMA kernel, each forced with
 Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
 33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
 to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
-two or four; four rows alone take one pass of 4 x 3 tiles, or, where a thread's panels
-exceed LSTMC_FOUR_ROWS_MAX_BYTES, a sweep of the rows in turn (a team of one) or 2 + 2 rows),
-ragged lengths (rows drop out of the product step by step), both
+two or four; four rows alone take one pass of 4 x 3 tiles; where a thread's panels exceed
+LSTMC_L3_PANELS_MAX_BYTES, four rows and more let row 0 stream 8 columns and the others follow
+in threes, ending in one, two or three, unless K > LSTMC_STREAM_MAX_K), ragged lengths (rows drop out of the product step by step), both
 directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
 and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
@@ -114,25 +114,47 @@ def test_packed_twins_agree(kind):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_four_rows_past_the_one_pass_limit(kind, threads):
-    """Four rows past 4 MiB of panels per thread (LSTM H 520: W_hh is 2080 x 520 floats, 4.3
-    MB; GRU H 600: 4.3 MB; H 1040 and 1200 at two threads: the same share each): row 0
-    streams 8 columns, rows 1-3 follow with 3 x 4 tiles (the last group holds 4 columns at
-    LSTM H 520, 1 at GRU H 600). LSTM H 512 sits exactly at the limit (one 4 x 3 pass)."""
+def test_rows_past_the_l3_limit(kind, threads):
+    """Panels past 4 MiB per thread (LSTM H 520: W_hh is 2080 x 520 floats, 4.3 MB; GRU H 600:
+    4.3 MB; H 1040 and 1200 at two threads: the same share each): at 4 to 7 rows, row 0
+    streams 8 columns and rows 1.. follow as 3, 3 + 1, 3 + 2, 3 + 3 (the last 8 columns hold
+    4 at LSTM H 520, 1 at GRU H 600). LSTM H 512 sits exactly at the limit (one 4 x 3 pass at
+    4 rows, groups of 12 columns beyond)."""
     if threads > 1 and not lstmc.openmp_enabled():
         pytest.skip("needs OpenMP")
     lstmc.set_num_threads(threads)
     sizes = {"lstm": [512, 520], "gru": [600]}[kind]
     for H in [h * threads for h in sizes]:
-        m, x, lengths = build(kind, H, 4, np.float32, seed=H)
-        for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
-            p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
-        m.eval()
-        expected = module_reference(m, x, lengths)
-        assert_close(f"{kind} H{H}", run(m, x, lengths, "packed_avx2"), expected,
-                     *tolerances(np.float32, expected))
-        assert_close(f"{kind} H{H} twins", run(m, x, lengths, "packed_avx2"),
-                     run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
+        for B in (4, 5, 6, 7):
+            m, x, lengths = build(kind, H, B, np.float32, seed=H + B)
+            for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
+                p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
+            m.eval()
+            expected = module_reference(m, x, lengths)
+            assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), expected,
+                         *tolerances(np.float32, expected))
+            assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, "packed_avx2"),
+                         run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
+
+
+def test_training_past_the_l3_limit():
+    """LSTM H 520, 5 rows, training: the forward's W_hh streams (K 520), the backward's
+    dh_prev = dgates W_hh on W_hh^T (K 2080 > LSTMC_STREAM_MAX_K) takes groups of 12
+    columns; both give BLAS's gradients."""
+    lstmc.set_num_threads(1)
+    m, x, lengths = build("lstm", 520, 5, np.float32, seed=5)
+    for p in m.parameters():
+        p.data *= 1 / (0.6 * np.sqrt(520))
+    m.train()
+    dout = np.random.default_rng(2).standard_normal((6, 5, 520)).astype(np.float32)
+    grads = {}
+    for kernel in ("blas", "packed_avx2"):
+        m.zero_grad()
+        run(m, x, lengths, kernel)
+        dx, (dh0, dc0) = m.backward(dout)
+        grads[kernel] = [dx, dh0, dc0] + [p.grad.copy() for p in m.parameters()]
+    for a, b in zip(grads["packed_avx2"], grads["blas"]):
+        assert_close("lstm H520 B5 gradients", a, b, 1e-3, 1e-4 * max(1.0, float(np.abs(b).max())))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
