@@ -163,7 +163,8 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
     case 204: tile_2_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
     case 403: tile_4_3(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    default: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    case 304: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    default: break;   /* no other shape is asked for (a new one without its case: no output) */
     }
 }
 
@@ -173,8 +174,9 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, four rows (alone
  * or a last 4 after threes) one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us,
  * 16 rows 392 -> 372 us; H512, best of 3 x 3000). For four rows alone that pass needs the
- * thread's panels to stay in L3 between steps (at most LSTMC_L3_PANELS_MAX_BYTES). One
- * thread, 4 rows, mean of 1000-1500 calls, four runs each, us (2 + 2 rows of 2 x 6 / 4 x 3):
+ * thread's panels to stay in L3 between steps (at most LSTMC_L3_PANELS_MAX_BYTES); else they
+ * take 2 + 2 rows of 2 x 6 tiles where they do not stream (below). One thread, 4 rows, mean
+ * of 1000-1500 calls, four runs each, us (2 + 2 / 4 x 3):
  * H256 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024
  * K512): 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 /
  * 2773-3478.
@@ -185,7 +187,8 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * 10-15, 3 x 4, 4 x 2 and 4 x 3 at about 10, with or without software prefetch or huge
  * pages (C harness, one thread). So there, from 4 rows on, row 0 streams 8 columns alone and
  * the other rows follow while those columns are in L2 (3 x 4 tiles, a remainder of 1 or 2
- * rows 1 x 8 or 2 x 4), where 8 columns of K fit in half of L2 (LSTMC_STREAM_MAX_K). The two
+ * rows 1 x 8 or 2 x 4), where 8 columns of K fit in half of L2 (LSTMC_STREAM_MAX_K; with a
+ * longer K the groups of 12 columns above run, four rows alone 2 + 2). The two
  * builds alternating in one process, median of 30-100 calls, this / before (four rows
  * before: 2 + 2 rows of 2 x 6 tiles, or at one thread the rows in turn with 1 x 8 tiles;
  * more rows: groups of 12 columns as above), 1 thread | 2 threads: H1536 4 rows 0.84 | 0.76
@@ -214,7 +217,7 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
             for (int r0 = 1; r0 < n;) {               /* the rest find them in L2 */
                 const int R = n - r0 < 3 ? n - r0 : 3, NC = R == 1 ? 8 : 4;
-                for (int c = 0; c < 8; c += NC)
+                for (int c = 0; c < 8 && q + c < ncols; c += NC)
                     tile_run(R, NC, q + c, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H,
                              u0, u1, C + (size_t)r0 * ldc, ldc, acc);
                 r0 += R;
@@ -224,8 +227,10 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
     }
     for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
         for (int r0 = 0; r0 < n;) {
+            /* four rows alone: one 4 x 3 pass where the panels stay in L3, else 2 + 2 (past
+             * the limit only where K > LSTMC_STREAM_MAX_K); a last 4 after threes: 4 x 3 */
             const int left = n - r0;
-            const int R = left == 4 ? 4 : left < 3 ? left : 3;   /* 4 rows: one 4 x 3 pass */
+            const int R = left == 4 ? (r0 || in_l3 ? 4 : 2) : left < 3 ? left : 3;
             const int NC = GROUP_COLS / R;
             for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
                 tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,

@@ -68,8 +68,8 @@ def check_reference(kind, m, x, lengths=None):
        bidirectional=st.booleans(), ragged=st.booleans(), seed=st.integers(0, 2**16))
 def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, layers,
                                                           bidirectional, ragged, seed):
-    """Batches of 1 to 12 cover every row chunking of the tiles (1, 2, 2 + 2, threes and
-    remainders) on packed projections and recurrent products."""
+    """Batches of 1 to 12 cover every row chunking of the tiles (1, 2, 4 in one pass, threes
+    and remainders) on packed projections and recurrent products."""
     m = make(kind, I, H, layers, bidirectional, seed).eval()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -7,8 +7,8 @@ Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 
 to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
 two or four; four rows alone take one pass of 4 x 3 tiles; where a thread's panels exceed
 LSTMC_L3_PANELS_MAX_BYTES, four rows and more let row 0 stream 8 columns and the others follow
-in threes, ending in one, two or three, unless K > LSTMC_STREAM_MAX_K), ragged lengths (rows drop out of the product step by step), both
-directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
+in threes, ending in one, two or three, unless K > LSTMC_STREAM_MAX_K), ragged lengths (rows
+drop out of the product step by step), both directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
 and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
 Tolerances as SPEC section 7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
@@ -115,16 +115,19 @@ def test_packed_twins_agree(kind):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_rows_past_the_l3_limit(kind, threads):
-    """Panels past 4 MiB per thread (LSTM H 520: W_hh is 2080 x 520 floats, 4.3 MB; GRU H 600:
-    4.3 MB; H 1040 and 1200 at two threads: the same share each): at 4 to 7 rows, row 0
-    streams 8 columns and rows 1.. follow as 3, 3 + 1, 3 + 2, 3 + 3 (the last 8 columns hold
-    4 at LSTM H 520, 1 at GRU H 600). LSTM H 512 sits exactly at the limit (one 4 x 3 pass at
-    4 rows, groups of 12 columns beyond)."""
+    """Around 4 MiB of panels per thread (LSTMC_L3_PANELS_MAX_BYTES). One thread: LSTM H 512
+    sits exactly at the limit (one 4 x 3 pass at 4 rows, groups of 12 columns beyond); H 520
+    (W_hh 2080 x 520 floats, 4.3 MB) and H 524 (a partial block of 4 units) and GRU H 600
+    (4.3 MB) are past it. Two threads (shares of whole 16-unit multiples): LSTM H 704 (352
+    units each, 3.96 MB) is within, H 736 (368, 4.33 MB) past it; GRU H 1200 (608 + 592
+    units, 8.8 MB each) past it. At 4 to 7 rows, past the limit, row 0 streams 8 columns and
+    rows 1.. follow as 3, 3 + 1, 3 + 2, 3 + 3."""
     if threads > 1 and not lstmc.openmp_enabled():
         pytest.skip("needs OpenMP")
     lstmc.set_num_threads(threads)
-    sizes = {"lstm": [512, 520], "gru": [600]}[kind]
-    for H in [h * threads for h in sizes]:
+    sizes = {("lstm", 1): [512, 520, 524], ("gru", 1): [600],
+             ("lstm", 2): [704, 736], ("gru", 2): [1200]}[kind, threads]
+    for H in sizes:
         for B in (4, 5, 6, 7):
             m, x, lengths = build(kind, H, B, np.float32, seed=H + B)
             for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
@@ -137,24 +140,28 @@ def test_rows_past_the_l3_limit(kind, threads):
                          run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
 
 
-def test_training_past_the_l3_limit():
-    """LSTM H 520, 5 rows, training: the forward's W_hh streams (K 520), the backward's
-    dh_prev = dgates W_hh on W_hh^T (K 2080 > LSTMC_STREAM_MAX_K) takes groups of 12
-    columns; both give BLAS's gradients."""
+@pytest.mark.parametrize("kind, H", [("lstm", 520), ("gru", 600)])
+def test_training_past_the_l3_limit(kind, H):
+    """Training at 5 rows past the L3 limit, one thread, against BLAS's gradients. LSTM H 520:
+    the forward's W_hh streams (K 520); the backward's dh_prev = dgates W_hh on W_hh^T (K 2080
+    > LSTMC_STREAM_MAX_K) takes groups of 12 columns. GRU H 600: the backward's W_hh^T (K
+    1800, 4.3 MB) streams too, accumulating onto the direct term."""
     lstmc.set_num_threads(1)
-    m, x, lengths = build("lstm", 520, 5, np.float32, seed=5)
+    m, x, lengths = build(kind, H, 5, np.float32, seed=5)
     for p in m.parameters():
-        p.data *= 1 / (0.6 * np.sqrt(520))
+        p.data *= 1 / (0.6 * np.sqrt(H))
     m.train()
-    dout = np.random.default_rng(2).standard_normal((6, 5, 520)).astype(np.float32)
+    dout = np.random.default_rng(2).standard_normal((6, 5, H)).astype(np.float32)
     grads = {}
     for kernel in ("blas", "packed_avx2"):
         m.zero_grad()
         run(m, x, lengths, kernel)
-        dx, (dh0, dc0) = m.backward(dout)
-        grads[kernel] = [dx, dh0, dc0] + [p.grad.copy() for p in m.parameters()]
+        dx, hx = m.backward(dout)
+        states = list(hx) if isinstance(hx, tuple) else [hx]
+        grads[kernel] = [dx] + states + [p.grad.copy() for p in m.parameters()]
     for a, b in zip(grads["packed_avx2"], grads["blas"]):
-        assert_close("lstm H520 B5 gradients", a, b, 1e-3, 1e-4 * max(1.0, float(np.abs(b).max())))
+        assert_close(f"{kind} H{H} B5 gradients", a, b, 1e-3,
+                     1e-4 * max(1.0, float(np.abs(b).max())))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
