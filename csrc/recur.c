@@ -137,7 +137,7 @@ DEFINE_TILE(4, 3)
 #undef UNROLL
 #define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
 #define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)   /* see packed_gemm_avx2 */
-#define LSTMC_STREAM_MAX_K 2048   /* 8 columns of K floats: at most 512 KB, half of L2 */
+#define LSTMC_STREAM_MAX_K 2048   /* 8 columns of K floats: at most 512 KB, L2 of one core */
 
 /* C[R rows, columns q0 .. q0+NC-1 of the thread's packed columns] (R x NC one of the tiles
  * above). Columns are the thread's packed columns in order (block by block, gates v within
@@ -187,8 +187,9 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * 10-15, 3 x 4, 4 x 2 and 4 x 3 at about 10, with or without software prefetch or huge
  * pages (C harness, one thread). So there, from 4 rows on, row 0 streams 8 columns alone and
  * the other rows follow while those columns are in L2 (3 x 4 tiles, a remainder of 1 or 2
- * rows 1 x 8 or 2 x 4), where 8 columns of K fit in half of L2 (LSTMC_STREAM_MAX_K; with a
- * longer K the groups of 12 columns above run, four rows alone 2 + 2). The two
+ * rows 1 x 8 or 2 x 4), where 8 columns of K fit in one core's L2 (512 KB on this machine:
+ * LSTMC_STREAM_MAX_K; at K 1792-2048 streaming still won, 8 rows 0.87-0.93, 16 rows 0.79;
+ * with a longer K the groups of 12 columns above run, four rows alone 2 + 2). The two
  * builds alternating in one process, median of 30-100 calls, this / before (four rows
  * before: 2 + 2 rows of 2 x 6 tiles, or at one thread the rows in turn with 1 x 8 tiles;
  * more rows: groups of 12 columns as above), 1 thread | 2 threads: H1536 4 rows 0.84 | 0.76
@@ -196,7 +197,7 @@ static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, in
  * H1024 4 rows 0.82 | 0.86-0.94, 8 rows 0.76 | 0.83, 16 rows 0.79 | 0.82, 32 rows 0.93 |
  * 0.86, 64 rows 0.90 | 0.95. Groups of 12 columns, row 0 in 1 x 8 and 1 x 4 tiles, lost at
  * 4 rows (1.17 | 1.03); 2 and 3 rows did not gain (0.94-1.12 and 1.12-1.52), so their 2 x 6
- * and 3 x 4 passes stay; with W_hh^T at H1024 (K 4096, 8 columns fill L2) 1.04-1.06, and
+ * and 3 x 4 passes stay; with W_hh^T at H1024 (K 4096, 8 columns twice L2) 1.04-1.06, and
  * chunks of K 2048 there gave 0.87-1.10. Below the L3 limit the 4 x 3 pass beat streaming
  * four rows (H256 1.15, H512 1.26; two threads H512 K1024, 4 MB a thread, 1.11).
  *
