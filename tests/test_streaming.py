@@ -311,6 +311,49 @@ def test_eval_cells_against_reference(cell_cls, kw, B, float_dtype):
         assert_close("h'", h1, rh, **t)
 
 
+@pytest.mark.parametrize("cell_cls", [lstmc.nn.LSTMCell, lstmc.nn.GRUCell, lstmc.nn.RNNCell])
+def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
+    """Arrays already of the cell's dtype, batched and contiguous skip the conversions (the
+    common serving call); the result must be the converting path's, states None or given,
+    fresh arrays that do not alias the inputs."""
+    lstmc.manual_seed(4)
+    cell = cell_cls(5, 6, dtype=float_dtype).eval()
+    rng = np.random.default_rng(7)
+    lstm = cell_cls is lstmc.nn.LSTMCell
+    for b in (1, 3):
+        x = rng.standard_normal((b, 5)).astype(float_dtype)
+        h = rng.standard_normal((b, 6)).astype(float_dtype)
+        c = rng.standard_normal((b, 6)).astype(float_dtype)
+        for hx in ([None, (h, c), (h, None), (None, c)] if lstm else [None, h]):
+            fast = cell(x, hx)
+            slow = cell(x.tolist(), hx)           # a list takes the converting path
+            fast = fast if lstm else (fast,)
+            slow = slow if lstm else (slow,)
+            for f, sl in zip(fast, slow):
+                assert f.dtype == float_dtype and f.shape == (b, 6)
+                np.testing.assert_array_equal(f, sl)
+                assert not np.shares_memory(f, x) and not np.shares_memory(f, h)
+
+
+def test_eval_cell_step_between_training_step_and_backward():
+    """An eval-mode call between a training call and its backward leaves the backward to the
+    training call: its unbatched shapes, not the eval call's batch."""
+    lstmc.manual_seed(5)
+    cell = lstmc.nn.LSTMCell(4, 3)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(4).astype(np.float32)
+    cell(x)                                            # training, unbatched
+    dx_ref, (dh_ref, dc_ref) = cell.backward(np.ones(3, np.float32))
+    cell.zero_grad()
+    cell(x)
+    cell.eval()
+    cell(rng.standard_normal((2, 4)).astype(np.float32))   # eval, batched
+    cell.train()
+    dx, (dh, dc) = cell.backward(np.ones(3, np.float32))
+    assert dx.shape == (4,) and dh.shape == (3,) and dc.shape == (3,)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(name=st.sampled_from(sorted(CONFIGS)), I=st.integers(1, 9), H=st.integers(1, 9),
        L=st.integers(1, 3), T=st.integers(1, 4), B=st.integers(1, 4),
