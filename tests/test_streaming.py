@@ -332,7 +332,19 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
             for f, sl in zip(fast, slow):
                 assert f.dtype == float_dtype and f.shape == (b, 6)
                 np.testing.assert_array_equal(f, sl)
-                assert not np.shares_memory(f, x) and not np.shares_memory(f, h)
+                assert not any(np.shares_memory(f, a) for a in (x, h, c))
+        # states the fast call does not take (Fortran order, another float dtype) convert
+        # to the same values; shapes it does not take still raise, naming the argument
+        other = np.float64 if float_dtype == np.float32 else np.float32
+        for h2 in (np.asfortranarray(h), h.astype(other)):
+            ref_h = cell(x, (h, c))[0] if lstm else cell(x, h)
+            got_h = cell(x, (h2, c))[0] if lstm else cell(x, h2)
+            np.testing.assert_allclose(got_h, ref_h, rtol=1e-6 if other == np.float32 else 0,
+                                       atol=1e-6 if other == np.float32 else 0)
+        with pytest.raises(ValueError, match="x must be"):
+            cell(np.zeros((b, 6), float_dtype), (h, c) if lstm else h)
+        with pytest.raises(ValueError, match="h must have shape"):
+            cell(x, (h[:, :5].copy(), c) if lstm else h[:, :5].copy())
 
 
 def test_eval_cell_step_between_training_step_and_backward():
@@ -344,14 +356,18 @@ def test_eval_cell_step_between_training_step_and_backward():
     x = rng.standard_normal(4).astype(np.float32)
     cell(x)                                            # training, unbatched
     dx_ref, (dh_ref, dc_ref) = cell.backward(np.ones(3, np.float32))
-    cell.zero_grad()
-    cell(x)
-    cell.eval()
-    cell(rng.standard_normal((2, 4)).astype(np.float32))   # eval, batched
-    cell.train()
-    dx, (dh, dc) = cell.backward(np.ones(3, np.float32))
-    assert dx.shape == (4,) and dh.shape == (3,) and dc.shape == (3,)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6)
+    for batch in (rng.standard_normal((2, 4)).astype(np.float32),   # the fast eval call
+                  rng.standard_normal((2, 4)).tolist()):                # the converting one
+        cell.zero_grad()
+        cell(x)
+        cell.eval()
+        cell(batch)                                        # eval, batched
+        cell.train()
+        dx, (dh, dc) = cell.backward(np.ones(3, np.float32))
+        assert dx.shape == (4,) and dh.shape == (3,) and dc.shape == (3,)
+        np.testing.assert_array_equal(dx, dx_ref)
+        np.testing.assert_array_equal(dh, dh_ref)
+        np.testing.assert_array_equal(dc, dc_ref)
 
 
 @settings(max_examples=40, deadline=None)
