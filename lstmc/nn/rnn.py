@@ -502,8 +502,7 @@ class _RNNBase(Module):
         if state.__class__ is not StreamState or state._owner is not self:
             self._check_stream(state)   # a state of another module of the same shapes is fine
         x = x_t
-        if x.__class__ is not np.ndarray or x.dtype != self.dtype \
-                or not x.flags.c_contiguous or x.shape not in state._x_shapes:
+        if not _plain(x, self.dtype) or x.shape not in state._x_shapes:
             x = self._stream_input(x_t, state)
         y = state._y if x.ndim == 2 else state._y1
         if out is not None:
@@ -573,20 +572,18 @@ class StreamState:
         """A new state of the same module holding copies of h and c (to branch a stream, as
         a beam search does), with its own buffers. copy.deepcopy does the same: a state
         belongs to its module and does not copy it."""
-        new = StreamState(self._owner, self.batch_size)
+        return self._branch(self._owner)
+
+    def __deepcopy__(self, memo):
+        """As copy.copy, for the module's copy if this deepcopy has made one."""
+        return self._branch(memo.get(id(self._owner), self._owner))
+
+    def _branch(self, owner):
+        new = StreamState(owner, self.batch_size)
         new.h[...] = self.h
         if self.c is not None:
             new.c[...] = self.c
         return new
-
-    def __deepcopy__(self, memo):
-        """As copy.copy, for the module's copy if this deepcopy has made one."""
-        owner = self._owner
-        self._owner = memo.get(id(owner), owner)
-        try:
-            return self.__copy__()
-        finally:
-            self._owner = owner
 
     def __reduce__(self):
         raise TypeError("a StreamState cannot be pickled: save state.h (and state.c), and "
