@@ -108,13 +108,15 @@ LSTMC_STEP_STRUCT(double, lstmc_step_f64)
 LSTMC_CELL_KERNELS(f32)
 LSTMC_CELL_KERNELS(f64)
 
-/* The packed recurrent kernels (recur.c). Units per packed block: one AVX2 vector of floats;
- * thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block boundaries. */
-#define LSTMC_PACK_UNITS 8
+/* The packed recurrent kernels (recur.c). Units per packed block: a strip of two AVX2 vectors
+ * of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block
+ * boundaries. */
+#define LSTMC_PACK_UNITS 16
 /* The packed kernels run the per-step products (forward gh = h W_hh^T, backward dh_prev =
  * dgates W_hh) up to this many batch rows; calls with more keep BLAS (and need no packed
- * copies in scratch). The kernel streams each 64 KB panel from L2 for every 3 rows, where
- * sgemm repacks the thread's whole W_hh slice every step (I = H = 512, one thread, GFLOP/s
+ * copies in scratch). The kernel reads its packed weights from L2 for every chunk of rows,
+ * where sgemm repacks the thread's whole W_hh slice every step (when this was set, with
+ * the kernel of 8-unit panels and chunks of 3 rows: I = H = 512, one thread, GFLOP/s
  * packed / sgemm: 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64). Training step, LSTM
  * I = H = 512, T = 25, ms (BLAS above 8 rows / packed up to 128; the same bench, ratios to
  * torch in brackets): B16 1 thread 128 (1.50) / 90.5 (1.08), 2 threads 75 (1.32) / 60.6

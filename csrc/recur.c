@@ -6,19 +6,20 @@
  * rows j, the gate blocks g of a set [g0, g1) and its own units [u0, u1). With BLAS that is a
  * gemv per row and gate block, or an sgemm that repacks the thread's slice on every call.
  * Here the slice is packed once, by the thread that owns it, into the order the kernel reads,
- * and every element loaded serves up to three rows at a time (the next rows find the panel in
- * L2). The backward's dh_prev = dgates W_hh is the same product on W_hh^T packed as one gate
+ * and every element loaded serves up to six rows at a time (the next rows find it in L2).
+ * The backward's dh_prev = dgates W_hh is the same product on W_hh^T packed as one gate
  * block (lstmc_pack_columns).
  *
  * Packed layout of a gate set [g0, g1) (Wg = g1 - g0 blocks), K = width of the product:
- * per block of U = LSTMC_PACK_UNITS units b0 .. b0+U-1 (zeros past H), a panel
- *     panel[k][v][l] = W[(g0 + v) * H + b0 + l][k]      (K, Wg, U)
- * at set + b0 * K * Wg: one 8-float vector holds U units of one gate at one k, so the kernel
- * broadcasts h[j, k] and multiplies-adds it into Wg accumulators per row and block. Sets of a
- * call share K; set g0 starts at pack + roundup(H, U) * K * g0 (lstmc_pack_set). Where a
- * block's panel sits depends on its units only, not on which thread packs it, so a copy
- * packed once (lstmc_seq_pack_*, for inference) serves every thread count. Without such a
- * copy, the sequence driver packs W_hh per call (weights may change between any two).
+ * per block of U = LSTMC_PACK_UNITS units b0 .. b0+U-1 (zeros past H), a panel of Wg strips
+ *     strip v: panel[v][k][l] = W[(g0 + v) * H + b0 + l][k]      (Wg, K, U)
+ * at set + b0 * K * Wg: a strip is the U = 16 units of one gate, two 8-float vectors per k,
+ * contiguous down K, so a tile reads each strip as one sequential stream and broadcasts
+ * h[j, k] into two accumulators per row and strip. Sets of a call share K; set g0 starts at
+ * pack + roundup(H, U) * K * g0 (lstmc_pack_set). Where a block's panel sits depends on its
+ * units only, not on which thread packs it, so a copy packed once (lstmc_seq_pack_*, for
+ * inference) serves every thread count. Without such a copy, the sequence driver packs W_hh
+ * per call (weights may change between any two).
  */
 #include <string.h>
 #include "internal.h"
@@ -74,170 +75,183 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 }
 
 #if LSTMC_HAVE_AVX2_KERNEL
-/* One register tile: R rows x NC packed columns (8 units of one gate each, at col[c], k-stride
- * ks) over all of K, stored straight to C: column c goes to C + dst[c] (row stride ldc), its
- * first cnt[c] units (8 for a whole block, fewer in the last one, 0 for a column that only
- * pads the tile). R and NC are constants of each instance, so the accumulators live in
- * registers, given full unrolling (a generic version with the tile shape as arguments, even
- * inlined with literals, kept them on the stack: LSTM H512 B4 1 thread 54 ms vs BLAS 41;
- * without the unroll pragmas GCC 12 stored the 4 x 2 tile every k). Tiles have 8 or 12
- * accumulators (an FMA has 4-5 cycles of latency, two issue per cycle) plus the NC loaded
- * columns and one broadcast at a time, within the 16 ymm registers. Broadcasting row by row,
- * each just before its FMAs, instead of all R first: 3 x 4 tiles at I = H = 512, best of 3
- * runs of 3000 calls, us (all first / row by row): 16 rows 438 / 397, 25 rows 698 / 608
- * (86 GFLOP/s against the 91 of an FMA-only loop on this machine), 64 rows 1844 / 1542, 100
- * rows 2847 / 2485; 4 rows (2 x 6 tiles) 130 / 133. */
+/* One register tile: R rows x S strips (16 units of one gate each: two 8-float vectors per
+ * k, at col[s], contiguous in k) over all of K, stored straight to C: strip s goes to C +
+ * dst[s] (row stride ldc), its first cnt[s] units (16 for a whole block, fewer in the last
+ * one, 0 for a strip that only pads the tile). R and S are constants of each instance, so
+ * the accumulators live in registers, given full unrolling (a generic version with the tile
+ * shape as arguments, even inlined with literals, kept them on the stack). Tiles have up to
+ * 12 accumulators (an FMA has 4-5 cycles of latency, two issue per cycle); BFIRST tiles
+ * broadcast their rows first and then load one B vector at a time (3 x 2: 12 accumulators,
+ * 3 broadcasts and one vector fill the 16 ymm registers; loading its four vectors first would
+ * need 17), the others load the strips' vectors first and broadcast row by row. The k loop
+ * is unrolled 4 times (without it the loop's address arithmetic shares the issue width with
+ * the FMAs), and each strip's line 256 bytes (4 k) ahead is prefetched into L1. */
 #define UNROLL _Pragma("GCC unroll 16")
+#define PREFETCH_FLOATS 64
+/* vector v (of 2 S) at k: half v % 2 of strip v / 2 */
+#define STRIP_VECTOR(v) _mm256_loadu_ps(p[(v) / 2] + (size_t)k * 16 + ((v) % 2) * 8)
 static const int32_t lane_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-#define DEFINE_TILE(R, NC)                                                                     \
-    __attribute__((target("avx2,fma"))) static void tile_##R##_##NC(                          \
-        int K, const float *A, int lda, const float *const *col, size_t ks, float *C, int ldc, \
+#define DEFINE_TILE(R, S, BFIRST)                                                              \
+    __attribute__((target("avx2,fma"))) static void tile_##R##_##S(                           \
+        int K, const float *A, int lda, const float *const *col, float *C, int ldc,            \
         const int *dst, const int *cnt, int accumulate)                                        \
     {                                                                                          \
-        __m256 acc[R][NC];                                                                     \
-        const float *p[NC];                                                                    \
-        UNROLL for (int c = 0; c < NC; c++)                                                    \
-            p[c] = col[c];                                                                     \
+        __m256 acc[R][2 * S];                                                                  \
+        const float *p[S];                                                                     \
+        UNROLL for (int s = 0; s < S; s++)                                                     \
+            p[s] = col[s];                                                                     \
         UNROLL for (int r = 0; r < R; r++)                                                     \
-            UNROLL for (int c = 0; c < NC; c++)                                                \
-                acc[r][c] = _mm256_setzero_ps();                                               \
-        for (int k = 0; k < K; k++) {                                                          \
-            __m256 x[NC];                                                                      \
-            UNROLL for (int c = 0; c < NC; c++)                                                \
-                x[c] = _mm256_loadu_ps(p[c] + (size_t)k * ks);                                 \
-            UNROLL for (int r = 0; r < R; r++) {                                               \
-                const __m256 a = _mm256_broadcast_ss(A + (size_t)r * lda + k);                 \
-                UNROLL for (int c = 0; c < NC; c++)                                            \
-                    acc[r][c] = _mm256_fmadd_ps(a, x[c], acc[r][c]);                           \
+            UNROLL for (int v = 0; v < 2 * S; v++)                                             \
+                acc[r][v] = _mm256_setzero_ps();                                               \
+        _Pragma("GCC unroll 4") for (int k = 0; k < K; k++) {                                  \
+            UNROLL for (int s = 0; s < S; s++)                                                 \
+                _mm_prefetch((const char *)(p[s] + (size_t)k * 16 + PREFETCH_FLOATS),          \
+                             _MM_HINT_T0);                                                     \
+            if (BFIRST) {                                                                      \
+                __m256 a[R];                                                                   \
+                UNROLL for (int r = 0; r < R; r++)                                             \
+                    a[r] = _mm256_broadcast_ss(A + (size_t)r * lda + k);                       \
+                UNROLL for (int v = 0; v < 2 * S; v++) {                                       \
+                    const __m256 x = STRIP_VECTOR(v);                                  \
+                    UNROLL for (int r = 0; r < R; r++)                                         \
+                        acc[r][v] = _mm256_fmadd_ps(a[r], x, acc[r][v]);                       \
+                }                                                                              \
+            } else {                                                                           \
+                __m256 x[2 * S];                                                               \
+                UNROLL for (int v = 0; v < 2 * S; v++)                                         \
+                    x[v] = STRIP_VECTOR(v);                                            \
+                UNROLL for (int r = 0; r < R; r++) {                                           \
+                    const __m256 a = _mm256_broadcast_ss(A + (size_t)r * lda + k);             \
+                    UNROLL for (int v = 0; v < 2 * S; v++)                                     \
+                        acc[r][v] = _mm256_fmadd_ps(a, x[v], acc[r][v]);                       \
+                }                                                                              \
             }                                                                                  \
         }                                                                                      \
-        UNROLL for (int c = 0; c < NC; c++) {                                                  \
-            const __m256i m = _mm256_loadu_si256((const __m256i *)(lane_mask + 8 - cnt[c]));   \
+        UNROLL for (int v = 0; v < 2 * S; v++) {                                               \
+            const int n8 = cnt[v / 2] - (v % 2) * 8, m8 = n8 < 0 ? 0 : n8 > 8 ? 8 : n8;        \
+            const __m256i m = _mm256_loadu_si256((const __m256i *)(lane_mask + 8 - m8));       \
             UNROLL for (int r = 0; r < R; r++) {                                               \
-                float *to = C + (size_t)r * ldc + dst[c];                                      \
-                if (cnt[c] == 8)                                                               \
+                float *to = C + (size_t)r * ldc + dst[v / 2] + (v % 2) * 8;                    \
+                if (m8 == 8)                                                                   \
                     _mm256_storeu_ps(to, accumulate ? _mm256_add_ps(_mm256_loadu_ps(to),       \
-                                                                    acc[r][c])                 \
-                                                    : acc[r][c]);                              \
-                else if (cnt[c] > 0)                                                           \
+                                                                    acc[r][v])                 \
+                                                    : acc[r][v]);                              \
+                else if (m8 > 0)                                                               \
                     _mm256_maskstore_ps(to, m, accumulate ? _mm256_add_ps(                     \
                                                                 _mm256_maskload_ps(to, m),     \
-                                                                acc[r][c])                     \
-                                                          : acc[r][c]);                        \
+                                                                acc[r][v])                     \
+                                                          : acc[r][v]);                        \
             }                                                                                  \
         }                                                                                      \
     }
-DEFINE_TILE(1, 8)
-DEFINE_TILE(1, 12)
-DEFINE_TILE(2, 4)
-DEFINE_TILE(2, 6)
-DEFINE_TILE(3, 4)
-DEFINE_TILE(4, 3)
+DEFINE_TILE(1, 1, 0)
+DEFINE_TILE(1, 2, 0)
+DEFINE_TILE(1, 3, 0)
+DEFINE_TILE(1, 4, 0)
+DEFINE_TILE(2, 1, 0)
+DEFINE_TILE(2, 2, 0)
+DEFINE_TILE(3, 1, 0)
+DEFINE_TILE(3, 2, 1)
+DEFINE_TILE(4, 1, 0)
+DEFINE_TILE(5, 1, 0)
+DEFINE_TILE(6, 1, 0)
 #undef DEFINE_TILE
+#undef STRIP_VECTOR
 #undef UNROLL
-#define GROUP_COLS 12   /* columns a group of tiles shares: 3 LSTM or 4 GRU panels */
-#define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)   /* see packed_gemm_avx2 */
-#define LSTMC_STREAM_MAX_K 2048   /* 8 columns of K floats: at most 512 KB, L2 of one core */
+#define TILE_ROWS 6      /* rows a tile takes at most (6 x 1: 12 accumulators) */
+#define MAX_STRIPS 4     /* strips a tile takes at most (1 x 4) */
+/* Strips of a group that stays in one core's L2 (512 KB on this machine) while every chunk of
+ * rows passes over it: as many as fit in GROUP_BYTES, at least GROUP_MIN_STRIPS (see
+ * packed_gemm_avx2). */
+#define GROUP_BYTES ((size_t)384 << 10)
+#define GROUP_MIN_STRIPS 4
+/* a thread's panels beyond this come from DRAM, not L3, every step (see packed_gemm_avx2) */
+#define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)
 
-/* C[R rows, columns q0 .. q0+NC-1 of the thread's packed columns] (R x NC one of the tiles
- * above). Columns are the thread's packed columns in order (block by block, gates v within
- * a block); a tile running out of columns repeats its last one (computed, not stored). */
-static void tile_run(int R, int NC, int q0, int ncols, int K, const float *A, int lda,
+/* C[R rows, strips q0 .. q0+S-1 of the thread's strips] (R x S one of the tiles above).
+ * Strips are the thread's in order (block by block, gates v within a block); strips at or
+ * past qend pad the tile: computed on the last real one, not stored. */
+static void tile_run(int R, int S, int q0, int qend, int K, const float *A, int lda,
                      const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc,
                      int acc)
 {
     const int U = LSTMC_PACK_UNITS;
-    const size_t ks = (size_t)Wg * U;
-    const float *col[GROUP_COLS];
-    int dst[GROUP_COLS], cnt[GROUP_COLS];
-    for (int c = 0; c < NC; c++) {
-        const int q = q0 + c < ncols ? q0 + c : ncols - 1;
-        const int u = u0 + q / Wg * U, g = g0 + q % Wg;
-        col[c] = set + (size_t)u * K * Wg + (size_t)(q % Wg) * U;
-        dst[c] = g * H + u;
-        cnt[c] = q0 + c < ncols ? (u1 - u < U ? u1 - u : U) : 0;
+    const float *col[MAX_STRIPS];
+    int dst[MAX_STRIPS], cnt[MAX_STRIPS];
+    for (int s = 0; s < S; s++) {
+        const int q = q0 + s < qend ? q0 + s : qend - 1;
+        const int u = u0 + q / Wg * U, v = q % Wg;
+        col[s] = set + ((size_t)u * Wg + (size_t)v * U) * K;
+        dst[s] = (g0 + v) * H + u;
+        cnt[s] = q0 + s < qend ? (u1 - u < U ? u1 - u : U) : 0;
     }
-    switch (R * 100 + NC) {
-    case 108: tile_1_8(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    case 112: tile_1_12(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    case 204: tile_2_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    case 206: tile_2_6(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    case 403: tile_4_3(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
-    case 304: tile_3_4(K, A, lda, col, ks, C, ldc, dst, cnt, acc); break;
+    switch (R * 10 + S) {
+    case 11: tile_1_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 12: tile_1_2(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 13: tile_1_3(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 14: tile_1_4(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 21: tile_2_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 22: tile_2_2(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 31: tile_3_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 32: tile_3_2(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 41: tile_4_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 51: tile_5_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
+    case 61: tile_6_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     default: break;   /* no other shape is asked for (a new one without its case: no output) */
     }
 }
 
-/* One row alone streams all columns 8 at a time (two LSTM panels, 8 independent
- * accumulators). More rows go through groups of 12 columns (three LSTM panels: 192 KB at
- * K = 512, kept in L2 while the rows pass) in chunks of 3 rows (3 x 4 tiles, 12
- * accumulators); 2 rows and the remainders take 2 x 6 and 1 x 12 tiles, four rows (alone
- * or a last 4 after threes) one 4 x 3 pass (the group is in L2 then: 7 rows 187 -> 167 us,
- * 16 rows 392 -> 372 us; H512, best of 3 x 3000). For four rows alone that pass needs the
- * thread's panels to stay in L3 between steps (at most LSTMC_L3_PANELS_MAX_BYTES); else they
- * take 2 + 2 rows of 2 x 6 tiles where they do not stream (below). One thread, 4 rows, mean
- * of 1000-1500 calls, four runs each, us (2 + 2 / 4 x 3):
- * H256 53-57 / 40-42; H512 (4 MB of panels) 173-204 / 147-166; 8 MB (H512 K1024, H1024
- * K512): 422-460 / 349-656; H768 (9.4 MB) 587-617 / 842-1727; H1024 (16 MB) 2100-2497 /
- * 2773-3478.
+/* Rows go in chunks of up to 6 over every strip, each chunk with the widest tile of at most
+ * 12 accumulators: 6, 5 and 4 rows one strip at a time (two loads per 2R FMAs), 3 and 2 rows
+ * two strips, a row alone four (its eight accumulators hide the FMA latency). One to six rows
+ * so read the thread's weights once, in one pass. More rows take the strips in groups that
+ * stay in L2 while all chunks of rows pass over them (GROUP_BYTES, at least GROUP_MIN_STRIPS:
+ * with one strip of K 2048 a group, 16 rows ran 1.11-1.25x slower than with four), so the
+ * weights come from L3 or DRAM once per call and from L2 once per chunk. Weights that come
+ * from DRAM (a thread's panels past LSTMC_L3_PANELS_MAX_BYTES) stream faster the fewer
+ * instructions wait on each line (a row alone, 1 x 8 tiles of the earlier 8-unit panels:
+ * 15-20 GB/s; 4 x 3 tiles about 10; one thread, C harness), so there, from 4 rows on, row 0
+ * streams four strips alone and the others follow while those are in L2, in chunks of three
+ * (4 rows of H1024 in one pass of 4 x 1 tiles: 1.07-1.12 of the earlier kernel at two
+ * threads; this way 0.80-0.90).
  *
- * Beyond that limit the panels come from DRAM, and how fast depends on how many lines the
- * core has in flight, i.e. on how few instructions wait on each line: a row alone (1 x 8
- * tiles, two FMAs per 64-byte line) streamed H1536's 37.7 MB at 15-20 GB/s, 2 x 6 tiles at
- * 10-15, 3 x 4, 4 x 2 and 4 x 3 at about 10, with or without software prefetch or huge
- * pages (C harness, one thread). So there, from 4 rows on, row 0 streams 8 columns alone and
- * the other rows follow while those columns are in L2 (3 x 4 tiles, a remainder of 1 or 2
- * rows 1 x 8 or 2 x 4), where 8 columns of K fit in one core's L2 (512 KB on this machine:
- * LSTMC_STREAM_MAX_K; at K 1792-2048 streaming still won, 8 rows 0.87-0.93, 16 rows 0.79;
- * with a longer K the groups of 12 columns above run, four rows alone 2 + 2). The two
- * builds alternating in one process, median of 30-100 calls, this / before (four rows
- * before: 2 + 2 rows of 2 x 6 tiles, or at one thread the rows in turn with 1 x 8 tiles;
- * more rows: groups of 12 columns as above), 1 thread | 2 threads: H1536 4 rows 0.84 | 0.76
- * (3.8 vs 4.6 ms at 1 thread), 5 rows 0.89 | 0.84, 8 rows 0.88 | 0.78, 16 rows 0.87 | 0.79;
- * H1024 4 rows 0.82 | 0.86-0.94, 8 rows 0.76 | 0.83, 16 rows 0.79 | 0.82, 32 rows 0.93 |
- * 0.86, 64 rows 0.90 | 0.95. Groups of 12 columns, row 0 in 1 x 8 and 1 x 4 tiles, lost at
- * 4 rows (1.17 | 1.03); 2 and 3 rows did not gain (0.94-1.12 and 1.12-1.52), so their 2 x 6
- * and 3 x 4 passes stay; with W_hh^T at H1024 (K 4096, 8 columns twice L2) 1.04-1.06, and
- * chunks of K 2048 there gave 0.87-1.10. Below the L3 limit the 4 x 3 pass beat streaming
- * four rows (H256 1.15, H512 1.26; two threads H512 K1024, 4 MB a thread, 1.11).
- *
- * 1 x 12 tiles for a row alone were slower (0.40 vs 0.31 ms). Tiles store straight to C
- * (masked in a partial block) instead of through a buffer and a memcpy per column (those
- * copies took 8 % of an LSTM H256 B1 T150 forward). Per call, best of 3000, one thread, LSTM
- * gates (previous kernel: 2 + 2 rows of 2 x 4 tiles, a buffer / this one, us; noisy shared
- * machine): H512 K512 1 row 57.5 / 57.7, 2 rows 80.6 / 66.1, 4 rows 138 / 122, 25 rows
- * 710 / 674; H1024 K1024 2 rows 833 / 586, 4 rows 1032 / 869. */
+ * This layout and these tiles replaced 8-unit panels of all Wg gates interleaved per k
+ * (3 x 4, 4 x 3, 2 x 6, 1 x 12 and 1 x 8 tiles over columns of 8 units; 128 bytes per k per
+ * block), whose tiles read a column at a 128-byte stride and re-read one column per row
+ * (3 x 4 needs 17 registers). Both kernels alternating in one process (a harness linking both
+ * objects), one thread unless said, median of 50-1000 calls, new / old: LSTM I = H = 512
+ * (W_hh 4 MB, from L3), 1 row 0.98, 2 rows 0.80, 3 rows 0.85, 4 rows 0.86, 6 rows 0.84, 16
+ * rows 0.85, 64 rows 0.95, 100 rows 0.93, 400 rows 0.95; H256 4 rows 0.99, 32 rows at 2
+ * threads 0.94; H1024 (16 MB, from DRAM) 4 rows 0.85, at 2 threads 0.90; H1536 1 row 0.87, 4
+ * rows 0.87; W^T of one gate block (backward): K 2048 x 512 columns, 16 rows 0.97-1.07, K
+ * 4096 x 1024 0.93. Against ONNX Runtime's MatMul on the same weights in the same process
+ * (I = H = 512, its MLAS kernel, 6 x 16 and 4 x 16 tiles on 16-wide packed strips), the
+ * earlier kernel took 1.08-1.27x its time at 4 to 400 rows; a prototype of this one
+ * 0.92-1.05x, and 1.03-1.17x without the unrolled k loop. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int H, int u0, int u1, float *C, int ldc, int acc)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
-    const int ncols = (u1 - u0 + U - 1) / U * Wg;
-    const int in_l3 = (size_t)ncols * U * K * sizeof(float) <= LSTMC_L3_PANELS_MAX_BYTES;
-    if (n == 1 || (n >= 4 && !in_l3 && K <= LSTMC_STREAM_MAX_K)) {
-        for (int q = 0; q < ncols; q += 8) {          /* row 0 streams 8 columns */
-            tile_run(1, 8, q, ncols, K, A, lda, set, Wg, g0, H, u0, u1, C, ldc, acc);
-            for (int r0 = 1; r0 < n;) {               /* the rest find them in L2 */
-                const int R = n - r0 < 3 ? n - r0 : 3, NC = R == 1 ? 8 : 4;
-                for (int c = 0; c < 8 && q + c < ncols; c += NC)
-                    tile_run(R, NC, q + c, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H,
-                             u0, u1, C + (size_t)r0 * ldc, ldc, acc);
-                r0 += R;
-            }
-        }
-        return;
-    }
-    for (int q0 = 0; q0 < ncols; q0 += GROUP_COLS)
+    const int nstrips = (u1 - u0 + U - 1) / U * Wg;
+    const size_t strip_bytes = (size_t)K * U * sizeof(float);
+    const int stream = n >= 4 && nstrips * strip_bytes > LSTMC_L3_PANELS_MAX_BYTES;
+    int group = n <= TILE_ROWS && !stream ? nstrips : (int)(GROUP_BYTES / strip_bytes);
+    if (stream || group < GROUP_MIN_STRIPS)
+        group = GROUP_MIN_STRIPS;
+    for (int q0 = 0; q0 < nstrips; q0 += group) {
+        const int q1 = q0 + group < nstrips ? q0 + group : nstrips;
         for (int r0 = 0; r0 < n;) {
-            /* four rows alone: one 4 x 3 pass where the panels stay in L3, else 2 + 2 (past
-             * the limit only where K > LSTMC_STREAM_MAX_K); a last 4 after threes: 4 x 3 */
-            const int left = n - r0;
-            const int R = left == 4 ? (r0 || in_l3 ? 4 : 2) : left < 3 ? left : 3;
-            const int NC = GROUP_COLS / R;
-            for (int q = q0; q < q0 + GROUP_COLS && q < ncols; q += NC)
-                tile_run(R, NC, q, ncols, K, A + (size_t)r0 * lda, lda, set, Wg, g0, H, u0, u1,
-                         C + (size_t)r0 * ldc, ldc, acc);
+            /* streaming: row 0 alone, then the others in chunks of up to three */
+            const int most = stream ? (r0 ? 3 : 1) : TILE_ROWS;
+            const int R = n - r0 < most ? n - r0 : most;
+            const int S = R == 1 ? 4 : R <= 3 ? 2 : 1;
+            for (int q = q0; q < q1; q += S)
+                tile_run(R, q1 - q < S ? q1 - q : S, q, q1, K, A + (size_t)r0 * lda, lda, set,
+                         Wg, g0, H, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
             r0 += R;
         }
+    }
 }
 #endif
 
@@ -271,27 +285,27 @@ __attribute__((target("avx2,fma"))) static void transpose8(const float *in, size
 /* lstmc_pack_gates_f32 with 8 x 8 transposes in registers for the whole blocks and the
  * multiple-of-8 part of K (the element loop, one float gathered per row and k, took 20 % of
  * an LSTM H512 B1 T25 forward, as much as the kernel; minimum CPU time of a pack at H512:
- * element loop 1.9 ms, transposes 0.19-0.27 ms). */
+ * element loop 1.9 ms, transposes 0.19-0.27 ms). A strip at a time, down all of K (k outer
+ * over all of a block's rows, writing the panel in order, took 5.4-10.5 ms a pack at H1024
+ * against 3.3-4.2 ms). */
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                                int u1)
 {
 #if LSTMC_HAVE_AVX2_KERNEL
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS, K8 = K / 8 * 8;
     const int full = u0 + (u1 - u0) / U * U;                    /* whole blocks end here */
-    for (int b0 = u0; b0 < full; b0 += U) {
-        float *panel = set + (size_t)b0 * K * Wg;
-        const float *rows = W + ((size_t)g0 * H + b0) * K;     /* gate v at + v * H * K */
-        /* a gate's 8 rows at a time, down all of K (k outer over all Wg * 8 rows, writing
-         * the panel in order, took 5.4-10.5 ms a pack at H1024 against 3.3-4.2 ms) */
-        for (int v = 0; v < Wg; v++)
+    for (int b0 = u0; b0 < full; b0 += U)
+        for (int v = 0; v < Wg; v++) {
+            float *strip = set + ((size_t)b0 * Wg + (size_t)v * U) * K;    /* (K, U) */
+            const float *rows = W + ((size_t)(g0 + v) * H + b0) * K;       /* U rows of K */
             for (int k = 0; k < K8; k += 8)
-                transpose8(rows + (size_t)v * H * K + k, (size_t)K,
-                           panel + ((size_t)k * Wg + v) * U, (size_t)Wg * U);
-        for (int k = K8; k < K; k++)
-            for (int v = 0; v < Wg; v++)
+                for (int h = 0; h < U; h += 8)
+                    transpose8(rows + (size_t)h * K + k, (size_t)K, strip + (size_t)k * U + h,
+                               (size_t)U);
+            for (int k = K8; k < K; k++)
                 for (int l = 0; l < U; l++)
-                    panel[((size_t)k * Wg + v) * U + l] = rows[((size_t)v * H + l) * K + k];
-    }
+                    strip[(size_t)k * U + l] = rows[(size_t)l * K + k];
+        }
     if (full < u1)
         lstmc_pack_gates_f32(set, W, H, K, g0, g1, full, u1);
 #else

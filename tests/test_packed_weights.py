@@ -85,7 +85,8 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
 def test_projection_limit_and_batch_limit(kind, T, B):
     """Around LSTMC_PACKED_PROJ_MAX_ROWS = 1024 (8 x 128 packed; 41 x 25 and 9 x 128 BLAS)
     and LSTMC_PACK_MAX_ROWS = 128 (128 rows packed, 129 BLAS, with a packed projection of
-    129 or 387 positions), H = 40 (five blocks of 8 units; two threads own 16 + 24)."""
+    129 or 387 positions), H = 40 (three blocks of 16 units, the last partial; two threads own
+    16 + 24)."""
     lstmc.set_num_threads(2)
     m = make(kind, 9, 40, seed=T * 100 + B).eval()
     x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)
@@ -218,7 +219,7 @@ def test_boundary_refuses_bad_packed_buffers():
     m = make("lstm", 3, 8)
     layout = m._layout()
     n = layout.packed_size
-    assert n == 4 * 8 * (3 + 8)                  # W_ih and W_hh, one block of 8 units
+    assert n == 4 * 16 * (3 + 8)                 # W_ih and W_hh, one block of 16 units
     good = _core.empty_aligned(n, np.float32)
     layout.pack(good, m._flat)
     raw = _core.empty_aligned(n + 1, np.float32)

@@ -2,14 +2,13 @@
 portable C kernel and the packed AVX2/FMA kernel, each forced with
 ``lstmc._core._set_recurrent_kernel``, against the float64 NumPy reference and each other.
 
-Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 8 units),
-33 and 70 (several blocks; 70 runs two threads, the second owning a partial block), batches 1
-to 9 and 33 (the AVX2 kernel takes one row alone, then rows in chunks of three, ending in one,
-two or four; four rows alone take one pass of 4 x 3 tiles; where a thread's panels exceed
-LSTMC_L3_PANELS_MAX_BYTES, four rows and more let row 0 stream 8 columns and the others follow
-in threes, ending in one, two or three, unless K > LSTMC_STREAM_MAX_K), ragged lengths (rows
-drop out of the product step by step), both directions and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set)
-and reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
+Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 16 units:
+the last vector of a strip masked, or both), 33 and 70 (several blocks; 70 runs two threads,
+the second owning a partial block), batches 1 to 9 and 33 (the AVX2 kernel takes rows in
+chunks of up to six, a chunk of 6, 5 or 4 rows one strip at a time, 3 or 2 rows two strips, a
+row alone four), ragged lengths (rows drop out of the product step by step), both directions
+and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set) and
+reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
 Tolerances as SPEC section 7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
 max(1, max|expected|); the two packed kernels sum over k in the same order and differ only by
@@ -114,21 +113,20 @@ def test_packed_twins_agree(kind):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rows_past_the_l3_limit(kind, threads):
-    """Around 4 MiB of panels per thread (LSTMC_L3_PANELS_MAX_BYTES). One thread: LSTM H 512
-    sits exactly at the limit (one 4 x 3 pass at 4 rows, groups of 12 columns beyond); H 520
-    (W_hh 2080 x 520 floats, 4.3 MB) and H 524 (a partial block of 4 units) and GRU H 600
-    (4.3 MB) are past it. Two threads (shares of whole 16-unit multiples): LSTM H 704 (352
-    units each, 3.96 MB) is within, H 736 (368, 4.33 MB) past it; GRU H 1200 (608 + 592
-    units, 8.8 MB each) past it. At 4 to 7 rows, past the limit, row 0 streams 8 columns and
-    rows 1.. follow as 3, 3 + 1, 3 + 2, 3 + 3."""
+def test_rows_in_groups_of_strips(kind, threads):
+    """More than six rows take the strips in groups that stay in L2 (GROUP_BYTES, 192 KB: six
+    strips of K 512, five of K 520 or 600), and a group's edge can cut a tile short (a row
+    alone takes four strips, two or three rows two). One thread: LSTM H 512 (whole blocks),
+    H 520 and H 524 (a last block of 8 and of 12 units), GRU H 600; two threads (shares of
+    whole 16-unit multiples): LSTM H 704 and H 736, GRU H 1200 (608 + 592 units). Batches 4 to
+    7 and 12, 13: one chunk, 6 + 1, 6 + 6, 6 + 6 + 1."""
     if threads > 1 and not lstmc.openmp_enabled():
         pytest.skip("needs OpenMP")
     lstmc.set_num_threads(threads)
     sizes = {("lstm", 1): [512, 520, 524], ("gru", 1): [600],
              ("lstm", 2): [704, 736], ("gru", 2): [1200]}[kind, threads]
     for H in sizes:
-        for B in (4, 5, 6, 7):
+        for B in (4, 5, 6, 7, 12, 13):
             m, x, lengths = build(kind, H, B, np.float32, seed=H + B)
             for p in m.parameters():    # to the default init's scale, U(-1/sqrt(H), 1/sqrt(H)):
                 p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
@@ -141,17 +139,17 @@ def test_rows_past_the_l3_limit(kind, threads):
 
 
 @pytest.mark.parametrize("kind, H", [("lstm", 520), ("gru", 600)])
-def test_training_past_the_l3_limit(kind, H):
-    """Training at 5 rows past the L3 limit, one thread, against BLAS's gradients. LSTM H 520:
-    the forward's W_hh streams (K 520); the backward's dh_prev = dgates W_hh on W_hh^T (K 2080
-    > LSTMC_STREAM_MAX_K) takes groups of 12 columns. GRU H 600: the backward's W_hh^T (K
-    1800, 4.3 MB) streams too, accumulating onto the direct term."""
+def test_training_in_groups_of_strips(kind, H):
+    """Training at 7 rows, one thread, against BLAS's gradients: the forward's W_hh in groups
+    of five strips (K 520, 600); the backward's dh_prev = dgates W_hh on W_hh^T (LSTM H 520:
+    K 2080, 133 KB a strip, one strip a group, so the row left over after a chunk of six
+    takes 1 x 1 tiles; GRU H 600: K 1800, accumulating onto the direct term)."""
     lstmc.set_num_threads(1)
-    m, x, lengths = build(kind, H, 5, np.float32, seed=5)
+    m, x, lengths = build(kind, H, 7, np.float32, seed=5)
     for p in m.parameters():
         p.data *= 1 / (0.6 * np.sqrt(H))
     m.train()
-    dout = np.random.default_rng(2).standard_normal((6, 5, H)).astype(np.float32)
+    dout = np.random.default_rng(2).standard_normal((6, 7, H)).astype(np.float32)
     grads = {}
     for kernel in ("blas", "packed_avx2"):
         m.zero_grad()
@@ -160,7 +158,7 @@ def test_training_past_the_l3_limit(kind, H):
         states = list(hx) if isinstance(hx, tuple) else [hx]
         grads[kernel] = [dx] + states + [p.grad.copy() for p in m.parameters()]
     for a, b in zip(grads["packed_avx2"], grads["blas"]):
-        assert_close(f"{kind} H{H} B5 gradients", a, b, 1e-3,
+        assert_close(f"{kind} H{H} B7 gradients", a, b, 1e-3,
                      1e-4 * max(1.0, float(np.abs(b).max())))
 
 
@@ -183,8 +181,8 @@ def test_kernels_two_threads_partial_block(kind, kernel):
 def test_training_forward_and_backward_with_packed_kernel(kind, B):
     """A training forward runs the packed kernel too, its saved gates feed the backward, and
     the backward's dh_prev = dgates W_hh runs on W_hh^T packed per call (accumulating onto
-    the GRU's direct term): both packed kernels must give BLAS's gradients. H = 37: five
-    blocks of 8 units, the last partial; two threads own 16 + 21 h columns."""
+    the GRU's direct term): both packed kernels must give BLAS's gradients. H = 37: three
+    blocks of 16 units, the last partial; two threads own 16 + 21 h columns."""
     lstmc.set_num_threads(2)
     m, x, lengths = build(kind, 37, B, np.float32, ragged=True, seed=7)
     m.train()
