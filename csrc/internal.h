@@ -112,6 +112,8 @@ LSTMC_CELL_KERNELS(f64)
  * of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block
  * boundaries. */
 #define LSTMC_PACK_UNITS 16
+/* a thread's zero padding past its last unit must not reach a block another thread packs */
+typedef char lstmc_shares_are_whole_blocks[LSTMC_UNIT_ALIGN % LSTMC_PACK_UNITS == 0 ? 1 : -1];
 /* The packed kernels run the per-step products (forward gh = h W_hh^T, backward dh_prev =
  * dgates W_hh) up to this many batch rows; calls with more keep BLAS (and need no packed
  * copies in scratch). The kernel reads its packed weights from L2 for every chunk of rows,

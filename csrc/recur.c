@@ -78,13 +78,14 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 /* One register tile: R rows x S strips (16 units of one gate each: two 8-float vectors per
  * k, at col[s], contiguous in k) over all of K, stored straight to C: strip s goes to C +
  * dst[s] (row stride ldc), its first cnt[s] units (16 for a whole block, fewer in the last
- * one, 0 for a strip that only pads the tile). R and S are constants of each instance, so
+ * one; masked stores). R and S are constants of each instance, so
  * the accumulators live in registers, given full unrolling (a generic version with the tile
  * shape as arguments, even inlined with literals, kept them on the stack). Tiles have up to
  * 12 accumulators (an FMA has 4-5 cycles of latency, two issue per cycle); BFIRST tiles
  * broadcast their rows first and then load one B vector at a time (3 x 2: 12 accumulators,
  * 3 broadcasts and one vector fill the 16 ymm registers; loading its four vectors first would
- * need 17), the others load the strips' vectors first and broadcast row by row. The k loop
+ * need 17), the others load the strips' vectors first and broadcast row by row (1 x 4 would
+ * need 17 too: GCC folds its loads into the FMAs, as each serves one row, without spills). The k loop
  * is unrolled 4 times (without it the loop's address arithmetic shares the issue width with
  * the FMAs), and each strip's line 256 bytes (4 k) ahead is prefetched into L1. */
 #define UNROLL _Pragma("GCC unroll 16")
@@ -170,9 +171,8 @@ DEFINE_TILE(6, 1, 0)
 #define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)
 
 /* C[R rows, strips q0 .. q0+S-1 of the thread's strips] (R x S one of the tiles above).
- * Strips are the thread's in order (block by block, gates v within a block); strips at or
- * past qend pad the tile: computed on the last real one, not stored. */
-static void tile_run(int R, int S, int q0, int qend, int K, const float *A, int lda,
+ * Strips are the thread's in order (block by block, gates v within a block). */
+static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
                      const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc,
                      int acc)
 {
@@ -180,11 +180,10 @@ static void tile_run(int R, int S, int q0, int qend, int K, const float *A, int 
     const float *col[MAX_STRIPS];
     int dst[MAX_STRIPS], cnt[MAX_STRIPS];
     for (int s = 0; s < S; s++) {
-        const int q = q0 + s < qend ? q0 + s : qend - 1;
-        const int u = u0 + q / Wg * U, v = q % Wg;
+        const int q = q0 + s, u = u0 + q / Wg * U, v = q % Wg;
         col[s] = set + ((size_t)u * Wg + (size_t)v * U) * K;
         dst[s] = (g0 + v) * H + u;
-        cnt[s] = q0 + s < qend ? (u1 - u < U ? u1 - u : U) : 0;
+        cnt[s] = u1 - u < U ? u1 - u : U;
     }
     switch (R * 10 + S) {
     case 11: tile_1_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
@@ -247,8 +246,8 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             const int R = n - r0 < most ? n - r0 : most;
             const int S = R == 1 ? 4 : R <= 3 ? 2 : 1;
             for (int q = q0; q < q1; q += S)
-                tile_run(R, q1 - q < S ? q1 - q : S, q, q1, K, A + (size_t)r0 * lda, lda, set,
-                         Wg, g0, H, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
+                tile_run(R, q1 - q < S ? q1 - q : S, q, K, A + (size_t)r0 * lda, lda, set, Wg,
+                         g0, H, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
             r0 += R;
         }
     }

@@ -86,7 +86,7 @@ def test_projection_limit_and_batch_limit(kind, T, B):
     """Around LSTMC_PACKED_PROJ_MAX_ROWS = 1024 (8 x 128 packed; 41 x 25 and 9 x 128 BLAS)
     and LSTMC_PACK_MAX_ROWS = 128 (128 rows packed, 129 BLAS, with a packed projection of
     129 or 387 positions), H = 40 (three blocks of 16 units, the last partial; two threads own
-    16 + 24)."""
+    32 + 8)."""
     lstmc.set_num_threads(2)
     m = make(kind, 9, 40, seed=T * 100 + B).eval()
     x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)

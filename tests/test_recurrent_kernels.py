@@ -114,12 +114,14 @@ def test_packed_twins_agree(kind):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_rows_in_groups_of_strips(kind, threads):
-    """More than six rows take the strips in groups that stay in L2 (GROUP_BYTES, 192 KB: six
-    strips of K 512, five of K 520 or 600), and a group's edge can cut a tile short (a row
-    alone takes four strips, two or three rows two). One thread: LSTM H 512 (whole blocks),
-    H 520 and H 524 (a last block of 8 and of 12 units), GRU H 600; two threads (shares of
-    whole 16-unit multiples): LSTM H 704 and H 736, GRU H 1200 (608 + 592 units). Batches 4 to
-    7 and 12, 13: one chunk, 6 + 1, 6 + 6, 6 + 6 + 1."""
+    """A thread's panels around LSTMC_L3_PANELS_MAX_BYTES (4 MiB). At or under it, more than
+    six rows take the strips in groups that stay in L2 (GROUP_BYTES, 384 KB: 12 strips of K
+    512, 8 of K 704) in chunks of up to six rows: LSTM H 512 at one thread, H 704 at two (352
+    units each). Past it, row 0 streams four strips alone and the other rows follow in chunks
+    of up to three: LSTM H 520 and H 524 (a last block of 8 and of 12 units), GRU H 600 at one
+    thread; LSTM H 736 (368 units each) and GRU H 1200 (608 + 592 units) at two. Batches 4
+    to 7 and 12, 13: one chunk or 6 + 1, 6 + 6, 6 + 6 + 1 rows; streaming 1 + 3, 1 + 3 + 1,
+    1 + 3 + 2, 1 + 3 + 3, four chunks of three and a row, and 1 + 3 x 4."""
     if threads > 1 and not lstmc.openmp_enabled():
         pytest.skip("needs OpenMP")
     lstmc.set_num_threads(threads)
@@ -140,10 +142,10 @@ def test_rows_in_groups_of_strips(kind, threads):
 
 @pytest.mark.parametrize("kind, H", [("lstm", 520), ("gru", 600)])
 def test_training_in_groups_of_strips(kind, H):
-    """Training at 7 rows, one thread, against BLAS's gradients: the forward's W_hh in groups
-    of five strips (K 520, 600); the backward's dh_prev = dgates W_hh on W_hh^T (LSTM H 520:
-    K 2080, 133 KB a strip, one strip a group, so the row left over after a chunk of six
-    takes 1 x 1 tiles; GRU H 600: K 1800, accumulating onto the direct term)."""
+    """Training at 7 rows, one thread, against BLAS's gradients, every product past the L3
+    limit (streaming: row 0 over four strips, then 3 + 3 rows): the forward's W_hh (K 520,
+    600) and the backward's dh_prev = dgates W_hh on W_hh^T (LSTM H 520: K 2080, 33 strips,
+    4.4 MB; GRU H 600: K 1800, 38 strips, accumulating onto the direct term)."""
     lstmc.set_num_threads(1)
     m, x, lengths = build(kind, H, 7, np.float32, seed=5)
     for p in m.parameters():
@@ -182,7 +184,7 @@ def test_training_forward_and_backward_with_packed_kernel(kind, B):
     """A training forward runs the packed kernel too, its saved gates feed the backward, and
     the backward's dh_prev = dgates W_hh runs on W_hh^T packed per call (accumulating onto
     the GRU's direct term): both packed kernels must give BLAS's gradients. H = 37: three
-    blocks of 16 units, the last partial; two threads own 16 + 21 h columns."""
+    blocks of 16 units, the last partial; at B 33 two threads own 32 + 5 h columns."""
     lstmc.set_num_threads(2)
     m, x, lengths = build(kind, 37, B, np.float32, ragged=True, seed=7)
     m.train()
@@ -208,3 +210,49 @@ def test_kernel_setting():
         assert lstmc._core._get_recurrent_kernel() == kernel
     with pytest.raises(ValueError, match="kernel must be one of"):
         lstmc._core._set_recurrent_kernel("fast")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [13, 29, 45])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_backward_partial_second_vector(kind, H, threads):
+    """The backward's W_hh^T pack (lstmc_pack_columns) and dh_prev where the last block of h
+    columns has 9 to 15 live units, so its strip's second vector is partly masked: H 13, 29
+    (16 + 13), 45 (two threads: 32 + 13). Both packed kernels against BLAS's gradients."""
+    if threads > 1 and not lstmc.openmp_enabled():
+        pytest.skip("needs OpenMP")
+    lstmc.set_num_threads(threads)
+    B = 9
+    m, x, lengths = build(kind, H, B, np.float32, ragged=True, seed=H)
+    m.train()
+    dout = np.random.default_rng(1).standard_normal((6, B, m.hidden_size)).astype(np.float32)
+    if kind == "lstm_proj":
+        dout = dout[..., :m.proj_size]
+    grads = {}
+    for kernel in KERNELS:
+        m.zero_grad()
+        run(m, x, lengths, kernel)
+        dx, hx = m.backward(dout)
+        states = list(hx) if isinstance(hx, tuple) else [hx]
+        grads[kernel] = [dx] + states + [p.grad.copy() for p in m.parameters()]
+    for kernel in ("packed_c", "packed_avx2"):
+        for a, b in zip(grads[kernel], grads["blas"]):
+            assert_close(f"{kind} H{H} {kernel} gradients", a, b, 1e-3,
+                         1e-4 * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("kind, H, B", [("lstm", 400, 7), ("lstm", 400, 8), ("gru", 420, 9)])
+def test_groups_that_cut_a_tile_short(kind, H, B):
+    """One thread, more than six rows, panels under the L3 limit: LSTM H 400 has 100 strips
+    of K 400 in groups of 15, so a row alone takes 4 + 4 + 4 + 3 strips and two or three rows
+    end a group on one strip; GRU H 420: 81 strips of K 420 in groups of 14."""
+    lstmc.set_num_threads(1)
+    m, x, lengths = build(kind, H, B, np.float32, seed=H + B)
+    for p in m.parameters():
+        p.data *= 1 / (0.6 * np.sqrt(H))
+    m.eval()
+    expected = module_reference(m, x, lengths)
+    assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), expected,
+                 *tolerances(np.float32, expected))
+    assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, "packed_avx2"),
+                 run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
