@@ -153,6 +153,10 @@ int lstmc_avx2_supported(void);
  * gate block: columns [u0, u1) of a (K, ldw) row-major W (for products with W itself,
  * as the backward's dh_prev = dgates W_hh), panel[k][l] = W[k][b0 + l]. */
 #define lstmc_pack_set(pack, H, K, g0) ((pack) + lstmc_pack_size(H, K, 1) * (size_t)(g0))
+/* Strip v (gate g0 + v) of the block of units starting at b0 in a set of Wg gate blocks:
+ * (K, LSTMC_PACK_UNITS), contiguous down K. */
+#define lstmc_pack_strip(set, b0, v, Wg, K)                                                   \
+    ((set) + ((size_t)(b0) * (Wg) + (size_t)(v) * LSTMC_PACK_UNITS) * (size_t)(K))
 #define LSTMC_PACK_KERNELS(real, sfx)                                                            \
     void lstmc_pack_gates_##sfx(real *set, const real *W, int H, int K, int g0, int g1, int u0,  \
                                 int u1);                                                         \

@@ -181,7 +181,7 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
     int dst[MAX_STRIPS], cnt[MAX_STRIPS];
     for (int s = 0; s < S; s++) {
         const int q = q0 + s, u = u0 + q / Wg * U, v = q % Wg;
-        col[s] = set + ((size_t)u * Wg + (size_t)v * U) * K;
+        col[s] = lstmc_pack_strip(set, u, v, Wg, K);
         dst[s] = (g0 + v) * H + u;
         cnt[s] = u1 - u < U ? u1 - u : U;
     }
@@ -295,7 +295,7 @@ void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0,
     const int full = u0 + (u1 - u0) / U * U;                    /* whole blocks end here */
     for (int b0 = u0; b0 < full; b0 += U)
         for (int v = 0; v < Wg; v++) {
-            float *strip = set + ((size_t)b0 * Wg + (size_t)v * U) * K;    /* (K, U) */
+            float *strip = lstmc_pack_strip(set, b0, v, Wg, K);
             const float *rows = W + ((size_t)(g0 + v) * H + b0) * K;       /* U rows of K */
             for (int k = 0; k < K8; k += 8)
                 for (int h = 0; h < U; h += 8)

@@ -66,6 +66,16 @@ def run(m, x, lengths, kernel):
     return m(x, lengths=lengths)[0]
 
 
+def gradients(m, x, lengths, dout, kernel):
+    """A training forward and backward under `kernel`: dx, the initial states' gradients (a
+    list) and copies of the parameters' gradients."""
+    m.zero_grad()
+    run(m, x, lengths, kernel)
+    dx, hx = m.backward(dout)
+    states = list(hx) if isinstance(hx, tuple) else [hx]
+    return dx, states, [p.grad.copy() for p in m.parameters()]
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("H", [1, 7, 9, 13, 33])
@@ -154,11 +164,8 @@ def test_training_in_groups_of_strips(kind, H):
     dout = np.random.default_rng(2).standard_normal((6, 7, H)).astype(np.float32)
     grads = {}
     for kernel in ("blas", "packed_avx2"):
-        m.zero_grad()
-        run(m, x, lengths, kernel)
-        dx, hx = m.backward(dout)
-        states = list(hx) if isinstance(hx, tuple) else [hx]
-        grads[kernel] = [dx] + states + [p.grad.copy() for p in m.parameters()]
+        dx, states, params = gradients(m, x, lengths, dout, kernel)
+        grads[kernel] = [dx] + states + params
     for a, b in zip(grads["packed_avx2"], grads["blas"]):
         assert_close(f"{kind} H{H} B7 gradients", a, b, 1e-3,
                      1e-4 * max(1.0, float(np.abs(b).max())))
@@ -193,11 +200,8 @@ def test_training_forward_and_backward_with_packed_kernel(kind, B):
         dout = dout[..., :m.proj_size]
     grads = {}
     for kernel in KERNELS:
-        m.zero_grad()
-        run(m, x, lengths, kernel)
-        dx, hx = m.backward(dout)
-        dh0 = hx[0] if isinstance(hx, tuple) else hx
-        grads[kernel] = [dx, dh0] + [p.grad.copy() for _, p in m.named_parameters()]
+        dx, states, params = gradients(m, x, lengths, dout, kernel)
+        grads[kernel] = [dx, states[0]] + params
     for kernel in ("packed_c", "packed_avx2"):
         for a, b in zip(grads[kernel], grads["blas"]):
             scale = max(1.0, float(np.abs(b).max()))
@@ -230,11 +234,8 @@ def test_backward_partial_second_vector(kind, H, threads):
         dout = dout[..., :m.proj_size]
     grads = {}
     for kernel in KERNELS:
-        m.zero_grad()
-        run(m, x, lengths, kernel)
-        dx, hx = m.backward(dout)
-        states = list(hx) if isinstance(hx, tuple) else [hx]
-        grads[kernel] = [dx] + states + [p.grad.copy() for p in m.parameters()]
+        dx, states, params = gradients(m, x, lengths, dout, kernel)
+        grads[kernel] = [dx] + states + params
     for kernel in ("packed_c", "packed_avx2"):
         for a, b in zip(grads[kernel], grads["blas"]):
             assert_close(f"{kind} H{H} {kernel} gradients", a, b, 1e-3,
