@@ -88,6 +88,7 @@ CELL_RNN_TANH, CELL_RNN_RELU = LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
 W_IH, W_HH, B_IH, B_HH, W_HR = LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = SUPPORTED_DTYPES[0]
+cdef type _ndarray = np.ndarray   # looked up once: the checks run on every call
 
 cdef double _empty[1]   # the address handed to C for a zero-length array (never read)
 
@@ -156,6 +157,12 @@ def empty_aligned(size_t count, dtype):
     return raw[skip:skip + count * dt.itemsize].view(dt)
 
 
+cdef char _format(object dtype):
+    """The buffer-protocol format character of a supported dtype (`is` first: most arrays
+    carry numpy's own descriptor object, and comparing descriptors costs a call)."""
+    return b"f" if dtype is _F32 or dtype == _F32 else b"d"
+
+
 cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
                  bint optional, bint at_least=False) except? NULL:
     """Checks `a` and returns its data address (NULL for an allowed None).
@@ -173,8 +180,8 @@ cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
     cdef void *address = NULL
     cdef bint ok = False
     cdef Py_ssize_t count
-    cdef bytes char = b"f" if dtype == _F32 else b"d"
-    if isinstance(a, np.ndarray):
+    cdef char fmt = _format(dtype)
+    if isinstance(a, _ndarray):
         try:
             PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
                                (PyBUF_WRITABLE if writable else 0))
@@ -182,13 +189,13 @@ cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
             pass
         else:
             count = view.len // view.itemsize if view.itemsize else 0
-            ok = (view.format != NULL and view.format[0] == char[0] and view.format[1] == 0
+            ok = (view.format != NULL and view.format[0] == fmt and view.format[1] == 0
                   and ((<size_t>count >= size) if at_least else (<size_t>count == size)))
             address = view.buf if count else <void *>_empty
             PyBuffer_Release(&view)   # the caller holds `a`, so its memory stays put
     if ok:
         return address
-    if not isinstance(a, np.ndarray):
+    if not isinstance(a, _ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
@@ -220,6 +227,11 @@ cdef _raise_status(int status):
         raise RuntimeError("lstmc: no BLAS was handed to the C kernels")
     if status != LSTMC_OK:
         raise RuntimeError(f"lstmc: C kernels returned status {status}")
+
+
+cdef struct _Counts:   # elements of each array of a forward / backward call
+    bint has_c
+    size_t y, h, c, x, masks, params, reserve, scratch, packed
 
 
 cdef class Seq:
@@ -287,7 +299,7 @@ cdef class Seq:
         """Fills `packed` (packed_size elements, 64-byte aligned: empty_aligned) with the
         kernels' packed copy of `params`, for forward(..., packed=). The copy depends on the
         cell and sizes, not on T, B or lengths; it is stale once params change."""
-        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+        if not isinstance(params, _ndarray) or params.dtype not in SUPPORTED_DTYPES:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
         dt = params.dtype
         cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
@@ -310,11 +322,21 @@ cdef class Seq:
     def has_c(self):
         return self.s.cell == LSTMC_CELL_LSTM
 
-    def _sizes(self):
-        cdef size_t N = self.rows, B = self.s.batch, H = self.s.hidden if self.has_c else 0
+    cdef _Counts _counts(self, bint train) noexcept:
+        """The element counts forward and backward check, straight from C (no Python
+        attribute on the way: a streaming step makes these checks on every call)."""
+        cdef _Counts n
+        cdef bint has_c = self.s.cell == LSTMC_CELL_LSTM
+        cdef size_t N = lstmc_seq_rows(&self.s), B = self.s.batch
+        cdef size_t H = self.s.hidden if has_c else 0
         cdef size_t Hout = self.s.proj if self.s.proj > 0 else self.s.hidden
         cdef size_t LD = self.s.layers * self.s.dirs, Y = self.s.dirs * Hout
-        return N, N * Y, LD * B * Hout, LD * B * H, N * self.s.input, (self.s.layers - 1) * N * Y
+        n.has_c = has_c
+        n.y, n.h, n.c, n.x = N * Y, LD * B * Hout, LD * B * H, N * self.s.input
+        n.masks = (self.s.layers - 1) * N * Y
+        n.params, n.reserve = lstmc_seq_param_count(&self.s), lstmc_seq_reserve_size(&self.s)
+        n.scratch, n.packed = lstmc_seq_scratch_size(&self.s, train), lstmc_seq_packed_size(&self.s)
+        return n
 
     def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch, packed=None):
         """Whole-sequence forward (all arrays 1-D views, dtype of `params`).
@@ -324,26 +346,26 @@ cdef class Seq:
         params (param_count,), scratch (>= scratch_size(reserve is not None),), packed: a
         current pack of params (packed_size,) from a Seq of the same cell and sizes, or None.
         """
-        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+        if not isinstance(params, _ndarray) or params.dtype not in SUPPORTED_DTYPES:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
         dt = params.dtype
-        N, ny, nh, nc, nx, nm = self._sizes()
         cdef bint train = reserve is not None
-        cdef void *py = _addr(y, "y", dt, ny, True, False)
-        cdef void *phn = _addr(hn, "hn", dt, nh, True, False)
-        cdef void *pcn = _addr(cn, "cn", dt, nc, True, not self.has_c)
-        cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, True, True)
-        cdef void *px = _addr(x, "x", dt, nx, False, False)
-        cdef void *ph0 = _addr(h0, "h0", dt, nh, False, True)
-        cdef void *pc0 = _addr(c0, "c0", dt, nc, False, True)
-        cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
-        cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
-        cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(train), True, False, True)
-        cdef void *pk = _packed_addr(packed, dt, self.packed_size, False)
+        cdef _Counts n = self._counts(train)
+        cdef void *py = _addr(y, "y", dt, n.y, True, False)
+        cdef void *phn = _addr(hn, "hn", dt, n.h, True, False)
+        cdef void *pcn = _addr(cn, "cn", dt, n.c, True, not n.has_c)
+        cdef void *pres = _addr(reserve, "reserve", dt, n.reserve, True, True)
+        cdef void *px = _addr(x, "x", dt, n.x, False, False)
+        cdef void *ph0 = _addr(h0, "h0", dt, n.h, False, True)
+        cdef void *pc0 = _addr(c0, "c0", dt, n.c, False, True)
+        cdef void *pm = _addr(masks, "masks", dt, n.masks, False, True)
+        cdef void *pp = _addr(params, "params", dt, n.params, False, False)
+        cdef void *pw = _addr(scratch, "scratch", dt, n.scratch, True, False, True)
+        cdef void *pk = _packed_addr(packed, dt, n.packed, False)
         if train and pres == NULL:   # a zero-length reserve still means "training"
             pres = <void *>_empty
         cdef int status
-        if dt == np.float32:
+        if _format(dt) == b"f":
             with nogil:
                 status = lstmc_seq_forward_f32(<float *>py, <float *>phn, <float *>pcn,
                                                <float *>pres, <const float *>px,
@@ -366,24 +388,24 @@ cdef class Seq:
         dy (N*D*Hout,), dhn/dcn or None, x, masks, params as in forward,
         scratch (>= scratch_size(True),).
         """
-        if not isinstance(params, np.ndarray) or params.dtype not in SUPPORTED_DTYPES:
+        if not isinstance(params, _ndarray) or params.dtype not in SUPPORTED_DTYPES:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
         dt = params.dtype
-        N, ny, nh, nc, nx, nm = self._sizes()
-        cdef void *pdx = _addr(dx, "dx", dt, nx, True, False)
-        cdef void *pdh0 = _addr(dh0, "dh0", dt, nh, True, False)
-        cdef void *pdc0 = _addr(dc0, "dc0", dt, nc, True, not self.has_c)
-        cdef void *pdp = _addr(dparams, "dparams", dt, self.param_count, True, False)
-        cdef void *pres = _addr(reserve, "reserve", dt, self.reserve_size, False, False)
-        cdef void *pdy = _addr(dy, "dy", dt, ny, False, False)
-        cdef void *pdhn = _addr(dhn, "dhn", dt, nh, False, True)
-        cdef void *pdcn = _addr(dcn, "dcn", dt, nc, False, True)
-        cdef void *px = _addr(x, "x", dt, nx, False, False)
-        cdef void *pm = _addr(masks, "masks", dt, nm, False, True)
-        cdef void *pp = _addr(params, "params", dt, self.param_count, False, False)
-        cdef void *pw = _addr(scratch, "scratch", dt, self.scratch_size(True), True, False, True)
+        cdef _Counts n = self._counts(True)
+        cdef void *pdx = _addr(dx, "dx", dt, n.x, True, False)
+        cdef void *pdh0 = _addr(dh0, "dh0", dt, n.h, True, False)
+        cdef void *pdc0 = _addr(dc0, "dc0", dt, n.c, True, not n.has_c)
+        cdef void *pdp = _addr(dparams, "dparams", dt, n.params, True, False)
+        cdef void *pres = _addr(reserve, "reserve", dt, n.reserve, False, False)
+        cdef void *pdy = _addr(dy, "dy", dt, n.y, False, False)
+        cdef void *pdhn = _addr(dhn, "dhn", dt, n.h, False, True)
+        cdef void *pdcn = _addr(dcn, "dcn", dt, n.c, False, True)
+        cdef void *px = _addr(x, "x", dt, n.x, False, False)
+        cdef void *pm = _addr(masks, "masks", dt, n.masks, False, True)
+        cdef void *pp = _addr(params, "params", dt, n.params, False, False)
+        cdef void *pw = _addr(scratch, "scratch", dt, n.scratch, True, False, True)
         cdef int status
-        if dt == np.float32:
+        if _format(dt) == b"f":
             with nogil:
                 status = lstmc_seq_backward_f32(<float *>pdx, <float *>pdh0, <float *>pdc0,
                                                 <float *>pdp, <const float *>pres,
