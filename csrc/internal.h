@@ -181,7 +181,7 @@ int lstmc_avx2_supported(void);
                                 int u1);                                                         \
     void lstmc_packed_gemm_c_##sfx(int n, const real *A, int lda, int K, const real *set,        \
                                    int g0, int g1, int H, int u0, int u1, real *C, int ldc,      \
-                                   int accumulate);                                              \
+                                   int accumulate, int reverse);                                 \
     void lstmc_pack_columns_##sfx(real *set, const real *W, int ldw, int K, int u0, int u1);
 LSTMC_PACK_KERNELS(float, f32)
 LSTMC_PACK_KERNELS(double, f64)
@@ -190,7 +190,8 @@ LSTMC_PACK_KERNELS(double, f64)
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                                int u1);
 void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate);
+                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate,
+                                int reverse);
 
 /* Pins the BLAS to one thread while lstmc runs (its own threads share the work), and
  * restores the caller's setting when the last concurrent call leaves. */

@@ -227,9 +227,19 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
  * 4096 x 1024 0.93. Against ONNX Runtime's MatMul on the same weights in the same process
  * (I = H = 512, its MLAS kernel, 6 x 16 and 4 x 16 tiles on 16-wide packed strips), the
  * earlier kernel took 1.08-1.27x its time at 4 to 400 rows; a prototype of this one
- * 0.92-1.05x, and 1.03-1.17x without the unrolled k loop. */
+ * 0.92-1.05x, and 1.03-1.17x without the unrolled k loop.
+ *
+ * `reverse` walks the groups, and the tiles in each, last to first. The driver alternates it
+ * from step to step, so that a step starts on the strips the step before read last, which are
+ * still in L2 (or L3) if anything is: weights of one to two L2s are otherwise read in a cycle
+ * that the L2 keeps none of. One row, C harness calling the built kernel, alternating / one
+ * way: LSTM H256 (1 MB) 0.88, H512 (4 MB) 0.97, H1024 0.96, H1536 0.98; two processes at once
+ * with 0.5 MB each 0.91 and 0.96. Module, benchmarks/ab_builds.py 6 rounds (a first cut that
+ * flipped on every call): LSTM eval H256 B1 T150 0.88 at one thread, 0.99 at two (a thread's
+ * half of W_hh fits its L2 anyway), H512 B1 T25 1.02. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
-                             int g1, int H, int u0, int u1, float *C, int ldc, int acc)
+                             int g1, int H, int u0, int u1, float *C, int ldc, int acc,
+                             int reverse)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int nstrips = (u1 - u0 + U - 1) / U * Wg;
@@ -238,16 +248,20 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
     int group = n <= TILE_ROWS && !stream ? nstrips : (int)(GROUP_BYTES / strip_bytes);
     if (stream || group < GROUP_MIN_STRIPS)
         group = GROUP_MIN_STRIPS;
-    for (int q0 = 0; q0 < nstrips; q0 += group) {
+    const int ngroups = (nstrips + group - 1) / group;
+    for (int gi = 0; gi < ngroups; gi++) {
+        const int q0 = (reverse ? ngroups - 1 - gi : gi) * group;
         const int q1 = q0 + group < nstrips ? q0 + group : nstrips;
         for (int r0 = 0; r0 < n;) {
             /* streaming: row 0 alone, then the others in chunks of up to three */
             const int most = stream ? (r0 ? 3 : 1) : TILE_ROWS;
             const int R = n - r0 < most ? n - r0 : most;
-            const int S = R == 1 ? 4 : R <= 3 ? 2 : 1;
-            for (int q = q0; q < q1; q += S)
+            const int S = R == 1 ? 4 : R <= 3 ? 2 : 1, ntiles = (q1 - q0 + S - 1) / S;
+            for (int ti = 0; ti < ntiles; ti++) {
+                const int q = q0 + (reverse ? ntiles - 1 - ti : ti) * S;
                 tile_run(R, q1 - q < S ? q1 - q : S, q, K, A + (size_t)r0 * lda, lda, set, Wg,
                          g0, H, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
+            }
             r0 += R;
         }
     }
@@ -313,12 +327,13 @@ void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0,
 }
 
 void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate)
+                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate,
+                                int reverse)
 {
 #if LSTMC_HAVE_AVX2_KERNEL
-    packed_gemm_avx2(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate);
+    packed_gemm_avx2(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate, reverse);
 #else
-    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate);
+    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate, reverse);
 #endif
 }
 

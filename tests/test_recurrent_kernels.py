@@ -257,3 +257,28 @@ def test_groups_that_cut_a_tile_short(kind, H, B):
                  *tolerances(np.float32, expected))
     assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, "packed_avx2"),
                  run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
+
+
+@pytest.mark.parametrize("kernel", ["packed_c", "packed_avx2"])
+@pytest.mark.parametrize("kind, H, B", [("lstm", 80, 1), ("lstm", 45, 3), ("gru", 70, 2),
+                                        ("rnn", 150, 1), ("lstm", 400, 8)])
+def test_odd_steps_reverse_the_work_not_the_result(kind, H, B, kernel):
+    """On odd steps the packed product walks its strips (and groups) last to first (recur.c,
+    `reverse`); every output still sums over k in the same order, so a forward over T steps
+    equals T one-step calls (each a step 0) bit for bit. Shapes with a short last tile (LSTM
+    H 80: 20 strips, a row alone takes 4 x 5; H 45: 12 strips, 3 rows take 2 x 6; GRU H 70: 15
+    strips, 2 rows take 2 x 7 + 1; RNN H 150: 10 strips, 4 + 4 + 2) and groups (LSTM H 400,
+    8 rows: 100 strips in groups of 15, the last of 10)."""
+    lstmc.set_num_threads(1)
+    m, x, _ = build(kind, H, B, np.float32, seed=H + B)
+    for p in m.parameters():
+        p.data *= 1 / (0.6 * np.sqrt(H))
+    m.eval()
+    lstmc._core._set_recurrent_kernel(kernel)
+    rng = np.random.default_rng(H)
+    h0 = rng.standard_normal((1, B, H)).astype(np.float32)
+    states = (h0, np.tanh(h0)) if kind == "lstm" else h0
+    y, _ = m(x, states)
+    state = m.initial_state(B, h0=h0, c0=np.tanh(h0) if kind == "lstm" else None)
+    steps = np.stack([m.step(x_t, state)[0].copy() for x_t in x])
+    np.testing.assert_array_equal(steps, y)
