@@ -234,9 +234,10 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
  * still in L2 (or L3) if anything is: weights of one to two L2s are otherwise read in a cycle
  * that the L2 keeps none of. One row, C harness calling the built kernel, alternating / one
  * way: LSTM H256 (1 MB) 0.88, H512 (4 MB) 0.97, H1024 0.96, H1536 0.98; two processes at once
- * with 0.5 MB each 0.91 and 0.96. Module, benchmarks/ab_builds.py 6 rounds (a first cut that
- * flipped on every call): LSTM eval H256 B1 T150 0.88 at one thread, 0.99 at two (a thread's
- * half of W_hh fits its L2 anyway), H512 B1 T25 1.02. */
+ * with 0.5 MB each 0.91 and 0.96. Module, benchmarks/ab_builds.py 6 rounds: LSTM eval H256 B1
+ * T150 0.88 at one thread (twice; 0.99 at two, where a thread's half of W_hh nearly fits its
+ * L2 anyway), H512 B4 T25 0.90, H512 B1 T25 1.02; GRU I480 H480 B1 T60 0.93 (10 rounds);
+ * training H256 B32 T150 1.01. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int H, int u0, int u1, float *C, int ldc, int acc,
                              int reverse)
