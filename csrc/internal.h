@@ -16,10 +16,14 @@
  * parallel region: its barriers are then orphaned and return at once, where in a region of
  * one thread each is a futex system call (libgomp wakes waiters that cannot exist): about
  * 0.3 us a barrier and 0.5 us a region on the CI machine kind, a sixth of a one-thread
- * LSTM.step at H8. omp_get_thread_num / omp_get_num_threads say 0 and 1 there. */
+ * LSTM.step at H8. omp_get_thread_num / omp_get_num_threads say 0 and 1 there. Not so inside
+ * a caller's own parallel region (a C program running sequences under `omp parallel`): there
+ * they would be the caller's, and orphaned barriers would bind to the caller's team (each call
+ * computing part of its units, or waiting for threads that run other sequences), so a call
+ * from within a region always opens its own, nested, team (tests/test_build.py). */
 #define LSTMC_TEAM(team, body)                                                                 \
     do {                                                                                       \
-        if ((team) > 1) {                                                                      \
+        if ((team) > 1 || omp_in_parallel()) {                                                 \
             LSTMC_OMP(parallel num_threads(team))                                              \
             body;                                                                              \
         } else {                                                                               \

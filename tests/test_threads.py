@@ -113,12 +113,12 @@ MEDIUM = (7, 9, 33, 67)   # T, B, I, H: the elementwise passes stay serial (too 
 WIDE = (5, 32, 20, 131)   # B * H >= 4096: the elementwise passes go parallel too
 
 
-def _medium(dtype, proj_size=0, seed=0, shape=MEDIUM):
+def _medium(dtype, proj_size=0, seed=0, shape=MEDIUM, dropout=0.0):
     rng = np.random.default_rng(seed)
     T, B, I, H = shape
     lstmc.manual_seed(seed)
     lstm = lstmc.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=proj_size,
-                         dtype=dtype)
+                         dropout=dropout, dtype=dtype)
     H_out = proj_size or H
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dout = rng.standard_normal((T, B, 2 * H_out)).astype(dtype)
@@ -140,14 +140,19 @@ def _max_scaled_diffs(r1, r2):
 @pytest.mark.parametrize("shape, proj_size", [(MEDIUM, 0), (MEDIUM, 19), (WIDE, 0), (WIDE, 50)],
                          ids=["medium", "medium-proj", "wide", "wide-proj"])
 @pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
-def test_one_and_two_threads_agree(dtype, shape, proj_size, use_lengths):
-    lstm, x, lengths, dout = _medium(dtype, proj_size, shape=shape)
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["", "dropout"])
+def test_one_and_two_threads_agree(dtype, shape, proj_size, use_lengths, dropout):
+    """With dropout the threads also scale the layer output by the masks between the layers
+    (each its share of the elements, not its columns), which the next layer must see whole;
+    every run draws the same masks (manual_seed)."""
+    lstm, x, lengths, dout = _medium(dtype, proj_size, shape=shape, dropout=dropout)
     lengths = lengths if use_lengths else None
-    lstmc.set_num_threads(1)
-    r1 = _fwd_bwd(lstm, x, lengths, dout)
-    lstmc.set_num_threads(2)
-    r2 = _fwd_bwd(lstm, x, lengths, dout)
-    r2b = _fwd_bwd(lstm, x, lengths, dout)
+    runs = []
+    for threads in (1, 2, 2):
+        lstmc.set_num_threads(threads)
+        lstmc.manual_seed(7)
+        runs.append(_fwd_bwd(lstm, x, lengths, dout))
+    r1, r2, r2b = runs
     for k in r1:  # the same thread count twice: always bit-identical
         np.testing.assert_array_equal(r2[k], r2b[k], err_msg=f"{k}: 2 threads not deterministic")
     tol = THREAD_TOL[dtype]
