@@ -76,6 +76,22 @@ def gradients(m, x, lengths, dout, kernel):
     return dx, states, [p.grad.copy() for p in m.parameters()]
 
 
+def assert_packed_gradients_match_blas(m, x, lengths, label, states=slice(None)):
+    """Both packed kernels' training gradients (dx, the initial states' gradients picked by
+    `states`, the parameters') against BLAS's, for a random dout of the module's output."""
+    T, B = x.shape[:2]
+    dout = np.random.default_rng(1).standard_normal((T, B, m.hidden_size)).astype(np.float32)
+    if getattr(m, "proj_size", 0):                         # LSTM with a projection
+        dout = dout[..., :m.proj_size]
+    grads = {}
+    for kernel in KERNELS:
+        dx, hx, params = gradients(m, x, lengths, dout, kernel)
+        grads[kernel] = [dx] + hx[states] + params
+    for kernel in ("packed_c", "packed_avx2"):
+        for a, b in zip(grads[kernel], grads["blas"]):
+            assert_close(f"{label} {kernel}", a, b, 1e-3, 1e-4 * max(1.0, float(np.abs(b).max())))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("H", [1, 7, 9, 13, 33])
@@ -195,17 +211,7 @@ def test_training_forward_and_backward_with_packed_kernel(kind, B):
     lstmc.set_num_threads(2)
     m, x, lengths = build(kind, 37, B, np.float32, ragged=True, seed=7)
     m.train()
-    dout = np.random.default_rng(1).standard_normal((6, B, m.hidden_size)).astype(np.float32)
-    if kind == "lstm_proj":
-        dout = dout[..., :m.proj_size]
-    grads = {}
-    for kernel in KERNELS:
-        dx, states, params = gradients(m, x, lengths, dout, kernel)
-        grads[kernel] = [dx, states[0]] + params
-    for kernel in ("packed_c", "packed_avx2"):
-        for a, b in zip(grads[kernel], grads["blas"]):
-            scale = max(1.0, float(np.abs(b).max()))
-            assert_close(f"{kind} {kernel}", a, b, 1e-3, 1e-4 * scale)
+    assert_packed_gradients_match_blas(m, x, lengths, kind, states=slice(0, 1))
 
 
 def test_kernel_setting():
@@ -229,17 +235,7 @@ def test_backward_partial_second_vector(kind, H, threads):
     B = 9
     m, x, lengths = build(kind, H, B, np.float32, ragged=True, seed=H)
     m.train()
-    dout = np.random.default_rng(1).standard_normal((6, B, m.hidden_size)).astype(np.float32)
-    if kind == "lstm_proj":
-        dout = dout[..., :m.proj_size]
-    grads = {}
-    for kernel in KERNELS:
-        dx, states, params = gradients(m, x, lengths, dout, kernel)
-        grads[kernel] = [dx] + states + params
-    for kernel in ("packed_c", "packed_avx2"):
-        for a, b in zip(grads[kernel], grads["blas"]):
-            assert_close(f"{kind} H{H} {kernel} gradients", a, b, 1e-3,
-                         1e-4 * max(1.0, float(np.abs(b).max())))
+    assert_packed_gradients_match_blas(m, x, lengths, f"{kind} H{H} gradients")
 
 
 @pytest.mark.parametrize("kind, H, B", [("lstm", 400, 7), ("lstm", 400, 8), ("gru", 420, 9)])
