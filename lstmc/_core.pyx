@@ -212,6 +212,26 @@ cdef void *_addr(object a, str name, object dtype, size_t size, bint writable,
     return <void *>data
 
 
+def plain_rows(a, dtype, Py_ssize_t width):
+    """The row count of `a` if it is a matrix the kernels can read as it is: a 2-D numpy
+    array of `dtype` (one of SUPPORTED_DTYPES), C-contiguous, `width` columns; else -1. The
+    layers' fast-path test, in one buffer-protocol request (0.2 us; reading dtype, flags and
+    shape as attributes took 0.5 us)."""
+    if not isinstance(a, _ndarray):
+        return -1
+    cdef Py_buffer view
+    try:
+        PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError):
+        return -1
+    cdef Py_ssize_t rows = -1
+    if (view.ndim == 2 and view.shape[1] == width and view.format != NULL
+            and view.format[0] == _format(dtype) and view.format[1] == 0):
+        rows = view.shape[0]
+    PyBuffer_Release(&view)
+    return rows
+
+
 cdef void *_packed_addr(object packed, object dtype, size_t size, bint writable) except? NULL:
     """_addr of a packed copy (optional when read): it must also start on a 64-byte boundary."""
     cdef void *address = _addr(packed, "packed", dtype, size, writable, not writable)

@@ -345,6 +345,33 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
             cell(np.zeros((b, 6), float_dtype), (h, c) if lstm else h)
         with pytest.raises(ValueError, match="h must have shape"):
             cell(x, (h[:, :5].copy(), c) if lstm else h[:, :5].copy())
+        # as many elements in another shape: still refused, not read as (b, 6)
+        with pytest.raises(ValueError, match="h must have shape"):
+            ht = np.ascontiguousarray(h.T)
+            cell(x, (ht, c) if lstm else ht)
+        # each call's states are new memory: none shared with the last call's, or each other
+        first, second = cell(x, hx), cell(x, hx)
+        first = first if lstm else (first,)
+        second = second if lstm else (second,)
+        arrays = [a for a in first + second if a is not None]
+        assert not any(np.shares_memory(a, b_) for i, a in enumerate(arrays)
+                       for b_ in arrays[i + 1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_rows_accepts_only_matrices_the_kernels_read_as_they_are(dtype):
+    """_core.plain_rows, the cells' fast-path test: the row count of a C-contiguous 2-D
+    array of the dtype with the given width, -1 for anything else."""
+    other = np.float64 if dtype == np.float32 else np.float32
+    a = np.zeros((3, 4), dtype)
+    assert lstmc._core.plain_rows(a, np.dtype(dtype), 4) == 3
+    assert lstmc._core.plain_rows(a[1:], np.dtype(dtype), 4) == 2       # a contiguous view
+    assert lstmc._core.plain_rows(np.zeros((0, 4), dtype), np.dtype(dtype), 4) == 0
+    for refused in (a.astype(other), np.asfortranarray(a),
+                    a[:, :2], a.T, np.zeros(4, dtype), np.zeros((1, 3, 4), dtype),
+                    a.astype(a.dtype.newbyteorder()), a.tolist(), None):
+        width = 2 if refused is not None and np.shape(refused)[-1:] == (2,) else 4
+        assert lstmc._core.plain_rows(refused, np.dtype(dtype), width) == -1, refused
 
 
 def test_eval_cell_step_between_training_step_and_backward():
