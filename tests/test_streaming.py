@@ -343,6 +343,8 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
                                        atol=1e-6 if other == np.float32 else 0)
         with pytest.raises(ValueError, match="x must be"):
             cell(np.zeros((b, 6), float_dtype), (h, c) if lstm else h)
+        with pytest.raises(ValueError, match=r"x must have at least one row, got shape \(0, 5\)"):
+            cell(np.zeros((0, 5), float_dtype))
         with pytest.raises(ValueError, match="h must have shape"):
             cell(x, (h[:, :5].copy(), c) if lstm else h[:, :5].copy())
         # as many elements in another shape: still refused, not read as (b, 6)

@@ -829,6 +829,8 @@ class _CellBase(Module):
         unbatched = xa.ndim == 1
         xb = xa[None, :] if unbatched else xa
         B = xb.shape[0]
+        if B == 0:
+            raise ValueError(f"x must have at least one row, got shape {xa.shape}")
         states = self._states((h, "h"), (c, "c"), B=B, unbatched=unbatched)
         if seq.training:   # backward needs what _run saves, and how it was batched
             out, hn, cn = seq._run(xb[None], states[0], states[1], None)
