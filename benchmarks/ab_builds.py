@@ -32,68 +32,63 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# one process: build the module, warm up, time `calls` calls, print the median in ms
-WORKLOAD = r"""
-import sys, time, numpy as np, lstmc
-from lstmc import nn
-cell, I, H, B, T, L, mode, thr, calls = sys.argv[1:]
-I, H, B, T, L, thr, calls = map(int, (I, H, B, T, L, thr, calls))
-lstmc.set_num_threads(thr)
-m = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](I, H, num_layers=L)
-rng = np.random.default_rng(0)
-if mode == "step":
-    m.eval(); state = m.initial_state(B); x = rng.random((B, I), dtype=np.float32)
-    call = lambda: m.step(x, state)
-elif mode == "train":
-    x = rng.random((T, B, I), dtype=np.float32); dy = rng.random((T, B, H), dtype=np.float32)
-    def call():
-        m.zero_grad(); m(x); m.backward(dy)
-else:
-    m.eval(); x = rng.random((T, B, I), dtype=np.float32)
-    call = lambda: m(x)
-for _ in range(3):
-    call()
-ts = []
-for _ in range(calls):
-    t = time.perf_counter(); call(); ts.append(time.perf_counter() - t)
-print(1e3 * float(np.median(ts)))
-"""
+# both scripts below: the workload's callable on one build of lstmc (the same weights and
+# inputs in every build: seeded)
+MAKE_CALL = r"""
+import sys, time, numpy as np
 
 
-# one process, both builds: `rounds` blocks of `calls` calls each, alternating
-INTERLEAVED = r"""
-import importlib, sys, time, numpy as np
-cell, I, H, B, T, L, mode, thr, calls, rounds = sys.argv[1:]
-I, H, B, T, L, thr, calls, rounds = map(int, (I, H, B, T, L, thr, calls, rounds))
-rng = np.random.default_rng(0)
-calls_of, libs = {}, {k: importlib.import_module("lstmc_" + k) for k in ("base", "new")}
-for name, lib in libs.items():
-    lib.set_num_threads(thr)
+def make_call(lib, cell, I, H, B, T, L, mode):
     lib.manual_seed(0)
+    rng = np.random.default_rng(0)
     m = {"lstm": lib.nn.LSTM, "gru": lib.nn.GRU, "rnn": lib.nn.RNN}[cell](I, H, num_layers=L)
     if mode == "step":
         m.eval(); state = m.initial_state(B); x = rng.random((B, I), dtype=np.float32)
-        calls_of[name] = lambda m=m, x=x, state=state: m.step(x, state)
-    elif mode == "train":
+        return lambda: m.step(x, state)
+    if mode == "train":
         x = rng.random((T, B, I), dtype=np.float32); dy = rng.random((T, B, H), dtype=np.float32)
-        def call(m=m, x=x, dy=dy):
+        def call():
             m.zero_grad(); m(x); m.backward(dy)
-        calls_of[name] = call
-    else:
-        m.eval(); x = rng.random((T, B, I), dtype=np.float32)
-        calls_of[name] = lambda m=m, x=x: m(x)
+        return call
+    m.eval(); x = rng.random((T, B, I), dtype=np.float32)
+    return lambda: m(x)
+
+
+def median_ms(call, warm, calls):
+    for _ in range(warm):
+        call()
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter(); call(); ts.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(ts))
+"""
+
+# one process: build the module, warm up, time `calls` calls, print the median in ms
+WORKLOAD = MAKE_CALL + r"""
+import lstmc
+cell, I, H, B, T, L, mode, thr, calls = sys.argv[1:]
+I, H, B, T, L, thr, calls = map(int, (I, H, B, T, L, thr, calls))
+lstmc.set_num_threads(thr)
+print(median_ms(make_call(lstmc, cell, I, H, B, T, L, mode), 3, calls))
+"""
+
+# one process, both builds: `rounds` blocks of `calls` calls each, alternating
+INTERLEAVED = MAKE_CALL + r"""
+import importlib
+cell, I, H, B, T, L, mode, thr, calls, rounds = sys.argv[1:]
+I, H, B, T, L, thr, calls, rounds = map(int, (I, H, B, T, L, thr, calls, rounds))
+libs = {k: importlib.import_module("lstmc_" + k) for k in ("base", "new")}
+calls_of = {}
+for name, lib in libs.items():
+    lib.set_num_threads(thr)
+    calls_of[name] = make_call(lib, cell, I, H, B, T, L, mode)
 medians = {name: [] for name in libs}
 for r in range(rounds):
     for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
         libs[name].set_num_threads(thr)
-        call = calls_of[name]
-        call(); call()
-        ts = []
-        for _ in range(calls):
-            t = time.perf_counter(); call(); ts.append(time.perf_counter() - t)
-        medians[name].append(float(np.median(ts)))
+        medians[name].append(median_ms(calls_of[name], 2, calls))
 for b, n in zip(medians["base"], medians["new"]):
-    print(1e3 * b, 1e3 * n)
+    print(b, n)
 """
 
 
