@@ -168,9 +168,11 @@ int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
  * Packed weights, for callers that run many forwards on the same weights (inference,
  * streaming): W_ih and W_hh of every layer and direction copied once into the order the
  * packed kernels stream (csrc/recur.c), as ONNX Runtime packs its weights when a session is
- * created. The copy depends on the cell, I, H, P, L, D and bias of `s` only (not on T, B or
- * lengths) and on no thread count. It goes stale when the parameters change: the caller
- * repacks (or passes NULL) after any write to them.
+ * created, and W_ih once more with its rows in the order of the projection's per-thread
+ * panels (csrc/internal.h): the copy takes about the parameters' size plus W_ih's. It
+ * depends on the cell, I, H, P, L, D and bias of `s` only (not on T, B or lengths) and on no
+ * thread count. It goes stale when the parameters change: the caller repacks (or passes
+ * NULL) after any write to them.
  *   lstmc_seq_packed_size  elements of the buffer, which must start on a 64-byte boundary
  *   lstmc_seq_pack_*       fills it from the flat parameters
  *   lstmc_seq_packs        1 if a forward of this dtype (f64: 1 for double) would use a packed

@@ -173,8 +173,8 @@ DEFINE_TILE(6, 1, 0)
 /* C[R rows, strips q0 .. q0+S-1 of the thread's strips] (R x S one of the tiles above).
  * Strips are the thread's in order (block by block, gates v within a block). */
 static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
-                     const float *set, int Wg, int g0, int H, int u0, int u1, float *C, int ldc,
-                     int acc)
+                     const float *set, int Wg, int g0, int gstep, int bscale, int u0, int u1,
+                     float *C, int ldc, int acc)
 {
     const int U = LSTMC_PACK_UNITS;
     const float *col[MAX_STRIPS];
@@ -182,7 +182,7 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
     for (int s = 0; s < S; s++) {
         const int q = q0 + s, u = u0 + q / Wg * U, v = q % Wg;
         col[s] = lstmc_pack_strip(set, u, v, Wg, K);
-        dst[s] = (g0 + v) * H + u;
+        dst[s] = (g0 + v) * gstep + (u - u0) * bscale;
         cnt[s] = u1 - u < U ? u1 - u : U;
     }
     switch (R * 10 + S) {
@@ -239,8 +239,8 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
  * L2 anyway), H512 B4 T25 0.90, H512 B1 T25 1.02; GRU I480 H480 B1 T60 0.93 (10 rounds);
  * training H256 B32 T150 1.01. */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
-                             int g1, int H, int u0, int u1, float *C, int ldc, int acc,
-                             int reverse)
+                             int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
+                             int acc, int reverse)
 {
     const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
     const int nstrips = (u1 - u0 + U - 1) / U * Wg;
@@ -261,7 +261,7 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             for (int ti = 0; ti < ntiles; ti++) {
                 const int q = q0 + (reverse ? ntiles - 1 - ti : ti) * S;
                 tile_run(R, q1 - q < S ? q1 - q : S, q, K, A + (size_t)r0 * lda, lda, set, Wg,
-                         g0, H, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
+                         g0, gstep, bscale, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
             }
             r0 += R;
         }
@@ -328,13 +328,15 @@ void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0,
 }
 
 void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int H, int u0, int u1, float *C, int ldc, int accumulate,
-                                int reverse)
+                                int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
+                                int accumulate, int reverse)
 {
 #if LSTMC_HAVE_AVX2_KERNEL
-    packed_gemm_avx2(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate, reverse);
+    packed_gemm_avx2(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc, accumulate,
+                     reverse);
 #else
-    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, H, u0, u1, C, ldc, accumulate, reverse);
+    lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc,
+                            accumulate, reverse);
 #endif
 }
 

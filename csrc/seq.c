@@ -214,7 +214,7 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     TAKE(h, 2 * B * Hout);
     TAKE(c, c ? B * H : 0);
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
-    TAKE(gx, train ? 0 : N * GH);
+    TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
@@ -244,19 +244,26 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of
 
 /* ---- packed weights (lstmc_seq_pack_*) ---------------------------------------------------
  * Per layer l and direction d, in the flat buffer's order: W_ih packed as one set of all G
- * gate blocks with K = I_l, then W_hh packed as the driver packs it per call (K = Hout; the
- * blocks that read h, then those that read step_aux). `which` is LSTMC_W_IH or LSTMC_W_HH;
- * past the last layer, the total. The buffer starts on a 64-byte boundary (a cache line); the
- * kernels' loads are unaligned, so panels need not. */
+ * gate blocks with K = I_l (the packed kernel's projection); W_ih's rows in the order of
+ * the projection's per-thread panels (LSTMC_ZROW: row G * b + g * U + l is W_ih's row
+ * g * H + b + l, zeros past H), the operand of the BLAS projection; then W_hh packed as the
+ * driver packs it per call (K = Hout; the blocks that read h, then those that read
+ * step_aux). `which` is LSTMC_W_IH, PACKED_IH_ROWS or LSTMC_W_HH; past the last layer, the
+ * total. The buffer starts on a 64-byte boundary (a cache line); the kernels' loads are
+ * unaligned, so panels need not. */
+#define PACKED_IH_ROWS (-1)
 static size_t packed_offset(const lstmc_seq *s, int layer, int dir, int which)
 {
     const int G = gates_of(s->cell);
     size_t off = 0;
     for (int l = 0; l < s->layers; l++)
         for (int d = 0; d < s->dirs; d++) {
+            const size_t ih = lstmc_pack_size(s->hidden, (int)input_of(s, l), G);
             if (l == layer && d == dir && which == LSTMC_W_IH)
                 return off;
-            off += lstmc_pack_size(s->hidden, (int)input_of(s, l), G);
+            if (l == layer && d == dir && which == PACKED_IH_ROWS)
+                return off + ih;
+            off += 2 * ih;                          /* the same size: G whole blocks, I_l */
             if (l == layer && d == dir)
                 return off;
             off += lstmc_pack_size(s->hidden, (int)hout_of(s), G);

@@ -7,7 +7,8 @@ What must hold:
 * results equal the float64 reference (SPEC section 7 tolerances) for every cell, with and
   without the packed input projection (at most LSTMC_PACKED_PROJ_MAX_ROWS = 1024 positions)
   and the packed recurrent product (batch <= LSTMC_PACK_MAX_ROWS = 128), ragged lengths, two
-  layers, both directions;
+  layers, both directions, and any split of the units between threads (the projection lives
+  in per-thread panels, csrc/internal.h LSTMC_ZROW);
 * the copy does not depend on the thread count that packed it;
 * it can never be stale: while it exists the parameters are read-only, and every writer the
   package has (train(), load_state_dict, the optimizers, Keras set_weights) drops it first,
@@ -91,6 +92,25 @@ def test_projection_limit_and_batch_limit(kind, T, B):
     m = make(kind, 9, 40, seed=T * 100 + B).eval()
     x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)
     check_reference(kind, m, x)
+
+
+@needs_packing
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("threads", [1, 3, 4])
+@pytest.mark.parametrize("T,B", [(9, 12), (70, 16)])
+def test_per_thread_panels_of_the_projection(kind, threads, T, B):
+    """Inference keeps the input projection in one panel per thread, blocked by 16 units
+    (csrc/internal.h LSTMC_ZROW), filled by the packed kernel (9 x 12 positions) or by one
+    BLAS GEMM per thread on W_ih's rows in panel order (70 x 16 > 1024); one thread keeps
+    PyTorch's order. H = 65 is five blocks, the last of one unit: three threads own
+    32 + 32 + 1 units, four 32 + 32 + 1 + 0. Two layers, both directions, ragged lengths."""
+    lstmc.set_num_threads(threads)
+    m = make(kind, 11, 65, layers=2, bidirectional=True, seed=threads).eval()
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((T, B, 11)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    check_reference(kind, m, x, lengths)
 
 
 @needs_packing
@@ -219,7 +239,7 @@ def test_boundary_refuses_bad_packed_buffers():
     m = make("lstm", 3, 8)
     layout = m._layout()
     n = layout.packed_size
-    assert n == 4 * 16 * (3 + 8)                 # W_ih and W_hh, one block of 16 units
+    assert n == 4 * 16 * (3 + 3 + 8)   # W_ih packed and as blocked rows, W_hh: one block of 16
     good = _core.empty_aligned(n, np.float32)
     layout.pack(good, m._flat)
     raw = _core.empty_aligned(n + 1, np.float32)
