@@ -250,7 +250,7 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of
  * driver packs it per call (K = Hout; the blocks that read h, then those that read
  * step_aux). `which` is LSTMC_W_IH, PACKED_IH_ROWS or LSTMC_W_HH; past the last layer, the
  * total. The buffer starts on a 64-byte boundary (a cache line); the kernels' loads are
- * unaligned, so panels need not. */
+ * unaligned, so the parts after the first need not start on one. */
 #define PACKED_IH_ROWS (-1)
 static size_t packed_offset(const lstmc_seq *s, int layer, int dir, int which)
 {

@@ -30,7 +30,7 @@ needs_packing = pytest.mark.skipif(not PACKS, reason="no packed kernel on this C
 # kind -> (module class, constructor kwargs)
 KINDS = {
     "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {"proj_size": 2}),
+    "lstm_proj": ("LSTM", {}),            # proj_size: make()'s argument
     "gru": ("GRU", {"reset_after": True}),
     "gru_rb": ("GRU", {"reset_after": False}),
     "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
@@ -46,10 +46,10 @@ def restore_kernel_and_threads():
     lstmc.set_num_threads(threads)
 
 
-def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32):
+def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32, proj_size=2):
     cls, kwargs = KINDS[kind]
-    if kind == "lstm_proj" and H <= 2:
-        kwargs = {}
+    if kind == "lstm_proj":
+        kwargs = {"proj_size": proj_size} if H > proj_size else {}
     lstmc.manual_seed(seed)
     return getattr(lstmc.nn, cls)(I, H, num_layers=layers, bidirectional=bidirectional,
                                   dtype=dtype, **kwargs)
@@ -97,15 +97,18 @@ def test_projection_limit_and_batch_limit(kind, T, B):
 @needs_packing
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("threads", [1, 3, 4])
-@pytest.mark.parametrize("T,B", [(9, 12), (70, 16)])
+@pytest.mark.parametrize("T,B", [(9, 16), (70, 16)])
 def test_per_thread_panels_of_the_projection(kind, threads, T, B):
     """Inference keeps the input projection in one panel per thread, blocked by 16 units
-    (csrc/internal.h LSTMC_ZROW), filled by the packed kernel (9 x 12 positions) or by one
+    (csrc/internal.h LSTMC_ZROW), filled by the packed kernel (9 x 16 positions) or by one
     BLAS GEMM per thread on W_ih's rows in panel order (70 x 16 > 1024); one thread keeps
     PyTorch's order. H = 65 is five blocks, the last of one unit: three threads own
-    32 + 32 + 1 units, four 32 + 32 + 1 + 0. Two layers, both directions, ragged lengths."""
+    32 + 32 + 1 units, four 32 + 32 + 1 + 0. Two layers, both directions, ragged lengths.
+    G H Hout B is at least 65536 (LSTMC_PAR_MIN_STEP_WORK) for every cell, the projected
+    LSTM's proj_size 40 included, so every call runs on all the threads asked for."""
     lstmc.set_num_threads(threads)
-    m = make(kind, 11, 65, layers=2, bidirectional=True, seed=threads).eval()
+    m = make(kind, 11, 65, layers=2, bidirectional=True, seed=threads,
+             proj_size=40).eval()
     rng = np.random.default_rng(T)
     x = rng.standard_normal((T, B, 11)).astype(np.float32)
     lengths = rng.integers(0, T + 1, B)
