@@ -17,9 +17,11 @@ lstmc_base and lstmc_new, with its imports renamed) and alternates them call blo
 block, the order swapped every round; it reports the median of the per-round ratios. Both
 builds then see the same neighbours at the same moment. It is still no finer than a few per
 cent: two builds of the same code read 0.98-1.06 this way (six runs of 30 rounds: LSTM eval
-H256 B32 T100 two layers at two threads, H512 B4 T25, a streaming step at H256), where process
+H256 B32 T100 two layers at two threads, H512 B4 T25, a streaming step at H256), and 1.08 (new
+faster in 5 of 24 rounds) for an RNN H256 B32 T150 training step at two threads, where process
 alternation read 0.96 and 1.15 for one such pair. A change worth keeping on speed alone should
-beat that, or show its gain in a measurement that does not depend on the neighbours.
+beat that, or show its gain in a measurement that does not depend on the neighbours (a perf
+profile's share, a C harness).
 """
 import argparse
 import os
