@@ -133,9 +133,7 @@ LSTMC_STEP_STRUCT(double, lstmc_step_f64)
  * each row, and they did not. The pass's share of an LSTM I256 H256 B32 T150 forward at two
  * threads (perf, two runs each): rows of (G, H) 14.4-14.7 %, panels 9.1-9.7 %. */
 #define LSTMC_ZROW(st, G)                                                                       \
-    ((size_t)(G) * ((st)->panel ? ((size_t)((st)->u1 - (st)->u0) + LSTMC_PACK_UNITS - 1) /     \
-                                      LSTMC_PACK_UNITS * LSTMC_PACK_UNITS                      \
-                                : (size_t)(st)->H))
+    ((st)->panel ? lstmc_pack_size((st)->u1 - (st)->u0, 1, (G)) : (size_t)(G) * (size_t)(st)->H)
 
 /* Cell kernels. Two-phase cells (GRU reset-before) run phase 0, then the driver's GEMM of the
  * remaining gate blocks, then phase 1. */
