@@ -46,12 +46,18 @@ that caches and the other libraries' spinning worker threads settle. Reps are si
 untimed probe call to a time budget per figure (1 s; --quick 0.2 s), at least 5 (3 for calls
 slower than the budget; --quick 3), unless ``--reps`` fixes them. Before timing, each row's
 forward (streaming: three steps) is compared between lstmc and every peer; a row marked (!)
-differs by more than CHECK_ATOL. ``--json`` also writes the metadata, the sgemm peaks and every
-timed sample.
+differs by more than CHECK_ATOL. ``--json`` also writes the metadata, the sgemm peaks, the DRAM
+read rates and every timed sample.
 
 GFLOP/s use ``rnn_flops`` (grid.json "about"; G = 4 LSTM, 3 GRU, 1 RNN gate blocks); "% peak" is
 lstmc's GFLOP/s over the float32 numpy matmul (2048^3) peak measured in the same run at the same
-thread count. Numpy's BLAS thread count is set for that matmul with threadpoolctl when installed,
+thread count. A forward or streaming step at batch 1 is bound by reading the weights, not by
+arithmetic (at batch 4, by both): for batch <= 4 a second table gives the weights GB/s
+(``weight_bytes``: W_hh every step, W_ih once, over the time) and lstmc's as a share of the DRAM
+read rate measured in the same run at the same thread count (a float32 numpy matrix-vector
+product over DRAM_MB, four times the 32 MB L3 of the machines this was written on). Weights that
+fit the L3 cache read faster than DRAM.
+Numpy's BLAS thread count is set for those two calibrations with threadpoolctl when installed,
 else through OpenBLAS's ``*_set_num_threads`` via ctypes, else not at all (the output says
 which). Threads: ``lstmc.set_num_threads(n)``, ``torch.set_num_threads(n)`` and an ONNX Runtime
 session per thread count with ``intra_op_num_threads = n``, ``inter_op_num_threads = 1``,
@@ -100,10 +106,14 @@ QUICK_ROWS = {"inf_h512_b1_t25": ("fwd",), "trn_h512_b16_t25": ("fwd", "train"),
 # Timing budget per figure (one library, row, mode and thread count): seconds, min/max timed reps,
 # and the number of interleaving rounds the reps are split into. Streaming steps are short
 # calls: their reps are capped higher so that the budget, not the cap, sizes them.
-FULL = dict(budget=1.0, min_reps=5, max_reps=100, max_step_reps=5000, rounds=3, peak_reps=6)
-QUICK = dict(budget=0.2, min_reps=3, max_reps=25, max_step_reps=1000, rounds=2, peak_reps=3)
+FULL = dict(budget=1.0, min_reps=5, max_reps=100, max_step_reps=5000, rounds=3, peak_reps=6,
+            dram_reps=10)
+QUICK = dict(budget=0.2, min_reps=3, max_reps=25, max_step_reps=1000, rounds=2, peak_reps=3,
+             dram_reps=5)
 WARM_S = 0.1      # untimed settling at the start of each block (see measure)
 PEAK_N = 2048
+DRAM_MB = 128     # the DRAM read rate's matrix (see dram_read_times)
+MEMORY_BOUND_B = 4  # forwards and steps at this batch or below get the weights-read table
 CHECK_ATOL = 2e-3  # |lstmc - peer| on the forward output, float32, same weights
 CHECK_STEPS = 3    # streaming rows: steps run from zero state before comparing h
 PEERS = ("torch", "ort")
@@ -125,6 +135,16 @@ def rnn_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=
     n = T * B if tokens is None else tokens
     fwd = sum(D * 2 * n * G * H * ((I if layer == 0 else D * H) + H) for layer in range(num_layers))
     return 3 * fwd if mode == "train" else fwd
+
+
+def weight_bytes(I, H, T, num_layers=1, bidirectional=False, cell="lstm", itemsize=4):
+    """Bytes of weights one forward reads when none of them stay in cache: per layer and
+    direction, W_ih (G*H x I_l) once for the input projection and W_hh (G*H x H) at every one
+    of the T steps (a streaming step: T = 1). At batch 1-4 a forward's time is this read."""
+    D = 2 if bidirectional else 1
+    G = CELL_GATES[cell]
+    return itemsize * sum(D * G * H * ((I if layer == 0 else D * H) + T * H)
+                          for layer in range(num_layers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +266,22 @@ def sgemm_times(n_threads, reps, n=None):
         for _ in range(2):
             np.matmul(a, b, out=c)
         return _time_calls(lambda: np.matmul(a, b, out=c), reps)
+
+
+def dram_read_times(n_threads, reps, mb=None):
+    """Per-call seconds of a float32 numpy matrix-vector product over an mb MB matrix (DRAM_MB)
+    at n_threads BLAS threads, and the matrix's bytes: BLAS's sgemv reads the matrix once per
+    call, at the rate DRAM delivers when the matrix is larger than the L3 cache (on the CI machine
+    kind, 128-256 MB: 13-14 GB/s on one core and 21 on two, where a plain AVX2 read loop in C
+    read 15-16 and 20-23)."""
+    cols = 1024
+    rows = max(1, int((mb or DRAM_MB) * 2 ** 20) // (4 * cols))
+    a = np.full((rows, cols), 0.5, np.float32)
+    x = np.ones(cols, np.float32)
+    y = np.empty(rows, np.float32)
+    with numpy_blas_threads(n_threads):
+        np.matmul(a, x, out=y)
+        return _time_calls(lambda: np.matmul(a, x, out=y), reps), a.nbytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,8 +698,9 @@ def best_peer(r, peers):
     return min(timed)[::-1] if timed else None
 
 
-def markdown(results, peaks, meta, peers):
-    """The table: one line per row, mode and thread count; peers: {peer: installed?}."""
+def markdown(results, calib, meta, peers):
+    """The tables: one line per row, mode and thread count, then the weights read by the
+    memory-bound lines (batch <= MEMORY_BOUND_B); peers: {peer: installed?}."""
     out = []
     versions = ", ".join("%s %s" % (LABELS[p], meta["versions"][p] or "not installed")
                          for p in peers)
@@ -675,7 +712,8 @@ def markdown(results, peaks, meta, peers):
     out.append("sgemm peak (numpy float32 %d^3 matmul, median of %d; numpy BLAS threads: %s): "
                "%s." % (
         PEAK_N, meta["peak_reps"], meta["blas_threads"],
-        ", ".join("%d thr %.0f GFLOP/s" % (t, p) for t, p in sorted(peaks.items()))))
+        ", ".join("%d thr %.0f GFLOP/s" % (t, p)
+                  for t, p in sorted(calib["sgemm_peak_gflops"].items()))))
     out.append("")
     cols = ["row", "threads", "mode", "lstmc ms", "GFLOP/s", "% peak"]
     cols += ["%s ms" % LABELS[p] for p in peers] + (["lstmc / best peer"] if peers else [])
@@ -697,6 +735,27 @@ def markdown(results, peaks, meta, peers):
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out += ["- " + n for n in _notes(results, peers)]
+    bound = [r for r in results if r.get("lstmc_weights_gbps")]
+    if bound:
+        out.append("")
+        out.append("Batch <= %d: weights read, GB/s (W_hh every step, W_ih once, over the time), "
+                   "and lstmc's as a share of the DRAM read rate (numpy float32 matrix-vector "
+                   "product over %.0f MB, median of %d): %s. Weights that fit the L3 cache read "
+                   "faster than DRAM." % (
+                       MEMORY_BOUND_B, calib["dram_bytes"] / 2 ** 20, meta["dram_reps"],
+                       ", ".join("%d thr %.1f GB/s" % (t, g)
+                                 for t, g in sorted(calib["dram_read_gbps"].items()))))
+        out.append("")
+        cols = ["row", "threads", "mode", "weights MB", "lstmc GB/s", "% DRAM read"]
+        cols += ["%s GB/s" % LABELS[p] for p in peers]
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "|".join(["---", "---:", "---"] + ["---:"] * (len(cols) - 3)) + "|")
+        for r in bound:
+            cells = [r["row"], str(r["threads"]), r["mode"], "%.1f" % (r["weights_bytes"] / 1e6),
+                     "%.1f" % r["lstmc_weights_gbps"], "%.0f %%" % r["lstmc_pct_dram"]]
+            cells += ["%.1f" % r[p + "_weights_gbps"] if p + "_weights_gbps" in r
+                      else _peer_cell(r, p, installed) for p, installed in peers.items()]
+            out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -845,6 +904,8 @@ def result_rows(c, n, mode, samples):
     if mode == "step" and len(variants) == 1:
         variants = [("lstmc", "cell")]      # no streaming API: the cell is lstmc's figure
     flops = case_flops(c, "fwd" if mode == "step" else mode)
+    wbytes = (weight_bytes(c["I"], c["H"], c["T"], c["L"], c["bidirectional"], c["cell"])
+              if c["B"] <= MEMORY_BOUND_B and mode != "train" and c["lengths"] is None else None)
     rows = []
     for lstmc_name, label in variants:
         r = dict(row=c["name"], section=c["section"], cell=c["cell"],
@@ -859,20 +920,37 @@ def result_rows(c, n, mode, samples):
             else:
                 r[key + "_s"] = float(np.median(v))
                 r[key + "_gflops"] = flops / r[key + "_s"] / 1e9
+                if wbytes:
+                    r["weights_bytes"] = wbytes
+                    r[key + "_weights_gbps"] = wbytes / r[key + "_s"] / 1e9
                 r[key + "_samples_s"] = v
         rows.append(r)
     return rows
 
 
 def run_grid(built, threads, cfg, reps, lstmc, mods, say):
-    """Time every (row, mode) at every thread count. Returns (results, peaks, peak_samples)."""
+    """Time every (row, mode) at every thread count. Returns (results, calib): calib holds the
+    sgemm peaks (GFLOP/s) and DRAM read rates (GB/s) per thread count, each the median of
+    samples taken before and after that thread count's rows, and those samples."""
     t_start = time.perf_counter()
-    results, peaks, peak_samples = [], {}, {}
+    results = []
+    calib = dict(sgemm_peak_gflops={}, sgemm_samples_s={}, dram_read_gbps={}, dram_samples_s={},
+                 dram_bytes=None)
+
+    def calibrate(n):
+        calib["sgemm_samples_s"].setdefault(n, []).extend(sgemm_times(n, cfg["peak_reps"]))
+        ts, calib["dram_bytes"] = dram_read_times(n, cfg["dram_reps"])
+        calib["dram_samples_s"].setdefault(n, []).extend(ts)
+        calib["sgemm_peak_gflops"][n] = 2 * PEAK_N ** 3 / float(
+            np.median(calib["sgemm_samples_s"][n])) / 1e9
+        calib["dram_read_gbps"][n] = calib["dram_bytes"] / float(
+            np.median(calib["dram_samples_s"][n])) / 1e9
+
     for n in threads:
         set_threads(lstmc, mods, n)
-        peak_samples[n] = sgemm_times(n, cfg["peak_reps"])
-        say("[%d thr] sgemm %.0f GFLOP/s so far"
-            % (n, 2 * PEAK_N ** 3 / np.median(peak_samples[n]) / 1e9))
+        calibrate(n)
+        say("[%d thr] sgemm %.0f GFLOP/s, DRAM read %.1f GB/s so far"
+            % (n, calib["sgemm_peak_gflops"][n], calib["dram_read_gbps"][n]))
         rows_n = []
         for c, libs in built:
             for mode in c["modes"]:
@@ -892,14 +970,15 @@ def run_grid(built, threads, cfg, reps, lstmc, mods, say):
                     fmt_ms(float(np.median(v))), len(v))) for lib, v in s.items())
                 say("[%d thr] %-28s %-5s %s   (%.0f s)" % (
                     n, c["name"], mode, done, time.perf_counter() - t_start))
-        peak_samples[n] += sgemm_times(n, cfg["peak_reps"])
-        peaks[n] = 2 * PEAK_N ** 3 / float(np.median(peak_samples[n])) / 1e9
+        calibrate(n)
         for r in rows_n:
             for lib in ("lstmc",) + PEERS:
                 if lib + "_gflops" in r:
-                    r[lib + "_pct_peak"] = 100 * r[lib + "_gflops"] / peaks[n]
+                    r[lib + "_pct_peak"] = 100 * r[lib + "_gflops"] / calib["sgemm_peak_gflops"][n]
+            if "lstmc_weights_gbps" in r:
+                r["lstmc_pct_dram"] = 100 * r["lstmc_weights_gbps"] / calib["dram_read_gbps"][n]
         results += rows_n
-    return results, peaks, peak_samples
+    return results, calib
 
 
 def add_arguments(ap):
@@ -964,7 +1043,7 @@ def run(args, error=None):
                 numpy_version=np.__version__, python=platform.python_version(),
                 machine=machine_desc(), blas_threads=blas_thread_method(),
                 grids=[str(p) for p in grid_paths], quick=args.quick, threads=threads,
-                cells=cells, peak_reps=2 * cfg["peak_reps"],
+                cells=cells, peak_reps=2 * cfg["peak_reps"], dram_reps=2 * cfg["dram_reps"],
                 date=time.strftime("%Y-%m-%d %H:%M"), load_before=_loadavg())
     say("lstmc bench: grids %s; cells %s; %d rows; threads %s; lstmc %s (OpenMP %s); peers %s; "
         "BLAS threads: %s" % (
@@ -981,7 +1060,7 @@ def run(args, error=None):
     gc.collect()
     gc.freeze()
     try:
-        results, peaks, peak_samples = run_grid(built, threads, cfg, args.reps, lstmc, mods, say)
+        results, calib = run_grid(built, threads, cfg, args.reps, lstmc, mods, say)
     finally:
         gc.unfreeze()
     order = {c["name"]: i for i, c in enumerate(cases)}
@@ -989,12 +1068,11 @@ def run(args, error=None):
                                 r["threads"]))
     meta["elapsed_s"] = time.perf_counter() - t_start
     meta["load_after"] = _loadavg()
-    print(markdown(results, peaks, meta, {p: m is not None for p, m in mods.items()}))
+    print(markdown(results, calib, meta, {p: m is not None for p, m in mods.items()}))
     say("lstmc bench: done in %.0f s" % meta["elapsed_s"])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, sgemm_peak_gflops=peaks, sgemm_samples_s=peak_samples,
-                           results=results), f, indent=1)
+            json.dump(dict(meta=meta, results=results, **calib), f, indent=1)
     return 0
 
 

@@ -100,6 +100,16 @@ def test_onnx_model_rejects_projection_and_unknown_cells():
         bench.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
 
 
+def test_weight_bytes_reads_w_hh_every_step_and_w_ih_once():
+    # LSTM I5 H8 T10: layer 0 4*8*5 + 10 * 4*8*8 floats; layer 1 of a bidirectional pair reads
+    # 2H = 16 inputs; both directions
+    one = 4 * 8 * 5 + 10 * 4 * 8 * 8
+    two = 4 * 8 * 16 + 10 * 4 * 8 * 8
+    assert bench.weight_bytes(5, 8, 10, 2, True) == 4 * (2 * one + 2 * two)
+    assert bench.weight_bytes(5, 8, 1, cell="gru") == 4 * 3 * 8 * (5 + 8)
+    assert bench.weight_bytes(5, 8, 10, cell="rnn", itemsize=8) == 8 * (8 * 5 + 10 * 8 * 8)
+
+
 def test_rnn_flops_counts_layers_directions_and_tokens():
     # layer 0: 2*T*B*4H*(I+H) per direction; layer 1 reads 2H; train = 3x
     one = 2 * 10 * 3 * 4 * 8 * (5 + 8)
@@ -132,6 +142,7 @@ TINY_RNN_GRID = {
 def tiny(tmp_path, monkeypatch):
     """Paths of the tiny grids; a small sgemm and a short settle keep a run to a few seconds."""
     monkeypatch.setattr(bench, "PEAK_N", 128)
+    monkeypatch.setattr(bench, "DRAM_MB", 1)
     monkeypatch.setattr(bench, "WARM_S", 0.005)
     paths = []
     for name, grid in (("grid.json", TINY_GRID), ("grid_rnn.json", TINY_RNN_GRID)):
@@ -141,12 +152,22 @@ def tiny(tmp_path, monkeypatch):
     return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2"]
 
 
-def _table(text):
-    """{(row, threads, mode): {column: cell}} of the Markdown table in text."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+def _table(text, which=0):
+    """Columns and {(row, threads, mode): {column: cell}} of Markdown table number `which` in
+    text (0: the timings; 1: the weights read at small batch)."""
+    tables, lines = [], []
+    for ln in text.splitlines() + [""]:
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            tables.append(lines)
+            lines = []
+    if which >= len(tables):
+        return None, {}
+    header, body = tables[which][0], tables[which][2:]
+    cols = [c.strip() for c in header.strip("|").split("|")]
     rows = {}
-    for ln in lines[1:]:
+    for ln in body:
         cells = dict(zip(cols, (c.strip() for c in ln.strip("|").split("|"))))
         rows[(cells["row"], cells["threads"], cells["mode"])] = cells
     return cols, rows
@@ -163,7 +184,8 @@ def _installed(module):
 def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
     out_json = tmp_path / "out.json"
     assert bench.main(tiny + ["--threads", "1,2", "--json", str(out_json)]) == 0
-    cols, rows = _table(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    cols, rows = _table(out)
     assert cols[-1] == "lstmc / best peer"
     assert {"torch ms", "ORT ms"} <= set(cols)
     step_mode = "step" if hasattr(lstmc.nn.LSTM, "step") else "cell"
@@ -192,6 +214,29 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
     saved = json.loads(out_json.read_text())
     assert len(saved["results"]) == len(rows)
     assert all(len(r["lstmc_samples_s"]) == 2 for r in saved["results"])
+    # Forwards and steps at batch <= 4 (every row here but t_var, which has lengths) also get
+    # the weights they read
+    wcols, wrows = _table(out, 1)
+    assert wcols[:6] == ["row", "threads", "mode", "weights MB", "lstmc GB/s", "% DRAM read"]
+    assert set(wrows) == {k for k in rows if k[0] != "t_var" and k[2] != "train"}
+    weights = {"t_inf": bench.weight_bytes(6, 8, 5), "t_step": bench.weight_bytes(6, 8, 1),
+               "t_trn": bench.weight_bytes(6, 8, 4, 2),
+               "t_bi": bench.weight_bytes(6, 8, 4, 2, True),
+               "t_gru": bench.weight_bytes(6, 8, 5, cell="gru"),
+               "t_rnn": bench.weight_bytes(6, 8, 5, cell="rnn")}
+    bound = [r for r in saved["results"] if "weights_bytes" in r]
+    assert len(bound) == len(wrows)
+    for r in bound:
+        assert r["weights_bytes"] == weights[r["row"]]
+        assert r["lstmc_weights_gbps"] == pytest.approx(r["weights_bytes"] / r["lstmc_s"] / 1e9)
+        assert r["lstmc_pct_dram"] == pytest.approx(
+            100 * r["lstmc_weights_gbps"] / saved["dram_read_gbps"][str(r["threads"])])
+        cells = wrows[(r["row"], str(r["threads"]), r["mode"])]
+        assert cells["lstmc GB/s"] == "%.1f" % r["lstmc_weights_gbps"]
+        assert cells["% DRAM read"] == "%.0f %%" % r["lstmc_pct_dram"]
+    assert set(saved["dram_read_gbps"]) == set(saved["sgemm_peak_gflops"]) == {"1", "2"}
+    assert all(g > 0 and len(saved["dram_samples_s"][t]) == saved["meta"]["dram_reps"]
+               for t, g in saved["dram_read_gbps"].items())
 
 
 def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
