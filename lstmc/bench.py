@@ -735,6 +735,12 @@ def markdown(results, calib, meta, peers):
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out += ["- " + n for n in _notes(results, peers)]
+    if peers:
+        out.append("")
+        out.append("Geometric means of lstmc / best peer by kind (below 1: lstmc is faster), then "
+                   "of lstmc / each peer, and the largest single lstmc / best peer:")
+        out.append("")
+        out += summary(results, peers)
     bound = [r for r in results if r.get("lstmc_weights_gbps")]
     if bound:
         out.append("")
@@ -757,6 +763,66 @@ def markdown(results, calib, meta, peers):
                       else _peer_cell(r, p, installed) for p, installed in peers.items()]
             out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def l3_bytes():
+    """The L3 cache's size from sysfs (Linux), else 32 MiB (the machines this was written on)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        return int(text[:-1]) * {"K": 2 ** 10, "M": 2 ** 20}[text[-1]]
+    except (OSError, ValueError, KeyError, IndexError):
+        return 32 * 2 ** 20
+
+
+def kind(r, l3=None):
+    """The summary group of a result line: cell, section and mode (LSTM inference split by
+    whether one direction's W_hh fits the L3 cache)."""
+    cell, mode, section = r["cell"], r["mode"], r["section"]
+    if cell != "lstm":
+        name = {"gru": "GRU", "rnn": "RNN"}[cell]
+        return name + (" training step" if mode == "train" else " forward")
+    if section == "streaming_step":
+        return "streaming step at B=1 (`LSTM.step`)" if mode == "step" else \
+            "streaming step at B=1 (`LSTMCell`)"
+    if section == "variable_length":
+        return "LSTM %s, variable lengths" % ("training step" if mode == "train" else "forward")
+    if section == "inference":
+        beyond = weight_bytes(0, r["H"], 1) > (l3 or l3_bytes())
+        return "LSTM inference, W_hh %s L3" % ("beyond" if beyond else "within")
+    return "LSTM training step" if mode == "train" else "LSTM forward, training rows"
+
+
+def _gmean(values):
+    return float(np.exp(np.mean(np.log(values)))) if values else None
+
+
+def summary(results, peers):
+    """Geometric means of lstmc's time over the best peer's (and over each peer's) by kind, and
+    the largest ratio, per thread count: the table README quotes."""
+    threads = sorted({r["threads"] for r in results})
+    l3 = l3_bytes()
+    kinds = []
+    for r in results:
+        if kind(r, l3) not in kinds:
+            kinds.append(kind(r, l3))
+    fmt = lambda v: "—" if v is None else "%.2f" % v          # noqa: E731
+    per = lambda vs: " / ".join(fmt(v) for v in vs)           # noqa: E731
+    cols = ["kind"] + ["%d thr" % n for n in threads]
+    cols += ["vs %s (%s)" % (LABELS[p], " / ".join(map(str, threads))) for p in peers]
+    cols += ["largest (%s)" % " / ".join(map(str, threads))]
+    out = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    for k in kinds:
+        lines = {n: [r for r in results if kind(r, l3) == k and r["threads"] == n
+                     and r.get("lstmc_s")] for n in threads}
+        best = {n: [r["lstmc_s"] / best_peer(r, peers)[1] for r in lines[n]
+                    if best_peer(r, peers)] for n in threads}
+        cells = [k] + [fmt(_gmean(best[n])) for n in threads]
+        cells += [per([_gmean([r["lstmc_s"] / r[p + "_s"] for r in lines[n] if p + "_s" in r])
+                       for n in threads]) for p in peers]
+        cells.append(per([max(best[n]) if best[n] else None for n in threads]))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def _notes(results, peers):
@@ -908,7 +974,7 @@ def result_rows(c, n, mode, samples):
               if c["B"] <= MEMORY_BOUND_B and mode != "train" and c["lengths"] is None else None)
     rows = []
     for lstmc_name, label in variants:
-        r = dict(row=c["name"], section=c["section"], cell=c["cell"],
+        r = dict(row=c["name"], section=c["section"], cell=c["cell"], H=c["H"],
                  nonlinearity=c["nonlinearity"], threads=n, mode=label, flops=flops,
                  mismatch=bool(c.get("mismatch")), max_abs_diff=c.get("max_abs_diff"))
         for lib, v in samples.items():

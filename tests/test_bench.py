@@ -110,6 +110,17 @@ def test_weight_bytes_reads_w_hh_every_step_and_w_ih_once():
     assert bench.weight_bytes(5, 8, 10, cell="rnn", itemsize=8) == 8 * (8 * 5 + 10 * 8 * 8)
 
 
+def test_kind_splits_lstm_inference_by_whether_w_hh_fits_the_l3():
+    row = dict(cell="lstm", section="inference", mode="fwd")
+    l3 = 32 * 2 ** 20                                   # W_hh of H1536: 37.7 MB; H1024: 16.8
+    assert bench.kind(dict(row, H=1536), l3) == "LSTM inference, W_hh beyond L3"
+    assert bench.kind(dict(row, H=1024), l3) == "LSTM inference, W_hh within L3"
+    assert bench.kind(dict(row, H=1024, cell="gru"), l3) == "GRU forward"
+    assert bench.kind(dict(row, H=8, section="training", mode="train"), l3) == \
+        "LSTM training step"
+    assert bench.l3_bytes() > 0
+
+
 def test_rnn_flops_counts_layers_directions_and_tokens():
     # layer 0: 2*T*B*4H*(I+H) per direction; layer 1 reads 2H; train = 3x
     one = 2 * 10 * 3 * 4 * 8 * (5 + 8)
@@ -152,25 +163,33 @@ def tiny(tmp_path, monkeypatch):
     return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2"]
 
 
-def _table(text, which=0):
-    """Columns and {(row, threads, mode): {column: cell}} of Markdown table number `which` in
-    text (0: the timings; 1: the weights read at small batch)."""
+def _tables(text):
+    """The Markdown tables in text, each a list of rows of stripped cells (header first)."""
     tables, lines = [], []
     for ln in text.splitlines() + [""]:
         if ln.startswith("|"):
-            lines.append(ln)
+            lines.append([c.strip() for c in ln.strip().strip("|").split("|")])
         elif lines:
             tables.append(lines)
             lines = []
-    if which >= len(tables):
-        return None, {}
-    header, body = tables[which][0], tables[which][2:]
-    cols = [c.strip() for c in header.strip("|").split("|")]
-    rows = {}
-    for ln in body:
-        cells = dict(zip(cols, (c.strip() for c in ln.strip("|").split("|"))))
-        rows[(cells["row"], cells["threads"], cells["mode"])] = cells
-    return cols, rows
+    return tables
+
+
+def _table(text, column="lstmc ms"):
+    """Columns and {(row, threads, mode): {column: cell}} of the first table with `column`
+    (default: the timings; "weights MB": the weights read at small batch)."""
+    for t in _tables(text):
+        if column in t[0]:
+            return t[0], {(c[0], c[1], c[2]): dict(zip(t[0], c)) for c in t[2:]}
+    return None, {}
+
+
+def _summary(text):
+    """Columns and {kind: {column: cell}} of the geometric-mean table."""
+    for t in _tables(text):
+        if t[0][0] == "kind":
+            return t[0], {c[0]: dict(zip(t[0], c)) for c in t[2:]}
+    return None, {}
 
 
 def _installed(module):
@@ -216,7 +235,7 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
     assert all(len(r["lstmc_samples_s"]) == 2 for r in saved["results"])
     # Forwards and steps at batch <= 4 (every row here but t_var, which has lengths) also get
     # the weights they read
-    wcols, wrows = _table(out, 1)
+    wcols, wrows = _table(out, "weights MB")
     assert wcols[:6] == ["row", "threads", "mode", "weights MB", "lstmc GB/s", "% DRAM read"]
     assert set(wrows) == {k for k in rows if k[0] != "t_var" and k[2] != "train"}
     weights = {"t_inf": bench.weight_bytes(6, 8, 5), "t_step": bench.weight_bytes(6, 8, 1),
@@ -237,6 +256,29 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
     assert set(saved["dram_read_gbps"]) == set(saved["sgemm_peak_gflops"]) == {"1", "2"}
     assert all(g > 0 and len(saved["dram_samples_s"][t]) == saved["meta"]["dram_reps"]
                for t, g in saved["dram_read_gbps"].items())
+    # The summary by kind: geometric means of lstmc / best peer, recomputed from the JSON
+    peers = [p for p, ok in (("torch", have["torch"]), ("ort", have["ORT"])) if ok]
+    scols, kinds = _summary(out)
+    if not peers:
+        assert scols is None
+        return
+    assert scols[:3] == ["kind", "1 thr", "2 thr"] and scols[-1] == "largest (1 / 2)"
+    assert set(kinds) == {
+        "LSTM inference, W_hh within L3", "LSTM forward, training rows", "LSTM training step",
+        "LSTM forward, variable lengths", "LSTM training step, variable lengths",
+        "streaming step at B=1 (`LSTM.step`)" if step_mode == "step" else
+        "streaming step at B=1 (`LSTMCell`)", "GRU forward", "RNN forward"} | (
+        {"streaming step at B=1 (`LSTMCell`)"} if step_mode == "step" else set())
+    lines = {}
+    for r in saved["results"]:
+        best = min(r[p + "_s"] for p in peers if p + "_s" in r)
+        lines.setdefault((bench.kind(r), r["threads"]), []).append(r["lstmc_s"] / best)
+    for (k, n), ratios in lines.items():
+        cells = kinds[k]
+        assert float(cells["%d thr" % n]) == pytest.approx(
+            np.exp(np.mean(np.log(ratios))), abs=0.0051)
+        assert float(cells["largest (1 / 2)"].split(" / ")[n - 1]) == pytest.approx(
+            max(ratios), abs=0.0051)
 
 
 def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
