@@ -1,9 +1,9 @@
 """`python -m lstmc bench`: time lstmc.nn.LSTM / GRU / RNN against the peers that are installed
-(PyTorch, ONNX Runtime) on the benchmark grids, in one run, and print a Markdown table.
+(PyTorch, ONNX Runtime) on the benchmark grids, in one run, and print Markdown tables.
 
 How to run::
 
-    python -m lstmc bench                  # both grids at 1 and 2 threads (~7 min)
+    python -m lstmc bench                  # both grids at 1 and 2 threads (~6 min)
     python -m lstmc bench --quick          # one row of each kind, fewer reps (< 1 min)
     python -m lstmc bench --cells gru,rnn  # only the GRU / RNN rows
     python -m lstmc bench --threads 2 --rows inf_h512_b1_t25,step_i512_h512
@@ -11,8 +11,9 @@ How to run::
     python -m lstmc bench --peers ort      # lstmc and ONNX Runtime only
     python -m lstmc bench --list           # show the rows of the grids
 
-(`python benchmarks/bench_lstm.py` in the repository is the same command.) The table goes to
-stdout; progress goes to stderr.
+(`python benchmarks/bench_lstm.py` in the repository is the same command.) The tables go to
+stdout (the timings; the geometric means of lstmc / best peer by kind; the weights read at
+batch <= 4); progress goes to stderr.
 
 Rows come from two grids shipped with the package: ``lstmc/bench_grid.json`` (a copy of the
 project's shared LSTM grid, grid.json) and ``lstmc/bench_grid_rnn.json``, whose rows name their
@@ -140,7 +141,8 @@ def rnn_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=
 def weight_bytes(I, H, T, num_layers=1, bidirectional=False, cell="lstm", itemsize=4):
     """Bytes of weights one forward reads when none of them stay in cache: per layer and
     direction, W_ih (G*H x I_l) once for the input projection and W_hh (G*H x H) at every one
-    of the T steps (a streaming step: T = 1). At batch 1-4 a forward's time is this read."""
+    of the T steps (a streaming step: T = 1). At batch 1 a forward's time is this read (at
+    batch 4, this read and the arithmetic)."""
     D = 2 if bidirectional else 1
     G = CELL_GATES[cell]
     return itemsize * sum(D * G * H * ((I if layer == 0 else D * H) + T * H)
@@ -735,58 +737,68 @@ def markdown(results, calib, meta, peers):
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out += ["- " + n for n in _notes(results, peers)]
-    if peers:
+    if any(peers.values()):
         out.append("")
         out.append("Geometric means of lstmc / best peer by kind (below 1: lstmc is faster), then "
                    "of lstmc / each peer, and the largest single lstmc / best peer:")
         out.append("")
         out += summary(results, peers)
-    bound = [r for r in results if r.get("lstmc_weights_gbps")]
+    bound = [r for r in results if "weights_bytes" in r]
     if bound:
         out.append("")
-        out.append("Batch <= %d: weights read, GB/s (W_hh every step, W_ih once, over the time), "
-                   "and lstmc's as a share of the DRAM read rate (numpy float32 matrix-vector "
-                   "product over %.0f MB, median of %d): %s. Weights that fit the L3 cache read "
-                   "faster than DRAM." % (
+        out.append("Batch <= %d: weights read, GB/s (MB read = W_hh at every step and W_ih once, "
+                   "in 10^6 bytes, over the time), and lstmc's as a share of the DRAM read rate "
+                   "(numpy float32 matrix-vector product over %.0f MiB, median of %d): %s. "
+                   "Weights that fit the L3 cache read faster than DRAM." % (
                        MEMORY_BOUND_B, calib["dram_bytes"] / 2 ** 20, meta["dram_reps"],
                        ", ".join("%d thr %.1f GB/s" % (t, g)
                                  for t, g in sorted(calib["dram_read_gbps"].items()))))
         out.append("")
-        cols = ["row", "threads", "mode", "weights MB", "lstmc GB/s", "% DRAM read"]
+        cols = ["row", "threads", "mode", "MB read", "lstmc GB/s", "% DRAM read"]
         cols += ["%s GB/s" % LABELS[p] for p in peers]
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join(["---", "---:", "---"] + ["---:"] * (len(cols) - 3)) + "|")
         for r in bound:
-            cells = [r["row"], str(r["threads"]), r["mode"], "%.1f" % (r["weights_bytes"] / 1e6),
-                     "%.1f" % r["lstmc_weights_gbps"], "%.0f %%" % r["lstmc_pct_dram"]]
+            cells = [r["row"] + (" (!)" if r.get("mismatch") else ""), str(r["threads"]),
+                     r["mode"], "%.1f" % (r["weights_bytes"] / 1e6)]
+            if r.get("lstmc_error"):
+                cells += ["error (stderr): " + r["lstmc_error"].split(":")[0], ""]
+            else:
+                cells += ["%.1f" % r["lstmc_weights_gbps"], "%.0f %%" % r["lstmc_pct_dram"]]
             cells += ["%.1f" % r[p + "_weights_gbps"] if p + "_weights_gbps" in r
                       else _peer_cell(r, p, installed) for p, installed in peers.items()]
             out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
-def l3_bytes():
-    """The L3 cache's size from sysfs (Linux), else 32 MiB (the machines this was written on)."""
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
-            text = f.read().strip()
-        return int(text[:-1]) * {"K": 2 ** 10, "M": 2 ** 20}[text[-1]]
-    except (OSError, ValueError, KeyError, IndexError):
-        return 32 * 2 ** 20
+def l3_bytes(cache_dir="/sys/devices/system/cpu/cpu0/cache"):
+    """The size of CPU 0's level-3 cache from sysfs (Linux), else 32 MiB (the machines this was
+    written on)."""
+    for index in sorted(Path(cache_dir).glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "3":
+                continue
+            text = (index / "size").read_text().strip()
+            return int(text[:-1]) * {"K": 2 ** 10, "M": 2 ** 20}[text[-1]]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return 32 * 2 ** 20
 
 
 def kind(r, l3=None):
     """The summary group of a result line: cell, section and mode (LSTM inference split by
-    whether one direction's W_hh fits the L3 cache)."""
+    whether one direction's W_hh fits the L3 cache; GRU and RNN forwards of the inference and
+    training sections form one group each)."""
     cell, mode, section = r["cell"], r["mode"], r["section"]
-    if cell != "lstm":
-        name = {"gru": "GRU", "rnn": "RNN"}[cell]
-        return name + (" training step" if mode == "train" else " forward")
+    name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
     if section == "streaming_step":
-        return "streaming step at B=1 (`LSTM.step`)" if mode == "step" else \
-            "streaming step at B=1 (`LSTMCell`)"
+        return "streaming step at B=1 (`%s.step`)" % name if mode == "step" else \
+            "streaming step at B=1 (`%sCell`)" % name
     if section == "variable_length":
-        return "LSTM %s, variable lengths" % ("training step" if mode == "train" else "forward")
+        return "%s %s, variable lengths" % (name, "training step" if mode == "train"
+                                            else "forward")
+    if cell != "lstm":
+        return name + (" training step" if mode == "train" else " forward")
     if section == "inference":
         beyond = weight_bytes(0, r["H"], 1) > (l3 or l3_bytes())
         return "LSTM inference, W_hh %s L3" % ("beyond" if beyond else "within")
@@ -977,6 +989,8 @@ def result_rows(c, n, mode, samples):
         r = dict(row=c["name"], section=c["section"], cell=c["cell"], H=c["H"],
                  nonlinearity=c["nonlinearity"], threads=n, mode=label, flops=flops,
                  mismatch=bool(c.get("mismatch")), max_abs_diff=c.get("max_abs_diff"))
+        if wbytes:
+            r["weights_bytes"] = wbytes
         for lib, v in samples.items():
             if lib.startswith("lstmc") and lib != lstmc_name:
                 continue
@@ -987,7 +1001,6 @@ def result_rows(c, n, mode, samples):
                 r[key + "_s"] = float(np.median(v))
                 r[key + "_gflops"] = flops / r[key + "_s"] / 1e9
                 if wbytes:
-                    r["weights_bytes"] = wbytes
                     r[key + "_weights_gbps"] = wbytes / r[key + "_s"] / 1e9
                 r[key + "_samples_s"] = v
         rows.append(r)
@@ -1086,7 +1099,7 @@ def run(args, error=None):
                 " lengths" if c["lengths"] is not None else ""))
         return 0
     cfg = QUICK if args.quick else FULL
-    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    threads = list(dict.fromkeys(int(t) for t in args.threads.split(",") if t.strip()))
     if not threads or min(threads) < 1:
         error("--threads wants positive integers, e.g. 1,2; got %r" % args.threads)
     if args.reps is not None and args.reps < 1:

@@ -121,6 +121,16 @@ def test_kind_splits_lstm_inference_by_whether_w_hh_fits_the_l3():
     assert bench.l3_bytes() > 0
 
 
+def test_l3_bytes_reads_the_level_3_cache_from_sysfs(tmp_path):
+    for index, level, size in (("index0", "1", "32K"), ("index2", "2", "512K"),
+                               ("index3", "2", "1M"), ("index4", "3", "16384K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "level").write_text(level + "\n")
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert bench.l3_bytes(str(tmp_path)) == 16 * 2 ** 20
+    assert bench.l3_bytes(str(tmp_path / "none")) == 32 * 2 ** 20     # no sysfs: 32 MiB
+
+
 def test_rnn_flops_counts_layers_directions_and_tokens():
     # layer 0: 2*T*B*4H*(I+H) per direction; layer 1 reads 2H; train = 3x
     one = 2 * 10 * 3 * 4 * 8 * (5 + 8)
@@ -138,7 +148,7 @@ TINY_GRID = {
     "training": [{"name": "t_trn", "I": 6, "H": 8, "B": 3, "T": 4, "L": 2}],
     "bidirectional": [{"name": "t_bi", "I": 6, "H": 8, "B": 3, "T": 4, "L": 2,
                        "bidirectional": True}],
-    "variable_length": [{"name": "t_var", "I": 6, "H": 8, "B": 5, "T": 6,
+    "variable_length": [{"name": "t_var", "I": 6, "H": 8, "B": 4, "T": 6,
                          "lengths": "uniform integers in [1, 6], seed 0"}],
     "streaming_step": [{"name": "t_step", "I": 6, "H": 8, "B": 1}],
 }
@@ -177,7 +187,7 @@ def _tables(text):
 
 def _table(text, column="lstmc ms"):
     """Columns and {(row, threads, mode): {column: cell}} of the first table with `column`
-    (default: the timings; "weights MB": the weights read at small batch)."""
+    (default: the timings; "MB read": the weights read at small batch)."""
     for t in _tables(text):
         if column in t[0]:
             return t[0], {(c[0], c[1], c[2]): dict(zip(t[0], c)) for c in t[2:]}
@@ -227,16 +237,17 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
                 assert cells["ORT ms"] == "—"       # inference only
             else:
                 float(cells[peer + " ms"])
-        if any(have.values()):
+        if have["torch"] or (have["ORT"] and mode != "train"):   # ORT has no training step
             ratio, best = cells["lstmc / best peer"].split()
             assert float(ratio) > 0 and best.strip("()") in [p for p, ok in have.items() if ok]
     saved = json.loads(out_json.read_text())
     assert len(saved["results"]) == len(rows)
     assert all(len(r["lstmc_samples_s"]) == 2 for r in saved["results"])
-    # Forwards and steps at batch <= 4 (every row here but t_var, which has lengths) also get
-    # the weights they read
-    wcols, wrows = _table(out, "weights MB")
-    assert wcols[:6] == ["row", "threads", "mode", "weights MB", "lstmc GB/s", "% DRAM read"]
+    # Forwards and steps at batch <= 4 get the weights they read: every row here but t_var (batch
+    # 4 too, but with lengths) and the training steps
+    wcols, wrows = _table(out, "MB read")
+    assert wcols == ["row", "threads", "mode", "MB read", "lstmc GB/s", "% DRAM read",
+                     "torch GB/s", "ORT GB/s"]
     assert set(wrows) == {k for k in rows if k[0] != "t_var" and k[2] != "train"}
     weights = {"t_inf": bench.weight_bytes(6, 8, 5), "t_step": bench.weight_bytes(6, 8, 1),
                "t_trn": bench.weight_bytes(6, 8, 4, 2),
@@ -247,51 +258,77 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
     assert len(bound) == len(wrows)
     for r in bound:
         assert r["weights_bytes"] == weights[r["row"]]
-        assert r["lstmc_weights_gbps"] == pytest.approx(r["weights_bytes"] / r["lstmc_s"] / 1e9)
+        for lib in ("lstmc", "torch", "ort"):
+            if lib + "_s" in r:
+                assert r[lib + "_weights_gbps"] == pytest.approx(
+                    r["weights_bytes"] / r[lib + "_s"] / 1e9)
         assert r["lstmc_pct_dram"] == pytest.approx(
             100 * r["lstmc_weights_gbps"] / saved["dram_read_gbps"][str(r["threads"])])
         cells = wrows[(r["row"], str(r["threads"]), r["mode"])]
+        assert cells["MB read"] == "%.1f" % (r["weights_bytes"] / 1e6)
         assert cells["lstmc GB/s"] == "%.1f" % r["lstmc_weights_gbps"]
         assert cells["% DRAM read"] == "%.0f %%" % r["lstmc_pct_dram"]
+        for lib, col in (("torch", "torch GB/s"), ("ort", "ORT GB/s")):
+            if lib + "_s" in r:
+                assert cells[col] == "%.1f" % r[lib + "_weights_gbps"]
     assert set(saved["dram_read_gbps"]) == set(saved["sgemm_peak_gflops"]) == {"1", "2"}
-    assert all(g > 0 and len(saved["dram_samples_s"][t]) == saved["meta"]["dram_reps"]
-               for t, g in saved["dram_read_gbps"].items())
-    # The summary by kind: geometric means of lstmc / best peer, recomputed from the JSON
+    assert saved["dram_bytes"] == bench.DRAM_MB * 2 ** 20          # 1 MiB here (the fixture)
+    for t, g in saved["dram_read_gbps"].items():
+        ts = saved["dram_samples_s"][t]
+        assert len(ts) == saved["meta"]["dram_reps"]
+        assert g == pytest.approx(saved["dram_bytes"] / np.median(ts) / 1e9)
+    # The summary by kind: geometric means of lstmc / best peer and of lstmc / each peer, and
+    # the largest lstmc / best peer, recomputed from the JSON
     peers = [p for p, ok in (("torch", have["torch"]), ("ort", have["ORT"])) if ok]
     scols, kinds = _summary(out)
     if not peers:
         assert scols is None
         return
-    assert scols[:3] == ["kind", "1 thr", "2 thr"] and scols[-1] == "largest (1 / 2)"
+    assert scols == ["kind", "1 thr", "2 thr", "vs torch (1 / 2)", "vs ORT (1 / 2)",
+                     "largest (1 / 2)"]
     assert set(kinds) == {
         "LSTM inference, W_hh within L3", "LSTM forward, training rows", "LSTM training step",
         "LSTM forward, variable lengths", "LSTM training step, variable lengths",
         "streaming step at B=1 (`LSTM.step`)" if step_mode == "step" else
         "streaming step at B=1 (`LSTMCell`)", "GRU forward", "RNN forward"} | (
         {"streaming step at B=1 (`LSTMCell`)"} if step_mode == "step" else set())
-    lines = {}
+    best, each = {}, {}
     for r in saved["results"]:
-        best = min(r[p + "_s"] for p in peers if p + "_s" in r)
-        lines.setdefault((bench.kind(r), r["threads"]), []).append(r["lstmc_s"] / best)
-    for (k, n), ratios in lines.items():
+        key = (bench.kind(r), r["threads"])
+        timed = [r[p + "_s"] for p in peers if p + "_s" in r]
+        if timed:
+            best.setdefault(key, []).append(r["lstmc_s"] / min(timed))
+        for p in peers:
+            if p + "_s" in r:
+                each.setdefault(key + (p,), []).append(r["lstmc_s"] / r[p + "_s"])
+    gmean = lambda v: np.exp(np.mean(np.log(v)))                  # noqa: E731
+    for (k, n), ratios in best.items():
         cells = kinds[k]
-        assert float(cells["%d thr" % n]) == pytest.approx(
-            np.exp(np.mean(np.log(ratios))), abs=0.0051)
+        assert float(cells["%d thr" % n]) == pytest.approx(gmean(ratios), abs=0.0051)
         assert float(cells["largest (1 / 2)"].split(" / ")[n - 1]) == pytest.approx(
             max(ratios), abs=0.0051)
+    for (k, n, p), ratios in each.items():
+        cell = kinds[k]["vs %s (1 / 2)" % {"torch": "torch", "ort": "ORT"}[p]]
+        assert float(cell.split(" / ")[n - 1]) == pytest.approx(gmean(ratios), abs=0.0051)
+    assert kinds["LSTM training step"]["vs ORT (1 / 2)"] == "— / —"       # inference only
 
 
 def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)         # import torch -> ImportError
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step,t_var"]) == 0
-    cols, rows = _table(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    cols, rows = _table(out)
     step_lines = 2 if hasattr(lstmc.nn.LSTM, "step") else 1     # step and cell, or cell
     assert len(rows) == 3 + step_lines                          # t_inf fwd, t_var fwd + train
     for cells in rows.values():
         assert cells["torch ms"] == cells["ORT ms"] == "not installed"
         assert cells["lstmc / best peer"] == ""
         float(cells["lstmc ms"])
+    assert _summary(out) == (None, {})                          # no peer: no means
+    wcols, wrows = _table(out, "MB read")
+    assert wcols[-2:] == ["torch GB/s", "ORT GB/s"] and len(wrows) == 1 + step_lines
+    assert all(c["torch GB/s"] == c["ORT GB/s"] == "not installed" for c in wrows.values())
 
 
 def test_bench_flags_a_peer_that_disagrees(tiny, capsys, monkeypatch):
