@@ -41,14 +41,17 @@ import sys, time, numpy as np
 
 
 def make_call(lib, cell, I, H, B, T, L, mode):
+    # L < 0: -L layers, bidirectional
     lib.manual_seed(0)
     rng = np.random.default_rng(0)
-    m = {"lstm": lib.nn.LSTM, "gru": lib.nn.GRU, "rnn": lib.nn.RNN}[cell](I, H, num_layers=L)
+    m = {"lstm": lib.nn.LSTM, "gru": lib.nn.GRU, "rnn": lib.nn.RNN}[cell](
+        I, H, num_layers=abs(L), bidirectional=L < 0)
     if mode == "step":
         m.eval(); state = m.initial_state(B); x = rng.random((B, I), dtype=np.float32)
         return lambda: m.step(x, state)
     if mode == "train":
-        x = rng.random((T, B, I), dtype=np.float32); dy = rng.random((T, B, H), dtype=np.float32)
+        x = rng.random((T, B, I), dtype=np.float32)
+        dy = rng.random((T, B, (2 if L < 0 else 1) * H), dtype=np.float32)
         def call():
             m.zero_grad(); m(x); m.backward(dy)
         return call
@@ -154,12 +157,14 @@ def main():
     ap.add_argument("--B", type=int, default=4)
     ap.add_argument("--T", type=int, default=25)
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--in-process", action="store_true",
                     help="both builds in one process, alternating call blocks (see above)")
     a = ap.parse_args()
     builds = {"base": base_build(a.base), "new": ROOT}
-    args = [a.cell, a.I or a.H, a.H, a.B, a.T, a.layers, a.mode, a.threads, a.calls]
+    L = -a.layers if a.bidirectional else a.layers      # the scripts' L: < 0 bidirectional
+    args = [a.cell, a.I or a.H, a.H, a.B, a.T, L, a.mode, a.threads, a.calls]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if a.in_process:
         pairs = in_process(builds, args, a.rounds, env)

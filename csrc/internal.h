@@ -71,6 +71,21 @@
  * faster: a barrier per step costs about a microsecond. */
 #define LSTMC_PAR_MIN_STEP_WORK 65536
 
+/* An eval-mode bidirectional call of at most this many rows whose W_hh (one direction) has
+ * at most this many elements runs its two directions at once, one thread each, on a team of
+ * two (seq.c splittable, seq.inc), instead of sharing the units of one direction at a time
+ * with a barrier or two every step. Each thread then keeps a whole direction's W_hh (1 MB
+ * at most, in float32) and waits for nobody. LSTM unless said, eval, two threads, T = 100,
+ * benchmarks/ab_builds.py --in-process --bidirectional, 10-16 rounds, at once / shared:
+ * H128 B1 0.76-0.79 (T25 0.83; two layers 0.83), B4 0.87, B8 0.78, B32 0.92; H64 B64
+ * 0.87-0.90; H256 B1 0.91-0.97, B4 0.85-1.05 in four runs (0.94 in the longest); I128 H256
+ * B32 two layers (the grid's bidirectional row) 0.94-0.95; RNN H256 B1 0.59, H128 B2 0.68;
+ * GRU H256 B1 1.00; past the bound, H512 B1 0.98 (T50). Below LSTMC_PAR_MIN_STEP_WORK one
+ * thread runs both directions: waking a second thread for a short call cost more than the
+ * split saved (H64 B1 T10 3.3x, H16 B1 T100 2.8x the time). */
+#define LSTMC_SPLIT_MAX_ROWS 64
+#define LSTMC_SPLIT_MAX_WEIGHTS 262144
+
 /* Row-major C = alpha * op(A) op(B) + beta * C, with op(X) = X or X^T (trans flags 0 / 1).
  * A is (M, K) after op, B is (K, N) after op; lda/ldb/ldc are row strides. M or N of 0 is a
  * no-op; K of 0 scales C by beta. */

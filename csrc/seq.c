@@ -190,13 +190,28 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 }
 
 typedef struct {
-    size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, ybuf0, ybuf1, pack;    /* forward */
+    size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, pack, dir1, ybuf0, ybuf1; /* forward */
     size_t bpack, ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1; /* backward */
     size_t total;
 } scratch_layout;
 
+/* Whether an eval-mode bidirectional call may run its two directions at once, one thread
+ * each (seq.inc): a step big enough for a team at all (LSTMC_PAR_MIN_STEP_WORK; below it one
+ * thread runs both directions, as waking a second costs more), at most LSTMC_SPLIT_MAX_ROWS
+ * rows and one direction's W_hh of at most LSTMC_SPLIT_MAX_WEIGHTS elements. A property of
+ * the shape, not of the thread count, so that the scratch a caller sizes for a shape serves
+ * every thread count. */
+static int splittable(const lstmc_seq *s, int train)
+{
+    const long w_hh = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s);
+    return !train && s->dirs == 2 && w_hh * s->batch >= LSTMC_PAR_MIN_STEP_WORK &&
+           s->batch <= LSTMC_SPLIT_MAX_ROWS && w_hh <= LSTMC_SPLIT_MAX_WEIGHTS;
+}
+
 /* h, the carried dh and the step's gate gradients are double-buffered: a step writes one
- * buffer while slower threads may still read the other, so one barrier per step suffices. */
+ * buffer while slower threads may still read the other, so one barrier per step suffices.
+ * The forward's per-direction buffers (bias_i to pack) are one run; a splittable call has
+ * a second such run, dir1 elements on, for the direction the second thread runs. */
 static scratch_layout scratch_of(const lstmc_seq *s, int train)
 {
     const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch;
@@ -215,11 +230,13 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     TAKE(c, c ? B * H : 0);
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
     TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
-    TAKE(ybuf0, train ? 0 : inter);
-    TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
     TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
+    w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
+    at += w.dir1;
+    TAKE(ybuf0, train ? 0 : inter);
+    TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
     TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
                     ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16

@@ -97,15 +97,16 @@ def test_projection_limit_and_batch_limit(kind, T, B):
 @needs_packing
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("threads", [1, 3, 4])
-@pytest.mark.parametrize("T,B", [(9, 16), (70, 16)])
+@pytest.mark.parametrize("T,B", [(9, 65), (70, 65)])
 def test_per_thread_panels_of_the_projection(kind, threads, T, B):
     """Inference keeps the input projection in one panel per thread, blocked by 16 units
-    (csrc/internal.h LSTMC_ZROW), filled by the packed kernel (9 x 16 positions) or by one
-    BLAS GEMM per thread on W_ih's rows in panel order (70 x 16 > 1024); one thread keeps
+    (csrc/internal.h LSTMC_ZROW), filled by the packed kernel (9 x 65 positions) or by one
+    BLAS GEMM per thread on W_ih's rows in panel order (70 x 65 > 1024); one thread keeps
     PyTorch's order. H = 65 is five blocks, the last of one unit: three threads own
-    32 + 32 + 1 units, four 32 + 32 + 1 + 0. Two layers, both directions, ragged lengths.
-    G H Hout B is at least 65536 (LSTMC_PAR_MIN_STEP_WORK) for every cell, the projected
-    LSTM's proj_size 40 included, so every call runs on all the threads asked for."""
+    32 + 32 + 1 units, four 32 + 32 + 1 + 0. Two layers, both directions, ragged lengths;
+    65 rows, past LSTMC_SPLIT_MAX_ROWS, so that the team shares the units of one direction
+    at a time. G H Hout B is at least 65536 (LSTMC_PAR_MIN_STEP_WORK) for every cell, the
+    projected LSTM's proj_size 40 included, so every call runs on all the threads asked for."""
     lstmc.set_num_threads(threads)
     m = make(kind, 11, 65, layers=2, bidirectional=True, seed=threads,
              proj_size=40).eval()
@@ -114,6 +115,37 @@ def test_per_thread_panels_of_the_projection(kind, threads, T, B):
     lengths = rng.integers(0, T + 1, B)
     lengths[0] = T
     check_reference(kind, m, x, lengths)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("dtype,kernel", [(np.float32, "auto"), (np.float64, "auto"),
+                                          (np.float64, "packed_c")],
+                         ids=["float32", "float64", "float64-packed_c"])
+def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, kernel):
+    """An eval-mode bidirectional call with at most LSTMC_SPLIT_MAX_ROWS rows and a small
+    W_hh (csrc/internal.h) runs its directions at once on a team of two, thread d direction d
+    on its own scratch: H = 65, 16 rows (G H Hout B >= LSTMC_PAR_MIN_STEP_WORK for every
+    cell), ragged lengths (a row of length 0), 1 or 3 layers; on the packed copy (float32),
+    on BLAS (float64) and packed per call (float64, packed_c). Against the float64 reference,
+    and against one thread, which runs the same sums in the same order."""
+    _core._set_recurrent_kernel(kernel)
+    m = make(kind, 11, 65, layers=layers, bidirectional=True, seed=layers, dtype=dtype,
+             proj_size=40).eval()
+    rng = np.random.default_rng(layers)
+    x = rng.standard_normal((12, 16, 11)).astype(dtype)
+    lengths = rng.integers(0, 13, 16)
+    lengths[0], lengths[1] = 12, 0
+    outs = []
+    for threads in (2, 3, 1):
+        lstmc.set_num_threads(threads)
+        out, state = m(x, lengths=lengths)
+        outs.append([out] + list(state if isinstance(state, tuple) else (state,)))
+        if threads == 2:
+            check_reference(kind, m, x, lengths)
+    for got in outs[:2]:
+        for a, b in zip(got, outs[2]):
+            np.testing.assert_array_equal(a, b)
 
 
 @needs_packing
