@@ -85,6 +85,12 @@
  * split saved (H64 B1 T10 3.3x, H16 B1 T100 2.8x the time). */
 #define LSTMC_SPLIT_MAX_ROWS 64
 #define LSTMC_SPLIT_MAX_WEIGHTS 262144
+/* The split's second run of scratch holds a second input projection, N x G x H (padded to
+ * whole blocks): at most this many elements (16 MB in float32; the grid's bidirectional row,
+ * 3200 positions of H256 LSTM, has 3.3 M), so that no call's scratch doubles past that. Only
+ * a team of exactly two splits (lstmc_get_num_threads() == 2): more threads share the units
+ * of one direction at a time, as before, unmeasured either way on two cores. */
+#define LSTMC_SPLIT_MAX_GATES ((size_t)1 << 22)
 
 /* Row-major C = alpha * op(A) op(B) + beta * C, with op(X) = X or X^T (trans flags 0 / 1).
  * A is (M, K) after op, B is (K, N) after op; lda/ldb/ldc are row strides. M or N of 0 is a

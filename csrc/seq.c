@@ -196,16 +196,24 @@ typedef struct {
 } scratch_layout;
 
 /* Whether an eval-mode bidirectional call may run its two directions at once, one thread
- * each (seq.inc): a step big enough for a team at all (LSTMC_PAR_MIN_STEP_WORK; below it one
- * thread runs both directions, as waking a second costs more), at most LSTMC_SPLIT_MAX_ROWS
- * rows and one direction's W_hh of at most LSTMC_SPLIT_MAX_WEIGHTS elements. A property of
+ * each (seq.inc): with OpenMP, one direction's W_hh of at most LSTMC_SPLIT_MAX_WEIGHTS
+ * elements, at most LSTMC_SPLIT_MAX_ROWS rows, a step big enough for a team at all
+ * (LSTMC_PAR_MIN_STEP_WORK; below it one thread runs both directions, as waking a second costs
+ * more) and a second input projection of at most LSTMC_SPLIT_MAX_GATES elements. A property of
  * the shape, not of the thread count, so that the scratch a caller sizes for a shape serves
  * every thread count. */
 static int splittable(const lstmc_seq *s, int train)
 {
-    const long w_hh = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s);
-    return !train && s->dirs == 2 && w_hh * s->batch >= LSTMC_PAR_MIN_STEP_WORK &&
-           s->batch <= LSTMC_SPLIT_MAX_ROWS && w_hh <= LSTMC_SPLIT_MAX_WEIGHTS;
+#ifdef _OPENMP
+    const long long w_hh = (long long)gates_of(s->cell) * s->hidden * hout_of(s);
+    return !train && s->dirs == 2 && w_hh <= LSTMC_SPLIT_MAX_WEIGHTS &&
+           s->batch <= LSTMC_SPLIT_MAX_ROWS && w_hh * s->batch >= LSTMC_PAR_MIN_STEP_WORK &&
+           lstmc_seq_rows(s) * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)) <=
+               LSTMC_SPLIT_MAX_GATES;
+#else
+    (void)s, (void)train;
+    return 0;
+#endif
 }
 
 /* h, the carried dh and the step's gate gradients are double-buffered: a step writes one

@@ -121,14 +121,15 @@ def test_per_thread_panels_of_the_projection(kind, threads, T, B):
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("dtype,kernel", [(np.float32, "auto"), (np.float64, "auto"),
                                           (np.float64, "packed_c")],
-                         ids=["float32", "float64", "float64-packed_c"])
+                         ids=["float32", "float64", "float64-packed_c-copy"])
 def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, kernel):
     """An eval-mode bidirectional call with at most LSTMC_SPLIT_MAX_ROWS rows and a small
     W_hh (csrc/internal.h) runs its directions at once on a team of two, thread d direction d
     on its own scratch: H = 65, 16 rows (G H Hout B >= LSTMC_PAR_MIN_STEP_WORK for every
     cell), ragged lengths (a row of length 0), 1 or 3 layers; on the packed copy (float32),
-    on BLAS (float64) and packed per call (float64, packed_c). Against the float64 reference,
-    and against one thread, which runs the same sums in the same order."""
+    on BLAS (float64) and on packed_c's copy (float64). Against the float64 reference, and
+    against one thread, which runs the same sums in the same order; three threads share the
+    units of one direction at a time (only a team of two splits): to rounding."""
     _core._set_recurrent_kernel(kernel)
     m = make(kind, 11, 65, layers=layers, bidirectional=True, seed=layers, dtype=dtype,
              proj_size=40).eval()
@@ -143,9 +144,51 @@ def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, ker
         outs.append([out] + list(state if isinstance(state, tuple) else (state,)))
         if threads == 2:
             check_reference(kind, m, x, lengths)
-    for got in outs[:2]:
-        for a, b in zip(got, outs[2]):
-            np.testing.assert_array_equal(a, b)
+    for a, b, c in zip(*outs):
+        np.testing.assert_array_equal(a, c)                       # two threads: split
+        assert_close(f"{kind} three threads", b, c, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, dtype):
+    """Without a packed copy (Seq.forward with packed=None, which lstmc.nn never does when it
+    can pack) under packed_c, each direction of a split call packs its W_hh per call into its
+    own run of scratch (csrc/seq.c dir1): two threads give one thread's result bit for bit,
+    and the module's (on its packed copy) to rounding. Scratch and outputs start as NaN."""
+    _core._set_recurrent_kernel("packed_c")
+    T, B, I, H, L = 12, 16, 11, 65, 2
+    m = make(kind, I, H, layers=L, bidirectional=True, seed=3, dtype=dtype).eval()
+    rng = np.random.default_rng(3)
+    lengths = np.sort(rng.integers(0, T + 1, B))[::-1].astype(np.intc)
+    lengths[0], lengths[-1] = T, 0
+    seq = _core.Seq(m._cell, T, B, I, H, m._proj, L, 2, m.bias, lengths)
+    N = seq.rows
+    x = rng.standard_normal((N, I)).astype(dtype)
+    has_c = kind == "lstm"
+    runs = []
+    for threads in (1, 2):
+        lstmc.set_num_threads(threads)
+        y = np.full(N * 2 * H, np.nan, dtype)
+        hn = np.full(L * 2 * B * H, np.nan, dtype)
+        cn = np.full(L * 2 * B * H, np.nan, dtype) if has_c else None
+        scratch = np.full(seq.scratch_size(False), np.nan, dtype)
+        seq.forward(y, hn, cn, None, x.reshape(-1), None, None, None, m._flat, scratch, None)
+        runs.append([a for a in (y, hn, cn) if a is not None])
+    for a, b in zip(*runs):
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(a, b)
+    # the same rows through the module, padded and time-major
+    sizes = np.array([(lengths > t).sum() for t in range(T)])
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    xp = np.zeros((T, B, I), dtype)
+    for t in range(T):
+        xp[t, :sizes[t]] = x[starts[t]:starts[t] + sizes[t]]
+    out = m(xp, lengths=lengths)[0]
+    y = runs[1][0].reshape(N, 2 * H)
+    for t in range(T):
+        assert_close(f"{kind} step {t}", y[starts[t]:starts[t] + sizes[t]], out[t, :sizes[t]],
+                     1e-5, 1e-6)
 
 
 @needs_packing
