@@ -40,18 +40,17 @@ MAKE_CALL = r"""
 import sys, time, numpy as np
 
 
-def make_call(lib, cell, I, H, B, T, L, mode):
-    # L < 0: -L layers, bidirectional
+def make_call(lib, cell, I, H, B, T, L, D, mode):
     lib.manual_seed(0)
     rng = np.random.default_rng(0)
     m = {"lstm": lib.nn.LSTM, "gru": lib.nn.GRU, "rnn": lib.nn.RNN}[cell](
-        I, H, num_layers=abs(L), bidirectional=L < 0)
+        I, H, num_layers=L, bidirectional=D == 2)
     if mode == "step":
         m.eval(); state = m.initial_state(B); x = rng.random((B, I), dtype=np.float32)
         return lambda: m.step(x, state)
     if mode == "train":
         x = rng.random((T, B, I), dtype=np.float32)
-        dy = rng.random((T, B, (2 if L < 0 else 1) * H), dtype=np.float32)
+        dy = rng.random((T, B, D * H), dtype=np.float32)
         def call():
             m.zero_grad(); m(x); m.backward(dy)
         return call
@@ -71,22 +70,22 @@ def median_ms(call, warm, calls):
 # one process: build the module, warm up, time `calls` calls, print the median in ms
 WORKLOAD = MAKE_CALL + r"""
 import lstmc
-cell, I, H, B, T, L, mode, thr, calls = sys.argv[1:]
-I, H, B, T, L, thr, calls = map(int, (I, H, B, T, L, thr, calls))
+cell, I, H, B, T, L, D, mode, thr, calls = sys.argv[1:]
+I, H, B, T, L, D, thr, calls = map(int, (I, H, B, T, L, D, thr, calls))
 lstmc.set_num_threads(thr)
-print(median_ms(make_call(lstmc, cell, I, H, B, T, L, mode), 3, calls))
+print(median_ms(make_call(lstmc, cell, I, H, B, T, L, D, mode), 3, calls))
 """
 
 # one process, both builds: `rounds` blocks of `calls` calls each, alternating
 INTERLEAVED = MAKE_CALL + r"""
 import importlib
-cell, I, H, B, T, L, mode, thr, calls, rounds = sys.argv[1:]
-I, H, B, T, L, thr, calls, rounds = map(int, (I, H, B, T, L, thr, calls, rounds))
+cell, I, H, B, T, L, D, mode, thr, calls, rounds = sys.argv[1:]
+I, H, B, T, L, D, thr, calls, rounds = map(int, (I, H, B, T, L, D, thr, calls, rounds))
 libs = {k: importlib.import_module("lstmc_" + k) for k in ("base", "new")}
 calls_of = {}
 for name, lib in libs.items():
     lib.set_num_threads(thr)
-    calls_of[name] = make_call(lib, cell, I, H, B, T, L, mode)
+    calls_of[name] = make_call(lib, cell, I, H, B, T, L, D, mode)
 medians = {name: [] for name in libs}
 for r in range(rounds):
     for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
@@ -163,8 +162,8 @@ def main():
                     help="both builds in one process, alternating call blocks (see above)")
     a = ap.parse_args()
     builds = {"base": base_build(a.base), "new": ROOT}
-    L = -a.layers if a.bidirectional else a.layers      # the scripts' L: < 0 bidirectional
-    args = [a.cell, a.I or a.H, a.H, a.B, a.T, L, a.mode, a.threads, a.calls]
+    D = 2 if a.bidirectional else 1
+    args = [a.cell, a.I or a.H, a.H, a.B, a.T, a.layers, D, a.mode, a.threads, a.calls]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if a.in_process:
         pairs = in_process(builds, args, a.rounds, env)

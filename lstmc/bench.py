@@ -684,11 +684,21 @@ def fmt_ms(s):
         else "%.3f" % ms
 
 
+def _error_cell(r, lib):
+    """The cell of a library that could not run this line (its message is on stderr)."""
+    return "error (stderr): " + r[lib + "_error"].split(":")[0]
+
+
+def _line_cells(r):
+    """A line's first cells, in every table: row (marked (!) on a mismatch), threads, mode."""
+    return [r["row"] + (" (!)" if r.get("mismatch") else ""), str(r["threads"]), r["mode"]]
+
+
 def _peer_cell(r, peer, installed):
     if not installed:
         return "not installed"
     if r.get(peer + "_error"):
-        return "error (stderr): " + r[peer + "_error"].split(":")[0]
+        return _error_cell(r, peer)
     if peer + "_s" not in r:
         return "—"
     return fmt_ms(r[peer + "_s"])
@@ -723,9 +733,9 @@ def markdown(results, calib, meta, peers):
     out.append("| " + " | ".join(cols) + " |")
     out.append("|" + "|".join(align) + "|")
     for r in results:
-        cells = [r["row"] + (" (!)" if r.get("mismatch") else ""), str(r["threads"]), r["mode"]]
+        cells = _line_cells(r)
         if r.get("lstmc_error"):
-            cells += ["error (stderr): " + r["lstmc_error"].split(":")[0], "", ""]
+            cells += [_error_cell(r, "lstmc"), "", ""]
         else:
             cells += [fmt_ms(r["lstmc_s"]), "%.1f" % r["lstmc_gflops"],
                       "%.0f %%" % r["lstmc_pct_peak"]]
@@ -759,10 +769,9 @@ def markdown(results, calib, meta, peers):
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join(["---", "---:", "---"] + ["---:"] * (len(cols) - 3)) + "|")
         for r in bound:
-            cells = [r["row"] + (" (!)" if r.get("mismatch") else ""), str(r["threads"]),
-                     r["mode"], "%.1f" % (r["weights_bytes"] / 1e6)]
+            cells = _line_cells(r) + ["%.1f" % (r["weights_bytes"] / 1e6)]
             if r.get("lstmc_error"):
-                cells += ["error (stderr): " + r["lstmc_error"].split(":")[0], ""]
+                cells += [_error_cell(r, "lstmc"), ""]
             else:
                 cells += ["%.1f" % r["lstmc_weights_gbps"], "%.0f %%" % r["lstmc_pct_dram"]]
             cells += ["%.1f" % r[p + "_weights_gbps"] if p + "_weights_gbps" in r
@@ -814,21 +823,20 @@ def summary(results, peers):
     the largest ratio, per thread count: the table README quotes."""
     threads = sorted({r["threads"] for r in results})
     l3 = l3_bytes()
-    kinds = []
+    groups = {}           # kind -> thread count -> the lines lstmc ran, in the results' order
     for r in results:
-        if kind(r, l3) not in kinds:
-            kinds.append(kind(r, l3))
+        lines = groups.setdefault(kind(r, l3), {n: [] for n in threads})
+        if r.get("lstmc_s"):
+            lines[r["threads"]].append(r)
     fmt = lambda v: "—" if v is None else "%.2f" % v          # noqa: E731
     per = lambda vs: " / ".join(fmt(v) for v in vs)           # noqa: E731
     cols = ["kind"] + ["%d thr" % n for n in threads]
     cols += ["vs %s (%s)" % (LABELS[p], " / ".join(map(str, threads))) for p in peers]
     cols += ["largest (%s)" % " / ".join(map(str, threads))]
     out = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
-    for k in kinds:
-        lines = {n: [r for r in results if kind(r, l3) == k and r["threads"] == n
-                     and r.get("lstmc_s")] for n in threads}
-        best = {n: [r["lstmc_s"] / best_peer(r, peers)[1] for r in lines[n]
-                    if best_peer(r, peers)] for n in threads}
+    for k, lines in groups.items():
+        best = {n: [r["lstmc_s"] / b[1] for r in lines[n] for b in [best_peer(r, peers)] if b]
+                for n in threads}
         cells = [k] + [fmt(_gmean(best[n])) for n in threads]
         cells += [per([_gmean([r["lstmc_s"] / r[p + "_s"] for r in lines[n] if p + "_s" in r])
                        for n in threads]) for p in peers]
