@@ -11,7 +11,9 @@ import numpy as np
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
-from scipy.linalg cimport cython_blas
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+
+from lstmc._scipy_blas import cython_blas_capi
 
 cdef extern from "lstmc.h" nogil:
     ctypedef int lstmc_blas_int
@@ -79,8 +81,31 @@ cdef extern from "lstmc.h" nogil:
                                const double *dcn, const double *x, const double *masks,
                                const double *params, double *scratch, const lstmc_seq *s)
 
-lstmc_set_blas(<lstmc_sgemm_fn>cython_blas.sgemm, <lstmc_dgemm_fn>cython_blas.dgemm,
-               <lstmc_sgemv_fn>cython_blas.sgemv, <lstmc_dgemv_fn>cython_blas.dgemv)
+
+cdef void *_blas_function(dict capi, str name, int int_arg) except NULL:
+    """The address of scipy's BLAS function `name`, once its capsule's C signature shows the
+    integer width this build was made for (setup.py reads it from scipy's cython_blas.pxd):
+    argument `int_arg` is an integer pointer. A cimport would check the whole signature;
+    a scipy of the other width would otherwise be called with the wrong integers."""
+    capsule = capi[name]
+    signature = (<bytes>PyCapsule_GetName(capsule)).decode()
+    integer = signature[signature.index("(") + 1:].split(", ")[int_arg]
+    if (integer == "int *") != (sizeof(lstmc_blas_int) == sizeof(int)):
+        raise ImportError(f"lstmc was built for a BLAS with {8 * sizeof(lstmc_blas_int)}-bit "
+                          f"integers, but this scipy's {name} is {signature!r}: reinstall lstmc "
+                          "against the installed scipy")
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+def _set_blas():
+    capi = cython_blas_capi()
+    lstmc_set_blas(<lstmc_sgemm_fn>_blas_function(capi, "sgemm", 2),
+                   <lstmc_dgemm_fn>_blas_function(capi, "dgemm", 2),
+                   <lstmc_sgemv_fn>_blas_function(capi, "sgemv", 1),
+                   <lstmc_dgemv_fn>_blas_function(capi, "dgemv", 1))
+
+
+_set_blas()
 
 CELL_LSTM, CELL_GRU, CELL_GRU_RESET_BEFORE = (LSTMC_CELL_LSTM, LSTMC_CELL_GRU,
                                                LSTMC_CELL_GRU_RESET_BEFORE)

@@ -20,8 +20,7 @@ _blas_name = ""
 def _register_blas_threads():
     """Finds scipy's OpenBLAS among the loaded libraries and gives C its thread API."""
     global _blas_name
-    import scipy
-    import scipy.linalg.cython_blas  # noqa: F401  (makes sure scipy's BLAS is loaded)
+    import scipy   # its BLAS is loaded already: _core took its functions at import
 
     # scipy's wheel keeps its OpenBLAS in site-packages/scipy.libs (or a scipy_openblas*
     # package); numpy loads another copy from numpy.libs, which is not the one lstmc calls
