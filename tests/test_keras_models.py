@@ -198,7 +198,7 @@ def test_loss_gradients_finite_differences(name, act):
     else:
         t = rng.random((3, 4))
     loss = losses.get(name)
-    from lstmc.layers import _ACTIVATIONS
+    from lstmc.keras.layers import _ACTIVATIONS
     f = _ACTIVATIONS[act][0]
     for logits in ([False, True] if act != "linear" else [False]):
         inp = z if logits else f(z)
@@ -506,7 +506,7 @@ def test_train_on_batch_returns_loss_and_metrics():
 
 
 def test_accuracy_is_chosen_from_shapes_as_keras():
-    from lstmc.losses import _binary_accuracy, _categorical_accuracy, \
+    from lstmc.keras.losses import _binary_accuracy, _categorical_accuracy, \
         _sparse_categorical_accuracy, metric
     assert metric("accuracy", (8,), (8, 1))[1] is _binary_accuracy
     assert metric("accuracy", (8,), (8, 3))[1] is _sparse_categorical_accuracy

@@ -1,0 +1,436 @@
+"""Keras-flavoured models: `Sequential` (add, compile, fit, evaluate, predict, summary,
+save) and `load_model`, on the `lstmc.layers` adapters and lstmc's engine.
+
+    from lstmc.models import Sequential
+    from lstmc.layers import LSTM, Dense
+    model = Sequential()
+    model.add(LSTM(units=50, input_shape=(10, 1)))
+    model.add(Dense(units=1, activation='sigmoid'))
+    model.compile(optimizer='adam', loss='binary_crossentropy', metrics=['accuracy'])
+    model.fit(x_train, y_train, epochs=10, batch_size=32)
+
+Training runs each batch through the layers' forward, the loss, the layers' backward (in
+reverse) and one optimizer step; the loss takes the last layer's pre-activation when it is
+the loss' own link (sigmoid + binary, softmax + categorical cross-entropy).
+"""
+import numpy as np
+
+from lstmc import io
+from lstmc.keras import callbacks as callbacks_module, layers as layers_module
+from lstmc.keras import losses as losses_module, optimizers as optimizers_module
+from lstmc._random import generator
+from lstmc.nn.module import Module, to_numpy
+
+__all__ = ["Sequential", "load_model"]
+
+_KIND = "lstmc.models.Sequential"
+
+
+class Sequential(Module):
+    """A stack of layers, each feeding the next (the first may be an `Input`)."""
+
+    def __init__(self, layers=None, name=None):
+        super().__init__()
+        self.name = name or layers_module._auto_name("Sequential")
+        self._layers = []
+        self._input_shape = None
+        self.optimizer = self.loss = None
+        self._metrics = []
+        self.compiled = False
+        self.stop_training = False
+        for layer in layers or []:
+            self.add(layer)
+
+    # ---- building -----------------------------------------------------------------------
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def add(self, layer):
+        if isinstance(layer, layers_module.Input):
+            if self._layers:
+                raise ValueError("Input must come first in a Sequential model")
+            self._input_shape = layer.shape
+            return
+        if not isinstance(layer, layers_module.Layer):
+            raise TypeError(f"Sequential.add takes an lstmc.layers layer, got "
+                            f"{type(layer).__name__}")
+        if self._layers and getattr(self._layers[-1], "return_state", False):
+            raise ValueError(f"{self._layers[-1].name} returns its states: in Sequential "
+                             "only the last layer may (use return_state=False)")
+        if any(layer.name == l.name for l in self._layers):
+            raise ValueError(f"a layer named {layer.name!r} is already in the model")
+        if not self._layers and self._input_shape is None and layer.input_shape is not None:
+            self._input_shape = layer.input_shape
+        self._layers.append(layer)
+        self._modules[layer.name] = layer    # a child (parameters, train/eval), not an attribute
+        if self._input_shape is not None:
+            self.build((None,) + tuple(self._input_shape))
+
+    def build(self, input_shape=None):
+        """Builds every layer for inputs of `input_shape` (with the batch axis, as Keras)."""
+        if input_shape is not None:
+            self._input_shape = tuple(input_shape)[1:]
+        shape = self._input_shape
+        if shape is None:
+            return
+        for layer in self._layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    @property
+    def built(self):
+        return bool(self._layers) and all(l.built for l in self._layers)
+
+    def _output_shapes(self):
+        shape, out = self._input_shape, []
+        for layer in self._layers:
+            shape = None if shape is None else layer.compute_output_shape(shape)
+            out.append(shape)
+        return out
+
+    # ---- running ------------------------------------------------------------------------
+    def _forward(self, x, training, logits=False):
+        """Runs the layers; with logits, the last one stops before its activation."""
+        if not self._layers:
+            raise RuntimeError("the model has no layers")
+        self.train(training)
+        if self._input_shape is None:         # built from the first batch
+            self._input_shape = tuple(np.shape(x)[1:])
+        mask = None
+        last = len(self._layers) - 1
+        for i, layer in enumerate(self._layers):
+            if i == last and logits:
+                x = layer.logits(x, training)
+            else:
+                x, mask = layer.forward(x, mask, training)
+        return x, mask
+
+    def _backward(self, dy, logits):
+        last = len(self._layers) - 1
+        for i in range(last, -1, -1):
+            layer = self._layers[i]
+            dy = layer.backward(dy, from_logits=True) if (i == last and logits) \
+                else layer.backward(dy)
+            if dy is None:
+                break
+
+    def __call__(self, x, training=False):
+        return self._forward(x, training)[0]
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """Outputs for `x`, batch by batch (default 32), in inference mode."""
+        x = _array(x, "x")
+        bs = _batch_size(batch_size)
+        outs = [self._forward(x[i:i + bs], False)[0] for i in range(0, len(x), bs)]
+        if not outs:
+            raise ValueError("predict needs at least one sample")
+        if isinstance(outs[0], list):     # a last layer with return_state: one array each
+            return tuple(np.concatenate(parts) for parts in zip(*outs))
+        return np.concatenate(outs)
+
+    # ---- training -----------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """optimizer: 'adam' / 'sgd' / 'rmsprop' or an lstmc.optimizers instance; loss: a
+        Keras loss name or an lstmc.losses.Loss; metrics: names ('accuracy', 'mae', ...)."""
+        if loss is None:
+            raise ValueError("compile needs a loss")
+        self._optimizer_spec = optimizer
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        self._metric_names = list(metrics or [])
+        for m in self._metric_names:
+            if not isinstance(m, str):
+                raise TypeError(f"metrics must be names, got {type(m).__name__}")
+        self.compiled = True
+
+    def _trainable(self):
+        return [p for _, p in self.named_parameters()]
+
+    def _ensure_optimizer(self):
+        """Binds the optimizer to the parameters, once every layer is built (layers without
+        an input shape build on the first batch)."""
+        if not self.compiled:
+            raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        if not self.built:
+            raise RuntimeError("the model is not built yet: run a batch through it first")
+        if not self.optimizer.built:
+            self.optimizer.build(self._trainable())
+
+    def _fused(self):
+        last = self._layers[-1]
+        return (not self.loss.from_logits and isinstance(last, layers_module.Dense)
+                and last.activation == self.loss.activation)
+
+    def _metric_fns(self, y_pred, y_true):
+        return [losses_module.metric(n, np.shape(y_true), y_pred.shape)
+                for n in self._metric_names]
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on one batch; returns its loss, or [loss, metrics...] (the
+        figures before the step, as Keras)."""
+        x, y = _array(x, "x"), _array(y, "y")
+        loss, out, mask = self._train_step(x, y)
+        figures = [loss]
+        for _, fn in self._metric_fns(out, y):
+            total, count = fn(y, out, mask)
+            figures.append(total / max(count, 1))
+        return figures[0] if len(figures) == 1 else figures
+
+    def _train_step(self, x, y):
+        """One optimizer step on one batch; returns (loss, outputs, mask)."""
+        if not self.compiled:
+            raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        fused = self._fused()
+        out, mask = self._forward(x, True, logits=fused)
+        self._ensure_optimizer()
+        loss, dout = self.loss.compute(y, out, mask, logits=fused)
+        self.zero_grad()
+        self._backward(dout, fused)
+        self.optimizer.step()
+        if fused:
+            out = layers_module._ACTIVATIONS[self._layers[-1].activation][0](out)
+        return loss, out, mask
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Trains for `epochs` passes over (x, y); returns a History (`.history` holds loss,
+        metrics and val_... per epoch). validation_split takes the last fraction of the
+        samples (before shuffling), as Keras; validation_data is (x_val, y_val)."""
+        x, y = _array(x, "x"), _array(y, "y")
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same number of samples, got {len(x)} "
+                             f"and {len(y)}")
+        if validation_data is None and validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+            n_train = int(len(x) * (1 - validation_split))
+            validation_data = (x[n_train:], y[n_train:])
+            x, y = x[:n_train], y[:n_train]
+        if len(x) == 0:
+            raise ValueError("fit needs at least one training sample")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x_val, y_val) (sample "
+                                 "weights are not supported)")
+        bs = _batch_size(batch_size)
+        steps = -(-len(x) // bs)
+        verbose = 1 if verbose == "auto" else int(verbose)
+        history = callbacks_module.History()
+        cbs = [history] + list(callbacks or [])
+        if verbose:
+            cbs.append(callbacks_module.ProgressBar(steps, epochs, verbose))
+        cb = callbacks_module.CallbackList(cbs, self)
+        if not self.compiled:
+            raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        self.stop_training = False
+        cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cb.on_epoch_begin(epoch)
+            order = generator().permutation(len(x)) if shuffle else np.arange(len(x))
+            totals = _Totals()
+            for step in range(steps):
+                idx = order[step * bs:(step + 1) * bs]
+                cb.on_train_batch_begin(step)
+                loss, out, mask = self._train_step(x[idx], y[idx])
+                totals.add("loss", loss * len(idx), len(idx))
+                for name, fn in self._metric_fns(out, y[idx]):
+                    totals.add(name, *fn(y[idx], out, mask))
+                cb.on_train_batch_end(step, totals.logs())
+            logs = totals.logs()
+            if validation_data is not None:
+                val = self.evaluate(*validation_data, batch_size=bs, verbose=0,
+                                    return_dict=True)
+                logs.update({"val_" + k: v for k, v in val.items()})
+            cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cb.on_train_end()
+        history.params = {"epochs": epochs, "steps": steps, "verbose": verbose}
+        history.model = self
+        return history
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
+        """Mean loss (and metrics) over (x, y) in inference mode: a float, a list [loss,
+        metrics...], or a dict with return_dict."""
+        if not self.compiled:
+            raise RuntimeError("call compile(optimizer, loss) before evaluate")
+        x, y = _array(x, "x"), _array(y, "y")
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"x and y must have the same, non-zero number of samples, got "
+                             f"{len(x)} and {len(y)}")
+        bs = _batch_size(batch_size)
+        totals = _Totals()
+        fused = self._fused()
+        for i in range(0, len(x), bs):
+            xb, yb = x[i:i + bs], y[i:i + bs]
+            out, mask = self._forward(xb, False, logits=fused)
+            loss, _ = self.loss.compute(yb, out, mask, logits=fused)
+            if fused:
+                out = layers_module._ACTIVATIONS[self._layers[-1].activation][0](out)
+            totals.add("loss", loss * len(xb), len(xb))
+            for name, fn in self._metric_fns(out, yb):
+                totals.add(name, *fn(yb, out, mask))
+        logs = totals.logs()
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else list(logs.values())
+
+    def reset_states(self):
+        for layer in self._layers:
+            if hasattr(layer, "reset_states"):
+                layer.reset_states()
+
+    # ---- weights ------------------------------------------------------------------------
+    def get_weights(self):
+        """Every layer's weights in Keras' layout, in order."""
+        return [w for layer in self._layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        at = 0
+        for layer in self._layers:
+            n = len(layer.get_weights())
+            if n:                             # an unbuilt layer has none yet
+                layer.set_weights(weights[at:at + n])
+            at += n
+        if at != len(weights):
+            raise ValueError(f"set_weights expects {at} arrays, got {len(weights)}")
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self._layers)
+
+    def summary(self, print_fn=print):
+        """A table of the layers, their output shapes and parameter counts."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for layer, shape in zip(self._layers, self._output_shapes()):
+            shape_text = "?" if shape is None else str((None,) + tuple(shape))
+            count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape_text, count))
+        w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        rule = "-" * (sum(w) + 2)
+        lines = [f'Model: "{self.name}"', rule]
+        for i, (a, b, c) in enumerate(rows):
+            lines.append(f"{a:<{w[0]}} {b:<{w[1]}} {c:>{w[2]}}")
+            lines.append("=" * len(rule) if i == 0 else rule)
+        total = self.count_params()
+        lines.append(f" Total params: {total:,} ({_bytes(total * 4)})")
+        lines.append(f" Trainable params: {total:,} ({_bytes(total * 4)})")
+        lines.append(" Non-trainable params: 0 (0.00 B)")
+        print_fn("\n".join(lines))
+
+    # ---- saving -------------------------------------------------------------------------
+    def _config(self):
+        return {"name": self.name,
+                "input_shape": None if self._input_shape is None else list(self._input_shape),
+                "layers": [layers_module.serialize(l) for l in self._layers],
+                "built_shapes": [None if l.built_shape is None else list(l.built_shape)
+                                 for l in self._layers]}
+
+    def save(self, filepath):
+        """One file (lstmc.io format) with the architecture, the weights, and — once compiled
+        — the loss, metrics and optimizer with its state. Written atomically."""
+        config = {"model": self._config()}
+        arrays = _weight_arrays(self.get_weights())
+        if self.compiled:
+            opt = self.optimizer
+            config["compile"] = {
+                "optimizer": {"class_name": type(opt).__name__, "config": opt.get_config()},
+                "loss": {"class_name": type(self.loss).__name__,
+                         "config": self.loss.get_config()},
+                "metrics": self._metric_names}
+            if opt.built:
+                config["compile"]["optimizer_state"] = io.encode(opt.state_dict(), arrays)
+        io.write(filepath, _KIND, config, arrays)
+
+    def save_weights(self, filepath):
+        weights = self.get_weights()
+        io.write(filepath, _KIND + ".weights", {"count": len(weights)},
+                 _weight_arrays(weights))
+
+    def load_weights(self, filepath):
+        _, arrays = io.read(filepath, kind=_KIND + ".weights")
+        self.set_weights(_weights_of(arrays))
+
+
+def load_model(filepath, compile=True):
+    """The model `Sequential.save` wrote, with its weights and (if it was compiled and
+    `compile`) its optimizer state: predictions are bit-identical to the saved model's."""
+    config, arrays = io.read(filepath, kind=_KIND)
+    try:
+        mc = config["model"]
+        model = Sequential(name=mc["name"])
+        for spec, shape in zip(mc["layers"], mc["built_shapes"]):
+            layer = layers_module.deserialize(spec)
+            if shape is not None:
+                layer.build(tuple(shape))
+            model.add(layer)
+        if mc["input_shape"] is not None:
+            model.build((None,) + tuple(mc["input_shape"]))
+        model.set_weights(_weights_of(arrays))
+        cc = config.get("compile")
+        if compile and cc is not None:
+            opt = optimizers_module.deserialize(cc["optimizer"]["class_name"],
+                                                cc["optimizer"]["config"])
+            loss = losses_module.deserialize(cc["loss"]["class_name"], cc["loss"]["config"])
+            model.compile(opt, loss, cc["metrics"])
+            if "optimizer_state" in cc:
+                model._ensure_optimizer()
+                model.optimizer.load_state_dict(io.decode(cc["optimizer_state"], arrays,
+                                                          filepath))
+    except (KeyError, TypeError, ValueError) as e:
+        raise io.FormatError(f"{filepath}: the saved model does not fit together: {e}") \
+            from e
+    return model
+
+
+def _weight_arrays(weights):
+    """A model's weight list as named file arrays (weights/0, weights/1, ...)."""
+    return {f"weights/{i}": w for i, w in enumerate(weights)}
+
+
+def _weights_of(arrays):
+    """The weight list `_weight_arrays` stored."""
+    n = sum(1 for name in arrays if name.startswith("weights/"))
+    return [arrays[f"weights/{i}"] for i in range(n)]
+
+
+class _Totals:
+    """Running sums and counts of the epoch's figures."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, name, total, count):
+        self.sums[name] = self.sums.get(name, 0.0) + total
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def logs(self):
+        return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
+
+
+def _array(value, name):
+    if value is None:
+        raise ValueError(f"{name} is required")
+    arr = to_numpy(value)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have a sample axis, got a scalar")
+    return arr
+
+
+def _batch_size(batch_size):
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _bytes(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}"
+        n /= 1024
