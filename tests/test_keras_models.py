@@ -183,6 +183,26 @@ def test_losses_match_keras(name):
     assert ours == pytest.approx(theirs, rel=1e-5)
 
 
+@pytest.mark.parametrize("cls,kw", [("BinaryCrossentropy", {}),
+                                    ("CategoricalCrossentropy", {}),
+                                    ("CategoricalCrossentropy", {"label_smoothing": 0.1}),
+                                    ("SparseCategoricalCrossentropy", {})])
+def test_losses_from_logits_match_keras(cls, kw):
+    """On logits the losses are lstmc.nn.loss's arithmetic: Keras' own from_logits values."""
+    keras = _keras()
+    rng = np.random.default_rng(13)
+    z = (rng.standard_normal((4, 5, 3)) * 3).astype(np.float32)
+    if cls == "BinaryCrossentropy":
+        t = (rng.random(z.shape) > 0.5).astype(np.float32)
+    elif cls == "SparseCategoricalCrossentropy":
+        t = rng.integers(0, 3, (4, 5))
+    else:
+        t = np.eye(3, dtype=np.float32)[rng.integers(0, 3, (4, 5))]
+    ours = getattr(losses, cls)(from_logits=True, **kw)(t, z)
+    theirs = getattr(keras.losses, cls)(from_logits=True, **kw)(t, z)
+    assert ours == pytest.approx(float(keras.ops.convert_to_numpy(theirs)), rel=1e-5)
+
+
 @pytest.mark.parametrize("name,act", [("binary_crossentropy", "sigmoid"),
                                       ("categorical_crossentropy", "softmax"),
                                       ("sparse_categorical_crossentropy", "softmax"),

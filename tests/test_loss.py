@@ -210,6 +210,48 @@ def test_cross_entropy_large_logits_stable(float_dtype):
     assert_close("loss", val, np.array([1e4, np.log(2)]), 1e-6, 0)
 
 
+def probability_targets(rng, shape, dtype):
+    """Soft targets of `shape`: rows of class probabilities, one row's mass not summing to 1
+    (torch takes any real targets; the gradient's sum(a) factor must follow)."""
+    y = rng.uniform(0.0, 1.0, shape)
+    y /= y.sum(axis=-1, keepdims=True)
+    y.reshape(-1, shape[-1])[0] *= 1.5
+    return y.astype(dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 6), (7,), (1, 1)])
+@pytest.mark.parametrize("case", [dict(), dict(weight=True), dict(label_smoothing=0.2),
+                                  dict(weight=True, label_smoothing=0.15)])
+def test_cross_entropy_probability_targets_vs_torch(case, shape, reduction, float_dtype):
+    rng = np.random.default_rng(11)
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 3).astype(float_dtype)
+    y = probability_targets(rng, shape, float_dtype)
+    kw = dict(case)
+    if kw.get("weight"):
+        kw["weight"] = rng.uniform(0.2, 2.0, C).astype(float_dtype)
+    # torch takes the classes on axis 1: the (N, T, C) form as N * T rows
+    reshape = ((-1, C), (-1, C)) if len(shape) == 3 else None
+    for grad in (None, upstream(reduction, shape[:-1], rng, float_dtype)):
+        val, dx = check_against_torch(
+            CrossEntropyLoss(reduction=reduction, **kw), torch_ce(kw, reduction), x, y,
+            reduction, float_dtype, grad=grad, reshape=reshape)
+        if reduction == "none":
+            assert val.shape == shape[:-1]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_probability_targets_finite_differences(reduction):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 4))
+    y = probability_targets(rng, (2, 3, 4), np.float64)
+    fn = CrossEntropyLoss(reduction=reduction, weight=rng.uniform(0.5, 2, 4),
+                          label_smoothing=0.1)
+    check_finite_differences(fn, x, y)
+    check_finite_differences(fn, x, y, upstream(reduction, (2, 3), rng, np.float64))
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", ["plain", "all", "all_default_ignore"])
 def test_cross_entropy_finite_differences(case, reduction):

@@ -7,10 +7,14 @@ the loss undoes (sigmoid for binary, softmax for categorical cross-entropy): the
 exact and stable where log(clip(p)) is not, and its gradient (p - y) is what Keras' TF backend
 computes too. Per-position losses are averaged over the valid positions (all, or those the
 mask keeps), Keras' "sum_over_batch_size".
+
+The arithmetic on logits is lstmc.nn.loss's (BCEWithLogitsLoss, CrossEntropyLoss with class
+probabilities, MSELoss, per position); what is Keras' own stays here: probability inputs
+clipped to [eps, 1 - eps], the mean over the last axis, the mask.
 """
 import numpy as np
 
-from lstmc.nn.layers import sigmoid
+from lstmc.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
 __all__ = ["Loss", "BinaryCrossentropy", "CategoricalCrossentropy",
            "SparseCategoricalCrossentropy", "MeanSquaredError", "get", "metric"]
@@ -18,9 +22,12 @@ __all__ = ["Loss", "BinaryCrossentropy", "CategoricalCrossentropy",
 _EPS = 1e-7   # Keras' backend epsilon: probabilities are clipped to [eps, 1 - eps]
 
 
-def _log_softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+def _per_position(fn, y_pred, y_true):
+    """lstmc.nn.loss `fn` (reduction 'none') on each element -> (its mean over the last
+    axis, that mean's gradient)."""
+    C = y_pred.shape[-1]
+    values = fn(y_pred, y_true)
+    return values.mean(axis=-1), fn.backward() / C
 
 
 class Loss:
@@ -72,16 +79,12 @@ class BinaryCrossentropy(Loss):
     name, activation = "binary_crossentropy", "sigmoid"
 
     def _values(self, y, p, logits):
-        C = p.shape[-1]
         if logits:
-            z = p
-            values = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-            grad = (sigmoid(z) - y) / C
-        else:
-            q = np.clip(p, _EPS, 1 - _EPS)
-            values = -(y * np.log(q) + (1 - y) * np.log(1 - q))
-            grad = np.where((p > _EPS) & (p < 1 - _EPS), (q - y) / (q * (1 - q)), 0) / C
-        return values.mean(axis=-1), grad
+            return _per_position(BCEWithLogitsLoss(reduction="none"), p, y)
+        q = np.clip(p, _EPS, 1 - _EPS)
+        values = -(y * np.log(q) + (1 - y) * np.log(1 - q))
+        grad = np.where((p > _EPS) & (p < 1 - _EPS), (q - y) / (q * (1 - q)), 0)
+        return values.mean(axis=-1), grad / p.shape[-1]
 
 
 class CategoricalCrossentropy(Loss):
@@ -99,10 +102,10 @@ class CategoricalCrossentropy(Loss):
         return y if s == 0 else y * (1 - s) + s / y.shape[-1]
 
     def _values(self, y, p, logits):
+        if logits:   # y as class probabilities, smoothed there as here
+            fn = CrossEntropyLoss(reduction="none", label_smoothing=self.label_smoothing)
+            return fn(p, y), fn.backward()
         y = self._smooth(y)
-        if logits:
-            logq = _log_softmax(p)
-            return -(y * logq).sum(axis=-1), np.exp(logq) * y.sum(-1, keepdims=True) - y
         s = p.sum(axis=-1, keepdims=True)
         q = p / s
         qc = np.clip(q, _EPS, 1 - _EPS)
@@ -150,8 +153,7 @@ class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
     def _values(self, y, p, logits):
-        d = p - y
-        return (d * d).mean(axis=-1), 2 * d / p.shape[-1]
+        return _per_position(MSELoss(reduction="none"), p, y)
 
 
 _LOSSES = {"binary_crossentropy": BinaryCrossentropy,

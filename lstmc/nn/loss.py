@@ -138,10 +138,19 @@ class _Loss(Module):
         return f"reduction={self.reduction!r}"
 
 
+def _log_softmax(x):
+    """(log_softmax, softmax) of the rows of a 2-D `x`; each row's maximum is subtracted
+    first, so large logits do not overflow."""
+    shifted = x - x.max(axis=1, keepdims=True) if x.shape[0] else x.copy()
+    expd = np.exp(shifted)
+    sumexp = expd.sum(axis=1, keepdims=True)
+    return shifted - np.log(sumexp), expd / sumexp
+
+
 # ---- CrossEntropyLoss ---------------------------------------------------------------------
 class CrossEntropyLoss(_Loss):
-    """Cross entropy between logits and integer class targets (``torch.nn.CrossEntropyLoss``
-    with class-index targets).
+    """Cross entropy between logits and class targets (``torch.nn.CrossEntropyLoss``): integer
+    class indices, or class probabilities of the logits' shape.
 
     Parameters
     ----------
@@ -177,10 +186,13 @@ class CrossEntropyLoss(_Loss):
     ``x.transpose(0, 2, 1)``. (A torch-layout array with C == T cannot be told apart: the
     layout is the caller's responsibility.)
 
-    Targets must be integers (any numpy integer dtype; a float array is a ``TypeError``), in
-    ``[0, C)`` or equal to ``ignore_index`` (else ``ValueError``). Probability ("soft")
-    targets are not supported. The log-softmax subtracts each row's maximum, so large logits
-    do not overflow.
+    Class-index targets are integers (any numpy integer dtype), in ``[0, C)`` or equal to
+    ``ignore_index`` (else ``ValueError``). Probability ("soft") targets are floats of
+    ``pred``'s shape, as torch's: per row ``-sum_c w_c y_c log_softmax_c`` with ``y`` mixed
+    as ``y (1 - eps) + eps / C`` under label smoothing, ``'mean'`` dividing by the number of
+    rows (not by the weights); ``ignore_index`` does not apply to them. A float target of any
+    other shape is a ``TypeError``. The log-softmax subtracts each row's maximum, so large
+    logits do not overflow.
 
     Examples
     --------
@@ -218,8 +230,9 @@ class CrossEntropyLoss(_Loss):
         ----------
         pred : array_like of shape (N, C), (N, T, C) or (C,)
             Unnormalised logits, classes on the last axis.
-        target : array_like of int, shape (N,), (N, T) or () respectively
-            Class indices in ``[0, C)`` or ``ignore_index``.
+        target : array_like of int, shape (N,), (N, T) or () respectively; or of float,
+            pred's shape
+            Class indices in ``[0, C)`` or ``ignore_index``; or class probabilities.
 
         Returns
         -------
@@ -229,12 +242,16 @@ class CrossEntropyLoss(_Loss):
         """
         x = _pred_array(pred)
         t = to_numpy(target)
-        if t.dtype.kind not in "iu":
-            raise TypeError(f"target must be an integer array of class indices, got dtype "
-                            f"{t.dtype}")
+        probabilities = t.dtype.kind == "f" and t.shape == x.shape
+        if t.dtype.kind not in "iu" and not probabilities:
+            raise TypeError(f"target must be an integer array of class indices, or class "
+                            f"probabilities (float) of pred's shape {x.shape}, got dtype "
+                            f"{t.dtype} and shape {t.shape}")
         if x.ndim not in (1, 2, 3):
             raise ValueError(f"pred must have shape (N, C), (N, T, C) or (C,), got pred "
                              f"{x.shape}")
+        if probabilities:
+            return self._forward_probabilities(x, t)
         if t.shape != x.shape[:-1]:
             raise ValueError(f"target must have pred's shape without the class axis: pred "
                              f"{x.shape} needs target {x.shape[:-1]}, got target {t.shape}"
@@ -262,13 +279,7 @@ class CrossEntropyLoss(_Loss):
                              f"{i}")
         tc = np.where(ignored, 0, t1)                       # safe gather index
         keep = (~ignored).astype(dtype)
-
-        # stable log-softmax
-        shifted = x2 - x2.max(axis=1, keepdims=True) if x2.shape[0] else x2.copy()
-        expd = np.exp(shifted)
-        sumexp = expd.sum(axis=1, keepdims=True)
-        logp = shifted - np.log(sumexp)
-        prob = expd / sumexp
+        logp, prob = _log_softmax(x2)
 
         rows = np.arange(x2.shape[0])
         wt = (w[tc] if w is not None else np.ones(len(tc), dtype)) * keep   # w_{y_i}, 0 ignored
@@ -293,8 +304,38 @@ class CrossEntropyLoss(_Loss):
             with np.errstate(invalid="ignore", divide="ignore"):
                 out = float(loss_rows.sum() / denom)
         self._save(prob=prob, tc=tc, wt=wt, keep=keep, w=w, denom=denom, eps=eps,
-                   shape=x.shape, loss_shape=loss_shape, dtype=dtype)
+                   shape=x.shape, loss_shape=loss_shape, dtype=dtype, a=None)
         return out
+
+    def _forward_probabilities(self, x, y):
+        """forward for class-probability targets `y` of x's shape: per row
+        -sum_c a_c logp_c with a_c = w_c ((1 - eps) y_c + eps / C)."""
+        dtype, C = x.dtype, x.shape[-1]
+        if C == 0:
+            raise ValueError(f"pred must have at least one class, got pred {x.shape}")
+        w = None
+        if self.weight is not None:
+            if self.weight.shape != (C,):
+                raise ValueError(f"weight must have shape ({C},) (pred's classes), got "
+                                 f"{self.weight.shape}")
+            w = self.weight.astype(dtype)
+        logp, prob = _log_softmax(x.reshape(-1, C))
+        eps = self.label_smoothing
+        a = y.reshape(-1, C).astype(dtype)
+        if eps:
+            a = a * (1 - eps) + eps / C
+        if w is not None:
+            a = a * w
+        loss_rows = -(a * logp).sum(axis=1).astype(dtype, copy=False)
+        n = loss_rows.shape[0]
+        self._save(prob=prob, a=a, denom=n, shape=x.shape, loss_shape=x.shape[:-1],
+                   dtype=dtype)
+        if self.reduction == "none":
+            return loss_rows.reshape(x.shape[:-1])
+        if self.reduction == "sum":
+            return float(loss_rows.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(loss_rows.sum() / n) if n else float("nan")
 
     def backward(self, grad=None):
         """Gradient of the last forward's loss with respect to `pred`.
@@ -311,9 +352,18 @@ class CrossEntropyLoss(_Loss):
         s = self._saved_or_raise()
         dtype = s["dtype"]
         g = self._upstream(grad, s["loss_shape"], dtype)
-        prob, tc, wt, keep, w, eps = s["prob"], s["tc"], s["wt"], s["keep"], s["w"], s["eps"]
+        prob = s["prob"]
         n, C = prob.shape
         # d row_loss / d x_ic = -a_ic + (sum_c a_ic) p_ic
+        if s["a"] is not None:                                  # probability targets
+            a = s["a"]
+            d = prob * a.sum(axis=1, keepdims=True) - a
+            if self.reduction == "none":
+                d *= g.reshape(-1, 1)
+            else:
+                d *= g if self.reduction == "sum" else g / dtype.type(max(n, 1))
+            return d.astype(dtype, copy=False).reshape(s["shape"])
+        tc, wt, keep, w, eps = s["tc"], s["wt"], s["keep"], s["w"], s["eps"]
         a_y = (1.0 - eps) * wt                                  # the target's coefficient
         if eps:
             wc = w if w is not None else np.ones(C, dtype)
