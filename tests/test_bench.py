@@ -1,5 +1,6 @@
-"""lstmc.bench: the ONNX graphs built from lstmc's weights compute what lstmc computes, and the
-benchmark machinery runs end to end on a tiny grid (no timing is asserted)."""
+"""lstmc.bench (the runner) and benchmarks/peers.py (the peers): the ONNX graphs built from
+lstmc's weights compute what lstmc computes, and the benchmark machinery runs end to end on a
+tiny grid (no timing is asserted)."""
 import json
 import sys
 
@@ -8,6 +9,8 @@ import pytest
 
 import lstmc
 from lstmc import bench
+
+peers = bench.load_peers()          # benchmarks/peers.py of this checkout
 
 ATOL = 1e-5
 
@@ -43,12 +46,12 @@ def test_onnx_model_matches_lstmc(cell, nonlinearity, L, bidirectional, with_len
     x = rng.standard_normal((T, B, 5), dtype=np.float32)
     lengths = np.array([7, 0, 3, 1]) if with_lengths else None
     out = m(x, lengths=lengths)
-    model = bench.onnx_model(cell, m.state_dict(), 5, 6, L, bidirectional, nonlinearity,
+    model = peers.onnx_model(cell, m.state_dict(), 5, 6, L, bidirectional, nonlinearity,
                              with_lengths=with_lengths)
     feed = {"x": x}
     if with_lengths:
         feed["lengths"] = lengths.astype(np.int32)
-    got = bench.ort_session(model, 1).run(None, feed)
+    got = peers.ort_session(model, 1).run(None, feed)
     expected = (out[0],) + _states(cell, out)
     assert len(got) == len(expected)
     for name, g, e in zip(("y", "h_n", "c_n"), got, expected):
@@ -68,11 +71,11 @@ def test_onnx_model_without_bias_and_with_state_inputs(cell):
     h0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
     c0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
     out = m(x, (h0, c0) if cell == "lstm" else h0)
-    model = bench.onnx_model(cell, m.state_dict(), 5, 6, 2, with_state=True)
+    model = peers.onnx_model(cell, m.state_dict(), 5, 6, 2, with_state=True)
     feed = {"x": x, "h0_l0": h0[:1], "h0_l1": h0[1:]}
     if cell == "lstm":
         feed.update(c0_l0=c0[:1], c0_l1=c0[1:])
-    got = bench.ort_session(model, 1).run(None, feed)
+    got = peers.ort_session(model, 1).run(None, feed)
     for g, e in zip(got, (out[0],) + _states(cell, out)):
         assert np.max(np.abs(g - e)) <= ATOL
 
@@ -86,8 +89,8 @@ def test_onnx_gru_reset_before(bidirectional):
     m.eval()
     x = np.random.default_rng(3).standard_normal((4, 2, 5), dtype=np.float32)
     out, h_n = m(x)
-    model = bench.onnx_model("gru", m.state_dict(), 5, 6, 1, bidirectional, reset_after=False)
-    y, h = bench.ort_session(model, 1).run(None, {"x": x})
+    model = peers.onnx_model("gru", m.state_dict(), 5, 6, 1, bidirectional, reset_after=False)
+    y, h = peers.ort_session(model, 1).run(None, {"x": x})
     assert np.max(np.abs(y - out)) <= ATOL and np.max(np.abs(h - h_n)) <= ATOL
 
 
@@ -95,9 +98,9 @@ def test_onnx_model_rejects_projection_and_unknown_cells():
     pytest.importorskip("onnx")
     lstm = lstmc.nn.LSTM(5, 6, proj_size=3)
     with pytest.raises(ValueError, match="proj_size"):
-        bench.onnx_model("lstm", lstm.state_dict(), 5, 6)
+        peers.onnx_model("lstm", lstm.state_dict(), 5, 6)
     with pytest.raises(ValueError, match="cell must be one of"):
-        bench.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
+        peers.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
 
 
 def test_weight_bytes_reads_w_hh_every_step_and_w_ih_once():
@@ -334,7 +337,7 @@ def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
 def test_bench_flags_a_peer_that_disagrees(tiny, capsys, monkeypatch):
     """The pre-timing check catches a wrong conversion (here: torch's gate order fed to ONNX)."""
     _ort()
-    monkeypatch.setitem(bench.ONNX_GATE_ORDER, "lstm", (0, 1, 2, 3))
+    monkeypatch.setitem(peers.ONNX_GATE_ORDER, "lstm", (0, 1, 2, 3))
     assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step", "--peers", "ort"]) == 0
     captured = capsys.readouterr()
     assert "| t_inf (!) |" in captured.out and "| t_step (!) |" in captured.out
