@@ -3,6 +3,7 @@ lstmc's weights compute what lstmc computes, and the benchmark machinery runs en
 tiny grid (no timing is asserted)."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import pytest
 import lstmc
 from lstmc import bench
 
-peers = bench.load_peers()          # benchmarks/peers.py of this checkout
+PEERS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"    # this checkout's peers
+peers = bench.load_peers(PEERS_DIR)
 
 ATOL = 1e-5
 
@@ -173,7 +175,8 @@ def tiny(tmp_path, monkeypatch):
         p = tmp_path / name
         p.write_text(json.dumps(grid))
         paths.append(str(p))
-    return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2"]
+    return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2", "--peers-from",
+            str(PEERS_DIR)]
 
 
 def _tables(text):
@@ -359,3 +362,35 @@ def test_bench_rejects_bad_arguments(tiny):
         bench.main(tiny + ["--rows", "no_such_row"])
     with pytest.raises(SystemExit):
         bench.main(tiny + ["--threads", "0"])
+
+
+def test_bench_without_the_peers_times_lstmc_alone(tiny, capsys, monkeypatch, tmp_path):
+    """An lstmc with no benchmarks/peers.py beside it (an installed one) runs the rows and says
+    where peer columns come from; asking for a peer then is an error that says the same."""
+    monkeypatch.setattr(bench, "HERE", tmp_path / "site-packages" / "lstmc")
+    assert bench.load_peers() is None
+    args = tiny[:tiny.index("--peers-from")] + ["--threads", "1", "--rows", "t_inf"]
+    assert bench.main(args) == 0
+    captured = capsys.readouterr()
+    cols, rows = _table(captured.out)
+    assert cols == ["row", "threads", "mode", "lstmc ms", "GFLOP/s", "% peak"]
+    assert list(rows) == [("t_inf", "1", "fwd")]
+    assert "No peers: peer columns (PyTorch, ONNX Runtime) come from benchmarks/peers.py" \
+        in captured.out
+    assert "timing lstmc alone" in captured.err and "--peers-from" in captured.err
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--peers", "torch"])
+    assert "--peers torch: no peers here; peer columns" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--peers-from", str(tmp_path)])
+    assert "no peers.py there" in capsys.readouterr().err
+
+
+def test_import_lstmc_imports_no_peer():
+    """The peers (and torch, onnx) stay out of the library's imports."""
+    import subprocess
+    code = ("import lstmc, sys; print(sorted(m for m in sys.modules if 'bench' in m or "
+            "'peers' in m or 'torch' in m or 'onnx' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
