@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Time lstmc against PyTorch and ONNX Runtime on the benchmark grids: `python -m lstmc bench`.
+"""`python -m lstmc bench` with this checkout's peers (benchmarks/peers.py beside this file),
+whichever lstmc is imported: an installed one too.
 
-The engine lives in the package (lstmc/bench.py, whose docstring says what is measured and
-how), so that an installed lstmc can run it; this script is the same command from the
-repository, preferring the project's shared grid (../shared/bench/grid.json beside the repo)
-over the packaged copy when it exists::
+The runner lives in the package (lstmc/bench.py, whose docstring says what is measured and
+how); the peers live here::
 
     python benchmarks/bench_lstm.py                  # both grids at 1 and 2 threads
     python benchmarks/bench_lstm.py --quick          # one row of each kind (< 1 min)
@@ -15,13 +14,11 @@ from pathlib import Path
 
 from lstmc import bench
 
-SHARED_GRID = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "grid.json"
-
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if SHARED_GRID.is_file() and not any(a == "--grid" or a.startswith("--grid=") for a in argv):
-        argv = ["--grid", str(SHARED_GRID)] + argv
+    if not any(a == "--peers-from" or a.startswith("--peers-from=") for a in argv):
+        argv = ["--peers-from", str(Path(__file__).resolve().parent)] + argv
     return bench.main(argv, prog="bench_lstm.py")
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 import lstmc
 
+import peers  # benchmarks/peers.py, beside this script
+
 CHECK_STEPS = 5
 
 
@@ -60,43 +62,14 @@ def torch_cell(torch, sd, I, H, B):
     return step, lambda: held[0][0].numpy()
 
 
-def onnx_lstm(sd, I, H):
-    """A one-layer ONNX LSTM node with lstmc's weights (gates i, f, g, o -> ONNX's i, o, f, c)
-    and its initial_h / initial_c as graph inputs."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    def gates(a):
-        i, f, g, o = np.split(np.asarray(a, np.float32), 4)
-        return np.concatenate([i, o, f, g])
-    inits = [numpy_helper.from_array(gates(sd["weight_ih_l0"])[None], "W"),
-             numpy_helper.from_array(gates(sd["weight_hh_l0"])[None], "R"),
-             numpy_helper.from_array(np.concatenate([gates(sd["bias_ih_l0"]),
-                                                     gates(sd["bias_hh_l0"])])[None], "B")]
-    f32 = TensorProto.FLOAT
-    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "hn", "cn"],
-                            hidden_size=H)
-    graph = helper.make_graph(
-        [node], "lstm_step",
-        [helper.make_tensor_value_info("x", f32, [1, "B", I]),
-         helper.make_tensor_value_info("h0", f32, [1, "B", H]),
-         helper.make_tensor_value_info("c0", f32, [1, "B", H])],
-        [helper.make_tensor_value_info(n, f32, None) for n in ("y", "hn", "cn")],
-        initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-
-
-def ort_step(ort, model, H, B, threads):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+def ort_step(sd, I, H, B, threads):
+    """One-step ONNX LSTM (the bench's streaming graph: benchmarks/peers.py) with lstmc's
+    weights, initial_h / initial_c fed back every step."""
+    sess = peers.ort_session(peers.onnx_model("lstm", sd, I, H, with_state=True), threads)
     held = [np.zeros((1, B, H), np.float32), np.zeros((1, B, H), np.float32)]
 
     def step(x_t):
-        held[:] = sess.run(["hn", "cn"], {"x": x_t[None], "h0": held[0], "c0": held[1]})
+        held[:] = sess.run(["h_n", "c_n"], {"x": x_t[None], "h0_l0": held[0], "c0_l0": held[1]})
         return held[0]
     return step, lambda: held[0][0]
 
@@ -115,8 +88,7 @@ def runners(sd, I, H, B, L, threads):
         except ImportError:
             pass
         try:
-            import onnxruntime as ort
-            out["ORT"] = ort_step(ort, onnx_lstm(sd, I, H), H, B, threads)
+            out["ORT"] = ort_step(sd, I, H, B, threads)
         except ImportError:
             pass
     return out

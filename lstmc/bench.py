@@ -1,5 +1,6 @@
-"""`python -m lstmc bench`: time lstmc.nn.LSTM / GRU / RNN against the peers that are installed
-(PyTorch, ONNX Runtime) on the benchmark grids, in one run, and print Markdown tables.
+"""`python -m lstmc bench`: time lstmc.nn.LSTM / GRU / RNN on the benchmark grids, beside the
+peers (PyTorch, ONNX Runtime) when it runs from a source checkout, in one run, and print
+Markdown tables.
 
 How to run::
 
@@ -11,64 +12,62 @@ How to run::
     python -m lstmc bench --peers ort      # lstmc and ONNX Runtime only
     python -m lstmc bench --list           # show the rows of the grids
 
-(`python benchmarks/bench_lstm.py` in the repository is the same command.) The tables go to
-stdout (the timings; the geometric means of lstmc / best peer by kind; the weights read at
-batch <= 4); progress goes to stderr.
+This module is the runner: the grids, the timing, lstmc's own runners and the tables. The peers
+live in benchmarks/peers.py of the source checkout (how each one runs a row is its docstring),
+loaded at run time only, so that `import lstmc` never imports torch or onnx: the command finds
+that file beside the package when lstmc runs from the checkout (its directory, PYTHONPATH or an
+editable install), or takes ``--peers-from PATH``; without it, it times lstmc alone and says
+how to get the peer columns. (`python benchmarks/bench_lstm.py` in the checkout is the same
+command with that checkout's peers.) The tables go to stdout (the timings; the geometric means
+of lstmc / best peer by kind; the weights read at batch <= 4); progress goes to stderr.
 
-Rows come from two grids shipped with the package: ``lstmc/bench_grid.json`` (a copy of the
-project's shared LSTM grid, grid.json) and ``lstmc/bench_grid_rnn.json``, whose rows name their
-cell (``"cell": "gru"`` or ``"rnn"`` with ``"nonlinearity"``). The cell kind is a property of a
-row; every row goes through the same timing code. ``--cells`` (default ``lstm,gru,rnn``) picks
-the kinds.
+Rows come from two grids shipped with the package: ``lstmc/bench_grid.json`` (the LSTM grid)
+and ``lstmc/bench_grid_rnn.json``, whose rows name their cell (``"cell": "gru"`` or ``"rnn"``
+with ``"nonlinearity"``). The cell kind is a property of a row; every row goes through the same
+timing code. ``--cells`` (default ``lstm,gru,rnn``) picks the kinds.
 
 What is measured, per grid row and thread count (float32, time-major input, fixed random data):
 
-* ``fwd``: forward in eval mode (lstmc ``eval()``; torch ``eval()`` + ``torch.no_grad()``;
-  ONNX Runtime: an ``LSTM`` / ``GRU`` / ``RNN`` node per layer, see ``onnx_model``).
+* ``fwd``: forward in eval mode (lstmc ``eval()``).
 * ``train``: one training step: ``zero_grad()``, train-mode forward, backward of a random
-  ``dout`` shaped like the output (lstmc ``backward(dout)``; torch ``(out * dout).sum().backward()``
-  with ``x.requires_grad`` so that both compute dx). ONNX Runtime is inference only.
-* ``variable_length`` rows pass ``lengths`` to lstmc, ``sequence_lens`` to ONNX Runtime and a
-  ``pack_padded_sequence(..., enforce_sorted=False)`` / ``pad_packed_sequence`` pair to torch
-  (packing is timed: users pay it).
+  ``dout`` shaped like the output (lstmc ``backward(dout)``, which computes dx).
+* ``variable_length`` rows pass ``lengths`` to lstmc.
 * ``streaming_step`` rows: one timestep at B=1 called from Python, the state fed back each call.
   lstmc: ``mode step`` is ``lstmc.nn.LSTM.step`` (the streaming API, when the installed lstmc
-  has it) and ``mode cell`` is ``lstmc.nn.LSTMCell``; torch: ``nn.LSTMCell`` under ``no_grad``
-  (``nn.LSTM`` on one step re-lays its weights out every call on the oneDNN path: milliseconds);
-  ONNX Runtime: a T=1 model with the states as inputs and outputs.
+  has it) and ``mode cell`` is ``lstmc.nn.LSTMCell``.
 * Rows of ``inference`` get ``fwd``; rows of ``training``, ``bidirectional`` and
   ``variable_length`` get ``fwd`` and ``train``.
 
-All libraries run in the same process with the same weights (lstmc's, loaded into torch and
-converted to ONNX), interleaved per row in rounds (lstmc block, then each peer's block, repeated),
-so that noise on this shared machine hits all of them; each figure is the median of all its
-timed calls. Each block starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so
-that caches and the other libraries' spinning worker threads settle. Reps are sized from an
-untimed probe call to a time budget per figure (1 s; --quick 0.2 s), at least 5 (3 for calls
-slower than the budget; --quick 3), unless ``--reps`` fixes them. Before timing, each row's
-forward (streaming: three steps) is compared between lstmc and every peer; a row marked (!)
-differs by more than CHECK_ATOL. ``--json`` also writes the metadata, the sgemm peaks, the DRAM
-read rates and every timed sample.
+All libraries run in the same process with the same weights (lstmc's, handed to each peer),
+interleaved per row in rounds (lstmc block, then each peer's block, repeated), so that noise on
+this shared machine hits all of them; each figure is the median of all its timed calls. Each
+block starts with 0.1 s of untimed calls (or a 0.1 s pause for slow calls) so that caches and
+the other libraries' spinning worker threads settle. Reps are sized from an untimed probe call
+to a time budget per figure (1 s; --quick 0.2 s), at least 5 (3 for calls slower than the
+budget; --quick 3), unless ``--reps`` fixes them. Before timing, each row's forward (streaming:
+three steps) is compared between lstmc and every peer; a row marked (!) differs by more than
+CHECK_ATOL. ``--json`` also writes the metadata, the sgemm peaks, the DRAM read rates and every
+timed sample.
 
-GFLOP/s use ``rnn_flops`` (grid.json "about"; G = 4 LSTM, 3 GRU, 1 RNN gate blocks); "% peak" is
-lstmc's GFLOP/s over the float32 numpy matmul (2048^3) peak measured in the same run at the same
-thread count. A forward or streaming step at batch 1 is bound by reading the weights, not by
-arithmetic (at batch 4, by both): for batch <= 4 a second table gives the weights GB/s
+GFLOP/s use ``rnn_flops`` (the grid's "about"; G = 4 LSTM, 3 GRU, 1 RNN gate blocks); "% peak"
+is lstmc's GFLOP/s over the float32 numpy matmul (2048^3) peak measured in the same run at the
+same thread count. A forward or streaming step at batch 1 is bound by reading the weights, not
+by arithmetic (at batch 4, by both): for batch <= 4 a second table gives the weights GB/s
 (``weight_bytes``: W_hh every step, W_ih once, over the time) and lstmc's as a share of the DRAM
 read rate measured in the same run at the same thread count (a float32 numpy matrix-vector
 product over DRAM_MB, four times the 32 MB L3 of the machines this was written on). Weights that
 fit the L3 cache read faster than DRAM.
 Numpy's BLAS thread count is set for those two calibrations with threadpoolctl when installed,
 else through OpenBLAS's ``*_set_num_threads`` via ctypes, else not at all (the output says
-which). Threads: ``lstmc.set_num_threads(n)``, ``torch.set_num_threads(n)`` and an ONNX Runtime
-session per thread count with ``intra_op_num_threads = n``, ``inter_op_num_threads = 1``,
-sequential execution, all graph optimizations.
+which). Threads: ``lstmc.set_num_threads(n)`` and each peer's own setting (benchmarks/peers.py).
+The method and where results are kept: docs/performance.md.
 """
 
 import argparse
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -76,11 +75,12 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-GRID_PATHS = [HERE / "bench_grid.json"]      # a copy of the project's shared grid.json
+GRID_PATHS = [HERE / "bench_grid.json"]
 # GRU / RNN rows (grid.json is LSTM-only); rows without "cell" in grid.json are LSTM.
 RNN_GRID_PATHS = [HERE / "bench_grid_rnn.json"]
 
@@ -117,8 +117,6 @@ DRAM_MB = 128     # the DRAM read rate's matrix (see dram_read_times)
 MEMORY_BOUND_B = 4  # forwards and steps at this batch or below get the weights-read table
 CHECK_ATOL = 2e-3  # |lstmc - peer| on the forward output, float32, same weights
 CHECK_STEPS = 3    # streaming rows: steps run from zero state before comparing h
-PEERS = ("torch", "ort")
-LABELS = {"lstmc": "lstmc", "torch": "torch", "ort": "ORT"}
 
 
 def rnn_flops(I, H, T, B, num_layers=1, bidirectional=False, mode="fwd", tokens=None,
@@ -344,140 +342,20 @@ def measure(runners, cfg, reps=None, max_reps=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# ONNX: the same network as an ONNX graph, from PyTorch-layout weights
-
-# PyTorch's gate blocks, reordered into ONNX's: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
-ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
-ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
-ONNX_OPSET = 14
-
-
-def _onnx_gates(a, cell):
-    """Reorder the gate blocks (first axis) of a PyTorch weight or bias into ONNX's order."""
-    blocks = np.split(np.asarray(a, dtype=np.float32), len(ONNX_GATE_ORDER[cell]))
-    return np.concatenate([blocks[k] for k in ONNX_GATE_ORDER[cell]])
-
-
-def onnx_model(cell, state_dict, input_size, hidden_size, num_layers=1, bidirectional=False,
-               nonlinearity="tanh", with_lengths=False, with_state=False, reset_after=True):
-    """An ONNX model (onnx.ModelProto) of lstmc.nn.LSTM / GRU / RNN with these weights.
-
-    ``state_dict`` has PyTorch's names and shapes (lstmc's or torch's ``state_dict()``). One
-    ONNX ``LSTM`` / ``GRU`` / ``RNN`` node per layer (GRU with ``linear_before_reset =
-    reset_after``: 1 is the GRU of torch and lstmc's default; W and R with the gate blocks
-    reordered, B = [Wb, Rb]);
-    a bidirectional layer's (T, 2, B, H) output becomes the next layer's (T, B, 2H) input.
-
-    Inputs: ``x`` (T, B, input_size) float32; ``lengths`` (B,) int32 (ONNX ``sequence_lens``)
-    when ``with_lengths``; ``h0_l{k}`` (and ``c0_l{k}`` for LSTM), each (D, B, H), per layer
-    when ``with_state`` (else zeros). Outputs: ``y`` (T, B, D*H), ``h_n`` (L*D, B, H) and, for
-    LSTM, ``c_n`` — the layout of lstmc's and torch's outputs.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    if cell not in ONNX_OP:
-        raise ValueError("cell must be one of %s, got %r" % (", ".join(ONNX_OP), cell))
-    if any(k.startswith("weight_hr") for k in state_dict):
-        raise ValueError("state_dict has weight_hr (proj_size > 0): ONNX's LSTM has no "
-                         "projection")
-    D = 2 if bidirectional else 1
-    H = hidden_size
-    suffixes = ("", "_reverse")[:D]
-    dirs = dict(direction="bidirectional" if bidirectional else "forward")
-    attrs = dict(hidden_size=H, **dirs)
-    if cell == "gru":
-        attrs["linear_before_reset"] = int(bool(reset_after))
-    if cell == "rnn":
-        attrs["activations"] = [nonlinearity.capitalize()] * D
-    nodes, inits = [], []
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", input_size])]
-    if with_lengths:
-        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
-    states = ("h", "c") if cell == "lstm" else ("h",)
-    finals = {s: [] for s in states}
-    x = "x"
-    for k in range(num_layers):
-        def weight(prefix):
-            return np.stack([_onnx_gates(state_dict["%s_l%d%s" % (prefix, k, s)], cell)
-                             for s in suffixes])
-        names = [x, "W_l%d" % k, "R_l%d" % k]
-        inits += [numpy_helper.from_array(weight("weight_ih"), names[1]),
-                  numpy_helper.from_array(weight("weight_hh"), names[2])]
-        if "bias_ih_l%d" % k in state_dict:
-            names.append("B_l%d" % k)
-            bias = np.concatenate([weight("bias_ih"), weight("bias_hh")], axis=1)
-            inits.append(numpy_helper.from_array(bias, names[3]))
-        else:
-            names.append("")
-        names.append("lengths" if with_lengths else "")
-        for s in states:
-            if with_state:
-                name = "%s0_l%d" % (s, k)
-                inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [D, "B", H]))
-                names.append(name)
-            else:
-                names.append("")
-        while names[-1] == "":
-            names.pop()
-        y = "Y_l%d" % k
-        outs = [y] + ["%sn_l%d" % (s, k) for s in states]
-        for s, o in zip(states, outs[1:]):
-            finals[s].append(o)
-        nodes.append(helper.make_node(ONNX_OP[cell], names, outs, name="%s_l%d" % (cell, k),
-                                      **attrs))
-        # (T, D, B, H) -> (T, B, D*H)
-        x = "x_l%d" % (k + 1) if k + 1 < num_layers else "y"
-        if D == 1:
-            axes = "axes_l%d" % k
-            inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
-            nodes.append(helper.make_node("Squeeze", [y, axes], [x]))
-        else:
-            shape = "shape_l%d" % k
-            inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
-            nodes.append(helper.make_node("Transpose", [y], [y + "_t"], perm=[0, 2, 1, 3]))
-            nodes.append(helper.make_node("Reshape", [y + "_t", shape], [x]))
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "B", D * H])]
-    for s in states:
-        nodes.append(helper.make_node("Concat", finals[s], ["%s_n" % s], axis=0))
-        outputs.append(helper.make_tensor_value_info("%s_n" % s, TensorProto.FLOAT,
-                                                     [num_layers * D, "B", H]))
-    graph = helper.make_graph(nodes, "lstmc_" + cell, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-                              producer_name="lstmc")
-    onnx.checker.check_model(model)
-    return model
-
-
-def ort_session(model, threads):
-    """An ONNX Runtime CPU session: intra-op threads = threads, sequential, all optimizations."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-
-
-# ---------------------------------------------------------------------------------------------
 # the libraries: per row, runner(mode, threads) -> a callable (None: mode not supported) and
 # check() -> the forward output (streaming rows: h after CHECK_STEPS steps from zero state)
 
-_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+CELL_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
-def _module_kwargs(c):
+def module_kwargs(c):
     kw = dict(num_layers=c["L"], bidirectional=c["bidirectional"])
     if c["cell"] == "rnn":
         kw["nonlinearity"] = c["nonlinearity"]
     return kw
 
 
-def _streaming(make_step, state0, data):
+def streaming_runner(make_step, state0, data):
     """(runner, check) of a streaming row, from make_step(threads) -> step(x_t, state) ->
     (h_t, state) (threads None: any) and state0() -> a fresh zero state. The timed call is one
     step on x_t = x[0], fed its own previous state; check() runs CHECK_STEPS steps on x[0], x[1],
@@ -502,8 +380,8 @@ def make_lstmc(lstmc, c, data):
     libs {name: (runner, check)}: "lstmc", plus "lstmc.cell" on streaming rows when the
     streaming API exists (then "lstmc" is LSTM.step and "lstmc.cell" the cell)."""
     lstmc.manual_seed(0)
-    m = getattr(lstmc.nn, _CLASS[c["cell"]])(c["I"], c["H"], dtype=np.float32,
-                                              **_module_kwargs(c))
+    m = getattr(lstmc.nn, CELL_CLASS[c["cell"]])(c["I"], c["H"], dtype=np.float32,
+                                                  **module_kwargs(c))
     sd = {k: np.array(v) for k, v in m.state_dict().items()}
     if c["section"] == "streaming_step":
         return _lstmc_streaming(lstmc, c, m, sd, data), sd
@@ -528,7 +406,7 @@ def make_lstmc(lstmc, c, data):
 
 
 def _lstmc_streaming(lstmc, c, m, sd, data):
-    cell_cls = getattr(lstmc.nn, _CLASS[c["cell"]] + "Cell")
+    cell_cls = getattr(lstmc.nn, CELL_CLASS[c["cell"]] + "Cell")
     kw = dict(nonlinearity=c["nonlinearity"]) if c["cell"] == "rnn" else {}
     cell = cell_cls(c["I"], c["H"], dtype=np.float32, **kw)
     cell.load_state_dict({k[:-len("_l0")]: v for k, v in sd.items()})
@@ -543,135 +421,74 @@ def _lstmc_streaming(lstmc, c, m, sd, data):
     def cell_step(x_t, state):
         state = cell(x_t, state)
         return (state[0] if lstm else state), state
-    cell_lib = _streaming(lambda threads: cell_step, zeros, data)
+    cell_lib = streaming_runner(lambda threads: cell_step, zeros, data)
     if not (hasattr(m, "initial_state") and hasattr(m, "step")):
         return {"lstmc": cell_lib}
     m.eval()
-    return {"lstmc": _streaming(lambda threads: m.step,
-                                lambda: m.initial_state(batch_size=B), data),
+    return {"lstmc": streaming_runner(lambda threads: m.step,
+                                      lambda: m.initial_state(batch_size=B), data),
             "lstmc.cell": cell_lib}
 
 
-def make_torch(torch, c, data, sd):
-    """torch.nn.LSTM / GRU / RNN (streaming rows: the Cell) with lstmc's weights."""
-    tsd = {k: torch.from_numpy(v.copy()) for k, v in sd.items()}
-    if c["section"] == "streaming_step":
-        kw = dict(nonlinearity=c["nonlinearity"]) if c["cell"] == "rnn" else {}
-        m = getattr(torch.nn, _CLASS[c["cell"]] + "Cell")(c["I"], c["H"], **kw)
-        m.load_state_dict({k[:-len("_l0")]: v for k, v in tsd.items()})
-        m.eval()
-        B, H = c["B"], c["H"]
-        lstm = c["cell"] == "lstm"
+# ---------------------------------------------------------------------------------------------
+# the peers: benchmarks/peers.py of a source checkout, loaded by a run, never by `import lstmc`
 
-        def zeros():
-            z = lambda: torch.zeros(B, H)  # noqa: E731
-            return (z(), z()) if lstm else z()
-
-        def step(x_t, state):
-            with torch.no_grad():
-                state = m(torch.from_numpy(x_t), state)
-            return (state[0] if lstm else state), state
-        return _streaming(lambda threads: step, zeros, data)
-
-    m = getattr(torch.nn, _CLASS[c["cell"]])(c["I"], c["H"], **_module_kwargs(c))
-    m.load_state_dict(tsd)
-    xt = torch.from_numpy(data["x"])
-    xg = xt.clone().requires_grad_(True)
-    doutt = torch.from_numpy(data["dout"])
-    T = c["T"]
-    rnn = torch.nn.utils.rnn
-    lengths = None if c["lengths"] is None else torch.from_numpy(c["lengths"])
-
-    def run(inp):
-        if lengths is None:
-            return m(inp)[0]
-        packed = rnn.pack_padded_sequence(inp, lengths, enforce_sorted=False)
-        return rnn.pad_packed_sequence(m(packed)[0], total_length=T)[0]
-
-    def fwd():
-        with torch.no_grad():
-            return run(xt)
-
-    def train():
-        xg.grad = None
-        m.zero_grad()
-        (run(xg) * doutt).sum().backward()
-
-    def runner(mode, threads):
-        (m.eval if mode == "fwd" else m.train)()
-        return fwd if mode == "fwd" else train
-
-    def check():
-        m.eval()
-        return fwd().numpy()
-    return runner, check
+PEERS_MODULE = "lstmc_bench_peers"
+PEERS_HINT = ("peer columns (PyTorch, ONNX Runtime) come from benchmarks/peers.py of a source "
+              "checkout of lstmc: run lstmc from the checkout (its directory, PYTHONPATH or an "
+              "editable install) or pass --peers-from <checkout>/benchmarks")
 
 
-def make_ort(ort, c, data, sd):
-    """An ONNX Runtime session of onnx_model(...) with lstmc's weights; one session per thread
-    count, built when that count is first asked for (the previous one is dropped). Inference
-    only: runner("train", n) is None."""
-    streaming = c["section"] == "streaming_step"
-    model = onnx_model(c["cell"], sd, c["I"], c["H"], c["L"], c["bidirectional"],
-                       c["nonlinearity"] or "tanh", with_lengths=c["lengths"] is not None,
-                       with_state=streaming)
-    held = {}
-
-    def session(threads):
-        if held.get("threads") != threads:
-            held.clear()
-            held.update(threads=threads, sess=ort_session(model, threads))
-        return held["sess"]
-
-    states = ("h", "c") if c["cell"] == "lstm" else ("h",)
-    if streaming:
-        shape = (1, c["B"], c["H"])
-        names = ["%s_n" % s for s in states]
-
-        def zeros():
-            return [np.zeros(shape, np.float32) for _ in states]
-
-        def make_step(threads):
-            sess = session(threads or held.get("threads", 1))
-
-            def step(x_t, state):
-                feed = {"x": x_t[None]}
-                feed.update(("%s0_l0" % s, v) for s, v in zip(states, state))
-                state = sess.run(names, feed)
-                return state[0], state
-            return step
-        return _streaming(make_step, zeros, data)
-
-    feed = {"x": data["x"]}
-    if c["lengths"] is not None:
-        feed["lengths"] = c["lengths"].astype(np.int32)
-
-    def runner(mode, threads):
-        if mode != "fwd":
-            return None
-        sess = session(threads)
-        return lambda: sess.run(["y"], feed)
-
-    def check():
-        return session(held.get("threads", 1)).run(["y"], feed)[0]
-    return runner, check
+def load_peers(where=None):
+    """The peers module, or None when there is none: ``where`` (peers.py or the directory
+    holding it), else benchmarks/peers.py beside the package, which a source checkout has (the
+    directory above lstmc/ also holds csrc/). Loaded once per path: the run and the tests
+    share one module object."""
+    if where:
+        path = Path(where)
+    else:
+        root = HERE.parent
+        path = root / "benchmarks" if (root / "csrc").is_dir() else None
+    if path is not None and path.is_dir():
+        path = path / "peers.py"
+    if path is None or not path.is_file():
+        return None
+    path = path.resolve()
+    mod = sys.modules.get(PEERS_MODULE)
+    if mod is None or Path(mod.__file__) != path:
+        spec = importlib.util.spec_from_file_location(PEERS_MODULE, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PEERS_MODULE] = mod
+        spec.loader.exec_module(mod)
+    return mod
 
 
-def import_peers(wanted, say):
-    """{peer: module or None (not installed)} for the wanted peers."""
+class RunPeer(NamedTuple):
+    """A peer asked for in this run: its entry of peers.PEERS (label, load, make, set_threads,
+    note) and its module (None: not installed)."""
+    spec: object
+    module: object
+
+    @property
+    def label(self):
+        return self.spec.label
+
+    @property
+    def installed(self):
+        return self.module is not None
+
+
+def import_peers(specs, say):
+    """{name: RunPeer} of the peers asked for ({name: peers.Peer})."""
     found = {}
-    for peer in wanted:
+    for name, spec in specs.items():
         try:
-            if peer == "torch":
-                import torch as mod
-            else:
-                import onnx  # noqa: F401  (builds the graph)
-                import onnxruntime as mod
-            found[peer] = mod
+            mod = spec.load()
         except ImportError as e:
             say("lstmc bench: %s not importable (%s): its columns say 'not installed'"
-                % (LABELS[peer], e))
-            found[peer] = None
+                % (spec.label, e))
+            mod = None
+        found[name] = RunPeer(spec, mod)
     return found
 
 
@@ -712,12 +529,14 @@ def best_peer(r, peers):
 
 def markdown(results, calib, meta, peers):
     """The tables: one line per row, mode and thread count, then the weights read by the
-    memory-bound lines (batch <= MEMORY_BOUND_B); peers: {peer: installed?}."""
+    memory-bound lines (batch <= MEMORY_BOUND_B); peers: {name: RunPeer}."""
     out = []
-    versions = ", ".join("%s %s" % (LABELS[p], meta["versions"][p] or "not installed")
-                         for p in peers)
+    versions = ", ".join("%s %s" % (peer.label, meta["versions"][p] or "not installed")
+                         for p, peer in peers.items())
     out.append("lstmc %s vs %s, float32, medians; %s." % (
         meta["lstmc_version"], versions or "no peers", meta["machine"]))
+    if meta.get("peers_missing"):
+        out.append("No peers: " + PEERS_HINT + ".")
     out.append("Run %s, %.0f s; load average before/after %s / %s (another process busy on the "
                "cores makes every figure, above all the 2-thread ones, unreliable)." % (
                    meta["date"], meta["elapsed_s"], meta["load_before"], meta["load_after"]))
@@ -728,7 +547,8 @@ def markdown(results, calib, meta, peers):
                   for t, p in sorted(calib["sgemm_peak_gflops"].items()))))
     out.append("")
     cols = ["row", "threads", "mode", "lstmc ms", "GFLOP/s", "% peak"]
-    cols += ["%s ms" % LABELS[p] for p in peers] + (["lstmc / best peer"] if peers else [])
+    cols += ["%s ms" % peer.label for peer in peers.values()]
+    cols += ["lstmc / best peer"] if peers else []
     align = ["---", "---:", "---"] + ["---:"] * (len(cols) - 3)
     out.append("| " + " | ".join(cols) + " |")
     out.append("|" + "|".join(align) + "|")
@@ -739,15 +559,15 @@ def markdown(results, calib, meta, peers):
         else:
             cells += [fmt_ms(r["lstmc_s"]), "%.1f" % r["lstmc_gflops"],
                       "%.0f %%" % r["lstmc_pct_peak"]]
-        cells += [_peer_cell(r, p, installed) for p, installed in peers.items()]
+        cells += [_peer_cell(r, p, peer.installed) for p, peer in peers.items()]
         best = best_peer(r, peers)
         if peers:
-            cells.append("%.3g (%s)" % (r["lstmc_s"] / best[1], LABELS[best[0]])
+            cells.append("%.3g (%s)" % (r["lstmc_s"] / best[1], peers[best[0]].label)
                          if best and r.get("lstmc_s") else "")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out += ["- " + n for n in _notes(results, peers)]
-    if any(peers.values()):
+    if any(peer.installed for peer in peers.values()):
         out.append("")
         out.append("Geometric means of lstmc / best peer by kind (below 1: lstmc is faster), then "
                    "of lstmc / each peer, and the largest single lstmc / best peer:")
@@ -765,7 +585,7 @@ def markdown(results, calib, meta, peers):
                                  for t, g in sorted(calib["dram_read_gbps"].items()))))
         out.append("")
         cols = ["row", "threads", "mode", "MB read", "lstmc GB/s", "% DRAM read"]
-        cols += ["%s GB/s" % LABELS[p] for p in peers]
+        cols += ["%s GB/s" % peer.label for peer in peers.values()]
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join(["---", "---:", "---"] + ["---:"] * (len(cols) - 3)) + "|")
         for r in bound:
@@ -775,7 +595,7 @@ def markdown(results, calib, meta, peers):
             else:
                 cells += ["%.1f" % r["lstmc_weights_gbps"], "%.0f %%" % r["lstmc_pct_dram"]]
             cells += ["%.1f" % r[p + "_weights_gbps"] if p + "_weights_gbps" in r
-                      else _peer_cell(r, p, installed) for p, installed in peers.items()]
+                      else _peer_cell(r, p, peer.installed) for p, peer in peers.items()]
             out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -831,7 +651,8 @@ def summary(results, peers):
     fmt = lambda v: "—" if v is None else "%.2f" % v          # noqa: E731
     per = lambda vs: " / ".join(fmt(v) for v in vs)           # noqa: E731
     cols = ["kind"] + ["%d thr" % n for n in threads]
-    cols += ["vs %s (%s)" % (LABELS[p], " / ".join(map(str, threads))) for p in peers]
+    cols += ["vs %s (%s)" % (peer.label, " / ".join(map(str, threads)))
+             for peer in peers.values()]
     cols += ["largest (%s)" % " / ".join(map(str, threads))]
     out = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for k, lines in groups.items():
@@ -855,20 +676,15 @@ def _notes(results, peers):
     notes = ["GFLOP/s and % peak are lstmc's: " + flops + " per layer and direction (layer > 0 "
              "reads D·H inputs), train step = 3x forward, a streaming step = forward with T = 1; "
              "variable-length rows count sum(lengths) tokens instead of T·B.",
-             "fwd = eval-mode forward; train = zero_grad + train-mode forward + backward (torch: "
-             "packed sequences for variable-length rows, x.requires_grad so dx is computed; ORT "
-             "is inference only: —); step = one streaming timestep at B=1 from Python, state fed "
-             "back (lstmc.nn.LSTM.step; torch nn.LSTMCell under no_grad; ORT a T=1 session); "
-             "cell = the same with lstmc.nn.LSTMCell (its peer figures are the step line's)."]
+             "fwd = eval-mode forward; train = zero_grad + train-mode forward + backward; step "
+             "= one streaming timestep at B=1 from Python, state fed back (lstmc.nn.LSTM.step); "
+             "cell = the same with lstmc.nn.LSTMCell (its peer figures are the step line's); "
+             "— = a mode the peer does not have."]
     if peers:
         notes.append("lstmc / best peer = lstmc ms over the fastest peer's ms on that line (< 1: "
                      "lstmc faster), all measured interleaved in the same process at the same "
                      "thread count; single absolute times on a shared machine are noisy.")
-    if "ort" in peers:
-        notes.append("ORT: one ONNX LSTM / GRU (linear_before_reset=1) / RNN node per layer built "
-                     "from lstmc's weights (sequence_lens for variable-length rows), "
-                     "intra_op_num_threads = threads, inter_op 1, sequential, all graph "
-                     "optimizations.")
+    notes += [peer.spec.note for peer in peers.values()]
     if any(r.get("mismatch") for r in results):
         notes.append("(!) lstmc's forward output and a peer's differ by more than %g on this "
                      "row: see stderr." % CHECK_ATOL)
@@ -942,22 +758,21 @@ def row_data(c):
                 dout=rng.standard_normal((T, c["B"], D * c["H"]), dtype=np.float32))
 
 
-def build_row(c, lstmc, mods, threads, say):
+def build_row(c, lstmc, peers, threads, say):
     """Every library's (runner, check) for a row, with the same weights; checks the peers'
     forward outputs against lstmc's (a peer that cannot build or run the row gets an error
     string instead)."""
     data = row_data(c)
     libs, sd = make_lstmc(lstmc, c, data)
-    makers = {"torch": make_torch, "ort": make_ort}
-    for peer, mod in mods.items():
-        if mod is None:
+    for name, peer in peers.items():
+        if not peer.installed:
             continue
         try:
-            libs[peer] = makers[peer](mod, c, data, sd)
+            libs[name] = peer.spec.make(peer.module, c, data, sd)
         except Exception as e:
-            libs[peer] = _error_text(e)
-            say("  %s: %s cannot build this row: %s" % (c["name"], LABELS[peer], libs[peer]))
-    set_threads(lstmc, mods, threads)
+            libs[name] = _error_text(e)
+            say("  %s: %s cannot build this row: %s" % (c["name"], peer.label, libs[name]))
+    set_threads(lstmc, peers, threads)
     ref = libs["lstmc"][1]()
     for name, lib in libs.items():
         if name == "lstmc" or isinstance(lib, str):
@@ -976,11 +791,13 @@ def build_row(c, lstmc, mods, threads, say):
     return libs
 
 
-def set_threads(lstmc, mods, n):
-    """Library-wide thread counts (ORT's is per session: see make_ort)."""
+def set_threads(lstmc, peers, n):
+    """Library-wide thread counts (a peer without set_threads takes them per call: ORT's
+    sessions)."""
     lstmc.set_num_threads(n)
-    if mods.get("torch") is not None:
-        mods["torch"].set_num_threads(n)
+    for peer in peers.values():
+        if peer.installed and peer.spec.set_threads is not None:
+            peer.spec.set_threads(peer.module, n)
 
 
 def result_rows(c, n, mode, samples):
@@ -1015,7 +832,7 @@ def result_rows(c, n, mode, samples):
     return rows
 
 
-def run_grid(built, threads, cfg, reps, lstmc, mods, say):
+def run_grid(built, threads, cfg, reps, lstmc, peers, say):
     """Time every (row, mode) at every thread count. Returns (results, calib): calib holds the
     sgemm peaks (GFLOP/s) and DRAM read rates (GB/s) per thread count, each the median of
     samples taken before and after that thread count's rows, and those samples."""
@@ -1034,7 +851,7 @@ def run_grid(built, threads, cfg, reps, lstmc, mods, say):
             np.median(calib["dram_samples_s"][n])) / 1e9
 
     for n in threads:
-        set_threads(lstmc, mods, n)
+        set_threads(lstmc, peers, n)
         calibrate(n)
         say("[%d thr] sgemm %.0f GFLOP/s, DRAM read %.1f GB/s so far"
             % (n, calib["sgemm_peak_gflops"][n], calib["dram_read_gbps"][n]))
@@ -1059,7 +876,7 @@ def run_grid(built, threads, cfg, reps, lstmc, mods, say):
                     n, c["name"], mode, done, time.perf_counter() - t_start))
         calibrate(n)
         for r in rows_n:
-            for lib in ("lstmc",) + PEERS:
+            for lib in ["lstmc", *peers]:
                 if lib + "_gflops" in r:
                     r[lib + "_pct_peak"] = 100 * r[lib + "_gflops"] / calib["sgemm_peak_gflops"][n]
             if "lstmc_weights_gbps" in r:
@@ -1076,10 +893,14 @@ def add_arguments(ap):
     ap.add_argument("--reps", type=int, default=None,
                     help="timed reps per figure (default: sized to a time budget per figure)")
     ap.add_argument("--json", default=None, metavar="OUT.json", help="also write results as JSON")
-    ap.add_argument("--peers", default=",".join(PEERS),
-                    help="comma-separated peers to compare with, of %s (default: all; a peer "
-                         "that is not installed shows 'not installed'); '' for none"
-                         % ",".join(PEERS))
+    ap.add_argument("--peers", default=None,
+                    help="comma-separated peers to compare with, of those benchmarks/peers.py "
+                         "defines (torch, ort; default: all; a peer that is not installed shows "
+                         "'not installed'); '' for none")
+    ap.add_argument("--peers-from", default=None, metavar="PATH",
+                    help="benchmarks/peers.py of an lstmc source checkout, or its directory "
+                         "(default: the one beside the package when lstmc runs from a "
+                         "checkout; without it lstmc is timed alone)")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out of the peers")
     ap.add_argument("--grid", default=None, help="grid.json path (default: the packaged "
                     "lstmc/bench_grid.json)")
@@ -1089,6 +910,28 @@ def add_arguments(ap):
                     help="comma-separated cell kinds to run, of %s (default: all)"
                     % ",".join(CELLS))
     ap.add_argument("--list", action="store_true", help="list the grids' rows and exit")
+
+
+def choose_peers(args, error):
+    """({name: peers.Peer} asked for by --peers / --no-torch / --peers-from, and whether the
+    peers module was missing when the defaults wanted it)."""
+    module = load_peers(args.peers_from)
+    if args.peers_from and module is None:
+        error("--peers-from %s: no peers.py there" % args.peers_from)
+    known = module.PEERS if module else {}
+    if args.peers is None:
+        wanted = list(known)
+    else:
+        wanted = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in known]
+    if unknown and not known:
+        error("--peers %s: no peers here; %s" % (args.peers, PEERS_HINT))
+    if unknown:
+        error("--peers wants a comma-separated subset of %s; got %r" % (",".join(known),
+                                                                         args.peers))
+    if args.no_torch:
+        wanted = [p for p in wanted if p != "torch"]
+    return {p: known[p] for p in wanted}, module is None and args.peers is None
 
 
 def run(args, error=None):
@@ -1112,20 +955,18 @@ def run(args, error=None):
         error("--threads wants positive integers, e.g. 1,2; got %r" % args.threads)
     if args.reps is not None and args.reps < 1:
         error("--reps must be >= 1, got %d" % args.reps)
-    wanted = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
-    if any(p not in PEERS for p in wanted):
-        error("--peers wants a comma-separated subset of %s; got %r" % (",".join(PEERS),
-                                                                         args.peers))
-    if args.no_torch:
-        wanted = [p for p in wanted if p != "torch"]
+    specs, peers_missing = choose_peers(args, error)
 
     import lstmc
     say = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    mods = import_peers(wanted, say)
+    peers = import_peers(specs, say)
+    if peers_missing:
+        say("lstmc bench: timing lstmc alone; " + PEERS_HINT)
     meta = dict(lstmc_version=getattr(lstmc, "__version__", "(dev)"),
                 lstmc_openmp=bool(lstmc.openmp_enabled()),
-                versions={p: getattr(m, "__version__", "?") if m else None
-                          for p, m in mods.items()},
+                versions={p: getattr(peer.module, "__version__", "?") if peer.installed
+                          else None for p, peer in peers.items()},
+                peers_missing=peers_missing,
                 lstmc_streaming_api=hasattr(lstmc.nn.LSTM, "step"),
                 numpy_version=np.__version__, python=platform.python_version(),
                 machine=machine_desc(), blas_threads=blas_thread_method(),
@@ -1136,18 +977,18 @@ def run(args, error=None):
         "BLAS threads: %s" % (
             " + ".join(meta["grids"]), ",".join(cells), len(cases), threads,
             meta["lstmc_version"], meta["lstmc_openmp"],
-            ", ".join("%s %s" % (LABELS[p], v or "not installed")
+            ", ".join("%s %s" % (peers[p].label, v or "not installed")
                       for p, v in meta["versions"].items()) or "none", meta["blas_threads"]))
 
     t_start = time.perf_counter()
-    built = [(c, build_row(c, lstmc, mods, threads[0], say)) for c in cases]
+    built = [(c, build_row(c, lstmc, peers, threads[0], say)) for c in cases]
     # Everything alive now (torch's and ORT's modules, the models) lives to the end: frozen out
     # of the collector, the gc.collect() before each timed block costs microseconds, not the
     # ~0.2-0.5 s a full collection over torch's objects takes.
     gc.collect()
     gc.freeze()
     try:
-        results, calib = run_grid(built, threads, cfg, args.reps, lstmc, mods, say)
+        results, calib = run_grid(built, threads, cfg, args.reps, lstmc, peers, say)
     finally:
         gc.unfreeze()
     order = {c["name"]: i for i, c in enumerate(cases)}
@@ -1155,7 +996,7 @@ def run(args, error=None):
                                 r["threads"]))
     meta["elapsed_s"] = time.perf_counter() - t_start
     meta["load_after"] = _loadavg()
-    print(markdown(results, calib, meta, {p: m is not None for p, m in mods.items()}))
+    print(markdown(results, calib, meta, peers))
     say("lstmc bench: done in %.0f s" % meta["elapsed_s"])
     if args.json:
         with open(args.json, "w") as f:

@@ -4,9 +4,9 @@ By default the text is the Python standard library's own source (always present,
 download); `--text FILE` trains on a file of yours. The model is Embedding -> LSTM -> Linear,
 trained with Adam on random windows for a fixed time budget, with a live progress line. It
 then reports held-out bits per character and samples text from a prime; `--save PATH` keeps
-the model, and `python -m lstmc generate PATH` samples from it later.
+the model, and `python -m lstmc generate PATH` samples from it later. The model and its
+helpers are lstmc.charlm's.
 """
-import glob
 import math
 import os
 import shlex
@@ -18,46 +18,8 @@ import numpy as np
 
 import lstmc
 from lstmc import io, nn
-
-KIND = "lstmc.demo.CharLM"
-
-
-def stdlib_text(max_bytes):
-    """Up to max_bytes of the standard library's .py sources, in a fixed order."""
-    root = sysconfig.get_paths()["stdlib"]
-    parts, size = [], 0
-    for path in sorted(glob.glob(os.path.join(root, "*.py"))):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        parts.append(data)
-        size += len(data)
-        if size >= max_bytes:
-            break
-    if not parts:
-        raise SystemExit(f"no Python sources found under {root}: use --text FILE")
-    return b"\n".join(parts)[:max_bytes]
-
-
-class CharLM(nn.Module):
-    """Embedding -> LSTM -> Linear over the vocabulary, per step."""
-
-    def __init__(self, vocab, embed, hidden, layers):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
-        self.fc = nn.Linear(hidden, vocab)
-
-    def forward(self, idx, hx=None):
-        out, state = self.lstm(self.embedding(idx), hx)
-        self.state = state
-        return self.fc(out)
-
-    def backward(self, dlogits):
-        dx, _ = self.lstm.backward(self.fc.backward(dlogits))
-        return self.embedding.backward(dx)
+from lstmc.charlm import (CharLM, byte_vocab, encode, evaluate, load_model, random_windows,
+                          sample, save_model, stdlib_text, train_step)
 
 
 def _bar(step, elapsed, budget, loss, chars_per_s, width=24):
@@ -67,81 +29,6 @@ def _bar(step, elapsed, budget, loss, chars_per_s, width=24):
     return (f"[{'=' * fill}{'.' * (width - fill)}] step {step:5d}  loss {loss:.3f}  "
             f"{loss / math.log(2):.2f} bits/char  {chars_per_s / 1e3:6.1f}k chars/s  "
             f"ETA {eta:4.0f}s ")
-
-
-def random_windows(rng, data, batch, steps):
-    """`batch` random windows of `steps` symbols of the 1-D array `data`, and the symbols that
-    follow each: inputs and next-symbol targets, both (batch, steps)."""
-    starts = rng.integers(0, len(data) - steps - 1, size=batch)
-    idx = np.stack([data[s:s + steps + 1] for s in starts])
-    return idx[:, :-1], idx[:, 1:]
-
-
-def train_step(model, optimizer, loss_fn, x, y, clip=1.0):
-    """One Adam step of next-symbol prediction (gradient norm clipped); returns the loss."""
-    model.zero_grad()
-    loss = loss_fn(model(x), y)
-    model.backward(loss_fn.backward())
-    nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
-    return loss
-
-
-def evaluate(model, data, steps, batch=32, windows=40, seed=1):
-    """Mean held-out bits per character over fixed random windows."""
-    model.eval()
-    rng = np.random.default_rng(seed)
-    loss_fn = nn.CrossEntropyLoss()
-    total = 0.0
-    for _ in range(windows):
-        x, y = random_windows(rng, data, batch, steps)
-        total += loss_fn(model(x), y)
-    model.train()
-    return total / windows / math.log(2)
-
-
-def sample(model, vocab, prime, length, temperature, seed):
-    """Generates `length` characters after `prime`, one step at a time (state carried).
-    `vocab` lists the byte value of each class; prime bytes outside it are not fed."""
-    model.eval()
-    rng = np.random.default_rng(seed)
-    stoi = {b: i for i, b in enumerate(vocab)}
-    ids = [stoi[b] for b in prime.encode() if b in stoi] or [0]
-    logits = model(np.array([ids]))[:, -1]
-    out = bytearray(prime.encode())
-    for _ in range(length):
-        z = logits[0].astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        nxt = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(vocab[nxt])
-        logits = model(np.array([[nxt]]), model.state)[:, -1]
-    model.train()
-    return out.decode("utf-8", errors="replace")
-
-
-def save_model(path, model, vocab, args, **facts):
-    """Writes the model: its sizes and vocabulary as config, its state_dict as arrays."""
-    config = {"vocab": [int(b) for b in vocab], "embed": args.embed, "hidden": args.hidden,
-              "layers": args.layers, **facts}
-    io.write(path, KIND, config, model.state_dict())
-
-
-def load_model(path):
-    """(model, config) from a file written by `save_model`; io.FormatError if it is not one."""
-    config, arrays = io.read(path, kind=KIND)
-    sizes = [config.get(k) for k in ("embed", "hidden", "layers")]
-    vocab = config.get("vocab")
-    if not (all(type(n) is int and n > 0 for n in sizes) and isinstance(vocab, list) and vocab
-            and all(type(b) is int and 0 <= b < 256 for b in vocab)):
-        raise io.FormatError(f"{path}: config must hold vocab (byte values) and positive "
-                             f"embed, hidden and layers, got {config!r:.200}")
-    model = CharLM(len(vocab), *sizes)
-    try:
-        model.load_state_dict(arrays)
-    except ValueError as e:
-        raise io.FormatError(f"{path}: the weights do not fit the model of its config: {e}") \
-            from None
-    return model, config
 
 
 def run(args):
@@ -161,10 +48,8 @@ def run(args):
         source = f"the Python standard library's source ({sysconfig.get_paths()['stdlib']})"
     if len(raw) < 4 * (args.seq + 1):
         raise SystemExit(f"the text is too short ({len(raw)} bytes) for --seq {args.seq}")
-    vocab = sorted(set(raw))
-    table = np.zeros(256, dtype=np.int64)
-    table[vocab] = np.arange(len(vocab))
-    data = table[np.frombuffer(raw, dtype=np.uint8)]
+    vocab = byte_vocab(raw)
+    data = encode(raw, vocab)
     split = int(len(data) * 0.95)
     train, held = data[:split], data[split:]
     model = CharLM(len(vocab), args.embed, args.hidden, args.layers)
@@ -207,8 +92,7 @@ def run(args):
     print(text)
     print("-" * 60)
     if args.save:
-        save_model(args.save, model, vocab, args, held_out_bits_per_char=float(bpc),
-                   steps=step)
+        save_model(args.save, model, vocab, held_out_bits_per_char=float(bpc), steps=step)
         print(f"saved the model to {args.save} ({os.path.getsize(args.save):,} bytes); "
               f"sample from it with: python -m lstmc generate {shlex.quote(args.save)} "
               f"--prime {shlex.quote(args.prime)}")

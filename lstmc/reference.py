@@ -1,6 +1,6 @@
 """Float64 NumPy reference LSTM, GRU and simple RNN: the specification of every lstmc kernel.
 
-This module is the spec (SPEC.md section 7). It is written to be read, not to be fast:
+This module is the spec (docs/spec.md §7). It is written to be read, not to be fast:
 every C kernel is tested against it, and it is itself tested against central finite
 differences and, when installed, against ``torch.nn.LSTM`` / ``GRU`` / ``RNN``. If a kernel
 and this file disagree, the kernel is wrong.

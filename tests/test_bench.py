@@ -1,13 +1,18 @@
-"""lstmc.bench: the ONNX graphs built from lstmc's weights compute what lstmc computes, and the
-benchmark machinery runs end to end on a tiny grid (no timing is asserted)."""
+"""lstmc.bench (the runner) and benchmarks/peers.py (the peers): the ONNX graphs built from
+lstmc's weights compute what lstmc computes, and the benchmark machinery runs end to end on a
+tiny grid (no timing is asserted)."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lstmc
 from lstmc import bench
+
+PEERS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"    # this checkout's peers
+peers = bench.load_peers(PEERS_DIR)
 
 ATOL = 1e-5
 
@@ -43,12 +48,12 @@ def test_onnx_model_matches_lstmc(cell, nonlinearity, L, bidirectional, with_len
     x = rng.standard_normal((T, B, 5), dtype=np.float32)
     lengths = np.array([7, 0, 3, 1]) if with_lengths else None
     out = m(x, lengths=lengths)
-    model = bench.onnx_model(cell, m.state_dict(), 5, 6, L, bidirectional, nonlinearity,
+    model = peers.onnx_model(cell, m.state_dict(), 5, 6, L, bidirectional, nonlinearity,
                              with_lengths=with_lengths)
     feed = {"x": x}
     if with_lengths:
         feed["lengths"] = lengths.astype(np.int32)
-    got = bench.ort_session(model, 1).run(None, feed)
+    got = peers.ort_session(model, 1).run(None, feed)
     expected = (out[0],) + _states(cell, out)
     assert len(got) == len(expected)
     for name, g, e in zip(("y", "h_n", "c_n"), got, expected):
@@ -68,11 +73,11 @@ def test_onnx_model_without_bias_and_with_state_inputs(cell):
     h0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
     c0 = rng.standard_normal((2, 2, 6), dtype=np.float32)
     out = m(x, (h0, c0) if cell == "lstm" else h0)
-    model = bench.onnx_model(cell, m.state_dict(), 5, 6, 2, with_state=True)
+    model = peers.onnx_model(cell, m.state_dict(), 5, 6, 2, with_state=True)
     feed = {"x": x, "h0_l0": h0[:1], "h0_l1": h0[1:]}
     if cell == "lstm":
         feed.update(c0_l0=c0[:1], c0_l1=c0[1:])
-    got = bench.ort_session(model, 1).run(None, feed)
+    got = peers.ort_session(model, 1).run(None, feed)
     for g, e in zip(got, (out[0],) + _states(cell, out)):
         assert np.max(np.abs(g - e)) <= ATOL
 
@@ -86,8 +91,8 @@ def test_onnx_gru_reset_before(bidirectional):
     m.eval()
     x = np.random.default_rng(3).standard_normal((4, 2, 5), dtype=np.float32)
     out, h_n = m(x)
-    model = bench.onnx_model("gru", m.state_dict(), 5, 6, 1, bidirectional, reset_after=False)
-    y, h = bench.ort_session(model, 1).run(None, {"x": x})
+    model = peers.onnx_model("gru", m.state_dict(), 5, 6, 1, bidirectional, reset_after=False)
+    y, h = peers.ort_session(model, 1).run(None, {"x": x})
     assert np.max(np.abs(y - out)) <= ATOL and np.max(np.abs(h - h_n)) <= ATOL
 
 
@@ -95,9 +100,9 @@ def test_onnx_model_rejects_projection_and_unknown_cells():
     pytest.importorskip("onnx")
     lstm = lstmc.nn.LSTM(5, 6, proj_size=3)
     with pytest.raises(ValueError, match="proj_size"):
-        bench.onnx_model("lstm", lstm.state_dict(), 5, 6)
+        peers.onnx_model("lstm", lstm.state_dict(), 5, 6)
     with pytest.raises(ValueError, match="cell must be one of"):
-        bench.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
+        peers.onnx_model("lstmp", lstmc.nn.LSTM(5, 6).state_dict(), 5, 6)
 
 
 def test_weight_bytes_reads_w_hh_every_step_and_w_ih_once():
@@ -170,7 +175,8 @@ def tiny(tmp_path, monkeypatch):
         p = tmp_path / name
         p.write_text(json.dumps(grid))
         paths.append(str(p))
-    return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2"]
+    return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2", "--peers-from",
+            str(PEERS_DIR)]
 
 
 def _tables(text):
@@ -334,7 +340,7 @@ def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
 def test_bench_flags_a_peer_that_disagrees(tiny, capsys, monkeypatch):
     """The pre-timing check catches a wrong conversion (here: torch's gate order fed to ONNX)."""
     _ort()
-    monkeypatch.setitem(bench.ONNX_GATE_ORDER, "lstm", (0, 1, 2, 3))
+    monkeypatch.setitem(peers.ONNX_GATE_ORDER, "lstm", (0, 1, 2, 3))
     assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step", "--peers", "ort"]) == 0
     captured = capsys.readouterr()
     assert "| t_inf (!) |" in captured.out and "| t_step (!) |" in captured.out
@@ -356,3 +362,35 @@ def test_bench_rejects_bad_arguments(tiny):
         bench.main(tiny + ["--rows", "no_such_row"])
     with pytest.raises(SystemExit):
         bench.main(tiny + ["--threads", "0"])
+
+
+def test_bench_without_the_peers_times_lstmc_alone(tiny, capsys, monkeypatch, tmp_path):
+    """An lstmc with no benchmarks/peers.py beside it (an installed one) runs the rows and says
+    where peer columns come from; asking for a peer then is an error that says the same."""
+    monkeypatch.setattr(bench, "HERE", tmp_path / "site-packages" / "lstmc")
+    assert bench.load_peers() is None
+    args = tiny[:tiny.index("--peers-from")] + ["--threads", "1", "--rows", "t_inf"]
+    assert bench.main(args) == 0
+    captured = capsys.readouterr()
+    cols, rows = _table(captured.out)
+    assert cols == ["row", "threads", "mode", "lstmc ms", "GFLOP/s", "% peak"]
+    assert list(rows) == [("t_inf", "1", "fwd")]
+    assert "No peers: peer columns (PyTorch, ONNX Runtime) come from benchmarks/peers.py" \
+        in captured.out
+    assert "timing lstmc alone" in captured.err and "--peers-from" in captured.err
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--peers", "torch"])
+    assert "--peers torch: no peers here; peer columns" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--peers-from", str(tmp_path)])
+    assert "no peers.py there" in capsys.readouterr().err
+
+
+def test_import_lstmc_imports_no_peer():
+    """The peers (and torch, onnx) stay out of the library's imports."""
+    import subprocess
+    code = ("import lstmc, sys; print(sorted(m for m in sys.modules if 'bench' in m or "
+            "'peers' in m or 'torch' in m or 'onnx' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
