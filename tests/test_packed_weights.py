@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstmc
-from conftest import assert_close, module_reference
+from helpers import assert_close, module_reference
 from lstmc import _core
 
 PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lstmc
-from conftest import assert_close, module_reference
+from helpers import assert_close, module_reference
 
 KERNELS = ["blas", "packed_c", "packed_avx2"]
 

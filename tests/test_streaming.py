@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import lstmc
 from lstmc import reference
-from conftest import assert_close
+from helpers import assert_close
 
 CONFIGS = {
     "lstm": (lstmc.nn.LSTM, {}),
