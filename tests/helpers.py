@@ -268,16 +268,70 @@ def relu_margin(x_tm, params, L, D, h0=None, lengths=None, masks=None):
     return margin
 
 
-def module_reference(m, x, lengths=None):
-    """The float64 reference output of lstmc.nn sequence module `m` on time-major `x`."""
+def _reference_functions(m):
+    """(forward, backward, options) of lstmc.reference for lstmc.nn module or cell ``m``."""
     from lstmc import nn
     from lstmc import reference as ref
-    if isinstance(m, nn.LSTM):
-        forward, options = ref.lstm_forward, {"proj_size": m.proj_size}
-    elif isinstance(m, nn.GRU):
-        forward, options = ref.gru_forward, {"reset_after": m.reset_after}
-    else:
-        forward, options = ref.rnn_forward, {"nonlinearity": m.nonlinearity}
-    params = {name: p.data.astype(np.float64) for name, p in m.named_parameters()}
-    return forward(np.asarray(x, dtype=np.float64), params, num_layers=m.num_layers,
-                   bidirectional=m.bidirectional, lengths=lengths, **options)[0]
+    if isinstance(m, (nn.LSTM, nn.LSTMCell)):
+        step = isinstance(m, nn.LSTMCell)
+        return ((ref.lstm_cell_forward, ref.lstm_cell_backward, {}) if step else
+                (ref.lstm_forward, ref.lstm_backward, {"proj_size": m.proj_size}))
+    if isinstance(m, (nn.GRU, nn.GRUCell)):
+        step = isinstance(m, nn.GRUCell)
+        fns = (ref.gru_cell_forward, ref.gru_cell_backward) if step else (ref.gru_forward, ref.gru_backward)
+        return (*fns, {"reset_after": m.reset_after})
+    step = isinstance(m, nn.RNNCell)
+    fns = (ref.rnn_cell_forward, ref.rnn_cell_backward) if step else (ref.rnn_forward, ref.rnn_backward)
+    return (*fns, {"nonlinearity": m.nonlinearity})
+
+
+def as_list(states):
+    """A module's states as a list: [h] or, for the LSTM, [h, c]."""
+    return list(states) if isinstance(states, tuple) else [states]
+
+
+def reference_forward(m, x, states=None, lengths=None, dropout_masks=None, params=None):
+    """The float64 reference of lstmc.nn sequence module ``m`` (its own parameters, or
+    ``params``) on time-major ``x``: (out, final states as a list, cache). ``states``: the
+    initial states as a list ([h] or [h, c]) or None."""
+    forward, _, options = _reference_functions(m)
+    params = params64(m) if params is None else params
+    hx = None
+    if states is not None:
+        hx = [np.asarray(a, np.float64) for a in states]
+        hx = hx[0] if len(hx) == 1 else tuple(hx)
+    masks = None if not dropout_masks else [np.asarray(a, np.float64) for a in dropout_masks]
+    out, finals, cache = forward(np.asarray(x, np.float64), params, num_layers=m.num_layers,
+                                 bidirectional=m.bidirectional, hx=hx, lengths=lengths,
+                                 dropout_masks=masks, **options)
+    return out, as_list(finals), cache
+
+
+def reference_backward(m, cache, dout, dstates=None):
+    """The reference's backward for ``m``: (dx, the initial states' gradients as a list,
+    grads by name). ``dstates``: the final states' gradients as a list (entries may be None)
+    or None."""
+    _, backward, _ = _reference_functions(m)
+    d = None
+    if dstates is not None:
+        d = [None if a is None else np.asarray(a, np.float64) for a in dstates]
+        d = d[0] if len(d) == 1 else tuple(d)
+    dx, dinit, grads = backward(cache, np.asarray(dout, np.float64), d)
+    return dx, as_list(dinit), grads
+
+
+def reference_step(c, x, states, dfinals):
+    """Forward and backward of the reference of one-step cell ``c`` (2-D x; states and
+    dfinals lists): (finals, dx, dinits, grads by the short names w_ih, ...)."""
+    forward, backward, options = _reference_functions(c)
+    p = {n: np.asarray(v.data, np.float64) for n, v in c.named_parameters()}
+    w = [p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")]
+    f64 = [np.asarray(a, np.float64) for a in states]
+    *finals, cache = forward(np.asarray(x, np.float64), *f64, *w, **options)
+    res = backward(cache, *[np.asarray(a, np.float64) for a in dfinals])
+    return finals, res[0], list(res[1:-1]), res[-1]
+
+
+def module_reference(m, x, lengths=None):
+    """The float64 reference output of lstmc.nn sequence module `m` on time-major `x`."""
+    return reference_forward(m, x, lengths=lengths)[0]
