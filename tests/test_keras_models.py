@@ -12,6 +12,8 @@ from lstmc.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lstmc.layers import GRU, LSTM, Bidirectional, Dense, Dropout, Embedding, Input, SimpleRNN
 from lstmc.models import Sequential, load_model
 
+from helpers import THREAD_TOL, assert_close, scale_of
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
@@ -218,8 +220,11 @@ def test_predict_evaluate_and_batches():
     model.compile("sgd", "binary_crossentropy", ["accuracy", "mae"])
     p = model.predict(x, batch_size=16)
     assert p.shape == (70, 1)
-    np.testing.assert_array_equal(p, model.predict(x))          # dropout off: deterministic
-    np.testing.assert_allclose(model(x[:5]), p[:5])
+    # dropout off: deterministic, up to the rounding of batches of other sizes (their BLAS
+    # kernels and thread teams differ): SPEC section 7's thread bound
+    bound = THREAD_TOL[np.float32] * scale_of(p)
+    assert_close("predict, batches of 32 vs 16", model.predict(x), p, 0.0, bound)
+    assert_close("call on 5 rows vs predict", model(x[:5]), p[:5], 0.0, bound)
     result = model.evaluate(x, y, verbose=0, return_dict=True)
     assert list(result) == ["loss", "accuracy", "mae"]
     acc = ((p[:, 0] > 0.5) == (y > 0.5)).mean()

@@ -21,38 +21,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstmc
-from helpers import assert_close, module_reference
+from helpers import CELLS, assert_close, make_module, module_reference
 from lstmc import _core
 
 PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA
 needs_packing = pytest.mark.skipif(not PACKS, reason="no packed kernel on this CPU")
 
-# kind -> (module class, constructor kwargs)
-KINDS = {
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {}),            # proj_size: make()'s argument
-    "gru": ("GRU", {"reset_after": True}),
-    "gru_rb": ("GRU", {"reset_after": False}),
-    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-}
+KINDS = list(CELLS)
 
-
-@pytest.fixture(autouse=True)
-def restore_kernel_and_threads():
-    threads = lstmc.get_num_threads()
-    yield
-    _core._set_recurrent_kernel("auto")
-    lstmc.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32, proj_size=2):
-    cls, kwargs = KINDS[kind]
+    """A seeded module of cell ``kind``; lstm_proj projects to ``proj_size`` if below H."""
+    kwargs = {}
     if kind == "lstm_proj":
-        kwargs = {"proj_size": proj_size} if H > proj_size else {}
+        kwargs = {"proj_size": proj_size if H > proj_size else 0}
     lstmc.manual_seed(seed)
-    return getattr(lstmc.nn, cls)(I, H, num_layers=layers, bidirectional=bidirectional,
-                                  dtype=dtype, **kwargs)
+    return make_module(kind, I, H, dtype=dtype, num_layers=layers, bidirectional=bidirectional,
+                       **kwargs)
 
 
 def check_reference(kind, m, x, lengths=None):
