@@ -16,6 +16,8 @@ import lstmc.optim as optim
 from lstmc.nn.module import Parameter
 from lstmc.optim import lr_scheduler
 
+from helpers import assert_close, scale_of
+
 SHAPES = [(3, 5), (7,), (2, 3, 4)]
 STEPS = 15
 
@@ -36,8 +38,7 @@ def _grads(dtype, seed=1, steps=STEPS):
 
 def _assert_close(ours, theirs, dtype, what):
     rtol, atol = _tol(dtype)
-    scale = max(1.0, float(np.max(np.abs(theirs))))
-    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol * scale, err_msg=what)
+    assert_close(what, ours, theirs, rtol, atol * scale_of(theirs))
 
 
 def _run_pair(name, kwargs, dtype):

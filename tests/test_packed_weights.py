@@ -262,7 +262,7 @@ def test_keras_set_weights_after_predict():
     second = model.predict(x, verbose=0)
     model2 = models.Sequential([layers.LSTM(5, input_shape=(4, 3))])
     model2.set_weights(weights)
-    np.testing.assert_allclose(second, model2.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert_close("after set_weights", second, model2.predict(x, verbose=0), 1e-6, 1e-7)
     assert np.abs(second - first).max() > 1e-4
 
 

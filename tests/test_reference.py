@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers import CELLS, GRU_RNN, TORCH_GRU_RNN, assert_all_close, random_params
+from helpers import CELLS, GRU_RNN, TORCH_GRU_RNN, assert_all_close, assert_close, random_params
 from lstmc import reference as ref
 
 ALL_CELLS = list(CELLS)
@@ -531,7 +531,7 @@ def test_gru_scalar_case_by_hand():
     for reset_after, n in ((True, n_after), (False, n_before)):
         h1, _ = ref.gru_cell_forward(np.array([[x]]), np.array([[h]]), **w,
                                      reset_after=reset_after)
-        np.testing.assert_allclose(h1, [[(1 - z) * n + z * h]], rtol=1e-15, atol=1e-16)
+        assert_close(f"h1 reset_after={reset_after}", h1, [[(1 - z) * n + z * h]], 1e-15, 1e-16)
     assert abs(n_after - n_before) > 0.01  # the case does tell the variants apart
 
 
