@@ -9,6 +9,7 @@ Comparison (every numerical check of the suite goes through ``close_report``):
 * ``Checks`` -- the same check for many tensors, raising once with every mismatch listed
   (``close(..., scaled=True)`` multiplies atol by ``max(1, max|expected|)``).
 * ``assert_all_close(actual, expected, rtol, atol)`` -- two dicts of tensors, by name.
+* ``numerical_grad`` / ``central_difference`` -- central differences of a scalar function.
 
 Cells: ``CELLS`` names the six configurations a concern shared by every cell is
 parametrised over (the ids used in test names): ``lstm``, ``lstm_proj``, ``gru``
@@ -116,6 +117,26 @@ def assert_all_close(actual, expected, rtol, atol, header=""):
     for name, want in expected.items():
         chk.close(name, actual[name], want, rtol, atol, scaled=False)
     chk.raise_if_any()
+
+
+def central_difference(f, a, idx, eps=1e-6):
+    """(f(a + eps e_idx) - f(a - eps e_idx)) / (2 eps) for the scalar f(), perturbing the
+    element ``idx`` of array ``a`` in place (and restoring it)."""
+    old = a[idx]
+    a[idx] = old + eps
+    f_plus = f()
+    a[idx] = old - eps
+    f_minus = f()
+    a[idx] = old
+    return (f_plus - f_minus) / (2 * eps)
+
+
+def numerical_grad(f, a, eps=1e-6):
+    """Central-difference gradient of the scalar f() w.r.t. every element of array a."""
+    g = np.empty_like(a)
+    for idx in np.ndindex(a.shape):
+        g[idx] = central_difference(f, a, idx, eps)
+    return g
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import lstmc
 from lstmc import layers as L
 from lstmc import reference
 
-from helpers import assert_close
+from helpers import assert_close, central_difference
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -178,23 +178,12 @@ def _fd_check(layer, x, mask, dy_shape_fn, n_checks=6, eps=1e-6):
     f = lambda: float((layer.forward(x, mask, training=True)[0] * w).sum())
     for _ in range(n_checks):
         idx = tuple(rng.integers(0, s) for s in x.shape)
-        old = x[idx]
-        x[idx] = old + eps
-        fp = f()
-        x[idx] = old - eps
-        fm = f()
-        x[idx] = old
-        assert dx[idx] == pytest.approx((fp - fm) / (2 * eps), abs=1e-7, rel=1e-5)
+        assert dx[idx] == pytest.approx(central_difference(f, x, idx, eps), abs=1e-7, rel=1e-5)
     for name, p in layer.named_parameters():
         flat, grad = p.data.reshape(-1), p.grad.reshape(-1)
         for k in rng.integers(0, flat.size, 3):
-            old = flat[k]
-            flat[k] = old + eps
-            fp = f()
-            flat[k] = old - eps
-            fm = f()
-            flat[k] = old
-            assert grad[k] == pytest.approx((fp - fm) / (2 * eps), abs=1e-7, rel=1e-5), name
+            assert grad[k] == pytest.approx(central_difference(f, flat, k, eps), abs=1e-7,
+                                            rel=1e-5), name
 
 
 @pytest.mark.parametrize("return_sequences", [False, True])

@@ -6,7 +6,7 @@ import pytest
 import lstmc
 from lstmc import nn
 
-from helpers import assert_close
+from helpers import assert_close, numerical_grad
 
 
 def _fd_check(module, x, dy, params_only=False, eps=1e-6):
@@ -16,31 +16,9 @@ def _fd_check(module, x, dy, params_only=False, eps=1e-6):
     dx = module.backward(dy)
     loss = lambda: float(np.sum(module(x) * dy))   # noqa: E731
     for name, p in module.named_parameters():
-        num = np.zeros_like(p.data)
-        it = np.nditer(p.data, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = p.data[i]
-            p.data[i] = old + eps
-            up = loss()
-            p.data[i] = old - eps
-            down = loss()
-            p.data[i] = old
-            num[i] = (up - down) / (2 * eps)
-        assert_close(name, p.grad, num, 1e-6, 1e-8)
+        assert_close(name, p.grad, numerical_grad(loss, p.data, eps), 1e-6, 1e-8)
     if not params_only:
-        num = np.zeros_like(x)
-        it = np.nditer(x, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = x[i]
-            x[i] = old + eps
-            up = loss()
-            x[i] = old - eps
-            down = loss()
-            x[i] = old
-            num[i] = (up - down) / (2 * eps)
-        assert_close("dx", dx, num, 1e-6, 1e-8)
+        assert_close("dx", dx, numerical_grad(loss, x, eps), 1e-6, 1e-8)
 
 
 def test_linear_and_activations_match_finite_differences():

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from helpers import CELLS, GRU_RNN, TORCH_GRU_RNN, assert_all_close, assert_close, random_params
+from helpers import (CELLS, GRU_RNN, TORCH_GRU_RNN, assert_all_close, assert_close,
+                     numerical_grad, random_params)
 from lstmc import reference as ref
 
 ALL_CELLS = list(CELLS)
@@ -94,20 +95,6 @@ def cell_backward(cell, cache, dstates):
 # helpers
 
 
-def numerical_grad(f, a):
-    """Central-difference gradient of the scalar f() w.r.t. array a, perturbed in place."""
-    g = np.empty_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + EPS
-        f_plus = f()
-        a[idx] = old - EPS
-        f_minus = f()
-        a[idx] = old
-        g[idx] = (f_plus - f_minus) / (2 * EPS)
-    return g
-
-
 def default_proj(cell):
     """The projection of the cell's test cases: 2 for lstm_proj (below the default H)."""
     return 2 if "proj_size" in CELLS[cell].options else 0
@@ -154,6 +141,15 @@ def analytic(case, x=None, R_out=None):
                                     case["R_out"] if R_out is None else R_out, case["R_states"])
     names = [n + "0" for n in state_names(case["cell"])]
     return (out, *finals), dict(x=dx, **dict(zip(names, dinit)), **grads)
+
+
+def assert_identical(a, b):
+    """Two analytic() results bit for bit: outputs and states, then every gradient."""
+    (outs_a, grads_a), (outs_b, grads_b) = a, b
+    for u, v in zip(outs_a, outs_b):
+        np.testing.assert_array_equal(u, v)
+    for name in grads_a:
+        np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
 
 
 def padding_mask(T, lengths):
@@ -216,7 +212,7 @@ def test_cell_gradients_match_finite_differences(cell, bias):
     assert set(grads) == set(w)
     names = state_names(cell)
     got = dict(x=dx, **dict(zip(names, dstates)), **grads)
-    want = {name: numerical_grad(f, a)
+    want = {name: numerical_grad(f, a, EPS)
             for name, a in dict(x=x, **dict(zip(names, states)), **w).items()}
     assert_all_close(got, want, FD_RTOL, FD_ATOL)
 
@@ -261,7 +257,7 @@ def test_sequence_gradients_match_finite_differences(cell, kw):
     if cell == "rnn_relu":
         assert relu_margin(run(case)[2]) > RELU_MARGIN
     targets = dict(x=case["x"], **dict(zip(names, case["states"])), **case["params"])
-    want = {name: numerical_grad(lambda: loss(case), a) for name, a in targets.items()}
+    want = {name: numerical_grad(lambda: loss(case), a, EPS) for name, a in targets.items()}
     assert_all_close(got, want, FD_RTOL, FD_ATOL)
 
 
@@ -282,13 +278,8 @@ def test_padding_values_never_matter(cell):
     pad = padding_mask(5, case["opts"]["lengths"])
     x_nan, R_nan = case["x"].copy(), case["R_out"].copy()
     x_nan[pad], R_nan[pad] = np.nan, np.nan
-    outs, grads = analytic(case)
-    outs_nan, grads_nan = analytic(case, x=x_nan, R_out=R_nan)
     # rows at padding never enter a cell, so the results are bit-identical
-    for a, b in zip(outs, outs_nan):
-        np.testing.assert_array_equal(a, b)
-    for name in grads:
-        np.testing.assert_array_equal(grads[name], grads_nan[name], err_msg=name)
+    assert_identical(analytic(case), analytic(case, x=x_nan, R_out=R_nan))
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
@@ -305,13 +296,9 @@ def test_output_and_dx_are_exactly_zero_at_padding(cell):
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_full_lengths_equal_no_lengths(cell):
     case = make_case(cell, seed=5, T=4, B=3, L=2, D=2, hx=True, dropout=True)
-    outs, grads = analytic(case)
+    no_lengths = analytic(case)
     case["opts"]["lengths"] = np.full(3, 4)
-    outs_full, grads_full = analytic(case)
-    for a, b in zip(outs, outs_full):
-        np.testing.assert_array_equal(a, b)
-    for name in grads:
-        np.testing.assert_array_equal(grads[name], grads_full[name], err_msg=name)
+    assert_identical(no_lengths, analytic(case))
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
