@@ -41,6 +41,15 @@ def _assert_close(ours, theirs, dtype, what):
     assert_close(what, ours, theirs, rtol, atol * scale_of(theirs))
 
 
+def _step_both(torch, ours, theirs, params, tparams, grads):
+    """One step of both optimizers on the same gradients."""
+    for p, tp, g in zip(params, tparams, grads):
+        p.grad[...] = g
+        tp.grad = torch.tensor(g)
+    ours.step()
+    theirs.step()
+
+
 def _run_pair(name, kwargs, dtype):
     torch = pytest.importorskip("torch")
     params = _make_params(dtype)
@@ -48,11 +57,7 @@ def _run_pair(name, kwargs, dtype):
     ours = getattr(optim, name)(params, **kwargs)
     theirs = getattr(torch.optim, name)(tparams, foreach=False, **kwargs)
     for step, grads in enumerate(_grads(dtype)):
-        for p, tp, g in zip(params, tparams, grads):
-            p.grad[...] = g
-            tp.grad = torch.tensor(g)
-        ours.step()
-        theirs.step()
+        _step_both(torch, ours, theirs, params, tparams, grads)
         for i, (p, tp) in enumerate(zip(params, tparams)):
             assert p.data.dtype == dtype
             _assert_close(p.data, tp.detach().numpy(), dtype, f"{name} {kwargs} step {step} p{i}")
@@ -99,11 +104,7 @@ def test_param_groups_dicts_match_torch():
                               lr=0.01, foreach=False)
     assert [g["lr"] for g in ours.param_groups] == [0.01, 0.1]
     for grads in _grads(dtype, steps=5):
-        for p, tp, g in zip(params, tparams, grads):
-            p.grad[...] = g
-            tp.grad = torch.tensor(g)
-        ours.step()
-        theirs.step()
+        _step_both(torch, ours, theirs, params, tparams, grads)
     for p, tp in zip(params, tparams):
         _assert_close(p.data, tp.detach().numpy(), dtype, "groups")
 
@@ -268,11 +269,7 @@ def test_load_torch_state_dict():
     ours = optim.Adam(params)
     ours.load_state_dict(theirs.state_dict())
     for step_grads in grads[4:]:
-        for p, tp, g in zip(params, tparams, step_grads):
-            p.grad[...] = g
-            tp.grad = torch.tensor(g)
-        ours.step()
-        theirs.step()
+        _step_both(torch, ours, theirs, params, tparams, step_grads)
     for p, tp in zip(params, tparams):
         _assert_close(p.data, tp.detach().numpy(), dtype, "after loading torch state")
 
