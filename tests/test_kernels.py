@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 import lstmc
 from helpers import (CELLS, GRU_RNN, KERNEL_TOL, RELU_ATTEMPTS, RELU_MARGIN, THREAD_TOL, Checks,
                      as_list, expected_names, grads_by_name, make_cell, make_module, pad_mask,
-                     params64, reference_backward, reference_forward, reference_step,
-                     relu_margin)
+                     params64, random_lengths, reference_backward, reference_forward,
+                     reference_step, relu_margin)
 from lstmc import reference as ref
 
 ALL_CELLS = list(CELLS)
@@ -652,7 +652,7 @@ def test_module_reuse_across_shapes(float_dtype, calls, L, bidirectional, seed):
     kept = []
     for T, B, use_len in calls:
         x = rng.standard_normal((T, B, I)).astype(dtype)
-        lengths = rng.integers(0, T + 1, size=B) if use_len else None
+        lengths = random_lengths(rng, T, B) if use_len else None
         dout = rng.standard_normal((T, B, D * P)).astype(dtype)
         lstm.zero_grad()
         out, (h_n, c_n) = lstm(x, lengths=lengths)

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstmc
-from helpers import CELLS, assert_close, make_module, module_reference
+from helpers import CELLS, assert_close, make_module, module_reference, random_lengths
 from lstmc import _core
 
 PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA
@@ -61,7 +61,7 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
     m = make(kind, I, H, layers, bidirectional, seed).eval()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    lengths = rng.integers(0, T + 1, B) if ragged else None
+    lengths = random_lengths(rng, T, B) if ragged else None
     check_reference(kind, m, x, lengths)
     assert m._pack is not None
 
@@ -99,7 +99,7 @@ def test_per_thread_panels_of_the_projection(kind, threads, T, B):
              proj_size=40).eval()
     rng = np.random.default_rng(T)
     x = rng.standard_normal((T, B, 11)).astype(np.float32)
-    lengths = rng.integers(0, T + 1, B)
+    lengths = random_lengths(rng, T, B)
     lengths[0] = T
     check_reference(kind, m, x, lengths)
 
@@ -122,7 +122,7 @@ def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, ker
              proj_size=40).eval()
     rng = np.random.default_rng(layers)
     x = rng.standard_normal((12, 16, 11)).astype(dtype)
-    lengths = rng.integers(0, 13, 16)
+    lengths = random_lengths(rng, 12, 16)
     lengths[0], lengths[1] = 12, 0
     outs = []
     for threads in (2, 3, 1):
@@ -147,7 +147,7 @@ def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, dtype):
     T, B, I, H, L = 12, 16, 11, 65, 2
     m = make(kind, I, H, layers=L, bidirectional=True, seed=3, dtype=dtype).eval()
     rng = np.random.default_rng(3)
-    lengths = np.sort(rng.integers(0, T + 1, B))[::-1].astype(np.intc)
+    lengths = np.sort(random_lengths(rng, T, B))[::-1].astype(np.intc)
     lengths[0], lengths[-1] = T, 0
     seq = _core.Seq(m._cell, T, B, I, H, m._proj, L, 2, m.bias, lengths)
     N = seq.rows

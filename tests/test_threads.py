@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lstmc
-from helpers import CELLS, THREAD_TOL, as_list, make_module
+from helpers import CELLS, THREAD_TOL, as_list, make_module, random_lengths
 
 TIMEOUT = 120  # seconds, per child process
 
@@ -122,7 +122,7 @@ def _medium(dtype, proj_size=0, seed=0, shape=MEDIUM, dropout=0.0, cell="lstm"):
     H_out = proj_size or H
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dout = rng.standard_normal((T, B, 2 * H_out)).astype(dtype)
-    lengths = rng.integers(0, T + 1, size=B)
+    lengths = random_lengths(rng, T, B)
     lengths[0] = T
     return module, x, lengths, dout
 

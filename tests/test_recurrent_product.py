@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import lstmc
-from helpers import KERNEL_TOL, assert_close, make_module, module_reference, scale_of
+from helpers import (KERNEL_TOL, assert_close, make_module, module_reference, random_lengths,
+                     scale_of)
 
 KERNELS = ["blas", "packed_c", "packed_avx2"]
 KINDS = ["lstm", "lstm_proj", "gru", "gru_rb", "rnn_tanh"]   # cells of helpers.CELLS
@@ -38,7 +39,7 @@ def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0
         p.data[...] = rng.uniform(-0.6, 0.6, p.shape)
     T = 6
     x = rng.standard_normal((T, B, 5)).astype(dtype)
-    lengths = rng.integers(0, T + 1, B) if ragged else None
+    lengths = random_lengths(rng, T, B) if ragged else None
     return m, x, lengths
 
 
