@@ -78,11 +78,10 @@ CASES = ([("SGD", k) for k in SGD_GRID] + [("Adam", k) for k in ADAM_GRID]
          + [(n, {}) for n in ("SGD", "Adam", "AdamW", "RMSprop")])
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,kwargs", CASES,
                          ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_trajectory_matches_torch(name, kwargs, dtype):
-    _run_pair(name, kwargs, dtype)
+def test_trajectory_matches_torch(name, kwargs, float_dtype):
+    _run_pair(name, kwargs, float_dtype)
 
 
 def test_defaults_match_torch():

@@ -137,12 +137,12 @@ def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, ker
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, dtype):
+def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, float_dtype):
     """Without a packed copy (Seq.forward with packed=None, which lstmc.nn never does when it
     can pack) under packed_c, each direction of a split call packs its W_hh per call into its
     own run of scratch (csrc/seq.c dir1): two threads give one thread's result bit for bit,
     and the module's (on its packed copy) to rounding. Scratch and outputs start as NaN."""
+    dtype = float_dtype
     _core._set_recurrent_kernel("packed_c")
     T, B, I, H, L = 12, 16, 11, 65, 2
     m = make(kind, I, H, layers=L, bidirectional=True, seed=3, dtype=dtype).eval()

@@ -350,10 +350,10 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
                        for b_ in arrays[i + 1:])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_plain_rows_accepts_only_matrices_the_kernels_read_as_they_are(dtype):
+def test_plain_rows_accepts_only_matrices_the_kernels_read_as_they_are(float_dtype):
     """_core.plain_rows, the cells' fast-path test: the row count of a C-contiguous 2-D
     array of the dtype with the given width, -1 for anything else."""
+    dtype = float_dtype
     other = np.float64 if dtype == np.float32 else np.float32
     a = np.zeros((3, 4), dtype)
     assert lstmc._core.plain_rows(a, np.dtype(dtype), 4) == 3
