@@ -11,6 +11,8 @@ import lstmc
 from lstmc import layers as L
 from lstmc import reference
 
+from helpers import assert_close, central_difference
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
@@ -60,7 +62,7 @@ def test_lstm_weights_are_keras_layout_and_gate_order(x):
     params = {"weight_ih_l0": kernel.T, "weight_hh_l0": rec.T, "bias_ih_l0": bias,
               "bias_hh_l0": np.zeros(4 * U)}
     out = reference.lstm_forward(xt, {k: v.astype(np.float64) for k, v in params.items()})[0]
-    np.testing.assert_allclose(layer(x), out.transpose(1, 0, 2), atol=2e-6)
+    assert_close("out vs reference", layer(x), out.transpose(1, 0, 2), 1e-7, 2e-6)
 
 
 def test_gru_weights_keras_gate_order_z_r_h(x):
@@ -115,15 +117,15 @@ def test_mask_runs_only_valid_steps(x, holes, i, go_backwards):
     for b in range(B):
         kept = x[b:b + 1, holes[b]]
         alone = layer(kept)[0]
-        np.testing.assert_allclose(h[b], alone[-1], atol=1e-6)
+        assert_close(f"row {b}: last state", h[b], alone[-1], 1e-7, 1e-6)
         # outputs at valid steps, in layer order; masked steps repeat the previous output
         order = np.flatnonzero(holes[b][::-1] if go_backwards else holes[b])
-        np.testing.assert_allclose(y[b, order], alone, atol=1e-6)
+        assert_close(f"row {b}: valid steps", y[b, order], alone, 1e-7, 1e-6)
         valid = holes[b][::-1] if go_backwards else holes[b]
         seen = np.cumsum(valid) - 1
         for s in np.flatnonzero(~valid):
-            expect = 0 if seen[s] < 0 else alone[seen[s]]
-            np.testing.assert_allclose(y[b, s], expect, atol=1e-6)
+            expect = np.zeros(U) if seen[s] < 0 else alone[seen[s]]
+            assert_close(f"row {b}, masked step {s}", y[b, s], expect, 1e-7, 1e-6)
 
 
 def test_bidirectional_masked_steps_output_zeros(x, holes):
@@ -139,8 +141,8 @@ def test_embedding_mask_zero_reaches_the_rnn():
     e, mask = emb.forward(ids)
     np.testing.assert_array_equal(mask, ids != 0)
     h = rnn(e, mask=mask)
-    np.testing.assert_allclose(h[0], rnn(e[:1, 2:])[0], atol=1e-6)
-    np.testing.assert_allclose(h[1], rnn(e[1:, :2])[0], atol=1e-6)
+    assert_close("row 0", h[0], rnn(e[:1, 2:])[0], 1e-7, 1e-6)
+    assert_close("row 1", h[1], rnn(e[1:, :2])[0], 1e-7, 1e-6)
 
 
 def test_stateful_carries_state_between_calls(x):
@@ -149,10 +151,10 @@ def test_stateful_carries_state_between_calls(x):
     whole.build((T, I)), parts.build((T, I))
     parts.set_weights(whole.get_weights())
     y = whole(x)
-    np.testing.assert_allclose(np.concatenate([parts(x[:, :3]), parts(x[:, 3:])], axis=1), y,
-                               atol=1e-6)
+    assert_close("two stateful calls vs one", np.concatenate([parts(x[:, :3]), parts(x[:, 3:])], axis=1),
+                 y, 1e-7, 1e-6)
     parts.reset_states()
-    np.testing.assert_allclose(parts(x[:, :3]), y[:, :3], atol=1e-6)
+    assert_close("after reset_states", parts(x[:, :3]), y[:, :3], 1e-7, 1e-6)
     with pytest.raises(ValueError, match="same batch size"):
         parts(x[:2, :3])
 
@@ -176,23 +178,12 @@ def _fd_check(layer, x, mask, dy_shape_fn, n_checks=6, eps=1e-6):
     f = lambda: float((layer.forward(x, mask, training=True)[0] * w).sum())
     for _ in range(n_checks):
         idx = tuple(rng.integers(0, s) for s in x.shape)
-        old = x[idx]
-        x[idx] = old + eps
-        fp = f()
-        x[idx] = old - eps
-        fm = f()
-        x[idx] = old
-        assert dx[idx] == pytest.approx((fp - fm) / (2 * eps), abs=1e-7, rel=1e-5)
+        assert dx[idx] == pytest.approx(central_difference(f, x, idx, eps), abs=1e-7, rel=1e-5)
     for name, p in layer.named_parameters():
         flat, grad = p.data.reshape(-1), p.grad.reshape(-1)
         for k in rng.integers(0, flat.size, 3):
-            old = flat[k]
-            flat[k] = old + eps
-            fp = f()
-            flat[k] = old - eps
-            fm = f()
-            flat[k] = old
-            assert grad[k] == pytest.approx((fp - fm) / (2 * eps), abs=1e-7, rel=1e-5), name
+            assert grad[k] == pytest.approx(central_difference(f, flat, k, eps), abs=1e-7,
+                                            rel=1e-5), name
 
 
 @pytest.mark.parametrize("return_sequences", [False, True])
@@ -240,7 +231,7 @@ def test_lstm_any_mask_equals_deleting_masked_steps(b, t, f, u, seed):
     h = layer(x, mask=mask)
     for r in range(b):
         expect = layer(x[r:r + 1, mask[r]])[0] if mask[r].any() else np.zeros(u)
-        np.testing.assert_allclose(h[r], expect, atol=1e-6)
+        assert_close(f"row {r}", h[r], expect, 1e-7, 1e-6)
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -295,7 +286,7 @@ def test_matches_keras(x, holes, kind, return_sequences, go_backwards, masked):
     ky = _keras_out(keras, kl, x, mask)
     ll.build((T, I))
     ll.set_weights(kl.get_weights())
-    np.testing.assert_allclose(ll(x, mask=mask), ky, atol=2e-6)
+    assert_close("lstmc vs keras", ll(x, mask=mask), ky, 1e-7, 2e-6)
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
@@ -308,7 +299,7 @@ def test_bidirectional_matches_keras(x, holes, merge_mode, return_sequences):
     ky = _keras_out(keras, kl, x, holes)
     ll.build((T, I))
     ll.set_weights(kl.get_weights())
-    np.testing.assert_allclose(ll(x, mask=holes), ky, atol=2e-6)
+    assert_close("lstmc vs keras", ll(x, mask=holes), ky, 1e-7, 2e-6)
 
 
 def test_return_state_matches_keras(x, holes):
@@ -319,7 +310,7 @@ def test_return_state_matches_keras(x, holes):
     ll.build((T, I))
     ll.set_weights(kl.get_weights())
     for a, b in zip(ll(x, mask=holes), ky):
-        np.testing.assert_allclose(a, b, atol=2e-6)
+        assert_close("lstmc vs keras", a, b, 1e-7, 2e-6)
 
 
 def test_keras_initialisers_have_keras_statistics():
@@ -329,5 +320,5 @@ def test_keras_initialisers_have_keras_statistics():
     k, r, b = layer.get_weights()
     limit = np.sqrt(6 / (32 + 256))
     assert np.abs(k).max() <= limit and np.abs(k).max() > 0.9 * limit
-    np.testing.assert_allclose(r @ r.T, np.eye(64), atol=1e-5)
+    assert_close("r r^T", r @ r.T, np.eye(64), 1e-7, 1e-5)
     np.testing.assert_array_equal(b, np.r_[np.zeros(64), np.ones(64), np.zeros(128)])

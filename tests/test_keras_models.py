@@ -12,6 +12,8 @@ from lstmc.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lstmc.layers import GRU, LSTM, Bidirectional, Dense, Dropout, Embedding, Input, SimpleRNN
 from lstmc.models import Sequential, load_model
 
+from helpers import THREAD_TOL, assert_close, scale_of
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
@@ -131,8 +133,8 @@ def test_fit_matches_keras_trajectory():
         theirs.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
         a = ours.fit(x, y, epochs=2, shuffle=False, verbose=0).history
         b = theirs.fit(x, y, epochs=2, shuffle=False, verbose=0).history
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, err_msg=opt)
-        np.testing.assert_allclose(a["accuracy"], b["accuracy"], atol=1e-6, err_msg=opt)
+        assert_close(f"{opt} loss", a["loss"], b["loss"], 1e-5, 0)
+        assert_close(f"{opt} accuracy", a["accuracy"], b["accuracy"], 1e-7, 1e-6)
 
 
 def test_masked_tagger_fit_matches_keras():
@@ -160,8 +162,8 @@ def test_masked_tagger_fit_matches_keras():
                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     a = ours.fit(x, y, epochs=2, shuffle=False, verbose=0).history
     b = theirs.fit(x, y, epochs=2, shuffle=False, verbose=0).history
-    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
-    np.testing.assert_allclose(a["accuracy"], b["accuracy"], atol=1e-6)
+    assert_close("loss", a["loss"], b["loss"], 1e-5, 0)
+    assert_close("accuracy", a["accuracy"], b["accuracy"], 1e-7, 1e-6)
 
 
 @pytest.mark.parametrize("name", ["binary_crossentropy", "categorical_crossentropy",
@@ -238,8 +240,11 @@ def test_predict_evaluate_and_batches():
     model.compile("sgd", "binary_crossentropy", ["accuracy", "mae"])
     p = model.predict(x, batch_size=16)
     assert p.shape == (70, 1)
-    np.testing.assert_array_equal(p, model.predict(x))          # dropout off: deterministic
-    np.testing.assert_allclose(model(x[:5]), p[:5])
+    # dropout off: deterministic, up to the rounding of batches of other sizes (their BLAS
+    # kernels and thread teams differ): SPEC section 7's thread bound
+    bound = THREAD_TOL[np.float32] * scale_of(p)
+    assert_close("predict, batches of 32 vs 16", model.predict(x), p, 0.0, bound)
+    assert_close("call on 5 rows vs predict", model(x[:5]), p[:5], 0.0, bound)
     result = model.evaluate(x, y, verbose=0, return_dict=True)
     assert list(result) == ["loss", "accuracy", "mae"]
     acc = ((p[:, 0] > 0.5) == (y > 0.5)).mean()

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from helpers import assert_close
 from lstmc.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from lstmc.nn.module import Module
 

@@ -6,6 +6,8 @@ import pytest
 import lstmc
 from lstmc import nn
 
+from helpers import assert_close, numerical_grad
+
 
 def _fd_check(module, x, dy, params_only=False, eps=1e-6):
     """Compares backward with central differences of sum(forward(x) * dy)."""
@@ -14,31 +16,9 @@ def _fd_check(module, x, dy, params_only=False, eps=1e-6):
     dx = module.backward(dy)
     loss = lambda: float(np.sum(module(x) * dy))   # noqa: E731
     for name, p in module.named_parameters():
-        num = np.zeros_like(p.data)
-        it = np.nditer(p.data, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = p.data[i]
-            p.data[i] = old + eps
-            up = loss()
-            p.data[i] = old - eps
-            down = loss()
-            p.data[i] = old
-            num[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(p.grad, num, rtol=1e-6, atol=1e-8, err_msg=name)
+        assert_close(name, p.grad, numerical_grad(loss, p.data, eps), 1e-6, 1e-8)
     if not params_only:
-        num = np.zeros_like(x)
-        it = np.nditer(x, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = x[i]
-            x[i] = old + eps
-            up = loss()
-            x[i] = old - eps
-            down = loss()
-            x[i] = old
-            num[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8, err_msg="dx")
+        assert_close("dx", dx, numerical_grad(loss, x, eps), 1e-6, 1e-8)
 
 
 def test_linear_and_activations_match_finite_differences():
@@ -131,12 +111,11 @@ def test_layers_match_torch():
     (yt * torch.tensor(dy)).sum().backward()
     y = ml(x)
     dx = ml.backward(dy)
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-14)
+    assert_close("y", y, yt.detach().numpy(), 1e-12, 1e-14)
+    assert_close("dx", dx, xt.grad.numpy(), 1e-10, 1e-14)
     tp = dict(tl.named_parameters())
     for name, p in ml.named_parameters():
-        np.testing.assert_allclose(p.grad, tp[name].grad.numpy(), rtol=1e-10, atol=1e-14,
-                                   err_msg=name)
+        assert_close(name, p.grad, tp[name].grad.numpy(), 1e-10, 1e-14)
     te = torch.nn.Embedding(7, 3, padding_idx=0).double()
     me = nn.Embedding(7, 3, padding_idx=0, dtype=np.float64)
     me.load_state_dict(te.state_dict())
@@ -145,7 +124,7 @@ def test_layers_match_torch():
     (te(torch.tensor(idx)) * torch.tensor(dy)).sum().backward()
     me(idx)
     me.backward(dy)
-    np.testing.assert_allclose(me.weight.grad, te.weight.grad.numpy(), rtol=1e-12)
+    assert_close("weight grad", me.weight.grad, te.weight.grad.numpy(), 1e-12, 0)
     params = [torch.nn.Parameter(torch.tensor(rng.standard_normal((3, 4)))) for _ in range(2)]
     grads = [rng.standard_normal((3, 4)) for _ in range(2)]
     for p, g in zip(params, grads):
@@ -154,4 +133,4 @@ def test_layers_match_torch():
     t_total = float(torch.nn.utils.clip_grad_norm_(params, 0.5))
     assert nn.utils.clip_grad_norm_(mine, 0.5) == pytest.approx(t_total, rel=1e-12)
     for p, q in zip(params, mine):
-        np.testing.assert_allclose(q.grad, p.grad.numpy(), rtol=1e-12)
+        assert_close("grad", q.grad, p.grad.numpy(), 1e-12, 0)

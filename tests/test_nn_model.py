@@ -6,6 +6,8 @@ import numpy as np
 import lstmc
 from lstmc import nn
 
+from helpers import assert_close, numerical_grad
+
 
 class Tagger(nn.Module):
     """Embedding -> BiLSTM -> Linear per step, for sequence tagging."""
@@ -46,16 +48,8 @@ def test_tagger_gradients_match_finite_differences():
     model.backward(loss_fn.backward())
     eps, worst = 1e-6, 0.0
     for name, p in model.named_parameters():
-        num = np.zeros_like(p.data)
-        for i in np.ndindex(p.shape):
-            old = p.data[i]
-            p.data[i] = old + eps
-            up = loss()
-            p.data[i] = old - eps
-            down = loss()
-            p.data[i] = old
-            num[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(p.grad, num, rtol=1e-5, atol=1e-9, err_msg=name)
+        num = numerical_grad(loss, p.data, eps)
+        assert_close(name, p.grad, num, 1e-5, 1e-9)
         worst = max(worst, float(np.max(np.abs(p.grad - num))))
     assert worst < 1e-7
     # the padding row of the embedding never learns

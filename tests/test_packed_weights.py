@@ -21,38 +21,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstmc
-from conftest import assert_close, module_reference
+from helpers import CELLS, assert_close, make_module, module_reference, random_lengths
 from lstmc import _core
 
 PACKS = _core.packs(np.float32)   # float32 on a CPU with AVX2/FMA
 needs_packing = pytest.mark.skipif(not PACKS, reason="no packed kernel on this CPU")
 
-# kind -> (module class, constructor kwargs)
-KINDS = {
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {}),            # proj_size: make()'s argument
-    "gru": ("GRU", {"reset_after": True}),
-    "gru_rb": ("GRU", {"reset_after": False}),
-    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-}
+KINDS = list(CELLS)
 
-
-@pytest.fixture(autouse=True)
-def restore_kernel_and_threads():
-    threads = lstmc.get_num_threads()
-    yield
-    _core._set_recurrent_kernel("auto")
-    lstmc.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def make(kind, I, H, layers=1, bidirectional=False, seed=0, dtype=np.float32, proj_size=2):
-    cls, kwargs = KINDS[kind]
+    """A seeded module of cell ``kind``; lstm_proj projects to ``proj_size`` if below H."""
+    kwargs = {}
     if kind == "lstm_proj":
-        kwargs = {"proj_size": proj_size} if H > proj_size else {}
+        kwargs = {"proj_size": proj_size if H > proj_size else 0}
     lstmc.manual_seed(seed)
-    return getattr(lstmc.nn, cls)(I, H, num_layers=layers, bidirectional=bidirectional,
-                                  dtype=dtype, **kwargs)
+    return make_module(kind, I, H, dtype=dtype, num_layers=layers, bidirectional=bidirectional,
+                       **kwargs)
 
 
 def check_reference(kind, m, x, lengths=None):
@@ -74,7 +61,7 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
     m = make(kind, I, H, layers, bidirectional, seed).eval()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    lengths = rng.integers(0, T + 1, B) if ragged else None
+    lengths = random_lengths(rng, T, B) if ragged else None
     check_reference(kind, m, x, lengths)
     assert m._pack is not None
 
@@ -112,7 +99,7 @@ def test_per_thread_panels_of_the_projection(kind, threads, T, B):
              proj_size=40).eval()
     rng = np.random.default_rng(T)
     x = rng.standard_normal((T, B, 11)).astype(np.float32)
-    lengths = rng.integers(0, T + 1, B)
+    lengths = random_lengths(rng, T, B)
     lengths[0] = T
     check_reference(kind, m, x, lengths)
 
@@ -135,7 +122,7 @@ def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, ker
              proj_size=40).eval()
     rng = np.random.default_rng(layers)
     x = rng.standard_normal((12, 16, 11)).astype(dtype)
-    lengths = rng.integers(0, 13, 16)
+    lengths = random_lengths(rng, 12, 16)
     lengths[0], lengths[1] = 12, 0
     outs = []
     for threads in (2, 3, 1):
@@ -150,17 +137,17 @@ def test_bidirectional_eval_runs_the_directions_at_once(kind, layers, dtype, ker
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, dtype):
+def test_split_directions_pack_w_hh_per_call_on_their_own_scratch(kind, float_dtype):
     """Without a packed copy (Seq.forward with packed=None, which lstmc.nn never does when it
     can pack) under packed_c, each direction of a split call packs its W_hh per call into its
     own run of scratch (csrc/seq.c dir1): two threads give one thread's result bit for bit,
     and the module's (on its packed copy) to rounding. Scratch and outputs start as NaN."""
+    dtype = float_dtype
     _core._set_recurrent_kernel("packed_c")
     T, B, I, H, L = 12, 16, 11, 65, 2
     m = make(kind, I, H, layers=L, bidirectional=True, seed=3, dtype=dtype).eval()
     rng = np.random.default_rng(3)
-    lengths = np.sort(rng.integers(0, T + 1, B))[::-1].astype(np.intc)
+    lengths = np.sort(random_lengths(rng, T, B))[::-1].astype(np.intc)
     lengths[0], lengths[-1] = T, 0
     seq = _core.Seq(m._cell, T, B, I, H, m._proj, L, 2, m.bias, lengths)
     N = seq.rows
@@ -275,7 +262,7 @@ def test_keras_set_weights_after_predict():
     second = model.predict(x, verbose=0)
     model2 = models.Sequential([layers.LSTM(5, input_shape=(4, 3))])
     model2.set_weights(weights)
-    np.testing.assert_allclose(second, model2.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert_close("after set_weights", second, model2.predict(x, verbose=0), 1e-6, 1e-7)
     assert np.abs(second - first).max() > 1e-4
 
 

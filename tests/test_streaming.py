@@ -21,16 +21,7 @@ from hypothesis import strategies as st
 
 import lstmc
 from lstmc import reference
-from conftest import assert_close
-
-CONFIGS = {
-    "lstm": (lstmc.nn.LSTM, {}),
-    "lstm_proj": (lstmc.nn.LSTM, {"proj_size": 3}),
-    "gru": (lstmc.nn.GRU, {}),
-    "gru_reset_before": (lstmc.nn.GRU, {"reset_after": False}),
-    "rnn_tanh": (lstmc.nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (lstmc.nn.RNN, {"nonlinearity": "relu"}),
-}
+from helpers import CELLS, assert_close, make_module
 
 
 def tol(dtype):
@@ -38,9 +29,8 @@ def tol(dtype):
 
 
 def make(name, I=5, H=6, L=2, dtype=np.float64, **extra):
-    cls, kw = CONFIGS[name]
     lstmc.manual_seed(7)
-    m = cls(I, H, num_layers=L, dtype=dtype, **{**kw, **extra})
+    m = make_module(name, I, H, dtype=dtype, num_layers=L, **extra)
     m.eval()
     return m
 
@@ -108,13 +98,13 @@ def check_stream(m, T, B, seed=0):
         assert_close("state.c vs reference", state.c, ref_c, **ref_t)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("B", [1, 3])
 def test_step_equals_forward_and_reference(name, B, float_dtype):
     check_stream(make(name, dtype=float_dtype), T=5, B=B)
 
 
-@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "gru_reset_before"])
+@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "gru_rb"])
 def test_step_in_place_with_a_team_of_threads(name):
     """H = 128 is large enough for the kernels to split a step's units between 2 threads;
     each then updates its own columns of state.h / state.c in place."""
@@ -339,8 +329,8 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
         for h2 in (np.asfortranarray(h), h.astype(other)):
             ref_h = cell(x, (h, c))[0] if lstm else cell(x, h)
             got_h = cell(x, (h2, c))[0] if lstm else cell(x, h2)
-            np.testing.assert_allclose(got_h, ref_h, rtol=1e-6 if other == np.float32 else 0,
-                                       atol=1e-6 if other == np.float32 else 0)
+            assert_close("converted h", got_h, ref_h,
+                         1e-6 if other == np.float32 else 0, 1e-6 if other == np.float32 else 0)
         with pytest.raises(ValueError, match="x must be"):
             cell(np.zeros((b, 6), float_dtype), (h, c) if lstm else h)
         with pytest.raises(ValueError, match=r"x must have at least one row, got shape \(0, 5\)"):
@@ -360,10 +350,10 @@ def test_eval_cells_fast_call_matches_the_converting_one(cell_cls, float_dtype):
                        for b_ in arrays[i + 1:])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_plain_rows_accepts_only_matrices_the_kernels_read_as_they_are(dtype):
+def test_plain_rows_accepts_only_matrices_the_kernels_read_as_they_are(float_dtype):
     """_core.plain_rows, the cells' fast-path test: the row count of a C-contiguous 2-D
     array of the dtype with the given width, -1 for anything else."""
+    dtype = float_dtype
     other = np.float64 if dtype == np.float32 else np.float32
     a = np.zeros((3, 4), dtype)
     assert lstmc._core.plain_rows(a, np.dtype(dtype), 4) == 3
@@ -400,7 +390,7 @@ def test_eval_cell_step_between_training_step_and_backward():
 
 
 @settings(max_examples=40, deadline=None)
-@given(name=st.sampled_from(sorted(CONFIGS)), I=st.integers(1, 9), H=st.integers(1, 9),
+@given(name=st.sampled_from(sorted(CELLS)), I=st.integers(1, 9), H=st.integers(1, 9),
        L=st.integers(1, 3), T=st.integers(1, 4), B=st.integers(1, 4),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
 def test_step_equals_forward_hypothesis(name, I, H, L, T, B, dtype, seed):

@@ -18,47 +18,35 @@ import numpy as np
 import pytest
 
 import lstmc
-from conftest import assert_close, module_reference
+from helpers import (KERNEL_TOL, assert_close, make_module, module_reference, random_lengths,
+                     scale_of)
 
 KERNELS = ["blas", "packed_c", "packed_avx2"]
+KINDS = ["lstm", "lstm_proj", "gru", "gru_rb", "rnn_tanh"]   # cells of helpers.CELLS
 
-# kind -> (module class, constructor kwargs)
-KINDS = {
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {"proj_size": 3}),
-    "gru": ("GRU", {"reset_after": True}),
-    "gru_rb": ("GRU", {"reset_after": False}),
-    "rnn": ("RNN", {"nonlinearity": "tanh"}),
-}
-
-
-@pytest.fixture(autouse=True)
-def restore_kernel_and_threads():
-    threads = lstmc.get_num_threads()
-    yield
-    lstmc._core._set_recurrent_kernel("auto")
-    lstmc.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0):
-    """A module of `kind` with random weights, its input, lengths and the reference output."""
-    cls, kwargs = KINDS[kind]
+    """A module of `kind` with random weights, its input and lengths."""
+    kwargs = {}
     if kind == "lstm_proj" and H <= 3:
-        kwargs = {"proj_size": H - 1} if H > 1 else {}
+        kwargs = {"proj_size": H - 1 if H > 1 else 0}
     rng = np.random.default_rng(seed)
-    m = getattr(lstmc.nn, cls)(5, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
-                               **kwargs)
+    m = make_module(kind, 5, H, dtype=dtype, num_layers=layers, bidirectional=bidirectional,
+                    **kwargs)
     for _, p in m.named_parameters():
         p.data[...] = rng.uniform(-0.6, 0.6, p.shape)
     T = 6
     x = rng.standard_normal((T, B, 5)).astype(dtype)
-    lengths = rng.integers(0, T + 1, B) if ragged else None
+    lengths = random_lengths(rng, T, B) if ragged else None
     return m, x, lengths
 
 
 def tolerances(dtype, expected):
-    scale = max(1.0, float(np.abs(expected).max()))
-    return (1e-4, 1e-5 * scale) if dtype == np.float32 else (1e-10, 1e-10 * scale)
+    """SPEC section 7's output tolerance, atol scaled by max(1, max|expected|)."""
+    rtol, atol = KERNEL_TOL[dtype].out
+    return rtol, atol * scale_of(expected)
 
 
 def run(m, x, lengths, kernel):
@@ -89,11 +77,12 @@ def assert_packed_gradients_match_blas(m, x, lengths, label, states=slice(None))
         grads[kernel] = [dx] + hx[states] + params
     for kernel in ("packed_c", "packed_avx2"):
         for a, b in zip(grads[kernel], grads["blas"]):
-            assert_close(f"{label} {kernel}", a, b, 1e-3, 1e-4 * max(1.0, float(np.abs(b).max())))
+            rtol, atol = KERNEL_TOL[np.float32].grad
+            assert_close(f"{label} {kernel}", a, b, rtol, atol * scale_of(b))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("H", [1, 7, 9, 13, 33])
 def test_kernels_match_reference(kind, H, kernel):
     for B in range(1, 10):
@@ -105,7 +94,7 @@ def test_kernels_match_reference(kind, H, kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_kernels_ragged_bidirectional_two_layers(kind, kernel):
     for H, B in [(7, 3), (9, 5), (13, 8)]:
         m, x, lengths = build(kind, H, B, np.float32, layers=2, bidirectional=True, ragged=True,
@@ -116,7 +105,7 @@ def test_kernels_ragged_bidirectional_two_layers(kind, kernel):
                      *tolerances(np.float32, expected))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_packed_float64_matches_reference(kind):
     """float64 packs too when forced (the portable kernel), to float64 accuracy."""
     for H, B in [(1, 1), (9, 2), (13, 4), (33, 7)]:
@@ -127,7 +116,7 @@ def test_packed_float64_matches_reference(kind):
                      *tolerances(np.float64, expected))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_packed_twins_agree(kind):
     """The AVX2 kernel and its portable twin: same packed layout, same order over k."""
     for H, B in [(9, 1), (13, 2), (33, 3), (33, 4), (70, 9)]:
@@ -183,8 +172,8 @@ def test_training_in_groups_of_strips(kind, H):
         dx, states, params = gradients(m, x, lengths, dout, kernel)
         grads[kernel] = [dx] + states + params
     for a, b in zip(grads["packed_avx2"], grads["blas"]):
-        assert_close(f"{kind} H{H} B7 gradients", a, b, 1e-3,
-                     1e-4 * max(1.0, float(np.abs(b).max())))
+        rtol, atol = KERNEL_TOL[np.float32].grad
+        assert_close(f"{kind} H{H} B7 gradients", a, b, rtol, atol * scale_of(b))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -202,7 +191,7 @@ def test_kernels_two_threads_partial_block(kind, kernel):
 
 
 @pytest.mark.parametrize("B", [1, 4, 9, 33])
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_training_forward_and_backward_with_packed_kernel(kind, B):
     """A training forward runs the packed kernel too, its saved gates feed the backward, and
     the backward's dh_prev = dgates W_hh runs on W_hh^T packed per call (accumulating onto
@@ -224,7 +213,7 @@ def test_kernel_setting():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("H", [13, 29, 45])
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_backward_partial_second_vector(kind, H, threads):
     """The backward's W_hh^T pack (lstmc_pack_columns) and dh_prev where the last block of h
     columns has 9 to 15 live units, so its strip's second vector is partly masked: H 13, 29
@@ -257,7 +246,7 @@ def test_groups_that_cut_a_tile_short(kind, H, B):
 
 @pytest.mark.parametrize("kernel", ["packed_c", "packed_avx2"])
 @pytest.mark.parametrize("kind, H, B", [("lstm", 80, 1), ("lstm", 45, 3), ("gru", 70, 2),
-                                        ("rnn", 150, 1), ("lstm", 400, 8)])
+                                        ("rnn_tanh", 150, 1), ("lstm", 400, 8)])
 def test_odd_steps_reverse_the_work_not_the_result(kind, H, B, kernel):
     """On odd steps the packed product walks its strips (and groups) last to first (recur.c,
     `reverse`); every output still sums over k in the same order, so a forward over T steps
