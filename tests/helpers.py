@@ -16,7 +16,7 @@ parametrised over (the ids used in test names): ``lstm``, ``lstm_proj``, ``gru``
 (reset_after=True, PyTorch), ``gru_rb`` (reset_after=False, Keras v1), ``rnn_tanh``,
 ``rnn_relu``; ``make_module`` / ``make_cell`` build them.
 
-Tolerances: ``KERNEL_TOL[dtype].out`` / ``.grad`` are SPEC section 7's (rtol, atol) of a
+Tolerances: ``KERNEL_TOL[dtype].out`` / ``.grad`` are docs/spec.md §7's (rtol, atol) of a
 kernel against the float64 reference (atol scaled by ``max(1, max|expected|)``);
 ``THREAD_TOL`` bounds 1 vs 2 threads (see test_threads.py).
 """
@@ -144,7 +144,7 @@ def numerical_grad(f, a, eps=1e-6):
 
 Tol = namedtuple("Tol", "out grad")
 
-# SPEC section 7: a kernel against the float64 reference, (rtol, atol) with atol scaled by
+# docs/spec.md §7: a kernel against the float64 reference, (rtol, atol) with atol scaled by
 # max(1, max|expected|)
 KERNEL_TOL = {
     np.float32: Tol(out=(1e-4, 1e-5), grad=(1e-3, 1e-4)),

@@ -1,4 +1,4 @@
-"""Bad input and odd data (SPEC.md section 6), for every cell.
+"""Bad input and odd data (docs/spec.md §6), for every cell.
 
 * Every bad call raises the documented exception before any C code runs, with a message that
   names the argument (and, for shapes, the actual shape). The checks shared by every cell are

@@ -1,6 +1,5 @@
-"""The Keras flavour's model: SPEC's snippet, fit / evaluate / predict, losses and optimizers
-against Keras' rules, callbacks, the progress bar, save / load_model."""
-import io as _io
+"""The Keras flavour's model: docs/spec.md §5's snippet, fit / evaluate / predict, losses and
+optimizers against Keras' rules, callbacks, the progress bar, save / load_model."""
 import os
 
 import numpy as np
@@ -32,7 +31,7 @@ def _sum_sign_data(n=512, seed=0):
 
 
 def test_spec_keras_snippet_learns():
-    """SPEC §5's Keras example with only its import lines changed."""
+    """docs/spec.md §5's Keras example with only its import lines changed."""
     lstmc.manual_seed(0)
     x_train, y_train = _sum_sign_data()
     from lstmc.models import Sequential
@@ -241,7 +240,7 @@ def test_predict_evaluate_and_batches():
     p = model.predict(x, batch_size=16)
     assert p.shape == (70, 1)
     # dropout off: deterministic, up to the rounding of batches of other sizes (their BLAS
-    # kernels and thread teams differ): SPEC section 7's thread bound
+    # kernels and thread teams differ): docs/spec.md §7's thread bound
     bound = THREAD_TOL[np.float32] * scale_of(p)
     assert_close("predict, batches of 32 vs 16", model.predict(x), p, 0.0, bound)
     assert_close("call on 5 rows vs predict", model(x[:5]), p[:5], 0.0, bound)

@@ -1,6 +1,6 @@
 """lstmc.nn's C kernels, behind the Cython boundary, against lstmc.reference.
 
-The float64 NumPy reference is the spec (SPEC.md section 7). Every check runs the module
+The float64 NumPy reference is the spec (docs/spec.md §7). Every check runs the module
 and the reference on the same numbers (the module's own dtype-rounded parameters, inputs and
 states, widened to float64) and compares outputs, final states, dx, the initial states'
 gradients and every parameter gradient by its PyTorch name. Every cell runs through the
@@ -9,7 +9,7 @@ directions, bias, layouts, lengths with zeros, initial states, the final states'
 dropout and NaN padding): LSTM, LSTM with a projection, GRU reset_after=True and False
 (torch cannot express False: the reference is its only check), RNN tanh and relu.
 
-Tolerances (SPEC section 7, helpers.KERNEL_TOL), per tensor with
+Tolerances (docs/spec.md §7, helpers.KERNEL_TOL), per tensor with
 ``scale = max(1, max|expected|)``:
 
 * float64: ``|actual - expected| <= 1e-10 * scale + 1e-10 * |expected|``;

@@ -5,7 +5,7 @@
   layout, the (C,) / scalar-target form, an upstream gradient), in float64 (1e-12) and
   float32 (1e-6 relative). The torch tests skip without torch.
 * A float64 central finite-difference check of every backward (no torch needed).
-* dtypes and return types; bad input (SPEC.md section 6).
+* dtypes and return types; bad input (docs/spec.md §6).
 """
 import re
 

@@ -4,7 +4,7 @@ In eval mode a float32 recurrent module packs W_ih and W_hh once, into the order
 kernels stream, and every eval forward, streaming step and eval cell call reads that copy.
 What must hold:
 
-* results equal the float64 reference (SPEC section 7 tolerances) for every cell, with and
+* results equal the float64 reference (docs/spec.md §7 tolerances) for every cell, with and
   without the packed input projection (at most LSTMC_PACKED_PROJ_MAX_ROWS = 1024 positions)
   and the packed recurrent product (batch <= LSTMC_PACK_MAX_ROWS = 128), ragged lengths, two
   layers, both directions, and any split of the units between threads (the projection lives

@@ -10,7 +10,7 @@ row alone four), ragged lengths (rows drop out of the product step by step), bot
 and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set) and
 reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
-Tolerances as SPEC section 7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
+Tolerances as docs/spec.md §7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
 max(1, max|expected|); the two packed kernels sum over k in the same order and differ only by
 FMA rounding: 4e-6 between them.
 """
@@ -44,7 +44,7 @@ def build(kind, H, B, dtype, layers=1, bidirectional=False, ragged=False, seed=0
 
 
 def tolerances(dtype, expected):
-    """SPEC section 7's output tolerance, atol scaled by max(1, max|expected|)."""
+    """docs/spec.md §7's output tolerance, atol scaled by max(1, max|expected|)."""
     rtol, atol = KERNEL_TOL[dtype].out
     return rtol, atol * scale_of(expected)
 

@@ -309,7 +309,7 @@ def test_matches_torch_other_lengths(torch, float_dtype, cell, batch_first, bidi
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_lstm_padding_values_never_influence(torch, float_dtype, bidirectional):
-    """NaN in x and in dout at padded steps must not reach any result (SPEC §6)."""
+    """NaN in x and in dout at padded steps must not reach any result (docs/spec.md §6)."""
     dtype = float_dtype
     D, L = (2 if bidirectional else 1), 2
     tm, mm = make_pair(torch, "lstm_proj", dtype, seed=3, num_layers=L,
