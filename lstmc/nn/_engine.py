@@ -272,10 +272,10 @@ class Engine:
 
 class Stepper:
     """One eval-mode timestep of B rows through all layers of a unidirectional problem, on an
-    engine's weights: the T = 1 Seq, its scratch and an output buffer, sized once, so that a
-    step allocates nothing."""
+    engine's weights: the T = 1 Seq, its scratch and output buffer, sized once (a stream
+    state steps on them; a cell calls run)."""
 
-    __slots__ = ("batch_size", "seq", "scratch", "y", "_engine")
+    __slots__ = ("batch_size", "seq", "scratch", "y", "_engine", "_out_shape", "_has_c")
 
     def __init__(self, engine, B):
         spec = engine.spec
@@ -284,12 +284,20 @@ class Stepper:
         self.scratch = np.empty(self.seq.scratch_size(False), dtype=spec.dtype)
         self.y = np.empty((B, spec.hout), dtype=spec.dtype)
         self._engine = engine
+        self._has_c = spec.has_c
+        L = spec.num_layers
+        self._out_shape = (2 if spec.has_c else 1,) + ((L,) if L > 1 else ()) + (B, spec.hout)
 
-    def run(self, hn, cn, x, h0, c0):
-        """x (B, I), h0/c0 (L, B, .) or None -> hn, cn (which may be h0, c0: the driver
-        copies each layer's state before it writes it, csrc/seq.inc). Holds the engine's
-        lock: the scratch is shared by the threads that call one cell."""
+    def run(self, x, h0, c0):
+        """x (B, I), h0/c0 L x B x H_out elements or None (zeros), C-contiguous arrays of the
+        dtype -> new arrays h', c' (L, B, H_out), (B, H_out) for one layer (views of one
+        array; c' None without c). Holds the engine's lock: the scratch is shared by the
+        threads that call one cell."""
         engine = self._engine
+        out = np.empty(self._out_shape, dtype=self.y.dtype)
+        hn = out[0]
+        cn = out[1] if self._has_c else None
         with engine.lock:
             self.seq.forward(self.y, hn, cn, None, x, h0, c0, None, engine.flat, self.scratch,
                              engine.weights.get_locked())
+        return hn, cn

@@ -60,7 +60,10 @@ class _CellBase(Module):
             B = _core.plain_rows(x, self.dtype, self.input_size)
             if B > 0 and (h is None or _core.plain_rows(h, self.dtype, self.hidden_size) == B) \
                     and (c is None or _core.plain_rows(c, self.dtype, self.hidden_size) == B):
-                return self._eval_step(x, h, c)
+                stepper = self.__dict__.get("_stepper")
+                if stepper is None or stepper.batch_size != B:
+                    stepper = self._stepper_for(B)
+                return stepper.run(x, h, c)
         xa = as_float(x, "x", self.dtype)
         if xa.ndim not in (1, 2) or xa.shape[-1] != self.input_size:
             raise ValueError(f"x must be (B, {self.input_size}) or ({self.input_size},), got "
@@ -76,25 +79,19 @@ class _CellBase(Module):
             self._unbatched = unbatched
             hn, cn = hn[0], None if cn is None else cn[0]
         else:
-            hn, cn = self._eval_step(np.ascontiguousarray(xb), _contiguous(states[0]),
-                                     _contiguous(states[1]))
+            hn, cn = self._stepper_for(B).run(np.ascontiguousarray(xb), _contiguous(states[0]),
+                                              _contiguous(states[1]))
         pick = (lambda a: a[0]) if unbatched else (lambda a: a)
         return pick(hn), None if cn is None else pick(cn)
 
-    def _eval_step(self, xb, h0, c0):
-        """An eval-mode step on the Stepper of the last batch size; xb (B, I), h0/c0 B x H
-        elements or None, all C-contiguous arrays of the cell's dtype. Returns fresh (B, H)
-        arrays h', c' (c' None without c), as torch's cells do: views of one new array."""
-        B = xb.shape[0]
+    def _stepper_for(self, B):
+        """The Stepper of the eval step (kept for the next call of the same batch size). Its
+        run returns new arrays, as torch's cells do."""
         stepper = self.__dict__.get("_stepper")
         if stepper is None or stepper.batch_size != B:
             stepper = self._seq._stepper(B)
             object.__setattr__(self, "_stepper", stepper)   # not a parameter or child
-        out = np.empty((2 if self._has_c else 1, B, self.hidden_size), dtype=self.dtype)
-        hn = out[0]
-        cn = out[1] if self._has_c else None
-        stepper.run(hn, cn, xb, h0, c0)
-        return hn, cn
+        return stepper
 
     def _step_backward(self, dh, dc):
         B = self._seq._saved().plan.B

@@ -69,9 +69,7 @@ class _RNNBase(Streaming, Module):
         return dict(_engine=engine, _last_dropout_masks=[])
 
     def _spec(self):
-        engine = self.__dict__.get("_engine")
-        if engine is not None:
-            return engine.spec
+        """This module's shapes, as its engine, plans and stream states take them."""
         return Spec(self._cell, self.input_size, self.hidden_size, self._proj,
                     self.num_layers, self._D, self.bias, self.dtype)
 
