@@ -40,3 +40,12 @@ def positive_int(value, name, minimum=1):
 def check_shape(arr, name, expected):
     if arr.shape != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {arr.shape}")
+
+
+def pair(value, names):
+    """An optional (a, b) pair of arrays -> a, b (each may be None)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"({names[0]}, {names[1]}) must be a pair of arrays or None")
+    return value[0], value[1]

@@ -231,11 +231,9 @@ class Engine:
         `Saved` (with `unbatched`, for the caller's backward). Returns out (T, B, D*H_out),
         zeros at padding, h_n and c_n (L*D, B, .) (c_n None without c)."""
         spec = self.spec
-        LD, B, H, Hout = spec.num_layers * spec.directions, plan.B, spec.hidden_size, spec.hout
-        Y = spec.directions * Hout
+        Y = spec.directions * spec.hout
         y = np.empty((plan.N, Y), dtype=spec.dtype)
-        hn = np.empty((LD, B, Hout), dtype=spec.dtype)
-        cn = np.empty((LD, B, H), dtype=spec.dtype) if spec.has_c else None
+        hn, cn = self._new_states(plan.B)
         seq = plan.seq
         with self.lock:
             packed = None if train else self.weights.get_locked()
@@ -253,11 +251,9 @@ class Engine:
         RuntimeError). dy (T, B, D*H_out); dhn, dcn (L*D, B, .) or None. Adds the parameter
         gradients to flat_grad; returns dx (T, B, I), dh0, dc0 (dc0 None without c)."""
         spec, plan = self.spec, saved.plan
-        LD, B, H, Hout = spec.num_layers * spec.directions, plan.B, spec.hidden_size, spec.hout
         dyp = plan.pack(dy)
         dx = np.empty((plan.N, spec.input_size), dtype=spec.dtype)
-        dh0 = np.empty((LD, B, Hout), dtype=spec.dtype)
-        dc0 = np.empty((LD, B, H), dtype=spec.dtype) if spec.has_c else None
+        dh0, dc0 = self._new_states(plan.B)
         seq = plan.seq
         with self.lock:
             if self.saved is not saved:
@@ -268,6 +264,13 @@ class Engine:
                          self.flat, self.workspace.get("scratch", seq.scratch_size(True)))
         return plan.unpack(dx, spec.input_size), plan.from_sorted(dh0), \
             None if dc0 is None else plan.from_sorted(dc0)
+
+    def _new_states(self, B):
+        """Empty h (L*D, B, H_out) and c (L*D, B, H) (None without c)."""
+        spec = self.spec
+        LD = spec.num_layers * spec.directions
+        h = np.empty((LD, B, spec.hout), dtype=spec.dtype)
+        return h, np.empty((LD, B, spec.hidden_size), dtype=spec.dtype) if spec.has_c else None
 
 
 class Stepper:
@@ -289,10 +292,10 @@ class Stepper:
         self._out_shape = (2 if spec.has_c else 1,) + ((L,) if L > 1 else ()) + (B, spec.hout)
 
     def run(self, x, h0, c0):
-        """x (B, I), h0/c0 L x B x H_out elements or None (zeros), C-contiguous arrays of the
-        dtype -> new arrays h', c' (L, B, H_out), (B, H_out) for one layer (views of one
-        array; c' None without c). Holds the engine's lock: the scratch is shared by the
-        threads that call one cell."""
+        """x (B, I), h0/c0 L x B x H elements or None (zeros), C-contiguous arrays of the
+        dtype -> new arrays h', c' (L, B, H), (B, H) for one layer (views of one array, so
+        without projection; c' None without c). Holds the engine's lock: the scratch is
+        shared by the threads that call one cell."""
         engine = self._engine
         out = np.empty(self._out_shape, dtype=self.y.dtype)
         hn = out[0]

@@ -4,16 +4,14 @@ torch's cell names (weight_ih, weight_hh, bias_ih, bias_hh)."""
 import numpy as np
 
 from lstmc import _core
-from lstmc.nn._checks import as_float, check_shape
+from lstmc.nn._checks import as_float, check_shape, pair
 from lstmc.nn.module import Module
-from lstmc.nn.rnn import GRU, LSTM, RNN, _pair
+from lstmc.nn.rnn import GRU, LSTM, RNN
 
 
 class _CellBase(Module):
     """One step of one layer of a sequence module (eval: on its Stepper; training: a T = 1
     forward, whose saved state backward reads)."""
-
-    _has_c = False     # carries a cell state c (LSTM)
 
     def __init__(self, seq_module):
         super().__init__()
@@ -110,15 +108,13 @@ class LSTMCell(_CellBase):
     """One LSTM step, as torch.nn.LSTMCell: `h, c = cell(x, (h, c))`; parameters weight_ih
     (4H, I), weight_hh (4H, H), bias_ih (4H), bias_hh (4H)."""
 
-    _has_c = True
-
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32):
         super().__init__(LSTM(input_size, hidden_size, bias=bias, dtype=dtype))
 
     def forward(self, x, hx=None):
         """x (B, input_size) or (input_size,); hx (h, c) each (B, H) / (H,), or None (zeros).
         Returns (h', c')."""
-        h, c = _pair(hx, ("h", "c"))
+        h, c = pair(hx, ("h", "c"))
         return self._step(x, h, c)
 
     def backward(self, dh, dc=None):

@@ -13,7 +13,7 @@ import numpy as np
 
 from lstmc import _core
 from lstmc._random import generator
-from lstmc.nn._checks import as_float, check_shape, dtype_of, positive_int
+from lstmc.nn._checks import as_float, check_shape, dtype_of, pair, positive_int
 from lstmc.nn._engine import Engine, Spec
 from lstmc.nn.module import Module, Parameter, to_numpy
 from lstmc.nn.streaming import Streaming
@@ -321,12 +321,12 @@ class LSTM(_RNNBase):
         return super()._repr_defaults() + (("proj_size", 0),)
 
     def forward(self, x, hx=None, lengths=None):
-        h0, c0 = _pair(hx, ("h0", "c0"))
+        h0, c0 = pair(hx, ("h0", "c0"))
         out, hn, cn = self._run(x, h0, c0, lengths)
         return out, (hn, cn)
 
     def backward(self, dout, dhx=None):
-        dhn, dcn = _pair(dhx, ("dh_n", "dc_n"))
+        dhn, dcn = pair(dhx, ("dh_n", "dc_n"))
         dx, dh0, dc0 = self._run_backward(dout, dhn, dcn)
         return dx, (dh0, dc0)
 
@@ -403,14 +403,3 @@ class RNN(_HiddenStateRNN):
 
     def _repr_defaults(self):
         return super()._repr_defaults() + (("nonlinearity", "tanh"),)
-
-
-def _pair(value, names):
-    """An optional (a, b) pair of arrays -> a, b (each may be None)."""
-    if value is None:
-        return None, None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"({names[0]}, {names[1]}) must be a pair of arrays or None")
-    return value[0], value[1]
-
-
