@@ -1,4 +1,4 @@
-"""The packed eval-mode weights (csrc/lstmc.h lstmc_seq_pack_*, lstmc.nn.rnn _RNNBase._packed).
+"""The packed eval-mode weights (csrc/lstmc.h lstmc_seq_pack_*, lstmc.nn._engine PackedWeights).
 
 In eval mode a float32 recurrent module packs W_ih and W_hh once, into the order the packed
 kernels stream, and every eval forward, streaming step and eval cell call reads that copy.
@@ -63,7 +63,7 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     lengths = random_lengths(rng, T, B) if ragged else None
     check_reference(kind, m, x, lengths)
-    assert m._pack is not None
+    assert m._engine.weights.packed is not None
 
 
 @needs_packing
@@ -226,7 +226,7 @@ def test_optimizer_step_in_eval_mode_is_seen_by_the_next_call(make_opt):
     x = np.random.default_rng(2).standard_normal((5, 3, 6)).astype(np.float32)
     before = m(x)[0]
     _grad_step(m, make_opt(list(m.parameters())))
-    assert m._pack is None                       # dropped by the step
+    assert m._engine.weights.packed is None      # dropped by the step
     after = m(x)[0]
     assert np.abs(after - before).max() > 1e-3   # the update is visible
     check_reference("gru", m, x)
@@ -241,7 +241,7 @@ def test_load_state_dict_in_eval_mode_is_seen_by_stream_and_cell():
     state = m.initial_state(1)
     m.step(x[0, 0], state)                       # packs the old weights
     cell(x[0, 0])
-    assert m._pack is not None and cell._seq._pack is not None
+    assert m._engine.weights.packed is not None and cell._seq._engine.weights.packed is not None
     m.load_state_dict(src.state_dict())
     cell.load_state_dict({k[:-3]: v for k, v in src.state_dict().items()})
     expected = module_reference(src, x)[0, 0]
@@ -279,12 +279,12 @@ def test_cell_kind_is_fixed_at_construction():
 def test_float64_and_forced_blas_do_not_pack():
     m = make("lstm", 3, 8, dtype=np.float64).eval()
     m(np.ones((2, 1, 3)))
-    assert m._pack is None and m.weight_hh_l0.data.flags.writeable
+    assert m._engine.weights.packed is None and m.weight_hh_l0.data.flags.writeable
     _core._set_recurrent_kernel("blas")
     m32 = make("lstm", 3, 8).eval()
     x = np.ones((2, 1, 3), dtype=np.float32)
     check_reference("lstm", m32, x)
-    assert m32._pack is None
+    assert m32._engine.weights.packed is None
 
 
 @needs_packing
@@ -294,7 +294,7 @@ def test_a_pack_is_correct_under_every_kernel_setting():
     m = make("gru_rb", 7, 19).eval()
     x = np.random.default_rng(5).standard_normal((9, 3, 7)).astype(np.float32)
     m(x)
-    assert m._pack is not None
+    assert m._engine.weights.packed is not None
     for kernel in _core.RECURRENT_KERNELS:
         _core._set_recurrent_kernel(kernel)
         check_reference("gru_rb", m, x)

@@ -18,6 +18,7 @@ Inside `Sequential` a layer runs as `y, mask = layer.forward(x, mask, training)`
 """
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -460,6 +461,15 @@ class _Steps:
 _GATE_ORDER = {"lstm": [0, 1, 2, 3], "gru": [1, 0, 2], "simple_rnn": [0]}
 
 
+class _Saved(NamedTuple):
+    """What a recurrent layer's forward keeps for its backward."""
+    steps: _Steps              # the mask's order of steps
+    drop: np.ndarray           # (B, 1, F) input dropout mask, or None
+    training: bool
+    B: int
+    T: int
+
+
 class _RNN(Layer):
     """Shared by LSTM, GRU and SimpleRNN: arguments, masks, states, weight conversion."""
 
@@ -560,7 +570,7 @@ class _RNN(Layer):
             else:
                 values += [(b[0], self._blocks(weights[2])), (b[1], 0)]
         for p, value in values:
-            p.release()   # the module's packed eval-mode copy, if any, goes first
+            p.release()   # before writing: see lstmc.nn._engine.PackedWeights
             p.data[...] = value
 
     def _weight_shapes(self):
@@ -647,7 +657,7 @@ class _RNN(Layer):
                                                lengths=steps.lengths))
         if self.stateful:
             self._states = [s.copy() for s in states]
-        self._saved = (steps, drop, training, B, T)
+        self._saved = _Saved(steps, drop, training, B, T)
         y = self._merge(steps.scatter(out), states)
         if self.return_state:
             # Keras' order: h (and c) of the forward direction, then of the backward one
@@ -667,9 +677,10 @@ class _RNN(Layer):
         return None, (dy if self.bidirectional else dy[None])
 
     def backward(self, dy):
-        if self._saved is None or not self._saved[2]:
+        saved = self._saved
+        if saved is None or not saved.training:
             raise RuntimeError(f"{self.name}: backward needs a forward with training=True")
-        steps, drop, _, B, T = self._saved
+        steps, drop, B, T = saved.steps, saved.drop, saved.B, saved.T
         dy = to_numpy(dy).astype(self.dtype, copy=False)
         dseq, dh = self._merge_backward(dy, B, T)
         D = 2 if self.bidirectional else 1

@@ -1,9 +1,11 @@
 """PyTorch-flavoured modules over lstmc's kernels (numpy arrays in and out)."""
 from lstmc.nn import utils
+from lstmc.nn.cells import GRUCell, LSTMCell, RNNCell
 from lstmc.nn.layers import Dropout, Embedding, Linear, ReLU, Sequential, Sigmoid, Tanh
 from lstmc.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from lstmc.nn.module import Module, Parameter
-from lstmc.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, StreamState
+from lstmc.nn.rnn import GRU, LSTM, RNN
+from lstmc.nn.streaming import StreamState
 
 __all__ = ["Module", "Parameter", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
            "StreamState",

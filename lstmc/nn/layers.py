@@ -11,7 +11,7 @@ import numpy as np
 
 from lstmc._random import generator
 from lstmc.nn.module import Module, Parameter, to_numpy
-from lstmc.nn.rnn import _as_float, _dtype_of, _positive_int
+from lstmc.nn._checks import as_float, dtype_of, positive_int
 
 
 def _allocate(module, dtype, shapes):
@@ -40,9 +40,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.dtype = _dtype_of(dtype)
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.dtype = dtype_of(dtype)
         shapes = {"weight": (self.out_features, self.in_features)}
         if bias:
             shapes["bias"] = (self.out_features,)
@@ -58,7 +58,7 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
     def forward(self, x):
-        x = _as_float(x, "x", self.dtype)
+        x = as_float(x, "x", self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features on its last axis, got "
                              f"shape {x.shape}")
@@ -71,7 +71,7 @@ class Linear(Module):
 
     def backward(self, dy):
         x = _saved(self, "_x")
-        dy = _as_float(dy, "dy", self.dtype)
+        dy = as_float(dy, "dy", self.dtype)
         expected = x.shape[:-1] + (self.out_features,)
         if dy.shape != expected:
             raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
@@ -89,8 +89,8 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32):
         super().__init__()
-        self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
-        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
+        self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         if padding_idx is not None:
             padding_idx = int(padding_idx)
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
@@ -98,7 +98,7 @@ class Embedding(Module):
                                  f"{self.num_embeddings}), got {padding_idx}")
             padding_idx %= self.num_embeddings
         self.padding_idx = padding_idx
-        self.dtype = _dtype_of(dtype)
+        self.dtype = dtype_of(dtype)
         _allocate(self, self.dtype, {"weight": (self.num_embeddings, self.embedding_dim)})
         self._flat[:] = generator().standard_normal(self._flat.size)
         if padding_idx is not None:
@@ -121,7 +121,7 @@ class Embedding(Module):
 
     def backward(self, dy):
         idx = _saved(self, "_idx")
-        dy = _as_float(dy, "dy", self.dtype)
+        dy = as_float(dy, "dy", self.dtype)
         expected = idx.shape + (self.embedding_dim,)
         if dy.shape != expected:
             raise ValueError(f"dy must have shape {expected}, got {dy.shape}")

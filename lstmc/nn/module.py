@@ -5,10 +5,9 @@ gradient). Modules keep them as views into one flat buffer each, so writing `p.d
 changes the module, and an optimizer can update all of a module's parameters in one pass.
 
 A module may keep a copy derived from its parameters: the recurrent modules in eval mode keep
-their weights packed for the kernels (lstmc.nn.rnn). While such a copy exists, `data` is
-read-only, so that a write cannot leave the copy silently stale; code that writes parameters
-calls `p.release()` first (the optimizers, `load_state_dict`, `train()` do), which drops the
-copy and makes `data` writable again.
+their weights packed for the kernels. While such a copy exists `data` is read-only, and code
+that writes parameters calls `p.release()` first (the rule is stated once, in
+lstmc.nn._engine.PackedWeights).
 
 copy.deepcopy and pickle give a module whose parameters are views of its own flat buffer
 (Module.__getstate__ records where each one sits); a copy starts without derived copies.
@@ -26,14 +25,20 @@ class Parameter:
     def __init__(self, data, grad=None):
         self.data = data
         self.grad = np.zeros_like(data) if grad is None else grad
-        self._release = None   # set by a module while it keeps a copy derived from data
+        self._release = None   # set by _hold while a module keeps a copy derived from data
 
     def release(self):
         """Makes `data` writable: a module that keeps a copy derived from it (a recurrent
-        module's packed eval-mode weights) drops the copy. Call before writing `data` while
-        the module is in eval mode; the optimizers and load_state_dict do."""
+        module's packed eval-mode weights) drops the copy. Call before writing `data` (see
+        lstmc.nn._engine.PackedWeights); the optimizers and load_state_dict do."""
         if self._release is not None:
             self._release()
+
+    def _hold(self, release):
+        """For the owner of a copy derived from `data`: `release` (a callable that drops the
+        copy) makes `data` read-only until it is called; None makes it writable again."""
+        self.data.flags.writeable = release is None
+        self._release = release
 
     def __getstate__(self):   # copies start without a module's derived copy to release
         return self.data, self.grad
@@ -167,7 +172,7 @@ class Module:
                                  f"{value.shape}")
             values[name] = value
         for name, value in values.items():   # all checked before anything is written
-            params[name].release()
+            params[name].release()   # before writing: see lstmc.nn._engine.PackedWeights
             params[name].data[...] = value
         return missing, unexpected
 

@@ -113,7 +113,7 @@ class Optimizer:
                 if p.grad.shape != p.data.shape:
                     raise ValueError(f"gradient shape {p.grad.shape} does not match the "
                                      f"parameter's {p.data.shape}")
-                p.release()   # an eval-mode module's packed copy would go stale
+                p.release()   # before writing: see lstmc.nn._engine.PackedWeights
                 self._update(p, group, self.state.setdefault(p, {}))
         return loss
 

@@ -1,0 +1,306 @@
+"""The engine under lstmc.nn's recurrent modules: how a call maps onto the kernels' packed
+time-major layout (csrc/lstmc.h), the workspaces, the packed eval-mode weights, and the calls
+into `_core`. The sequence modules (LSTM, GRU, RNN), the cells and, through them, the Keras
+layers all run here; the modules check the user's arguments and shape the results, and
+nothing here knows PyTorch's or Keras' conventions (batch_first, unbatched inputs, hx pairs).
+
+Arrays handed to `Engine.forward` / `Engine.backward` are time-major (T, B, F) and states
+(L*D, B, F) in the caller's row order; the engine sorts rows by length (longest first) and
+drops padding for the kernels, and undoes both on the way out.
+"""
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from lstmc import _core
+
+
+class Spec:
+    """The shapes of one recurrent problem: what its plans, layout and packed copy follow."""
+
+    __slots__ = ("cell", "input_size", "hidden_size", "proj", "num_layers", "directions",
+                 "bias", "dtype", "hout", "has_c")
+
+    def __init__(self, cell, input_size, hidden_size, proj, num_layers, directions, bias,
+                 dtype):
+        self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
+        self.proj = proj   # projection size (LSTM's proj_size), 0 for none
+        self.num_layers, self.directions, self.bias, self.dtype = \
+            num_layers, directions, bias, dtype
+        self.hout = proj or hidden_size
+        self.has_c = cell == _core.CELL_LSTM
+
+    def seq(self, T, B, sorted_lengths):
+        """The kernels' problem of T steps of B rows (lengths sorted, longest first)."""
+        return _core.Seq(self.cell, T, B, self.input_size, self.hidden_size, self.proj,
+                         self.num_layers, self.directions, self.bias, sorted_lengths)
+
+    def layout(self):
+        """A one-step problem of these shapes: parameter and packed-copy layouts."""
+        return self.seq(1, 1, [1])
+
+
+class Plan:
+    """How one (T, B, lengths) problem maps onto the kernels' packed layout."""
+
+    def __init__(self, spec, T, B, lengths):
+        self.T, self.B = T, B
+        if lengths is None:
+            self.perm = None                      # identity: dense time-major == packed
+            sorted_lengths = np.full(B, T, dtype=np.intc)
+        else:
+            perm = np.argsort(-lengths, kind="stable")
+            sorted_lengths = lengths[perm]
+            self.perm = None if np.array_equal(perm, np.arange(B)) else perm
+        self.seq = spec.seq(T, B, sorted_lengths)
+        self.N = self.seq.rows
+        self.dense = self.N == T * B
+        if not self.dense:
+            # packed position k holds (t_idx[k], b_idx[k]) in the user's (T, B) grid
+            bs = self.seq.batch_sizes
+            offsets = np.concatenate(([0], np.cumsum(bs)[:-1]))
+            j = np.arange(self.N) - np.repeat(offsets, bs)
+            self.t_idx = np.repeat(np.arange(T), bs)
+            self.b_idx = j if self.perm is None else self.perm[j]
+
+    def pack(self, a):
+        """(T, B, F) -> contiguous (N, F)."""
+        if self.dense:
+            return np.ascontiguousarray(a).reshape(self.T * self.B, a.shape[-1])
+        return np.ascontiguousarray(a[self.t_idx, self.b_idx])
+
+    def unpack(self, packed, F):
+        """(N, F) -> (T, B, F), zeros at padding."""
+        if self.dense:
+            return packed.reshape(self.T, self.B, F)
+        out = np.zeros((self.T, self.B, F), dtype=packed.dtype)
+        out[self.t_idx, self.b_idx] = packed
+        return out
+
+    def to_sorted(self, state):
+        """(L*D, B, F) user row order -> contiguous, kernel (sorted) row order."""
+        if state is None:
+            return None
+        return np.ascontiguousarray(state if self.perm is None else state[:, self.perm])
+
+    def from_sorted(self, state):
+        if self.perm is None:
+            return state
+        out = np.empty_like(state)
+        out[:, self.perm] = state
+        return out
+
+
+class Workspace:
+    """Reusable scratch and reserve buffers, grown on demand, never shrunk."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._arrays = {}
+
+    def get(self, name, size):
+        arr = self._arrays.get(name)
+        if arr is None or arr.size < size:
+            arr = np.empty(max(size, 1), dtype=self.dtype)
+            self._arrays[name] = arr
+        return arr[:size]
+
+
+class Saved(NamedTuple):
+    """What a training-mode forward keeps for its backward."""
+    plan: Plan
+    x: np.ndarray              # (N, I) packed input, the engine's own copy
+    masks: np.ndarray          # (L-1, N, D*H_out) packed dropout masks, or None
+    reserve: np.ndarray        # the kernels' reserve (gates, states) of this forward
+    unbatched: bool            # how the caller shaped the call, handed back to its backward
+
+
+class PackedWeights:
+    """The kernels' packed copy of one module's weights (csrc/lstmc.h, lstmc_seq_pack_*) for
+    eval-mode calls, built on the first one and kept, as ONNX Runtime packs its weights once
+    per session; its lock, which the engine's calls also hold for the workspace and what a
+    forward saved; and the rule that keeps the copy true.
+
+    Release before writing: while the copy exists, the parameters (each Parameter's `data`
+    and the module's flat buffer) are read-only, so that a write cannot leave it stale. Code
+    that writes parameters calls `Parameter.release()` first, which reaches `release()` here,
+    drops the copy and makes them writable again: `train()`, `load_state_dict`, the
+    optimizers and the Keras layers' `set_weights` do. Numpy cannot make read-only an array
+    derived earlier from `data` (a slice or reshape you kept): call `p.release()` before
+    writing through one. There is no copy (`get` returns None) where the kernels would not
+    read it: float64 on a CPU without AVX2/FMA under the automatic kernel choice, or the
+    kernel forced to "blas".
+
+    What it saved when introduced, I = H = 512, T = 25, one thread, median (before / after):
+    B = 1 forward 5.65 / 3.85 ms (W_ih is no longer repacked inside sgemm on every call);
+    one streaming step 185 / 146 us; in `python -m lstmc bench`, the ratio to ONNX Runtime of
+    inf_h512_b1_t25 went 1.54 -> 0.99 (1 thread), 1.78 -> 1.01 (2)."""
+
+    __slots__ = ("lock", "_spec", "_flat", "_params", "_pack")
+
+    def __init__(self, spec, flat, params):
+        """params: the module's Parameters (a live view: each one's `data` is locked and
+        unlocked with `flat`, of which it is a view)."""
+        self.lock = threading.Lock()
+        self._spec, self._flat, self._params = spec, flat, params
+        self._pack = None
+
+    @property
+    def packed(self):
+        """The packed copy if one exists now (without building one), else None."""
+        return self._pack
+
+    def get(self):
+        """The packed copy, built if missing, or None. Takes the lock only to build: for
+        step(), which takes no lock. Forward and the cells hold the lock across the lookup
+        and the call (get_locked), so a forward that starts after a release and a write
+        sees the new weights."""
+        pack = self._pack
+        if pack is not None or not _core.packs(self._spec.dtype):
+            return pack
+        with self.lock:
+            return self.get_locked()
+
+    def get_locked(self):
+        """get, with self.lock held by the caller."""
+        if self._pack is None and _core.packs(self._spec.dtype):
+            layout = self._spec.layout()
+            buf = _core.empty_aligned(layout.packed_size, self._spec.dtype)
+            layout.pack(buf, self._flat)
+            self._read_only(True)
+            self._pack = buf
+        return self._pack
+
+    def release(self):
+        """Drops the packed copy and makes the parameters writable."""
+        with self.lock:
+            if self._pack is not None:
+                self._pack = None
+                self._read_only(False)
+
+    def _read_only(self, flag):
+        if not flag:
+            self._flat.flags.writeable = True   # the base first: views follow it
+        for p in self._params:
+            p._hold(self.release if flag else None)
+        if flag:
+            self._flat.flags.writeable = False
+
+
+def _flat(a):
+    return None if a is None else a.reshape(-1)
+
+
+class Engine:
+    """The kernels' side of one recurrent module: its Spec, its parameters' flat buffers, the
+    plans of its dense batches, its workspace, its packed weights (and their lock) and what
+    its last training forward saved."""
+
+    __slots__ = ("spec", "flat", "flat_grad", "weights", "lock", "workspace", "saved",
+                 "_plans")
+
+    def __init__(self, spec, flat, flat_grad, params):
+        self.spec = spec
+        self.flat, self.flat_grad = flat, flat_grad
+        self.weights = PackedWeights(spec, flat, params)
+        self.lock = self.weights.lock
+        self.workspace = Workspace(spec.dtype)
+        self.saved = None
+        self._plans = {}   # (T, B) -> Plan of a dense batch
+
+    def stepper(self, batch_size):
+        return Stepper(self, batch_size)
+
+    def plan(self, T, B, lengths):
+        """The Plan of a call. Dense batches reuse theirs (building one took 40 of the 90 us
+        a T=25 forward of an I = H = 8 LSTM spends outside the kernels)."""
+        if lengths is not None:
+            return Plan(self.spec, T, B, lengths)
+        plan = self._plans.get((T, B))
+        if plan is None:
+            if len(self._plans) >= 32:
+                self._plans.clear()
+            plan = self._plans[(T, B)] = Plan(self.spec, T, B, None)
+        return plan
+
+    def forward(self, plan, xp, h0, c0, masks, train, unbatched=False):
+        """The kernels' forward of `plan`. xp: (N, I) packed input (plan.pack; in training the
+        engine keeps it for backward: pass a copy of your own); h0, c0: (L*D, B, .) or None
+        (zeros); masks: (L-1, N, D*H_out) packed dropout masks or None. Training saves a
+        `Saved` (with `unbatched`, for the caller's backward). Returns out (T, B, D*H_out),
+        zeros at padding, h_n and c_n (L*D, B, .) (c_n None without c)."""
+        spec = self.spec
+        Y = spec.directions * spec.hout
+        y = np.empty((plan.N, Y), dtype=spec.dtype)
+        hn, cn = self._new_states(plan.B)
+        seq = plan.seq
+        with self.lock:
+            packed = None if train else self.weights.get_locked()
+            ws = self.workspace
+            reserve = ws.get("reserve", seq.reserve_size) if train else None
+            seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
+                        _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
+                        self.flat, ws.get("scratch", seq.scratch_size(train)), packed)
+            self.saved = Saved(plan, xp, masks, reserve, unbatched) if train else None
+        return plan.unpack(y, Y), plan.from_sorted(hn), \
+            None if cn is None else plan.from_sorted(cn)
+
+    def backward(self, saved, dy, dhn, dcn):
+        """The kernels' backward of the forward that saved `saved` (still the last one, or
+        RuntimeError). dy (T, B, D*H_out); dhn, dcn (L*D, B, .) or None. Adds the parameter
+        gradients to flat_grad; returns dx (T, B, I), dh0, dc0 (dc0 None without c)."""
+        spec, plan = self.spec, saved.plan
+        dyp = plan.pack(dy)
+        dx = np.empty((plan.N, spec.input_size), dtype=spec.dtype)
+        dh0, dc0 = self._new_states(plan.B)
+        seq = plan.seq
+        with self.lock:
+            if self.saved is not saved:
+                raise RuntimeError("another forward ran during backward's argument checks")
+            seq.backward(dx.reshape(-1), dh0.reshape(-1), _flat(dc0), self.flat_grad,
+                         saved.reserve, dyp.reshape(-1), _flat(plan.to_sorted(dhn)),
+                         _flat(plan.to_sorted(dcn)), saved.x.reshape(-1), _flat(saved.masks),
+                         self.flat, self.workspace.get("scratch", seq.scratch_size(True)))
+        return plan.unpack(dx, spec.input_size), plan.from_sorted(dh0), \
+            None if dc0 is None else plan.from_sorted(dc0)
+
+    def _new_states(self, B):
+        """Empty h (L*D, B, H_out) and c (L*D, B, H) (None without c)."""
+        spec = self.spec
+        LD = spec.num_layers * spec.directions
+        h = np.empty((LD, B, spec.hout), dtype=spec.dtype)
+        return h, np.empty((LD, B, spec.hidden_size), dtype=spec.dtype) if spec.has_c else None
+
+
+class Stepper:
+    """One eval-mode timestep of B rows through all layers of a unidirectional problem, on an
+    engine's weights: the T = 1 Seq, its scratch and output buffer, sized once (a stream
+    state steps on them; a cell calls run)."""
+
+    __slots__ = ("batch_size", "seq", "scratch", "y", "_engine", "_out_shape", "_has_c")
+
+    def __init__(self, engine, B):
+        spec = engine.spec
+        self.batch_size = B
+        self.seq = spec.seq(1, B, np.ones(B, dtype=np.intc))
+        self.scratch = np.empty(self.seq.scratch_size(False), dtype=spec.dtype)
+        self.y = np.empty((B, spec.hout), dtype=spec.dtype)
+        self._engine = engine
+        self._has_c = spec.has_c
+        L = spec.num_layers
+        self._out_shape = (2 if spec.has_c else 1,) + ((L,) if L > 1 else ()) + (B, spec.hout)
+
+    def run(self, x, h0, c0):
+        """x (B, I), h0/c0 L x B x H elements or None (zeros), C-contiguous arrays of the
+        dtype -> new arrays h', c' (L, B, H), (B, H) for one layer (views of one array, so
+        without projection; c' None without c). Holds the engine's lock: the scratch is
+        shared by the threads that call one cell."""
+        engine = self._engine
+        out = np.empty(self._out_shape, dtype=self.y.dtype)
+        hn = out[0]
+        cn = out[1] if self._has_c else None
+        with engine.lock:
+            self.seq.forward(self.y, hn, cn, None, x, h0, c0, None, engine.flat, self.scratch,
+                             engine.weights.get_locked())
+        return hn, cn
