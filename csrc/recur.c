@@ -21,6 +21,7 @@
  * inference) serves every thread count. Without such a copy, the sequence driver packs W_hh
  * per call (weights may change between any two).
  */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -197,7 +198,10 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
     case 41: tile_4_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 51: tile_5_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 61: tile_6_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
-    default: break;   /* no other shape is asked for (a new one without its case: no output) */
+    /* unreachable by construction: packed_gemm_avx2 asks for R <= TILE_ROWS rows and the S
+     * strips of R's tile or fewer, all of them cases above; a new shape without its case
+     * would otherwise leave C unwritten */
+    default: abort();
     }
 }
 
