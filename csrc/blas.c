@@ -8,7 +8,8 @@
  * Products with few rows (the recurrent step at small batch) go to gemv, one call per row:
  * OpenBLAS's gemm repacks the whole weight matrix on every call, which at one row costs 8x
  * the gemv (sgemm (1 x 512) x (512 x 2048): 830 us vs 98 us at one thread; gemm wins from
- * about 16 rows on; measured with scipy's OpenBLAS 0.3.30 on the 2-core CI machine kind).
+ * about 16 rows on; measured with scipy's OpenBLAS 0.3.30 on the 2-core CI machine kind;
+ * docs/decisions.md#gemv).
  */
 #include <string.h>
 #include "internal.h"
