@@ -71,7 +71,7 @@
  * two (seq.c splittable, plan_of), instead of sharing the units of one direction at a time
  * with a barrier or two every step: each thread keeps a whole direction's W_hh (1 MB at most,
  * in float32) and waits for nobody. LSTM H128 B1 T100, eval, two threads, at once / shared
- * 0.76-0.79 (benchmarks/ab_builds.py --in-process --bidirectional --H 128 --B 1 --T 100
+ * 0.72 (benchmarks/ab_builds.py --in-process --bidirectional --H 128 --B 1 --T 100
  * --threads 2; docs/decisions.md#split-directions). */
 #define LSTMC_SPLIT_MAX_ROWS 64
 #define LSTMC_SPLIT_MAX_WEIGHTS 262144

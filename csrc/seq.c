@@ -353,20 +353,20 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  *                packed kernel without the caller's copy (weights may change between calls)
  *   proj_kernel  the input projection: with the caller's copy and at most
  *                LSTMC_PACKED_PROJ_MAX_ROWS positions the packed kernel on its W_ih (sgemm
- *                repacks W_ih inside every call), else BLAS. Packed / BLAS: H512 B1 T25 0.92
- *                but 1.04-1.09 at 100-150 positions on an AVX-512 machine (kept: see docs)
+ *                repacks W_ih inside every call), else BLAS. Packed / BLAS: H512 B1 T25 0.93;
+ *                on an AVX-512 CPU 1.04-1.07 at 100-150 positions (see docs)
  *   team         all of lstmc's threads, unless a step is too small to share
  *                (LSTMC_PAR_MIN_STEP_WORK: a barrier per step costs about a microsecond) or
  *                there are fewer blocks of LSTMC_UNIT_ALIGN units than threads
  *   split        a splittable call (splittable: eval, bidirectional, small W_hh and batch) on
  *                exactly two threads, without dropout masks, runs a direction a thread, each
  *                on its own scratch with no barrier per step (eval H128 B1 T100, two threads,
- *                split / shared: 0.76-0.79 on a quiet machine, 0.14 on a loaded one)
+ *                split / shared 0.72, ab_builds.py --bidirectional --threads 2)
  *   panels       inference on the caller's copy, units shared by more than one thread: the
  *                input projection in per-thread panels (internal.h LSTMC_ZROW), so that a
  *                thread's pass reads one run of memory; a team of one keeps rows of (G, H),
- *                which its pass reads whole (the pass's share at two threads, perf: 14.4 % in
- *                rows, 9.1 % in panels; whole calls on the grid: 0.93-1.07, kept, see docs)
+ *                which its pass reads whole (I256 H256 B32 T150 eval, two threads, panels /
+ *                rows 0.95; the pass's share, perf: 14.4 % in rows, 9.1 % in panels)
  *   blas         the call makes BLAS calls, so the BLAS is pinned to one thread meanwhile; a
  *                call on packed weights alone (no W_hr) leaves the BLAS's setting alone (two
  *                calls into OpenBLAS and a critical section fewer per streaming step)
