@@ -104,55 +104,43 @@ typedef struct {
     int cell, n, H, u0, u1;
     const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */
     int t, reverse;
-    float *gates;          /* (N, G*H) input projection, or this thread's panel of it
+    float *gates;           /* (N, G*H) input projection, or this thread's panel of it
                                (LSTMC_ZROW); cells may overwrite it with the activated gates,
                                which a training forward keeps here */
-    const float *gh;       /* (B, G*H) recurrent projection of this step */
-    const float *bias_i;   /* (G*H) b_ih (zeros without bias) */
-    const float *bias_h;   /* (G*H) b_hh (zeros without bias) */
-    const float *hp;       /* (B, H) h before the step */
-    float *h;              /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */
-    float *c;              /* (B, H) LSTM cell state, updated in place */
-    float *step_aux;       /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
-    float *aux[2];         /* (N, H) each: what a training forward saves, or NULL */
+    const float *gh;        /* (B, G*H) recurrent projection of this step */
+    const float *bias_i;    /* (G*H) b_ih (zeros without bias) */
+    const float *bias_h;    /* (G*H) b_hh (zeros without bias) */
+    const float *hp;        /* (B, H) h before the step */
+    float *h;               /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */
+    float *c;               /* (B, H) LSTM cell state, updated in place */
+    float *step_aux;        /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
+    float *aux[2];          /* (N, H) each: what a training forward saves, or NULL */
     int panel;              /* gates is this thread's panel (LSTMC_ZROW): inference */
     /* backward only */
-    const float *hprev;    /* (N, H) h before each step, as saved by the forward */
-    float *dgates;         /* (N, G*H) gradient of the input-side pre-activations */
-    float *dgates_h;       /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */
-    float *dgates_step;    /* (B, G*H) this step's recurrent-side rows, for the GEMM */
-    const float *dh;       /* (B, H) gradient of h (LSTM: of o * tanh(c)) */
-    float *dc;             /* (B, H) LSTM: gradient of c, carried in place */
-    float *dh_direct;      /* (B, H) GRU: the part of dh_prev that skips W_hh */
+    const float *hprev;     /* (N, H) h before each step, as saved by the forward */
+    float *dgates;          /* (N, G*H) gradient of the input-side pre-activations */
+    float *dgates_h;        /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */
+    float *dgates_step;     /* (B, G*H) this step's recurrent-side rows, for the GEMM */
+    const float *dh;        /* (B, H) gradient of h (LSTM: of o * tanh(c)) */
+    float *dc;              /* (B, H) LSTM: gradient of c, carried in place */
+    float *dh_direct;       /* (B, H) GRU: the part of dh_prev that skips W_hh */
     const float *dstep_aux; /* (B, H) GRU reset-before: gradient of r*h */
 } lstmc_step_f32;
 
-/* lstmc_step_f32 in double */
+/* lstmc_step_f32 in double: the same fields in the same order */
 typedef struct {
     int cell, n, H, u0, u1;
-    const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */
+    const int *off, *lengths;
     int t, reverse;
-    double *gates;          /* (N, G*H) input projection, or this thread's panel of it
-                               (LSTMC_ZROW); cells may overwrite it with the activated gates,
-                               which a training forward keeps here */
-    const double *gh;       /* (B, G*H) recurrent projection of this step */
-    const double *bias_i;   /* (G*H) b_ih (zeros without bias) */
-    const double *bias_h;   /* (G*H) b_hh (zeros without bias) */
-    const double *hp;       /* (B, H) h before the step */
-    double *h;              /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */
-    double *c;              /* (B, H) LSTM cell state, updated in place */
-    double *step_aux;       /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
-    double *aux[2];         /* (N, H) each: what a training forward saves, or NULL */
-    int panel;              /* gates is this thread's panel (LSTMC_ZROW): inference */
-    /* backward only */
-    const double *hprev;    /* (N, H) h before each step, as saved by the forward */
-    double *dgates;         /* (N, G*H) gradient of the input-side pre-activations */
-    double *dgates_h;       /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */
-    double *dgates_step;    /* (B, G*H) this step's recurrent-side rows, for the GEMM */
-    const double *dh;       /* (B, H) gradient of h (LSTM: of o * tanh(c)) */
-    double *dc;             /* (B, H) LSTM: gradient of c, carried in place */
-    double *dh_direct;      /* (B, H) GRU: the part of dh_prev that skips W_hh */
-    const double *dstep_aux; /* (B, H) GRU reset-before: gradient of r*h */
+    double *gates;
+    const double *gh, *bias_i, *bias_h, *hp;
+    double *h, *c, *step_aux, *aux[2];
+    int panel;
+    const double *hprev;
+    double *dgates, *dgates_h, *dgates_step;
+    const double *dh;
+    double *dc, *dh_direct;
+    const double *dstep_aux;
 } lstmc_step_f64;
 
 /* The layout of the input projection (st->gates), G gate blocks of H units per position.
@@ -172,16 +160,16 @@ typedef struct {
 /* Cell kernels (lstm.c, gru.c, rnn.c). Two-phase cells (GRU reset-before) run phase 0, then
  * the driver's GEMM of the remaining gate blocks, then phase 1. */
 void lstmc_lstm_step_forward_f32(const lstmc_step_f32 *st);
-void lstmc_lstm_step_backward_f32(const lstmc_step_f32 *st);
-void lstmc_gru_step_forward_f32(const lstmc_step_f32 *st, int phase);
-void lstmc_gru_step_backward_f32(const lstmc_step_f32 *st, int phase);
-void lstmc_rnn_step_forward_f32(const lstmc_step_f32 *st);
-void lstmc_rnn_step_backward_f32(const lstmc_step_f32 *st);
 void lstmc_lstm_step_forward_f64(const lstmc_step_f64 *st);
+void lstmc_lstm_step_backward_f32(const lstmc_step_f32 *st);
 void lstmc_lstm_step_backward_f64(const lstmc_step_f64 *st);
+void lstmc_gru_step_forward_f32(const lstmc_step_f32 *st, int phase);
 void lstmc_gru_step_forward_f64(const lstmc_step_f64 *st, int phase);
+void lstmc_gru_step_backward_f32(const lstmc_step_f32 *st, int phase);
 void lstmc_gru_step_backward_f64(const lstmc_step_f64 *st, int phase);
+void lstmc_rnn_step_forward_f32(const lstmc_step_f32 *st);
 void lstmc_rnn_step_forward_f64(const lstmc_step_f64 *st);
+void lstmc_rnn_step_backward_f32(const lstmc_step_f32 *st);
 void lstmc_rnn_step_backward_f64(const lstmc_step_f64 *st);
 
 /* The packed recurrent kernels (recur.c). Units per packed block: a strip of two AVX2 vectors
@@ -231,16 +219,16 @@ int lstmc_avx2_supported(void);
  * as one block of W^T) and the portable packed kernel */
 void lstmc_pack_gates_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                           int u1);
+void lstmc_pack_gates_f64(double *set, const double *W, int H, int K, int g0, int g1, int u0,
+                          int u1);
+void lstmc_pack_columns_f32(float *set, const float *W, int ldw, int K, int u0, int u1);
+void lstmc_pack_columns_f64(double *set, const double *W, int ldw, int K, int u0, int u1);
 void lstmc_packed_gemm_c_f32(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
                              int accumulate, int reverse);
-void lstmc_pack_columns_f32(float *set, const float *W, int ldw, int K, int u0, int u1);
-void lstmc_pack_gates_f64(double *set, const double *W, int H, int K, int g0, int g1, int u0,
-                          int u1);
 void lstmc_packed_gemm_c_f64(int n, const double *A, int lda, int K, const double *set, int g0,
                              int g1, int gstep, int bscale, int u0, int u1, double *C, int ldc,
                              int accumulate, int reverse);
-void lstmc_pack_columns_f64(double *set, const double *W, int ldw, int K, int u0, int u1);
 /* The AVX2/FMA kernel (the portable one where the compiler cannot build it); callers check
  * lstmc_avx2_supported() first. Same arguments and result as lstmc_packed_gemm_c_f32. */
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
