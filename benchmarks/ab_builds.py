@@ -22,6 +22,11 @@ faster in 5 of 24 rounds) for an RNN H256 B32 T150 training step at two threads,
 alternation read 0.96 and 1.15 for one such pair. A change worth keeping on speed alone should
 beat that, or show its gain in a measurement that does not depend on the neighbours (a perf
 profile's share, a C harness).
+
+--base . --base-kernel blas compares two settings of the working tree's own build in the same
+way (here: the packed recurrent kernels against BLAS, new / base):
+
+    python benchmarks/ab_builds.py --base . --in-process --base-kernel blas --mode train
 """
 import argparse
 import os
@@ -79,12 +84,13 @@ print(median_ms(make_call(lstmc, cell, I, H, B, T, L, D, mode), 3, calls))
 # one process, both builds: `rounds` blocks of `calls` calls each, alternating
 INTERLEAVED = MAKE_CALL + r"""
 import importlib
-cell, I, H, B, T, L, D, mode, thr, calls, rounds = sys.argv[1:]
+cell, I, H, B, T, L, D, mode, thr, calls, rounds, kbase, knew = sys.argv[1:]
 I, H, B, T, L, D, thr, calls, rounds = map(int, (I, H, B, T, L, D, thr, calls, rounds))
 libs = {k: importlib.import_module("lstmc_" + k) for k in ("base", "new")}
 calls_of = {}
-for name, lib in libs.items():
+for (name, lib), kernel in zip(libs.items(), (kbase, knew)):
     lib.set_num_threads(thr)
+    lib._core._set_recurrent_kernel(kernel)   # each copy of the extension has its own setting
     calls_of[name] = make_call(lib, cell, I, H, B, T, L, D, mode)
 medians = {name: [] for name in libs}
 for r in range(rounds):
@@ -110,12 +116,14 @@ def package_copy(src, name, into):
                     fh.write(re.sub(r"\b(from|import) lstmc\b", r"\1 " + name, text))
 
 
-def in_process(builds, args, rounds, env):
-    """Per-round medians (base, new) of both builds alternating in one process."""
+def in_process(builds, args, rounds, env, kernels=("auto", "auto")):
+    """Per-round medians (base, new) of both builds alternating in one process, each under
+    its recurrent-kernel setting (lstmc._core._set_recurrent_kernel)."""
     with tempfile.TemporaryDirectory() as into:
         for name, path in builds.items():
             package_copy(os.path.join(path, "lstmc"), "lstmc_" + name, into)
-        out = subprocess.run([sys.executable, "-c", INTERLEAVED, *map(str, args), str(rounds)],
+        out = subprocess.run([sys.executable, "-c", INTERLEAVED, *map(str, args), str(rounds),
+                              *kernels],
                              env=dict(env, PYTHONPATH=into), cwd=into, check=True,
                              capture_output=True, text=True).stdout
     return [tuple(map(float, line.split())) for line in out.splitlines() if line.strip()]
@@ -127,7 +135,9 @@ def git(*args):
 
 
 def base_build(ref):
-    """A worktree of `ref`, built in place; returns its path."""
+    """A worktree of `ref`, built in place; returns its path ("." : the working tree)."""
+    if ref == ".":
+        return ROOT
     commit = git("rev-parse", ref)
     path = os.path.join(tempfile.gettempdir(), "lstmc-ab-base")
     stamp = os.path.join(path, ".ab-commit")
@@ -146,7 +156,9 @@ def base_build(ref):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="HEAD", help="git ref of the base build (default HEAD)")
+    ap.add_argument("--base", default="HEAD",
+                    help="git ref of the base build (default HEAD; '.': the working tree, "
+                         "to compare two settings of one build)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=20, help="timed calls per process")
     ap.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
@@ -160,13 +172,17 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--in-process", action="store_true",
                     help="both builds in one process, alternating call blocks (see above)")
+    ap.add_argument("--base-kernel", default="auto",
+                    help="--in-process: the base build's recurrent-kernel setting "
+                         "(auto, blas, packed_c, packed_avx2)")
+    ap.add_argument("--new-kernel", default="auto", help="--in-process: the new build's")
     a = ap.parse_args()
     builds = {"base": base_build(a.base), "new": ROOT}
     D = 2 if a.bidirectional else 1
     args = [a.cell, a.I or a.H, a.H, a.B, a.T, a.layers, D, a.mode, a.threads, a.calls]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if a.in_process:
-        pairs = in_process(builds, args, a.rounds, env)
+        pairs = in_process(builds, args, a.rounds, env, (a.base_kernel, a.new_kernel))
         ratios = [n / b for b, n in pairs]
         print(f"base {statistics.median(b for b, _ in pairs):.3f} ms, new "
               f"{statistics.median(n for _, n in pairs):.3f} ms; per-round new / base: median "

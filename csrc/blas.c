@@ -8,7 +8,8 @@
  * Products with few rows (the recurrent step at small batch) go to gemv, one call per row:
  * OpenBLAS's gemm repacks the whole weight matrix on every call, which at one row costs 8x
  * the gemv (sgemm (1 x 512) x (512 x 2048): 830 us vs 98 us at one thread; gemm wins from
- * about 16 rows on; measured with scipy's OpenBLAS 0.3.30 on the 2-core CI machine kind).
+ * about 16 rows on; measured with scipy's OpenBLAS 0.3.30 on the 2-core CI machine kind;
+ * docs/decisions.md#gemv).
  */
 #include <string.h>
 #include "internal.h"
@@ -43,37 +44,30 @@ void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn s
     blas_set_threads = set;
 }
 
-/* Concurrent calls (Python threads) count in and out; the first one in pins the BLAS to one
- * thread, the last one out restores what it found. Serial builds leave the BLAS alone: there
- * the calling thread is the only lstmc thread, and the BLAS may use its own. */
-void lstmc_blas_enter(void)
+/* Concurrent calls (Python threads) count in (+1) and out (-1); the first one in pins the
+ * BLAS to one thread, the last one out restores what it found. Serial builds leave the BLAS
+ * alone: there the calling thread is the only lstmc thread, and the BLAS may use its own. */
+static void blas_count(int delta)
 {
 #ifdef _OPENMP
     if (!blas_get_threads || !blas_set_threads)
         return;
     LSTMC_OMP(critical(lstmc_blas_threads))
     {
-        if (blas_users++ == 0) {
+        if (delta > 0 && blas_users++ == 0) {
             blas_saved_threads = blas_get_threads();
             if (blas_saved_threads != 1)
                 blas_set_threads(1);
-        }
+        } else if (delta < 0 && --blas_users == 0 && blas_saved_threads != 1)
+            blas_set_threads(blas_saved_threads);
     }
+#else
+    (void)delta;
 #endif
 }
 
-void lstmc_blas_leave(void)
-{
-#ifdef _OPENMP
-    if (!blas_get_threads || !blas_set_threads)
-        return;
-    LSTMC_OMP(critical(lstmc_blas_threads))
-    {
-        if (--blas_users == 0 && blas_saved_threads != 1)
-            blas_set_threads(blas_saved_threads);
-    }
-#endif
-}
+void lstmc_blas_enter(void) { blas_count(1); }
+void lstmc_blas_leave(void) { blas_count(-1); }
 
 /* Row j of C is op(B)^T a_j with a_j row j of op(A). In BLAS's column-major view the stored
  * B is (N, K) when transb = 0 (so op(B)^T is it, 'N') and (K, N) when transb = 1 ('T'). */

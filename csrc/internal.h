@@ -14,13 +14,12 @@
 #define LSTMC_OMP(x) _Pragma(LSTMC_STR(omp x))
 /* Runs the statement `body` on a team of `team` threads. A team of one runs it directly, in no
  * parallel region: its barriers are then orphaned and return at once, where in a region of
- * one thread each is a futex system call (libgomp wakes waiters that cannot exist): about
- * 0.3 us a barrier and 0.5 us a region on the CI machine kind, a sixth of a one-thread
- * LSTM.step at H8. omp_get_thread_num / omp_get_num_threads say 0 and 1 there. Not so inside
- * a caller's own parallel region (a C program running sequences under `omp parallel`): there
- * they would be the caller's, and orphaned barriers would bind to the caller's team (each call
- * computing part of its units, or waiting for threads that run other sequences), so a call
- * from within a region always opens its own, nested, team (tests/test_build.py). */
+ * one thread each is a futex system call (0.3 us a barrier, a sixth of a one-thread
+ * LSTM.step at H8: docs/decisions.md#team). omp_get_thread_num / omp_get_num_threads say 0
+ * and 1 there. Not so inside a caller's own parallel region (a C program running sequences
+ * under `omp parallel`): there they would be the caller's, and orphaned barriers would bind
+ * to the caller's team, so a call from within a region always opens its own, nested, team
+ * (tests/test_build.py). */
 #define LSTMC_TEAM(team, body)                                                                 \
     do {                                                                                       \
         if ((team) > 1 || omp_in_parallel()) {                                                 \
@@ -41,10 +40,8 @@
 
 /* Cell kernels are compiled twice where the compiler can dispatch at run time: for x86-64-v3
  * (AVX2 + FMA: 8 floats a vector) and for the baseline (SSE2), and the loader picks one by
- * the CPU (GCC target_clones, an ifunc). A portable build so still runs the wide kernels.
- * With vmath.h's activations, one thread, float32, on the CI machine kind (AVX2):
- * LSTM I256 H256 B32 T150 forward 254 -> 148 ms, training step 530 -> 420 ms; GRU forward
- * 170 -> 85 ms (libm's expm1f/tanhf were a third of the forward's profile). */
+ * the CPU (GCC target_clones, an ifunc). A portable build so still runs the wide kernels
+ * (LSTM I256 H256 B32 T150 forward, one thread: 254 -> 148 ms; docs/decisions.md#dispatch). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(LSTMC_NO_DISPATCH)
 #define LSTMC_DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -53,10 +50,8 @@
 #endif
 
 /* The row helpers of the cell kernels: they must be inlined into each clone of their caller
- * to run its instruction set. GCC 12 kept lstm_row_forward out of line (both call sites
- * share one constant-propagated copy), compiled for the baseline: the x86-64-v3 clone of the
- * LSTM forward ran SSE2 code (LSTM H256 B32 T150 forward, 1 thread, median CPU time: 157 ms
- * out of line, 121-126 ms inlined). */
+ * to run its instruction set; GCC 12 kept one out of line, compiled for the baseline (LSTM
+ * H256 B32 T150 forward 157 ms out of line, 121-126 inlined; docs/decisions.md#dispatch). */
 #if defined(__GNUC__)
 #define LSTMC_ROW_INLINE __attribute__((always_inline)) inline
 #else
@@ -68,28 +63,21 @@
 #define LSTMC_UNIT_ALIGN 16
 
 /* Below this much recurrent work per step (rows x gate columns x h width) one thread is
- * faster: a barrier per step costs about a microsecond. */
+ * faster: a barrier per step costs about a microsecond (docs/decisions.md#team). */
 #define LSTMC_PAR_MIN_STEP_WORK 65536
 
 /* An eval-mode bidirectional call of at most this many rows whose W_hh (one direction) has
  * at most this many elements runs its two directions at once, one thread each, on a team of
- * two (seq.c splittable, seq.inc), instead of sharing the units of one direction at a time
- * with a barrier or two every step. Each thread then keeps a whole direction's W_hh (1 MB
- * at most, in float32) and waits for nobody. LSTM unless said, eval, two threads, T = 100,
- * benchmarks/ab_builds.py --in-process --bidirectional, 10-16 rounds, at once / shared:
- * H128 B1 0.76-0.79 (T25 0.83; two layers 0.83), B4 0.87, B8 0.78, B32 0.92; H64 B64
- * 0.87-0.90; H256 B1 0.91-0.97, B4 0.85-1.05 in four runs (0.94 in the longest); I128 H256
- * B32 two layers (the grid's bidirectional row) 0.94-0.95; RNN H256 B1 0.59, H128 B2 0.68;
- * GRU H256 B1 1.00; past the bound, H512 B1 0.98 (T50). Below LSTMC_PAR_MIN_STEP_WORK one
- * thread runs both directions: waking a second thread for a short call cost more than the
- * split saved (H64 B1 T10 3.3x, H16 B1 T100 2.8x the time). */
+ * two (seq.c splittable, plan_of), instead of sharing the units of one direction at a time
+ * with a barrier or two every step: each thread keeps a whole direction's W_hh (1 MB at most,
+ * in float32) and waits for nobody. LSTM H128 B1 T100, eval, two threads, at once / shared
+ * 0.72 (benchmarks/ab_builds.py --in-process --bidirectional --H 128 --B 1 --T 100
+ * --threads 2; docs/decisions.md#split-directions). */
 #define LSTMC_SPLIT_MAX_ROWS 64
 #define LSTMC_SPLIT_MAX_WEIGHTS 262144
 /* The split's second run of scratch holds a second input projection, N x G x H (padded to
- * whole blocks): at most this many elements (16 MB in float32; the grid's bidirectional row,
- * 3200 positions of H256 LSTM, has 3.3 M), so that no call's scratch doubles past that. Only
- * a team of exactly two splits (lstmc_get_num_threads() == 2): more threads share the units
- * of one direction at a time, as before, unmeasured either way on two cores. */
+ * whole blocks): at most this many elements (16 MB in float32), so that no call's scratch
+ * doubles past that (docs/decisions.md#split-directions). */
 #define LSTMC_SPLIT_MAX_GATES ((size_t)1 << 22)
 
 /* Row-major C = alpha * op(A) op(B) + beta * C, with op(X) = X or X^T (trans flags 0 / 1).
@@ -108,39 +96,52 @@ static inline size_t lstmc_row(const int *off, const int *lengths, int t, int re
     return (size_t)off[reverse ? lengths[j] - 1 - t : t] + (size_t)j;
 }
 
-/* The per-step context the driver hands a cell kernel, one per dtype. A kernel works on the
- * running rows [0, n) and on one thread's units [u0, u1) only; all of a unit's gates belong to
- * the thread that owns the unit, so kernels need no synchronisation. Each cell file says what
- * it keeps in aux[0] and aux[1]. */
-#define LSTMC_STEP_STRUCT(real, name)                                                             \
-    typedef struct {                                                                              \
-        int cell, n, H, u0, u1;                                                                   \
-        const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */   \
-        int t, reverse;                                                                           \
-        real *gates;         /* (N, G*H) input projection, or this thread's panel of it          \
-                                (LSTMC_ZROW); cells may overwrite it with the activated gates,    \
-                                which a training forward keeps here */                            \
-        const real *gh;      /* (B, G*H) recurrent projection of this step */                    \
-        const real *bias_i;  /* (G*H) b_ih (zeros without bias) */                                \
-        const real *bias_h;  /* (G*H) b_hh (zeros without bias) */                                \
-        const real *hp;      /* (B, H) h before the step */                                       \
-        real *h;             /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */       \
-        real *c;             /* (B, H) LSTM cell state, updated in place */                       \
-        real *step_aux;      /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */  \
-        real *aux[2];        /* (N, H) each: what a training forward saves, or NULL */            \
-        int panel;           /* gates is this thread's panel (LSTMC_ZROW): inference */         \
-        /* backward only */                                                                       \
-        const real *hprev;   /* (N, H) h before each step, as saved by the forward */             \
-        real *dgates;        /* (N, G*H) gradient of the input-side pre-activations */            \
-        real *dgates_h;      /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */     \
-        real *dgates_step;   /* (B, G*H) this step's recurrent-side rows, for the GEMM */         \
-        const real *dh;      /* (B, H) gradient of h (LSTM: of o * tanh(c)) */                    \
-        real *dc;            /* (B, H) LSTM: gradient of c, carried in place */                   \
-        real *dh_direct;     /* (B, H) GRU: the part of dh_prev that skips W_hh */                \
-        const real *dstep_aux; /* (B, H) GRU reset-before: gradient of r*h */                     \
-    } name;
-LSTMC_STEP_STRUCT(float, lstmc_step_f32)
-LSTMC_STEP_STRUCT(double, lstmc_step_f64)
+/* The per-step context the driver hands a cell kernel, one per dtype (the same fields). A
+ * kernel works on the running rows [0, n) and on one thread's units [u0, u1) only; all of a
+ * unit's gates belong to the thread that owns the unit, so kernels need no synchronisation.
+ * Each cell file says what it keeps in aux[0] and aux[1]. */
+typedef struct {
+    int cell, n, H, u0, u1;
+    const int *off, *lengths; /* with t and reverse: lstmc_row() gives a row's position */
+    int t, reverse;
+    float *gates;           /* (N, G*H) input projection, or this thread's panel of it
+                               (LSTMC_ZROW); cells may overwrite it with the activated gates,
+                               which a training forward keeps here */
+    const float *gh;        /* (B, G*H) recurrent projection of this step */
+    const float *bias_i;    /* (G*H) b_ih (zeros without bias) */
+    const float *bias_h;    /* (G*H) b_hh (zeros without bias) */
+    const float *hp;        /* (B, H) h before the step */
+    float *h;               /* (B, H) h after the step (LSTM: o * tanh(c), before W_hr) */
+    float *c;               /* (B, H) LSTM cell state, updated in place */
+    float *step_aux;        /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
+    float *aux[2];          /* (N, H) each: what a training forward saves, or NULL */
+    int panel;              /* gates is this thread's panel (LSTMC_ZROW): inference */
+    /* backward only */
+    const float *hprev;     /* (N, H) h before each step, as saved by the forward */
+    float *dgates;          /* (N, G*H) gradient of the input-side pre-activations */
+    float *dgates_h;        /* (N, G*H) of the recurrent-side ones (== dgates unless GRU) */
+    float *dgates_step;     /* (B, G*H) this step's recurrent-side rows, for the GEMM */
+    const float *dh;        /* (B, H) gradient of h (LSTM: of o * tanh(c)) */
+    float *dc;              /* (B, H) LSTM: gradient of c, carried in place */
+    float *dh_direct;       /* (B, H) GRU: the part of dh_prev that skips W_hh */
+    const float *dstep_aux; /* (B, H) GRU reset-before: gradient of r*h */
+} lstmc_step_f32;
+
+/* lstmc_step_f32 in double: the same fields in the same order */
+typedef struct {
+    int cell, n, H, u0, u1;
+    const int *off, *lengths;
+    int t, reverse;
+    double *gates;
+    const double *gh, *bias_i, *bias_h, *hp;
+    double *h, *c, *step_aux, *aux[2];
+    int panel;
+    const double *hprev;
+    double *dgates, *dgates_h, *dgates_step;
+    const double *dh;
+    double *dc, *dh_direct;
+    const double *dstep_aux;
+} lstmc_step_f64;
 
 /* The layout of the input projection (st->gates), G gate blocks of H units per position.
  * Training keeps PyTorch's order, rows of (G, H): gate g of unit u at g * H + u, as the
@@ -151,22 +152,25 @@ LSTMC_STEP_STRUCT(double, lstmc_step_f64)
  * u of the block starting at b at G * (b - u0) + g * U + (u - b); st->gates is then the
  * thread's panel, and the kernels take it block by block. A thread so reads one run of
  * memory, which the hardware prefetchers follow: its units of rows of (G, H) are G pieces of
- * each row, and they did not. The pass's share of an LSTM I256 H256 B32 T150 forward at two
- * threads (perf, two runs each): rows of (G, H) 14.4-14.7 %, panels 9.1-9.7 %. */
+ * each row, and they did not (the pass's share of an LSTM I256 H256 B32 T150 forward at two
+ * threads, perf: rows 14.4-14.7 %, panels 9.1-9.7 %; docs/decisions.md#panels). */
 #define LSTMC_ZROW(st, G)                                                                       \
     ((st)->panel ? lstmc_pack_size((st)->u1 - (st)->u0, 1, (G)) : (size_t)(G) * (size_t)(st)->H)
 
-/* Cell kernels. Two-phase cells (GRU reset-before) run phase 0, then the driver's GEMM of the
- * remaining gate blocks, then phase 1. */
-#define LSTMC_CELL_KERNELS(sfx)                                                                   \
-    void lstmc_lstm_step_forward_##sfx(const lstmc_step_##sfx *st);                               \
-    void lstmc_lstm_step_backward_##sfx(const lstmc_step_##sfx *st);                              \
-    void lstmc_gru_step_forward_##sfx(const lstmc_step_##sfx *st, int phase);                     \
-    void lstmc_gru_step_backward_##sfx(const lstmc_step_##sfx *st, int phase);                    \
-    void lstmc_rnn_step_forward_##sfx(const lstmc_step_##sfx *st);                                \
-    void lstmc_rnn_step_backward_##sfx(const lstmc_step_##sfx *st);
-LSTMC_CELL_KERNELS(f32)
-LSTMC_CELL_KERNELS(f64)
+/* Cell kernels (lstm.c, gru.c, rnn.c). Two-phase cells (GRU reset-before) run phase 0, then
+ * the driver's GEMM of the remaining gate blocks, then phase 1. */
+void lstmc_lstm_step_forward_f32(const lstmc_step_f32 *st);
+void lstmc_lstm_step_forward_f64(const lstmc_step_f64 *st);
+void lstmc_lstm_step_backward_f32(const lstmc_step_f32 *st);
+void lstmc_lstm_step_backward_f64(const lstmc_step_f64 *st);
+void lstmc_gru_step_forward_f32(const lstmc_step_f32 *st, int phase);
+void lstmc_gru_step_forward_f64(const lstmc_step_f64 *st, int phase);
+void lstmc_gru_step_backward_f32(const lstmc_step_f32 *st, int phase);
+void lstmc_gru_step_backward_f64(const lstmc_step_f64 *st, int phase);
+void lstmc_rnn_step_forward_f32(const lstmc_step_f32 *st);
+void lstmc_rnn_step_forward_f64(const lstmc_step_f64 *st);
+void lstmc_rnn_step_backward_f32(const lstmc_step_f32 *st);
+void lstmc_rnn_step_backward_f64(const lstmc_step_f64 *st);
 
 /* The packed recurrent kernels (recur.c). Units per packed block: a strip of two AVX2 vectors
  * of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block
@@ -177,20 +181,13 @@ typedef char lstmc_shares_are_whole_blocks[LSTMC_UNIT_ALIGN % LSTMC_PACK_UNITS =
 /* The packed kernels run the per-step products (forward gh = h W_hh^T, backward dh_prev =
  * dgates W_hh) up to this many batch rows; calls with more keep BLAS (and need no packed
  * copies in scratch). The kernel reads its packed weights from L2 for every chunk of rows,
- * where sgemm repacks the thread's whole W_hh slice every step (when this was set, with
- * the kernel of 8-unit panels and chunks of 3 rows: I = H = 512, one thread, GFLOP/s
- * packed / sgemm: 25 rows 75 / 50, 64 rows 72 / 64, 128 rows 70 / 64). Training step, LSTM
- * I = H = 512, T = 25, ms (BLAS above 8 rows / packed up to 128; the same bench, ratios to
- * torch in brackets): B16 1 thread 128 (1.50) / 90.5 (1.08), 2 threads 75 (1.32) / 60.6
- * (0.94); B64 1 thread 405 (1.19) / 399 (1.13). */
+ * where sgemm repacks the thread's whole W_hh slice every step (LSTM I = H = 512, T = 25,
+ * training step, one thread, B16: BLAS 128 ms, packed 90.5; docs/decisions.md#recurrent-kernel). */
 #define LSTMC_PACK_MAX_ROWS 128
 /* The automatic choice packs only calls of at least this many steps (one batch row: the
- * _ONE_ROW figure). A pack costs at best 2-3 steps of the packed product at B=1 (H512:
- * 0.19-0.27 ms vs 86 us a step; inside a forward, with W_hh coming from DRAM, 1-1.6 ms), which
- * saves 40-50 % a step at 2-8 rows but only 5-10 % at one
- * (csrc/recur.c). LSTM forward, 1 thread, ms (BLAS / packed, same process): H512 B4 T25
- * 51.1 / 39.3, H1024 B4 T25 245 / 181; H512 B1 T25 20.9 / 21.5, H1024 B1 T25 123 / 126,
- * H256 B1 T150 20.2 / 19.1. */
+ * _ONE_ROW figure): a pack costs at best 2-3 steps of the packed product at B=1, which saves
+ * 40-50 % a step at 2-8 rows but only 5-10 % at one (LSTM H512 B4 T25 forward, one thread,
+ * BLAS / packed 51.1 / 39.3 ms; docs/decisions.md#per-call-pack). */
 #define LSTMC_PACK_MIN_STEPS 8
 #define LSTMC_PACK_MIN_STEPS_ONE_ROW 64
 
@@ -201,10 +198,8 @@ size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all
  * the step-count threshold does not apply. */
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
 /* With a packed copy, input projections of at most this many positions (T x B) run on the
- * packed kernel, each thread its own units (no repack of W_ih inside sgemm). One thread,
- * I = H = 512, G = 4, GFLOP/s, best of 300 or more (packed kernel / OpenBLAS sgemm through
- * numpy): 1 row 36 / 25-30, 3 rows 76 / 10-11, 25 rows 86 / 50-57, 100 rows 84 / 66-69,
- * 192 rows 84-86 / -, 256 rows - / 77-79, 400 rows 87-88 / -, 800 rows 84-86 / 82-83. */
+ * packed kernel, each thread its own units (no repack of W_ih inside sgemm; I = H = 512, one
+ * thread, 100 rows: packed 84 GFLOP/s, sgemm 66-69; docs/decisions.md#packed-projection). */
 #define LSTMC_PACKED_PROJ_MAX_ROWS 1024
 int lstmc_avx2_supported(void);
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed
@@ -220,15 +215,20 @@ int lstmc_avx2_supported(void);
  * (K, LSTMC_PACK_UNITS), contiguous down K. */
 #define lstmc_pack_strip(set, b0, v, Wg, K)                                                   \
     ((set) + ((size_t)(b0) * (Wg) + (size_t)(v) * LSTMC_PACK_UNITS) * (size_t)(K))
-#define LSTMC_PACK_KERNELS(real, sfx)                                                            \
-    void lstmc_pack_gates_##sfx(real *set, const real *W, int H, int K, int g0, int g1, int u0,  \
-                                int u1);                                                         \
-    void lstmc_packed_gemm_c_##sfx(int n, const real *A, int lda, int K, const real *set,        \
-                                   int g0, int g1, int gstep, int bscale, int u0, int u1,        \
-                                   real *C, int ldc, int accumulate, int reverse);               \
-    void lstmc_pack_columns_##sfx(real *set, const real *W, int ldw, int K, int u0, int u1);
-LSTMC_PACK_KERNELS(float, f32)
-LSTMC_PACK_KERNELS(double, f64)
+/* recur.inc: packing (lstmc_pack_gates: gate blocks of W; lstmc_pack_columns: columns of W
+ * as one block of W^T) and the portable packed kernel */
+void lstmc_pack_gates_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
+                          int u1);
+void lstmc_pack_gates_f64(double *set, const double *W, int H, int K, int g0, int g1, int u0,
+                          int u1);
+void lstmc_pack_columns_f32(float *set, const float *W, int ldw, int K, int u0, int u1);
+void lstmc_pack_columns_f64(double *set, const double *W, int ldw, int K, int u0, int u1);
+void lstmc_packed_gemm_c_f32(int n, const float *A, int lda, int K, const float *set, int g0,
+                             int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
+                             int accumulate, int reverse);
+void lstmc_packed_gemm_c_f64(int n, const double *A, int lda, int K, const double *set, int g0,
+                             int g1, int gstep, int bscale, int u0, int u1, double *C, int ldc,
+                             int accumulate, int reverse);
 /* The AVX2/FMA kernel (the portable one where the compiler cannot build it); callers check
  * lstmc_avx2_supported() first. Same arguments and result as lstmc_packed_gemm_c_f32. */
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,

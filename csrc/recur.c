@@ -21,6 +21,7 @@
  * inference) serves every thread count. Without such a copy, the sequence driver packs W_hh
  * per call (weights may change between any two).
  */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -197,7 +198,10 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
     case 41: tile_4_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 51: tile_5_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 61: tile_6_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
-    default: break;   /* no other shape is asked for (a new one without its case: no output) */
+    /* unreachable by construction: packed_gemm_avx2 asks for R <= TILE_ROWS rows and the S
+     * strips of R's tile or fewer, all of them cases above; a new shape without its case
+     * would otherwise leave C unwritten */
+    default: abort();
     }
 }
 
@@ -205,39 +209,18 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
  * 12 accumulators: 6, 5 and 4 rows one strip at a time (two loads per 2R FMAs), 3 and 2 rows
  * two strips, a row alone four (its eight accumulators hide the FMA latency). One to six rows
  * so read the thread's weights once, in one pass. More rows take the strips in groups that
- * stay in L2 while all chunks of rows pass over them (GROUP_BYTES, at least GROUP_MIN_STRIPS:
- * with one strip of K 2048 a group, 16 rows ran 1.11-1.25x slower than with four), so the
- * weights come from L3 or DRAM once per call and from L2 once per chunk. Weights that come
- * from DRAM (a thread's panels past LSTMC_L3_PANELS_MAX_BYTES) stream faster the fewer
- * instructions wait on each line (a row alone, 1 x 8 tiles of the earlier 8-unit panels:
- * 15-20 GB/s; 4 x 3 tiles about 10; one thread, C harness), so there, from 4 rows on, row 0
- * streams four strips alone and the others follow while those are in L2, in chunks of three
- * (4 rows of H1024 in one pass of 4 x 1 tiles: 1.07-1.12 of the earlier kernel at two
- * threads; this way 0.80-0.90).
- *
- * This layout and these tiles replaced 8-unit panels of all Wg gates interleaved per k
- * (3 x 4, 4 x 3, 2 x 6, 1 x 12 and 1 x 8 tiles over columns of 8 units; 128 bytes per k per
- * block), whose tiles read a column at a 128-byte stride and re-read one column per row
- * (3 x 4 needs 17 registers). Both kernels alternating in one process (a harness linking both
- * objects), one thread unless said, median of 50-1000 calls, new / old: LSTM I = H = 512
- * (W_hh 4 MB, from L3), 1 row 0.98, 2 rows 0.80, 3 rows 0.85, 4 rows 0.86, 6 rows 0.84, 16
- * rows 0.85, 64 rows 0.95, 100 rows 0.93, 400 rows 0.95; H256 4 rows 0.99, 32 rows at 2
- * threads 0.94; H1024 (16 MB, from DRAM) 4 rows 0.85, at 2 threads 0.90; H1536 1 row 0.87, 4
- * rows 0.87; W^T of one gate block (backward): K 2048 x 512 columns, 16 rows 0.97-1.07, K
- * 4096 x 1024 0.93. Against ONNX Runtime's MatMul on the same weights in the same process
- * (I = H = 512, its MLAS kernel, 6 x 16 and 4 x 16 tiles on 16-wide packed strips), the
- * earlier kernel took 1.08-1.27x its time at 4 to 400 rows; a prototype of this one
- * 0.92-1.05x, and 1.03-1.17x without the unrolled k loop.
+ * stay in L2 while all chunks of rows pass over them (GROUP_BYTES, at least GROUP_MIN_STRIPS),
+ * so the weights come from L3 or DRAM once per call and from L2 once per chunk. Weights that
+ * come from DRAM (a thread's panels past LSTMC_L3_PANELS_MAX_BYTES) stream faster the fewer
+ * instructions wait on each line, so there, from 4 rows on, row 0 streams four strips alone
+ * and the others follow while those are in L2, in chunks of three. Against the 8-unit panels
+ * this layout replaced, I = H = 512, one thread: 0.80-0.86 of the time at 2 to 16 rows
+ * (docs/decisions.md#packed-layout).
  *
  * `reverse` walks the groups, and the tiles in each, last to first. The driver alternates it
  * from step to step, so that a step starts on the strips the step before read last, which are
- * still in L2 (or L3) if anything is: weights of one to two L2s are otherwise read in a cycle
- * that the L2 keeps none of. One row, C harness calling the built kernel, alternating / one
- * way: LSTM H256 (1 MB) 0.88, H512 (4 MB) 0.97, H1024 0.96, H1536 0.98; two processes at once
- * with 0.5 MB each 0.91 and 0.96. Module, benchmarks/ab_builds.py 6 rounds: LSTM eval H256 B1
- * T150 0.88 at one thread (twice; 0.99 at two, where a thread's half of W_hh nearly fits its
- * L2 anyway), H512 B4 T25 0.90, H512 B1 T25 1.02; GRU I480 H480 B1 T60 0.93 (10 rounds);
- * training H256 B32 T150 1.01. */
+ * still in L2 (or L3) if anything is (LSTM eval H256 B1 T150, one thread, alternating / one
+ * way 0.88, benchmarks/ab_builds.py; docs/decisions.md#reverse). */
 static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
                              int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
                              int acc, int reverse)
@@ -297,11 +280,8 @@ __attribute__((target("avx2,fma"))) static void transpose8(const float *in, size
 #endif
 
 /* lstmc_pack_gates_f32 with 8 x 8 transposes in registers for the whole blocks and the
- * multiple-of-8 part of K (the element loop, one float gathered per row and k, took 20 % of
- * an LSTM H512 B1 T25 forward, as much as the kernel; minimum CPU time of a pack at H512:
- * element loop 1.9 ms, transposes 0.19-0.27 ms). A strip at a time, down all of K (k outer
- * over all of a block's rows, writing the panel in order, took 5.4-10.5 ms a pack at H1024
- * against 3.3-4.2 ms). */
+ * multiple-of-8 part of K, a strip at a time down all of K (a pack at H512: element loop
+ * 1.9 ms, transposes 0.19-0.27 ms; docs/decisions.md#packing). */
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                                int u1)
 {

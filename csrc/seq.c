@@ -321,6 +321,16 @@ static void step_offsets(const lstmc_seq *s, int *off)
         off[t] = off[t - 1] + s->batch_sizes[t - 1];
 }
 
+/* This thread's place in its team: 0 of 1 outside any parallel region */
+static void team_place(int *tid, int *nt)
+{
+    *tid = 0, *nt = 1;
+#ifdef _OPENMP
+    *tid = omp_get_thread_num();
+    *nt = omp_get_num_threads();
+#endif
+}
+
 /* This thread's share [*lo, *hi) of [0, n): contiguous chunks, multiples of `align`. */
 static void share(int n, int align, int tid, int nt, int *lo, int *hi)
 {
@@ -330,13 +340,83 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
     *hi = *lo + chunk < n ? *lo + chunk : n;
 }
 
-/* Threads for one problem: all of lstmc's, unless a step is too small to share. */
-static int team_size(const lstmc_seq *s)
+/* How one call runs, chosen once by plan_of before its team starts (every thread must split
+ * the work the same way); the reasons:
+ *   kernel       the recurrent products (recur.c lstmc_recur_kernel_for): up to
+ *                LSTMC_PACK_MAX_ROWS rows a packed kernel, which reads a thread's packed W_hh
+ *                from L2 for every chunk of rows where sgemm repacks it every step; without
+ *                the caller's copy only when the call has steps enough to pay for its pack
+ *                (LSTMC_PACK_MIN_STEPS). The backward packs W_hh^T per call the same way.
+ *                Packed / BLAS: eval H512 B4 T25 on the copy 0.54, training H512 B16 T25
+ *                packing per call 0.79 (ab_builds.py --base . --base-kernel blas)
+ *   own_pack     the forward packs W_hh per call into scratch, each thread its own units: a
+ *                packed kernel without the caller's copy (weights may change between calls)
+ *   proj_kernel  the input projection: with the caller's copy and at most
+ *                LSTMC_PACKED_PROJ_MAX_ROWS positions the packed kernel on its W_ih (sgemm
+ *                repacks W_ih inside every call), else BLAS. Packed / BLAS: H512 B1 T25 0.93;
+ *                on an AVX-512 CPU 1.04-1.07 at 100-150 positions (see docs)
+ *   team         all of lstmc's threads, unless a step is too small to share
+ *                (LSTMC_PAR_MIN_STEP_WORK: a barrier per step costs about a microsecond) or
+ *                there are fewer blocks of LSTMC_UNIT_ALIGN units than threads
+ *   split        a splittable call (splittable: eval, bidirectional, small W_hh and batch) on
+ *                exactly two threads, without dropout masks, runs a direction a thread, each
+ *                on its own scratch with no barrier per step (eval H128 B1 T100, two threads,
+ *                split / shared 0.72, ab_builds.py --bidirectional --threads 2)
+ *   panels       inference on the caller's copy, units shared by more than one thread: the
+ *                input projection in per-thread panels (internal.h LSTMC_ZROW), so that a
+ *                thread's pass reads one run of memory; a team of one keeps rows of (G, H),
+ *                which its pass reads whole (I256 H256 B32 T150 eval, two threads, panels /
+ *                rows 0.95; the pass's share, perf: 14.4 % in rows, 9.1 % in panels)
+ *   blas         the call makes BLAS calls, so the BLAS is pinned to one thread meanwhile; a
+ *                call on packed weights alone (no W_hr) leaves the BLAS's setting alone (two
+ *                calls into OpenBLAS and a critical section fewer per streaming step)
+ * Figures: new / base, benchmarks/ab_builds.py --in-process, one thread unless said; the
+ * commands and the other rows in docs/decisions.md#execution-modes. */
+typedef struct {
+    int kernel, own_pack, proj_kernel, team, split, panels, blas;
+} seq_plan;
+
+static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int masks,
+                        int threads)
 {
     const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
     const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
-    int nt = work >= LSTMC_PAR_MIN_STEP_WORK ? lstmc_get_num_threads() : 1;
-    return nt < units ? nt : units;
+    seq_plan p;
+    p.kernel = lstmc_recur_kernel_for(f64, s->batch, s->steps, packed);
+    p.own_pack = p.kernel != LSTMC_RECUR_BLAS && !packed;
+    p.proj_kernel = packed && lstmc_seq_rows(s) <= LSTMC_PACKED_PROJ_MAX_ROWS
+                        ? lstmc_recur_kernel_for(f64, 1, s->steps, 1)
+                        : LSTMC_RECUR_BLAS;
+    p.split = splittable(s, train) && !masks && threads == 2;
+    p.team = work >= LSTMC_PAR_MIN_STEP_WORK ? threads : 1;
+    p.team = p.split ? 2 : p.team < units ? p.team : units;
+    p.panels = !train && packed && p.team > 1 && !p.split;
+    p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
+    return p;
+}
+
+/* The plan for the team OpenMP gave, which may be smaller than planned (a call inside a
+ * caller's parallel region without nested parallelism): every thread sees the same count and
+ * makes the same change. */
+static seq_plan fit_team(seq_plan p, int nt)
+{
+    if (nt != p.team) {
+        p.team = nt;
+        p.split = p.split && nt == 2;
+        p.panels = p.panels && nt > 1;
+    }
+    return p;
+}
+
+/* A barrier of the threads that share one direction's units. A split call has none: each
+ * thread runs a direction alone, all units, on its own scratch, so no thread reads what the
+ * other writes until the layer's closing barrier (a plain one) publishes the layer's
+ * output. */
+static inline void team_barrier(void) { LSTMC_OMP(barrier) }
+static inline void sync_units(const seq_plan *p)
+{
+    if (!p->split)
+        team_barrier();
 }
 
 /* Threads for packing: each packs its own units, no synchronisation; small layers alone. */
