@@ -132,10 +132,8 @@ class PackedWeights:
     read it: float64 on a CPU without AVX2/FMA under the automatic kernel choice, or the
     kernel forced to "blas".
 
-    What it saved when introduced, I = H = 512, T = 25, one thread, median (before / after):
-    B = 1 forward 5.65 / 3.85 ms (W_ih is no longer repacked inside sgemm on every call);
-    one streaming step 185 / 146 us; in `python -m lstmc bench`, the ratio to ONNX Runtime of
-    inf_h512_b1_t25 went 1.54 -> 0.99 (1 thread), 1.78 -> 1.01 (2)."""
+    Keeping it took inf_h512_b1_t25 from 1.54 to 0.99 of ONNX Runtime's time at one thread
+    (`python -m lstmc bench`; docs/decisions.md#packed-eval-mode-weights)."""
 
     __slots__ = ("lock", "_spec", "_flat", "_params", "_pack")
 
