@@ -48,6 +48,12 @@ import sys, time, numpy as np
 def make_call(lib, cell, I, H, B, T, L, D, mode):
     lib.manual_seed(0)
     rng = np.random.default_rng(0)
+    if mode == "cell":   # one eval-mode step of the one-step module (LSTMCell, ...)
+        m = {"lstm": lib.nn.LSTMCell, "gru": lib.nn.GRUCell, "rnn": lib.nn.RNNCell}[cell](I, H)
+        m.eval(); x = rng.random((B, I), dtype=np.float32)
+        h = np.zeros((B, H), np.float32)
+        state = (h, h.copy()) if cell == "lstm" else h
+        return lambda: m(x, state)
     m = {"lstm": lib.nn.LSTM, "gru": lib.nn.GRU, "rnn": lib.nn.RNN}[cell](
         I, H, num_layers=L, bidirectional=D == 2)
     if mode == "step":
@@ -162,7 +168,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=20, help="timed calls per process")
     ap.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
-    ap.add_argument("--mode", choices=("fwd", "train", "step"), default="fwd")
+    ap.add_argument("--mode", choices=("fwd", "train", "step", "cell"), default="fwd")
     ap.add_argument("--I", type=int, default=None, help="input size (default H)")
     ap.add_argument("--H", type=int, default=512)
     ap.add_argument("--B", type=int, default=4)

@@ -20,6 +20,7 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "1000"
 
 from lstmc._core import openmp_enabled  # noqa: E402
+from lstmc import _scipy_blas  # noqa: E402,F401  (hands scipy's BLAS to the kernels)
 from lstmc._random import manual_seed  # noqa: E402
 from lstmc._threads import get_num_threads, set_num_threads  # noqa: E402
 from lstmc import nn, optim, reference  # noqa: E402

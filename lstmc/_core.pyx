@@ -13,8 +13,6 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, P
                              PyObject_GetBuffer)
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
-from lstmc._scipy_blas import cython_blas_capi
-
 cdef extern from "lstmc.h" nogil:
     ctypedef int lstmc_blas_int
     ctypedef void (*lstmc_sgemm_fn)(char *, char *, lstmc_blas_int *, lstmc_blas_int *,
@@ -97,15 +95,14 @@ cdef void *_blas_function(dict capi, str name, int int_arg) except NULL:
     return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
 
 
-def _set_blas():
-    capi = cython_blas_capi()
+def set_blas(dict capi):
+    """Hands C scipy's BLAS: `capi` is scipy.linalg.cython_blas's __pyx_capi__ (lstmc's
+    _scipy_blas does this when lstmc is imported; until then a kernel call fails with
+    LSTMC_ERR_NOBLAS)."""
     lstmc_set_blas(<lstmc_sgemm_fn>_blas_function(capi, "sgemm", 2),
                    <lstmc_dgemm_fn>_blas_function(capi, "dgemm", 2),
                    <lstmc_sgemv_fn>_blas_function(capi, "sgemv", 1),
                    <lstmc_dgemv_fn>_blas_function(capi, "dgemv", 1))
-
-
-_set_blas()
 
 CELL_LSTM, CELL_GRU, CELL_GRU_RESET_BEFORE = (LSTMC_CELL_LSTM, LSTMC_CELL_GRU,
                                                LSTMC_CELL_GRU_RESET_BEFORE)

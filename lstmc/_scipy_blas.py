@@ -7,11 +7,14 @@ name, which first runs ``scipy.linalg``'s ``__init__``: 217 of the 250 ms ``impo
 took (``python -X importtime -c "import lstmc"``). The extension file alone loads in a few
 milliseconds, so it is loaded here straight from scipy's folder; the module is the one
 scipy itself would load, and the capsules carry the C signatures that ``_core`` checks.
+Importing this module hands the functions to the kernels.
 """
 import importlib.machinery
 import importlib.util
 import os
 import sys
+
+from lstmc import _core
 
 _NAME = "scipy.linalg.cython_blas"
 
@@ -46,3 +49,6 @@ def _load_file():
                 del sys.modules[_NAME]
             return module
     return None
+
+
+_core.set_blas(cython_blas_capi())

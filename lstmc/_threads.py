@@ -20,7 +20,7 @@ _blas_name = ""
 def _register_blas_threads():
     """Finds scipy's OpenBLAS among the loaded libraries and gives C its thread API."""
     global _blas_name
-    import scipy   # its BLAS is loaded already: _core took its functions at import
+    import scipy   # its BLAS is loaded already: lstmc._scipy_blas handed it to _core
 
     # scipy's wheel keeps its OpenBLAS in site-packages/scipy.libs (or a scipy_openblas*
     # package); numpy loads another copy from numpy.libs, which is not the one lstmc calls
