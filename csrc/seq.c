@@ -358,10 +358,12 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  *   team         all of lstmc's threads, unless a step is too small to share
  *                (LSTMC_PAR_MIN_STEP_WORK: a barrier per step costs about a microsecond) or
  *                there are fewer blocks of LSTMC_UNIT_ALIGN units than threads
- *   split        a splittable call (splittable: eval, bidirectional, small W_hh and batch) on
- *                exactly two threads, without dropout masks, runs a direction a thread, each
- *                on its own scratch with no barrier per step (eval H128 B1 T100, two threads,
- *                split / shared 0.72, ab_builds.py --bidirectional --threads 2)
+ *   split        a splittable call (splittable: eval, bidirectional, small W_hh and batch)
+ *                without dropout masks (`splits`) on a team of exactly two - planned from two
+ *                threads, or two because the units or OpenMP allow no more - runs a
+ *                direction a thread, each on its own scratch with no barrier per step (eval
+ *                H128 B1 T100, two threads, split / shared 0.72, ab_builds.py
+ *                --bidirectional --threads 2)
  *   panels       inference on the caller's copy, units shared by more than one thread: the
  *                input projection in per-thread panels (internal.h LSTMC_ZROW), so that a
  *                thread's pass reads one run of memory; a team of one keeps rows of (G, H),
@@ -373,7 +375,7 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  * Figures: new / base, benchmarks/ab_builds.py --in-process, one thread unless said; the
  * commands and the other rows in docs/decisions.md#execution-modes. */
 typedef struct {
-    int kernel, own_pack, proj_kernel, team, split, panels, blas;
+    int kernel, own_pack, proj_kernel, team, splits, split, panels, blas;
 } seq_plan;
 
 static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int masks,
@@ -387,9 +389,10 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
     p.proj_kernel = packed && lstmc_seq_rows(s) <= LSTMC_PACKED_PROJ_MAX_ROWS
                         ? lstmc_recur_kernel_for(f64, 1, s->steps, 1)
                         : LSTMC_RECUR_BLAS;
-    p.split = splittable(s, train) && !masks && threads == 2;
+    p.splits = splittable(s, train) && !masks;
     p.team = work >= LSTMC_PAR_MIN_STEP_WORK ? threads : 1;
-    p.team = p.split ? 2 : p.team < units ? p.team : units;
+    p.team = p.splits && threads == 2 ? 2 : p.team < units ? p.team : units;
+    p.split = p.splits && p.team == 2;
     p.panels = !train && packed && p.team > 1 && !p.split;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
     return p;
@@ -402,7 +405,7 @@ static seq_plan fit_team(seq_plan p, int nt)
 {
     if (nt != p.team) {
         p.team = nt;
-        p.split = p.split && nt == 2;
+        p.split = p.splits && nt == 2;
         p.panels = p.panels && nt > 1;
     }
     return p;

@@ -23,7 +23,10 @@ def cython_blas_capi():
     """The ``__pyx_capi__`` dict (function name -> capsule) of scipy.linalg.cython_blas."""
     module = sys.modules.get(_NAME)
     if module is None:
-        module = _load_file()
+        try:
+            module = _load_file()
+        except (ImportError, OSError):   # e.g. a scipy whose __init__ must set up first
+            module = None
     if module is None:   # an unusual layout (a zipped or frozen scipy): the ordinary import
         import scipy.linalg.cython_blas as module
     return module.__pyx_capi__

@@ -1,4 +1,8 @@
 """lstmc.keras.callbacks under its short name (`from lstmc.callbacks import ...`, as Keras code
-reads)."""
-from lstmc.keras.callbacks import *  # noqa: F401,F403
-from lstmc.keras.callbacks import __all__  # noqa: F401
+reads): the same module, so every name, private ones and pickled class paths included,
+resolves as before the Keras face moved into lstmc.keras."""
+import sys
+
+from lstmc.keras import callbacks as _module
+
+sys.modules[__name__] = _module

@@ -1,4 +1,8 @@
 """lstmc.keras.losses under its short name (`from lstmc.losses import ...`, as Keras code
-reads)."""
-from lstmc.keras.losses import *  # noqa: F401,F403
-from lstmc.keras.losses import __all__  # noqa: F401
+reads): the same module, so every name, private ones and pickled class paths included,
+resolves as before the Keras face moved into lstmc.keras."""
+import sys
+
+from lstmc.keras import losses as _module
+
+sys.modules[__name__] = _module

@@ -26,3 +26,24 @@ def test_scipy_linalg_imports_as_usual_after_lstmc():
                "scipy.linalg.solve(np.eye(2), [1.0, 2.0]).tolist() == [1.0, 2.0])")
     assert out == ["True", "True"]
 
+
+
+def test_old_import_paths_still_resolve():
+    # The Keras face's short module names are lstmc.keras's modules themselves, private
+    # names included; the cells and StreamState moved out of lstmc.nn.rnn but resolve there,
+    # as old code and pickles name them
+    import pickle
+
+    import lstmc
+    from lstmc.nn.rnn import GRUCell, StreamState  # noqa: F401
+    for name in ("layers", "models", "optimizers", "losses", "callbacks"):
+        assert getattr(lstmc, name) is getattr(lstmc.keras, name)
+    from lstmc.callbacks import CallbackList  # noqa: F401
+    from lstmc.layers import _ACTIVATIONS, deserialize, serialize  # noqa: F401
+    assert lstmc.nn.rnn.LSTMCell is lstmc.nn.LSTMCell
+    cell = pickle.loads(pickle.dumps(lstmc.nn.LSTMCell(3, 4)))
+    assert isinstance(cell, lstmc.nn.LSTMCell)
+    # protocol 0 names classes as text lines, so the module path can be rewritten
+    old = pickle.dumps(lstmc.nn.LSTMCell(3, 4), protocol=0).replace(b"lstmc.nn.cells",
+                                                                    b"lstmc.nn.rnn")
+    assert b"lstmc.nn.rnn" in old and isinstance(pickle.loads(old), lstmc.nn.LSTMCell)

@@ -287,7 +287,9 @@ class Stepper:
         self._engine = engine
         self._has_c = spec.has_c
         L = spec.num_layers
-        self._out_shape = (2 if spec.has_c else 1,) + ((L,) if L > 1 else ()) + (B, spec.hout)
+        # run's h' and c' share one array, so they need one width: no projection
+        self._out_shape = None if spec.proj else \
+            (2 if spec.has_c else 1,) + ((L,) if L > 1 else ()) + (B, spec.hout)
 
     def run(self, x, h0, c0):
         """x (B, I), h0/c0 L x B x H elements or None (zeros), C-contiguous arrays of the
@@ -295,6 +297,8 @@ class Stepper:
         without projection; c' None without c). Holds the engine's lock: the scratch is
         shared by the threads that call one cell."""
         engine = self._engine
+        if self._out_shape is None:
+            raise NotImplementedError("Stepper.run: h and c of different widths (a projection)")
         out = np.empty(self._out_shape, dtype=self.y.dtype)
         hn = out[0]
         cn = out[1] if self._has_c else None

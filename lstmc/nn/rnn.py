@@ -16,7 +16,7 @@ from lstmc._random import generator
 from lstmc.nn._checks import as_float, check_shape, dtype_of, pair, positive_int
 from lstmc.nn._engine import Engine, Spec
 from lstmc.nn.module import Module, Parameter, to_numpy
-from lstmc.nn.streaming import Streaming
+from lstmc.nn.streaming import StreamState, Streaming  # noqa: F401  (StreamState: its old home)
 
 
 def _fixed_at_construction(name, owner):
@@ -403,3 +403,13 @@ class RNN(_HiddenStateRNN):
 
     def _repr_defaults(self):
         return super()._repr_defaults() + (("nonlinearity", "tanh"),)
+
+
+def __getattr__(name):
+    """The one-step cells lived here before lstmc.nn.cells: their old import path and
+    pickled class path (lstmc.nn.rnn.LSTMCell) still resolve. cells imports this module, so
+    they are looked up on first use, not imported at the top."""
+    if name in ("LSTMCell", "GRUCell", "RNNCell"):
+        from lstmc.nn import cells
+        return getattr(cells, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
