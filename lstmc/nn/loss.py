@@ -257,16 +257,8 @@ class CrossEntropyLoss(_Loss):
                              f"{x.shape} needs target {x.shape[:-1]}, got target {t.shape}"
                              + (" (lstmc takes (N, T, C) logits with (N, T) targets, not "
                                 "torch's (N, C, T))" if x.ndim == 3 else ""))
-        C = x.shape[-1]
-        if C == 0:
-            raise ValueError(f"pred must have at least one class, got pred {x.shape}")
+        C, w = x.shape[-1], self._class_weights(x)
         dtype = x.dtype
-        w = None
-        if self.weight is not None:
-            if self.weight.shape != (C,):
-                raise ValueError(f"weight must have shape ({C},) (pred's classes), got "
-                                 f"{self.weight.shape}")
-            w = self.weight.astype(dtype)
         loss_shape = t.shape
         x2 = x.reshape(-1, C)
         t1 = t.reshape(-1).astype(np.int64)
@@ -307,18 +299,23 @@ class CrossEntropyLoss(_Loss):
                    shape=x.shape, loss_shape=loss_shape, dtype=dtype, a=None)
         return out
 
+    def _class_weights(self, x):
+        """The class weights in pred `x`'s dtype (None without), after checking that `x` has
+        classes and the weights one per class."""
+        C = x.shape[-1]
+        if C == 0:
+            raise ValueError(f"pred must have at least one class, got pred {x.shape}")
+        if self.weight is None:
+            return None
+        if self.weight.shape != (C,):
+            raise ValueError(f"weight must have shape ({C},) (pred's classes), got "
+                             f"{self.weight.shape}")
+        return self.weight.astype(x.dtype)
+
     def _forward_probabilities(self, x, y):
         """forward for class-probability targets `y` of x's shape: per row
         -sum_c a_c logp_c with a_c = w_c ((1 - eps) y_c + eps / C)."""
-        dtype, C = x.dtype, x.shape[-1]
-        if C == 0:
-            raise ValueError(f"pred must have at least one class, got pred {x.shape}")
-        w = None
-        if self.weight is not None:
-            if self.weight.shape != (C,):
-                raise ValueError(f"weight must have shape ({C},) (pred's classes), got "
-                                 f"{self.weight.shape}")
-            w = self.weight.astype(dtype)
+        dtype, C, w = x.dtype, x.shape[-1], self._class_weights(x)
         logp, prob = _log_softmax(x.reshape(-1, C))
         eps = self.label_smoothing
         a = y.reshape(-1, C).astype(dtype)
