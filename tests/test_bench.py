@@ -394,3 +394,29 @@ def test_import_lstmc_imports_no_peer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_compare_runs_marks_a_row_outside_the_spread(tmp_path, capsys):
+    """benchmarks/compare_runs.py: new / base of the medians per row, and a mark where the
+    ratio lies outside both builds' run-to-run spread."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  PEERS_DIR / "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+
+    def run(path, same, slow):
+        rows = [dict(row="a", threads=1, mode="fwd", lstmc_s=same),
+                dict(row="b", threads=2, mode="train", lstmc_s=slow),
+                dict(row="c", threads=1, mode="fwd")]              # lstmc failed: no time
+        path.write_text(json.dumps({"results": rows}))
+
+    for i, (same, slow) in enumerate([(1.00, 1.0), (1.02, 1.0), (0.99, 1.01)]):
+        run(tmp_path / f"base-{i}.json", same, slow)
+        run(tmp_path / f"new-{i}.json", same * 1.01, slow * 2)
+    compare_runs.main(str(tmp_path / "base-*.json"), str(tmp_path / "new-*.json"))
+    out = capsys.readouterr().out
+    assert "| a | 1 | fwd | 1e+03 1.02e+03 990 |" in out and "| 1.010 |" in out
+    assert "| 2.000 (!) |" in out and "| c |" not in out
+    assert "2 figures: geometric mean new / base 1.421" in out
+    assert "outside the larger run-to-run spread: 1" in out and "b 2 train: 2.000" in out
