@@ -1,4 +1,5 @@
-"""The peers of `python -m lstmc bench`: PyTorch and ONNX Runtime, built from lstmc's weights.
+"""The peers of `python -m lstmc bench`: PyTorch, ONNX Runtime and OpenVINO, built from lstmc's
+weights.
 
 lstmc/bench.py (the runner: grids, timing, tables) loads this file when lstmc runs from a
 source checkout (it looks beside the package), or from ``--peers-from PATH``; an installed
@@ -19,6 +20,9 @@ How each peer runs a row (float32, time-major input, the weights of lstmc's modu
   inputs and outputs). Inference only. A session per thread count with
   ``intra_op_num_threads = n``, ``inter_op_num_threads = 1``, sequential execution, all graph
   optimizations.
+* OpenVINO: the same ONNX model compiled for the CPU with ``INFERENCE_PRECISION_HINT`` f32
+  (on CPUs with BF16 its default is bf16, about 3e-3 off), ``INFERENCE_NUM_THREADS = n``, one
+  stream, the latency hint. Inference only.
 
 A peer is an entry of ``PEERS``: its column label, how to import it, how to build a row's
 ``(runner, check)`` (see ``lstmc.bench.make_lstmc``), how to set its threads, and the note
@@ -211,55 +215,75 @@ def make_torch(torch, c, data, sd):
     return runner, check
 
 
-def make_ort(ort, c, data, sd):
-    """An ONNX Runtime session of onnx_model(...) with lstmc's weights; one session per thread
-    count, built when that count is first asked for (the previous one is dropped). Inference
-    only: runner("train", n) is None."""
-    streaming = c["section"] == "streaming_step"
-    model = onnx_model(c["cell"], sd, c["I"], c["H"], c["L"], c["bidirectional"],
-                       c["nonlinearity"] or "tanh", with_lengths=c["lengths"] is not None,
-                       with_state=streaming)
-    held = {}
+def openvino_session(model, threads):
+    """An OpenVINO CPU compiled model of an onnx.ModelProto, as run(names, feed) -> list:
+    float32 inference (INFERENCE_PRECISION_HINT f32: by default OpenVINO runs bf16 on CPUs
+    that have it, about 3e-3 off), `threads` inference threads, one stream, latency hint."""
+    import openvino as ov
 
-    def session(threads):
-        if held.get("threads") != threads:
-            held.clear()
-            held.update(threads=threads, sess=ort_session(model, threads))
-        return held["sess"]
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
 
-    states = ("h", "c") if c["cell"] == "lstm" else ("h",)
-    if streaming:
-        shape = (1, c["B"], c["H"])
-        names = ["%s_n" % s for s in states]
+    def run(names, feed):
+        out = request.infer(feed)
+        return [out[n] for n in names]
+    return run
 
-        def zeros():
-            return [np.zeros(shape, np.float32) for _ in states]
 
-        def make_step(threads):
-            sess = session(threads or held.get("threads", 1))
+def make_onnx_peer(session_of):
+    """make(module, row, data, state_dict) of a peer that runs onnx_model(...) with lstmc's
+    weights: session_of(model, threads) -> run(output_names, feed) -> list of arrays. One
+    session per thread count, built when that count is first asked for (the previous one is
+    dropped). Inference only: runner("train", n) is None."""
+    def make(lib, c, data, sd):
+        streaming = c["section"] == "streaming_step"
+        model = onnx_model(c["cell"], sd, c["I"], c["H"], c["L"], c["bidirectional"],
+                           c["nonlinearity"] or "tanh", with_lengths=c["lengths"] is not None,
+                           with_state=streaming)
+        held = {}
 
-            def step(x_t, state):
-                feed = {"x": x_t[None]}
-                feed.update(("%s0_l0" % s, v) for s, v in zip(states, state))
-                state = sess.run(names, feed)
-                return state[0], state
-            return step
-        return streaming_runner(make_step, zeros, data)
+        def session(threads):
+            if held.get("threads") != threads:
+                held.clear()
+                held.update(threads=threads, run=session_of(model, threads))
+            return held["run"]
 
-    feed = {"x": data["x"]}
-    if c["lengths"] is not None:
-        feed["lengths"] = c["lengths"].astype(np.int32)
+        states = ("h", "c") if c["cell"] == "lstm" else ("h",)
+        if streaming:
+            shape = (1, c["B"], c["H"])
+            names = ["%s_n" % s for s in states]
 
-    def runner(mode, threads):
-        if mode != "fwd":
-            return None
-        sess = session(threads)
-        return lambda: sess.run(["y"], feed)
+            def zeros():
+                return [np.zeros(shape, np.float32) for _ in states]
 
-    def check():
-        return session(held.get("threads", 1)).run(["y"], feed)[0]
-    return runner, check
+            def make_step(threads):
+                run = session(threads or held.get("threads", 1))
 
+                def step(x_t, state):
+                    feed = {"x": x_t[None]}
+                    feed.update(("%s0_l0" % s, v) for s, v in zip(states, state))
+                    state = run(names, feed)
+                    return state[0], state
+                return step
+            return streaming_runner(make_step, zeros, data)
+
+        feed = {"x": data["x"]}
+        if c["lengths"] is not None:
+            feed["lengths"] = c["lengths"].astype(np.int32)
+
+        def runner(mode, threads):
+            if mode != "fwd":
+                return None
+            run = session(threads)
+            return lambda: run(["y"], feed)
+
+        def check():
+            return session(held.get("threads", 1))(["y"], feed)[0]
+        return runner, check
+    return make
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,14 +308,27 @@ def _load_ort():
     return onnxruntime
 
 
+def _load_openvino():
+    import onnx  # noqa: F401  (builds the graph)
+    import openvino
+    return openvino
+
+
 PEERS = {
     "torch": Peer("torch", _load_torch, make_torch, lambda torch, n: torch.set_num_threads(n),
                   "torch: nn.LSTM / GRU / RNN with lstmc's weights; train with x.requires_grad "
                   "so dx is computed, packed sequences for variable-length rows; step = "
                   "nn.LSTMCell under no_grad."),
-    "ort": Peer("ORT", _load_ort, make_ort, None,
+    "ort": Peer("ORT", _load_ort,
+                make_onnx_peer(lambda model, threads: ort_session(model, threads).run), None,
                 "ORT: one ONNX LSTM / GRU (linear_before_reset=1) / RNN node per layer built "
                 "from lstmc's weights (sequence_lens for variable-length rows; step = a T=1 "
                 "session), intra_op_num_threads = threads, inter_op 1, sequential, all graph "
                 "optimizations; inference only (train: —)."),
+    "openvino": Peer("OpenVINO", _load_openvino, make_onnx_peer(openvino_session), None,
+                     "OpenVINO: the same ONNX model as ORT, compiled for the CPU with "
+                     "INFERENCE_PRECISION_HINT f32 (its default on BF16 CPUs is bf16), "
+                     "INFERENCE_NUM_THREADS = threads, one stream, latency hint; inference "
+                     "only. Its outputs at padded steps of variable-length rows are not zeros "
+                     "(the check compares valid steps only)."),
 }

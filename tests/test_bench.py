@@ -13,6 +13,7 @@ from lstmc import bench
 
 PEERS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"    # this checkout's peers
 peers = bench.load_peers(PEERS_DIR)
+PEER_LABELS = [p.label for p in peers.PEERS.values()]      # the peer columns, in order
 
 ATOL = 1e-5
 
@@ -216,9 +217,10 @@ def _installed(module):
         return False
 
 
-def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
+def test_bench_tiny_grid_torch_and_ort(tiny, capsys, tmp_path):
     out_json = tmp_path / "out.json"
-    assert bench.main(tiny + ["--threads", "1,2", "--json", str(out_json)]) == 0
+    assert bench.main(tiny + ["--threads", "1,2", "--peers", "torch,ort",
+                              "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     cols, rows = _table(out)
     assert cols[-1] == "lstmc / best peer"
@@ -322,19 +324,21 @@ def test_bench_tiny_grid_all_peers(tiny, capsys, tmp_path):
 def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)         # import torch -> ImportError
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
     assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step,t_var"]) == 0
     out = capsys.readouterr().out
     cols, rows = _table(out)
     step_lines = 2 if hasattr(lstmc.nn.LSTM, "step") else 1     # step and cell, or cell
     assert len(rows) == 3 + step_lines                          # t_inf fwd, t_var fwd + train
     for cells in rows.values():
-        assert cells["torch ms"] == cells["ORT ms"] == "not installed"
+        assert all(cells[label + " ms"] == "not installed" for label in PEER_LABELS)
         assert cells["lstmc / best peer"] == ""
         float(cells["lstmc ms"])
     assert _summary(out) == (None, {})                          # no peer: no means
     wcols, wrows = _table(out, "MB read")
-    assert wcols[-2:] == ["torch GB/s", "ORT GB/s"] and len(wrows) == 1 + step_lines
-    assert all(c["torch GB/s"] == c["ORT GB/s"] == "not installed" for c in wrows.values())
+    assert wcols[-len(PEER_LABELS):] == [lb + " GB/s" for lb in PEER_LABELS]
+    assert len(wrows) == 1 + step_lines
+    assert all(c[lb + " GB/s"] == "not installed" for c in wrows.values() for lb in PEER_LABELS)
 
 
 def test_bench_flags_a_peer_that_disagrees(tiny, capsys, monkeypatch):
@@ -420,3 +424,22 @@ def test_compare_runs_marks_a_row_outside_the_spread(tmp_path, capsys):
     assert "| 2.000 (!) |" in out and "| c |" not in out
     assert "2 figures: geometric mean new / base 1.421" in out
     assert "outside the larger run-to-run spread: 1" in out and "b 2 train: 2.000" in out
+
+
+def test_bench_openvino_peer(tiny, capsys):
+    """OpenVINO runs the ORT peer's ONNX model in float32 and agrees with lstmc, variable
+    lengths compared at their valid steps; inference only."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_var,t_step",
+                              "--peers", "openvino"]) == 0
+    captured = capsys.readouterr()
+    assert "differ" not in captured.err
+    cols, rows = _table(captured.out)
+    assert "OpenVINO ms" in cols
+    for (row, _, mode), cells in rows.items():
+        assert "(!)" not in row
+        if mode == "train":
+            assert cells["OpenVINO ms"] == "—"
+        else:
+            assert float(cells["OpenVINO ms"]) > 0
