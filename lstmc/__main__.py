@@ -1,7 +1,7 @@
 """Command line: `python -m lstmc demo` (train a character LSTM on real text),
 `python -m lstmc generate MODEL` (sample from a model the demo saved),
-`python -m lstmc bench` (time lstmc on the benchmark grids, beside PyTorch and ONNX Runtime
-from a source checkout) and
+`python -m lstmc bench` (time lstmc on the benchmark grids, beside PyTorch, ONNX Runtime and
+OpenVINO from a source checkout) and
 `python -m lstmc info` (the build and the machine)."""
 import argparse
 import platform
@@ -53,8 +53,8 @@ def main(argv=None):
     commands = [
         ("demo", "train a character-level LSTM language model on real text",
          demo.add_arguments, demo.run),
-        ("bench", "time lstmc on the benchmark grids, beside the peers (PyTorch, ONNX Runtime) "
-         "when run from a source checkout", bench.add_arguments, bench.run),
+        ("bench", "time lstmc on the benchmark grids, beside the peers (PyTorch, ONNX Runtime, "
+         "OpenVINO) when run from a source checkout", bench.add_arguments, bench.run),
         ("generate", "sample text from a model saved by `demo --save`",
          demo.add_generate_arguments, demo.generate),
         ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),
