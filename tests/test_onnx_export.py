@@ -300,6 +300,16 @@ def test_keras_states(run, bidirectional):
             check_outputs(actual, [y, h[None], c[None]], ["output", "h_n", "c_n"])
 
 
+@pytest.mark.parametrize("opset", [14, 18, 21])
+def test_opsets(run, opset):
+    """Across the opsets where Reduce* took axes as an attribute and as an input."""
+    rng = np.random.default_rng(12)
+    model = Sequential([Embedding(20, 4, mask_zero=True, input_shape=(7,)),
+                        Bidirectional(LSTM(5, return_sequences=True), merge_mode="ave"),
+                        Bidirectional(GRU(3), merge_mode="mul")])
+    check_keras(run, model, lambda B: padded_ids(rng, B, 7, 20), opset=opset)
+
+
 # ---- refused --------------------------------------------------------------------------
 def test_refuses_lstm_projection(onnx, tmp_path):
     path = tmp_path / "m.onnx"
@@ -364,3 +374,4 @@ def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):
 def test_import_lstmc_does_not_import_onnx():
     code = "import sys, lstmc, lstmc.onnx; assert 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+

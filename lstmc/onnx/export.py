@@ -11,7 +11,9 @@ one conversion.
 
 Graph inputs and outputs
 - `input`: the model's input, batch axis `batch` (or 1 with `dynamic_batch=False`), time axis
-  `time`; token ids are int64. `output`: the model's output.
+  `time`; token ids are int64. `output`: the model's output. lstmc.nn inputs are batched, in
+  the layout of the first sequence module (batch_first or not); inside lstmc.nn.Sequential a
+  sequence module passes its output sequence (its first result) to the next module.
 - `lengths=True` (lstmc.nn): an int32 input `lengths` (batch,) that every recurrent node takes
   as `sequence_lens`, as `lengths=` in lstmc (a row's outputs past its length are 0).
 - Keras face: `Embedding(mask_zero=True)` masks are computed in the graph from the ids (id 0
@@ -121,7 +123,11 @@ def _cell_op(module):
     if isinstance(module, nn.GRU):
         return "GRU", {"linear_before_reset": int(module.reset_after)}
     activation = "Tanh" if module.nonlinearity == "tanh" else "Relu"
-    return "RNN", {"activations": [activation] * module._D}
+    return "RNN", {"activations": [activation] * _directions(module)}
+
+
+def _directions(module):
+    return 2 if module.bidirectional else 1
 
 
 def _layer_weights(module, op, layer):
@@ -134,7 +140,7 @@ def _layer_weights(module, op, layer):
 
     def stacked(which):
         return np.stack([blocks(getattr(module, f"{which}_l{layer}{sfx}").data)
-                         for sfx in ("", "_reverse")[:module._D]])
+                         for sfx in ("", "_reverse")[:_directions(module)]])
 
     W, R = stacked("weight_ih"), stacked("weight_hh")
     B = np.concatenate([stacked("bias_ih"), stacked("bias_hh")], axis=1) if module.bias \
@@ -146,7 +152,7 @@ def _recurrent(g, module, x, lengths, prefix, states):
     """The layers of an lstmc.nn sequence module on time-major x (T, B, I): one ONNX node
     each. Returns (Y (T, B, D*H), h_n (L*D, B, H), c_n or None)."""
     op, attrs = _cell_op(module)
-    D, L, H = module._D, module.num_layers, module.hidden_size
+    D, L, H = _directions(module), module.num_layers, module.hidden_size
     has_c = op == "LSTM"
     shape = (L * D, g.batch, H)
     h0 = g.input(prefix + "h0", shape) if states else ""
@@ -189,12 +195,12 @@ def _outputs(g, y, finals):
 # ---- lstmc.nn ---------------------------------------------------------------------------
 def _nn_graph(g, model, states, lengths):
     from lstmc import nn
-    from lstmc.nn.rnn import _RNNBase
+    sequence_modules = (nn.LSTM, nn.GRU, nn.RNN)
     children = list(model.named_children()) if isinstance(model, nn.Sequential) \
         else [("", model)]
     if not children:
         raise ValueError("cannot export an empty Sequential")
-    rnns = [m for _, m in children if isinstance(m, _RNNBase)]
+    rnns = [m for _, m in children if isinstance(m, sequence_modules)]
     # the input's leading axes follow the first recurrent module's layout
     if not rnns:
         lead = ["batch"]
@@ -215,7 +221,7 @@ def _nn_graph(g, model, states, lengths):
         raise ValueError("lengths=True needs a recurrent module in the model")
     finals = []   # (prefix, h_n, c_n) per recurrent module
     for name, m in children:
-        if isinstance(m, _RNNBase):
+        if isinstance(m, sequence_modules):
             if m.batch_first:
                 x = g.op("Transpose", x, perm=[1, 0, 2])
             prefix = name + "." if name else ""
@@ -251,9 +257,10 @@ def _keras_graph(g, model, states):
     if not model.built:
         raise ValueError("the model must be built before export: give input_shape= (or an "
                          "Input) or call it on a batch")
+    recurrent = (L.LSTM, L.GRU, L.SimpleRNN, L.Bidirectional)
     first = layers[0]
     feature = list(first.built_shape)
-    if feature and isinstance(first, (L.Embedding, L._RNN, L.Bidirectional)):
+    if feature and isinstance(first, (L.Embedding,) + recurrent):
         feature[0] = "time"
     shape = [g.batch] + ["time" if d is None else d for d in feature]
     if isinstance(first, L.Embedding):
@@ -266,7 +273,7 @@ def _keras_graph(g, model, states):
             mask = g.op("Not", g.op("Equal", x, g.const(np.int64(0)))) \
                 if layer.mask_zero else None
             x = g.op("Gather", g.const(layer.embeddings.data, "embeddings"), x, axis=0)
-        elif isinstance(layer, (L._RNN, L.Bidirectional)):
+        elif isinstance(layer, recurrent):
             x, mask = _keras_recurrent(g, layer, x, mask, states, finals)
         elif isinstance(layer, L.Dense):
             x = g.op("MatMul", x, g.const(layer.get_weights()[0], "kernel"))
@@ -302,7 +309,7 @@ def _keras_recurrent(g, layer, x, mask, states, finals):
     y, h, c = _recurrent(g, module, g.op("Transpose", x, perm=[1, 0, 2]),
                          None if steps is None else steps.lengths, prefix, states)
     finals.append((prefix, h, c))
-    U, D = rnn.units, module._D
+    U = rnn.units
     if rnn.return_sequences:
         y = g.op("Transpose", y, perm=[1, 0, 2])     # (B, T, D*U)
         if bidirectional and layer.merge_mode != "concat":
