@@ -311,12 +311,13 @@ class _Builder:
             if shape is None:
                 shape = _first_shape(cls, weights)
             self.check_shapes(cls, cfg, shape, weights, name)
+            arrays = [w.read() for w in weights]   # checked against the bytes stored
             layer, notes = self.layer(cls, cfg, name)
             try:
                 if not model.layers:
                     model.add(L.Input(shape))
                 layer.build(shape)
-                layer.set_weights([w.read() for w in weights])
+                layer.set_weights(arrays)
                 model.add(layer)
             except ValueError as e:
                 if isinstance(e, io.FormatError):
