@@ -220,6 +220,45 @@ def test_keras2_h5_layout(tmp_path):
     _check_same(load_model(path).predict(x), np.asarray(ref.predict(x, verbose=0)))
 
 
+def test_keras2_h5_bidirectional_embedding_without_input_layer(tmp_path):
+    """Keras 2 before InputLayer entries: the first layer carries batch_input_shape; a
+    Bidirectional without backward_layer; a GRU of Keras 2's reset_after=True."""
+    k = _keras()
+    ref = _masked_gru(k)
+    _randomise(ref, seed=5)
+    w = ref.get_weights()
+    rnn = {"trainable": True, "dtype": "float32", "return_state": False,
+           "go_backwards": False, "stateful": False, "unroll": False, "time_major": False,
+           "activation": "tanh", "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0,
+           "implementation": 2}
+    layers = [
+        {"class_name": "Embedding", "config": {
+            "name": "embedding", "trainable": True, "batch_input_shape": [None, None],
+            "dtype": "float32", "input_dim": V, "output_dim": 6, "mask_zero": True,
+            "embeddings_regularizer": None, "activity_regularizer": None,
+            "embeddings_constraint": None, "input_length": None}},
+        {"class_name": "GRU", "config": {**rnn, "name": "gru", "units": 5,
+                                         "return_sequences": True, "reset_after": True,
+                                         "recurrent_activation": "sigmoid"}},
+        {"class_name": "Bidirectional", "config": {
+            "name": "bidirectional", "trainable": True, "dtype": "float32",
+            "merge_mode": "sum", "layer": {"class_name": "SimpleRNN", "config": {
+                **rnn, "name": "simple_rnn", "units": 3, "return_sequences": False}}}},
+        {"class_name": "Dense", "config": {"name": "dense", "trainable": True,
+                                           "dtype": "float32", "units": 2,
+                                           "activation": "relu", "use_bias": True}}]
+    path = tmp_path / "keras2.h5"
+    cell = lambda prefix: [f"{prefix}/kernel", f"{prefix}/recurrent_kernel", f"{prefix}/bias"]
+    names = {"embedding": ["embeddings"], "gru": cell("gru_cell"),
+             "bidirectional": cell("forward_simple_rnn/simple_rnn_cell")
+             + cell("backward_simple_rnn/simple_rnn_cell"),
+             "dense": ["kernel", "bias"]}
+    it = iter(w)
+    _keras2_file(path, layers, {n: [(p, next(it)) for p in ps] for n, ps in names.items()})
+    x = _inputs("masked_gru", ref, seed=2)
+    _check_same(load_model(path).predict(x), np.asarray(ref.predict(x, verbose=0)))
+
+
 def test_hard_sigmoid_named_with_each_versions_definition(tmp_path):
     path = tmp_path / "keras2.h5"
     rng = np.random.default_rng(0)
@@ -395,6 +434,35 @@ def test_fuzz_keras_reader(tmp_path_factory, small_keras):
             if at < len(data):
                 data[at] ^= x
         path.write_bytes(bytes(data))
+        start = time.perf_counter()
+        try:
+            load_model(path)
+        except (io.FormatError, UnsupportedModelError):
+            pass
+        assert time.perf_counter() - start < 2.0
+
+    run()
+
+
+def test_fuzz_keras_members(tmp_path_factory, small_keras):
+    """Mutations inside config.json and model.weights.h5, re-zipped so the archive's CRCs
+    hold: the JSON and HDF5 parsers and the reader's checks see the damage."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    path = tmp_path_factory.mktemp("fuzz") / "f.keras"
+    members = _members(small_keras)
+
+    @hypothesis.settings(max_examples=150, deadline=2000, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.sampled_from(["config.json", "model.weights.h5"]),
+                      st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
+                                         st.integers(1, 255)), min_size=1, max_size=8),
+                      st.floats(0.05, 1))
+    def run(name, flips, keep):
+        data = bytearray(members[name][:max(1, int(len(members[name]) * keep))])
+        for at, x in flips:
+            data[int(at * len(data))] ^= x
+        path.write_bytes(_zip({**members, name: bytes(data)}))
         start = time.perf_counter()
         try:
             load_model(path)
