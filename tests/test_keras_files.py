@@ -164,10 +164,18 @@ def test_training_only_options_load_for_inference_and_refuse_training(tmp_path):
 
 
 # ---- legacy files: Keras 2 / tf.keras's layout, written by hand --------------------------
-def _keras2_file(path, layers, weights, version="2.15.0"):
+def _keras2_file(path, layers, weights, version="2.15.0", functional=False):
     """An .h5 file as Keras 2 writes it: model_config JSON attribute and
-    model_weights/<layer>/<layer>/<cell>/kernel:0 datasets listed in weight_names."""
+    model_weights/<layer>/<layer>/<cell>/kernel:0 datasets listed in weight_names; with
+    `functional`, the layers as a Functional chain in Keras 2's node format."""
     config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
+    if functional:
+        names = [l["config"]["name"] for l in layers]
+        layers = [{**l, "name": n, "inbound_nodes": [[[p, 0, 0, {}]]] if p else []}
+                  for l, n, p in zip(layers, names, [None] + names)]
+        config = {"class_name": "Functional", "config": {
+            "name": "model", "layers": layers, "input_layers": [[names[0], 0, 0]],
+            "output_layers": [[names[-1], 0, 0]]}}
     with h5py.File(path, "w") as f:
         f.attrs["model_config"] = json.dumps(config)
         f.attrs["keras_version"] = version
@@ -205,7 +213,8 @@ def _keras2_lstm_layers(recurrent_activation="sigmoid"):
             {"class_name": "LSTM", "config": lstm}, {"class_name": "Dense", "config": dense}]
 
 
-def test_keras2_h5_layout(tmp_path):
+@pytest.mark.parametrize("functional", [False, True])
+def test_keras2_h5_layout(tmp_path, functional):
     k = _keras()
     ref = k.Sequential([k.Input((T, 3)), k.layers.LSTM(4), k.layers.Dense(2,
                                                                          activation="sigmoid")])
@@ -215,7 +224,7 @@ def test_keras2_h5_layout(tmp_path):
     _keras2_file(path, _keras2_lstm_layers(), {
         "lstm": [("lstm_cell/kernel", w[0]), ("lstm_cell/recurrent_kernel", w[1]),
                  ("lstm_cell/bias", w[2])],
-        "dense": [("kernel", w[3]), ("bias", w[4])]})
+        "dense": [("kernel", w[3]), ("bias", w[4])]}, functional=functional)
     x = np.random.default_rng(0).standard_normal((B, T, 3)).astype(np.float32)
     _check_same(load_model(path).predict(x), np.asarray(ref.predict(x, verbose=0)))
 
@@ -471,3 +480,21 @@ def test_fuzz_keras_members(tmp_path_factory, small_keras):
         assert time.perf_counter() - start < 2.0
 
     run()
+
+
+@pytest.mark.parametrize("ext", [".keras", ".h5"])
+def test_stateful_layers_carry_state_across_calls(tmp_path, ext):
+    k = _keras()
+    model = k.Sequential([k.Input(batch_shape=(B, T, 3)),
+                          k.layers.GRU(4, stateful=True, return_sequences=True),
+                          k.layers.LSTM(3, stateful=True)])
+    _randomise(model, seed=7)
+    path = tmp_path / f"m{ext}"
+    _save(model, path)
+    loaded = load_model(path)
+    x = np.random.default_rng(3).standard_normal((B, T, 3)).astype(np.float32)
+    outs = []
+    for _ in range(3):        # the same batch each time: only the carried state differs
+        outs.append(loaded.predict(x, batch_size=B))
+        _check_same(outs[-1], np.asarray(model.predict(x, verbose=0, batch_size=B)))
+    assert not np.allclose(outs[0], outs[1])
