@@ -150,6 +150,9 @@ def _major(version, path):
 
 # ---- weight stores: a layer's weights, in Keras' order ----------------------------------
 class _Store:
+    """An open weights file; `weights(slot, name, subpaths)` gives a layer's weights in
+    Keras' order, found by its slot in a .keras file and by its name in a legacy one."""
+
     def __init__(self, h5, path):
         self.h5, self.path = h5, path
 
@@ -192,7 +195,7 @@ class _Keras3Store(_Store):
     """model.weights.h5 of a .keras archive: layers/<slot>/.../vars/<i>, where a slot is
     the layer class in snake case, numbered from the second of a class on (lstm, lstm_1)."""
 
-    def weights(self, slot, subpaths):
+    def weights(self, slot, name, subpaths):
         base = f"layers/{slot}"
         if base not in self.h5:
             if not subpaths:
@@ -223,7 +226,7 @@ class _Keras3Store(_Store):
 class _LegacyStore(_Store):
     """model_weights/<layer name>, its weight_names attribute giving the order."""
 
-    def weights(self, name, subpaths):
+    def weights(self, slot, name, subpaths):
         mw = self.h5["model_weights"]
         if name not in mw:
             if not subpaths:
@@ -299,15 +302,14 @@ class _Builder:
                 self.fail(name, f"layer class {cls!r} is not one lstmc has "
                           f"({', '.join(sorted(_KERAS3_VARS))})")
             # Sequential's weights file leaves its input layer out of the numbering
-            key = None if (cls == "InputLayer" and kind == "Sequential") else \
+            slot = None if (cls == "InputLayer" and kind == "Sequential") else \
                 _slot(_snake(cls), slots)
             if cls == "InputLayer":
                 shape = self.input_shape(cfg, name)
                 continue
             if shape is None:
                 shape = self.input_shape(cfg, name, optional=True)
-            store_key = key if isinstance(self.store, _Keras3Store) else name
-            weights = self.store.weights(store_key, _KERAS3_VARS[cls])
+            weights = self.store.weights(slot, name, _KERAS3_VARS[cls])
             if shape is None:
                 shape = _first_shape(cls, weights)
             self.check_shapes(cls, cfg, shape, weights, name)
@@ -366,9 +368,10 @@ class _Builder:
     def activation(self, value, layer, option):
         if isinstance(value, dict):        # {"class_name": "function", "config": "tanh"}
             value = value.get("config")
-        if value == "hard_sigmoid":
-            self.fail(layer, f"{option}='hard_sigmoid' ({_HARD_SIGMOID[3 if self.version >= 3 else 2]}) is "
-                      "not one lstmc's kernels run")
+        if value == "hard_sigmoid":     # two functions under one name: say which one
+            meaning = _HARD_SIGMOID[3 if self.version >= 3 else 2]
+            self.fail(layer, f"{option}='hard_sigmoid' ({meaning}) is not one lstmc's "
+                      "kernels run")
         return value
 
     def layer(self, cls, cfg, name, inner=False):
