@@ -79,7 +79,8 @@ def _no_bias(k):
 
 
 def _stacked(k):
-    return k.Sequential([k.Input((None, 3)), k.layers.LSTM(5, return_sequences=True),
+    return k.Sequential([k.Input((None, 3)), k.layers.LSTM(5, return_sequences=True,
+                                                           dropout=0.3),
                          k.layers.LSTM(5, return_sequences=True), k.layers.LSTM(4),
                          k.layers.Dense(2, activation="tanh")])
 
