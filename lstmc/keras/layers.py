@@ -122,6 +122,17 @@ class Layer(Module):
         self.built = False
         self.built_shape = None
 
+    # why this layer cannot train, if it cannot: options of a loaded Keras file that only
+    # training would honour (recurrent_dropout, regularizers, ...)
+    training_unsupported = None
+
+    def train(self, mode=True):
+        if mode and self.training_unsupported:
+            raise ValueError(f"{self.name} cannot be trained: lstmc lacks its "
+                             f"{self.training_unsupported} (inference ignores them, as "
+                             "Keras' predict does)")
+        return super().train(mode)
+
     def build(self, input_shape):
         """Creates the weights for inputs of `input_shape` (without the batch axis)."""
         input_shape = tuple(input_shape)

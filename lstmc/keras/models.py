@@ -13,6 +13,8 @@ Training runs each batch through the layers' forward, the loss, the layers' back
 reverse) and one optimizer step; the loss takes the last layer's pre-activation when it is
 the loss' own link (sigmoid + binary, softmax + categorical cross-entropy).
 """
+import os
+
 import numpy as np
 
 from lstmc import io
@@ -357,7 +359,13 @@ class Sequential(Module):
 
 def load_model(filepath, compile=True):
     """The model `Sequential.save` wrote, with its weights and (if it was compiled and
-    `compile`) its optimizer state: predictions are bit-identical to the saved model's."""
+    `compile`) its optimizer state: predictions are bit-identical to the saved model's.
+
+    A Keras file (`.keras`, `.h5`, `.hdf5`) is read with h5py alone (`lstmc[keras]`) into an
+    uncompiled Sequential of lstmc's layers: see `lstmc.keras.files`."""
+    if os.fspath(filepath).lower().endswith((".keras", ".h5", ".hdf5")):
+        from lstmc.keras import files
+        return files.load(filepath)
     config, arrays = io.read(filepath, kind=_KIND)
     try:
         mc = config["model"]
