@@ -586,7 +586,7 @@ def test_initializer_sizes_are_checked_before_allocating():
     model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], {"x": X3}, ["y"],
                        {"w": np.ones(3, np.float32)})
     model.graph.initializer[0].dims[:] = [1 << 40]
-    with pytest.raises(ValueError, match="initializer 'w'.*elements, more than"):
+    with pytest.raises(ValueError, match=r"initializer 'w': shape \(1099511627776,\) needs"):
         lo.load(model)
     model.graph.initializer[0].dims[:] = [4]
     with pytest.raises(ValueError, match=r"initializer 'w': shape \(4,\) needs 16 bytes"):

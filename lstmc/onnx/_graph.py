@@ -203,10 +203,10 @@ def _build(node, defs):
     if since > verified:
         raise node.unsupported(f"version {since} of {node.op} (opset {node.opset}); lstmc "
                                f"follows its versions up to {verified}")
-    kernel = builder(node)
+    kernel = _call(builder, [node], node)
     unread = node.unread_attributes()
     if unread:
-        raise node.unsupported(f"attribute{'s' * (len(unread) > 1)} {', '.join(unread)} "
+        raise node.unsupported(f"attribute{'s' * (len(unread) > 1)} {', '.join(map(str, unread))} "
                                "not supported")
     return kernel
 

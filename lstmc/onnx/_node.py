@@ -32,9 +32,10 @@ _FIELDS = {1: "float_data", 2: "int32_data", 3: "int32_data", 4: "int32_data",
            9: "int32_data", 10: "int32_data", 11: "double_data", 12: "uint64_data",
            13: "uint64_data"}
 
-# a tensor of more elements than this is refused before anything is allocated: no model lstmc
-# runs comes near it, and a corrupt or hostile file must not make it allocate absurdly
-MAX_ELEMENTS = 1 << 34
+# the most elements of a tensor whose size comes from values in the file (ConstantOfShape,
+# Expand, Tile, Range: 1 GiB of float32): a corrupt or hostile file must not make lstmc
+# allocate absurdly. A tensor stored in the file is bounded by its data instead.
+MAX_ELEMENTS = 1 << 28
 
 
 def numpy_dtype(elem_type, where):
@@ -46,13 +47,13 @@ def numpy_dtype(elem_type, where):
     return entry[0]
 
 
-def checked_size(dims, where):
-    """The element count of `dims`, refusing negative dims and absurd sizes."""
+def checked_size(dims, where, limit=MAX_ELEMENTS):
+    """(dims, element count), refusing negative dims and more than `limit` elements."""
     dims = tuple(int(d) for d in dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"{where}: negative dimension in shape {dims}")
     n = math.prod(dims)
-    if n > MAX_ELEMENTS:
+    if limit is not None and n > limit:
         raise ValueError(f"{where}: shape {dims} has {n} elements, more than lstmc accepts "
                          f"({MAX_ELEMENTS})")
     return dims, n
@@ -63,7 +64,7 @@ def tensor_to_array(t, where):
     that the stored data matches the declared dims before allocating anything."""
     where = f"{where} {t.name!r}" if t.name else where
     dtype = numpy_dtype(t.data_type, where)
-    dims, n = checked_size(t.dims, where)
+    dims, n = checked_size(t.dims, where, limit=None)
     if t.data_location == 1:   # EXTERNAL: onnx.load(path) brings it in; bytes cannot
         raise ValueError(f"{where}: its data is in an external file; load the model from its "
                          "path so that the file can be found")
@@ -112,7 +113,7 @@ class NodeInfo:
         return name in self._attributes
 
     def unread_attributes(self):
-        return sorted(set(self._attributes) - self._read)
+        return sorted(set(self._attributes) - self._read, key=str)
 
     def has_input(self, i):
         return i < len(self.inputs) and self.inputs[i] != ""
