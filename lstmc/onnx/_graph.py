@@ -51,17 +51,6 @@ class Step(NamedTuple):
     node: NodeInfo
 
 
-def _attribute(a, where):
-    """AttributeProto -> python value (tensors as numpy arrays)."""
-    kinds = {1: lambda: a.f, 2: lambda: a.i, 3: lambda: a.s,
-             4: lambda: tensor_to_array(a.t, f"{where}, attribute {a.name}"),
-             6: lambda: list(a.floats), 7: lambda: list(a.ints), 8: lambda: list(a.strings)}
-    if a.type not in kinds:
-        raise UnsupportedModelError(f"{where}: attribute {a.name!r} (a subgraph, sparse tensor "
-                                    f"or type; AttributeProto type {a.type})")
-    return kinds[a.type]()
-
-
 def _topological_order(nodes, available):
     """Indices of `nodes` in an order where each node follows the producers of its inputs;
     `available`: the names known before any node (inputs, initializers)."""
@@ -122,16 +111,15 @@ class Graph:
         self.outputs = [NodeArg(v) for v in g.output]
         known = set(constants) | {a.name for a in self.inputs}
         order = _topological_order(g.node, known)
+        producers = {name: n for n in g.node for name in n.output if name}
         self.steps = []
         for i in order:
             proto = g.node[i]
-            where = f"node {proto.name or '#%d' % i!r} ({proto.op_type})"
+            node = NodeInfo(proto, i, opset, constants, producers)
             if proto.domain not in _DOMAINS:
-                raise UnsupportedModelError(f"{where}: operator domain {proto.domain!r}")
+                raise node.unsupported(f"operator domain {proto.domain!r}")
             if opset is None:
                 raise ValueError("the model imports no version of the default ONNX opset")
-            attributes = {a.name: _attribute(a, where) for a in proto.attribute}
-            node = NodeInfo(proto, i, opset, constants, attributes)
             kernel = _build(node, onnx.defs)
             names = node.inputs
             if all(n == "" or n in constants for n in names):   # fold it
@@ -140,8 +128,10 @@ class Graph:
                     if name:
                         constants[name] = v
                 continue
-            self.steps.append(Step(kernel, tuple(self._slot(n) for n in names),
-                                   tuple(self._slot(n) for n in proto.output), node))
+            inputs = tuple(0 if k in node.captured else self._slot(n)
+                           for k, n in enumerate(names))
+            self.steps.append(Step(kernel, inputs, tuple(self._slot(n) for n in proto.output),
+                                   node))
         for arg in self.outputs:
             if arg.name not in self.slots and arg.name not in constants \
                     and arg.name not in known:

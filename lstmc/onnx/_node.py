@@ -86,19 +86,33 @@ def tensor_to_array(t, where):
     return np.array(field, dtype=dtype).reshape(dims)
 
 
+def _attribute(a, where):
+    """AttributeProto -> python value (tensors as numpy arrays)."""
+    kinds = {1: lambda: a.f, 2: lambda: a.i, 3: lambda: a.s,
+             4: lambda: tensor_to_array(a.t, f"{where}, attribute {a.name}"),
+             6: lambda: list(a.floats), 7: lambda: list(a.ints), 8: lambda: list(a.strings)}
+    if a.type not in kinds:
+        raise UnsupportedModelError(f"{where}: attribute {a.name!r} (a subgraph, sparse tensor "
+                                    f"or type; AttributeProto type {a.type})")
+    return kinds[a.type]()
+
+
 class NodeInfo:
     """One node as an operator's builder sees it: name, op, opset, attributes (read through
     `attr`, which records what was read, so that the executor can refuse attributes no
-    builder understood), its inputs' names and the constants among them."""
+    builder understood), its inputs' names and the constants among them. `capture` marks
+    constant inputs the kernel took in at load (the graph then drops its copy)."""
 
-    def __init__(self, proto, index, opset, constants, attributes):
+    def __init__(self, proto, index, opset, constants, producers):
         self.op = proto.op_type
         self.name = proto.name or f"#{index}"
         self.opset = opset
         self.inputs = list(proto.input)
         self.n_outputs = len(proto.output)
+        self.captured = set()
         self._constants = constants
-        self._attributes = attributes   # name -> python value (tensors as arrays)
+        self._producers = producers   # value name -> the NodeProto that computes it
+        self._attributes = {a.name: _attribute(a, str(self)) for a in proto.attribute}
         self._read = set()
 
     def __str__(self):
@@ -127,6 +141,14 @@ class NodeInfo:
 
     def is_const(self, i):
         return self.has_input(i) and self.inputs[i] in self._constants
+
+    def producer(self, i):
+        """The NodeProto that computes input i, None for a graph input or constant."""
+        return self._producers.get(self.inputs[i]) if self.has_input(i) else None
+
+    def capture(self, *indices):
+        """Constant inputs the kernel keeps in its own form: runs pass None for them."""
+        self.captured.update(indices)
 
     def unsupported(self, what):
         return UnsupportedModelError(f"{self}: {what}")
