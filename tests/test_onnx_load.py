@@ -123,6 +123,19 @@ def test_backend_case_unsupported(backend_cases, name, weights):
         sess.run(None, {a.name: x for a, x in zip(sess.get_inputs(), fed)})
 
 
+@pytest.mark.parametrize("name", ["test_lstm_bidirectional", "test_gru_with_initial_bias",
+                                  "test_simple_rnn_batchwise"])
+def test_backend_case_in_float64(backend_cases, name):
+    """The same cases with every tensor in double: lstmc's float64 kernels."""
+    case = backend_cases[name]
+    inputs, expected = case.data_sets[0]
+    model = as_initializers(case.model, [a.astype(np.float64) for a in inputs])
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    got = lo.load(model).run(None, {model.graph.input[0].name: inputs[0].astype(np.float64)})
+    assert_outputs(name, got, [e.astype(np.float64) for e in expected])
+
+
 # ---- recurrent nodes against ONNX Runtime ---------------------------------------------------
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
@@ -214,6 +227,35 @@ def test_zero_peepholes_are_no_peepholes(ort):
         m, f = recurrent_model("LSTM", states=True, peepholes=0.0, weights_as=weights_as)
         assert_outputs("P=0", lo.load(m).run(None, f), expected, 0, 0)
         assert_outputs("P=0 vs ORT", lo.load(m).run(None, f), ort_run(ort, m, f))
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5])
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_states_from_constant_of_shape(ort, op, fill):
+    """torch.onnx.export builds the zero state from the input's shape; lstmc runs it as its
+    own zero state without computing it, and any other fill as given."""
+    H, I = 4, 3
+    rng = np.random.default_rng(5)
+    G = GATES[op]
+    x = rng.standard_normal((6, 2, I)).astype(np.float32)
+    consts = {"W": rng.standard_normal((1, G * H, I)).astype(np.float32),
+              "R": rng.standard_normal((1, G * H, H)).astype(np.float32),
+              "one": np.array([1], np.int64), "hid": np.array([H], np.int64),
+              "i1": np.array([1], np.int64)}
+    n = helper.make_node
+    value = numpy_helper.from_array(np.array([fill], np.float32))
+    nodes = [n("Shape", ["x"], ["xs"]), n("Gather", ["xs", "i1"], ["b"], axis=0),
+             n("Concat", ["one", "b", "hid"], ["s"], axis=0),
+             n("ConstantOfShape", ["s"], ["z"], value=value),
+             n(op, ["x", "W", "R", "", "", "z"] + (["z"] if op == "LSTM" else []),
+               ["Y", "Y_h"], hidden_size=H)]
+    model = make_model(nodes, {"x": x}, ["Y", "Y_h"], consts)
+    sess = lo.load(model)
+    assert_outputs(f"{op} fill={fill}", sess.run(None, {"x": x}),
+                   ort_run(ort, model, {"x": x}))
+    ops_run = [step.node.op for step in sess._graph.plan(["Y", "Y_h"])[0]]
+    assert ops_run == ([op] if fill == 0 else ["Shape", "Gather", "Concat", "ConstantOfShape",
+                                               op])
 
 
 @pytest.mark.parametrize("op,attrs,match", [
@@ -525,6 +567,15 @@ def test_other_domains_and_old_opsets_are_refused():
         lo.load(model)
     with pytest.raises(lo.UnsupportedModelError, match="opset 6"):
         lo.load(make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": X3}, ["y"], opset=6))
+
+
+def test_inputs_the_schema_requires_or_forbids():
+    nodes = [helper.make_node("LSTM", ["x", "", "r"], ["y"], name="l", hidden_size=2)]
+    with pytest.raises(ValueError, match=r"node 'l' \(LSTM\): input 1 \(W\) is required"):
+        lo.load(make_model(nodes, {"x": X3, "r": X3}, ["y"]))
+    nodes = [helper.make_node("Relu", ["x", "x"], ["y"], name="r")]
+    with pytest.raises(ValueError, match=r"node 'r' \(Relu\): 2 inputs"):
+        lo.load(make_model(nodes, {"x": X3}, ["y"]))
 
 
 def test_cycle_is_refused():

@@ -187,9 +187,11 @@ def _build(node, defs):
         raise node.unsupported(f"operator {node.op} is not supported by lstmc's executor")
     builder, verified = entry
     try:
-        since = defs.get_schema(node.op, node.opset, "").since_version
+        schema = defs.get_schema(node.op, node.opset, "")
     except Exception:
         raise node.invalid(f"operator {node.op} does not exist at opset {node.opset}") from None
+    since = schema.since_version
+    _check_arity(node, schema, defs.OpSchema.FormalParameterOption.Single)
     if since > verified:
         raise node.unsupported(f"version {since} of {node.op} (opset {node.opset}); lstmc "
                                f"follows its versions up to {verified}")
@@ -199,6 +201,20 @@ def _build(node, defs):
         raise node.unsupported(f"attribute{'s' * (len(unread) > 1)} {', '.join(map(str, unread))} "
                                "not supported")
     return kernel
+
+
+def _check_arity(node, schema, single):
+    """The node's inputs and outputs as many as its schema allows, none required missing: so
+    that kernels never meet None where ONNX demands a value."""
+    n_in = len(node.inputs)
+    if not schema.min_input <= n_in <= schema.max_input \
+            or not node.n_outputs <= schema.max_output:
+        raise node.invalid(f"{n_in} inputs and {node.n_outputs} outputs; {node.op} takes "
+                           f"{schema.min_input} to {schema.max_input} inputs and at most "
+                           f"{schema.max_output} outputs")
+    for k, formal in enumerate(schema.inputs[:n_in]):
+        if formal.option == single and not node.has_input(k):
+            raise node.invalid(f"input {k} ({formal.name}) is required")
 
 
 def _call(kernel, args, node):
