@@ -314,32 +314,50 @@ def test_loading_leaves_lstmcs_random_stream_alone():
 
 # ---- round trips from torch.onnx.export -----------------------------------------------------
 def torch_export(torch, module, args, input_names, output_names, dynamic_axes):
+    """The TorchScript exporter's file (bytes)."""
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, f, dynamo=False, input_names=input_names,
+        torch.onnx.export(module.eval(), args, f, dynamo=False, input_names=input_names,
                           output_names=output_names, dynamic_axes=dynamic_axes,
                           opset_version=17)
     return f.getvalue()
 
 
-def check_round_trip(torch, ort, module, args, input_names, output_names, dynamic_axes,
-                     run_args):
-    data = torch_export(torch, module.eval(), args, input_names, output_names, dynamic_axes)
+def torch_export_dynamo(torch, module, args, input_names, dynamic_shapes):
+    """The dynamo exporter's file (bytes); needs onnxscript."""
+    pytest.importorskip("onnxscript")
+    import logging
+    logging.disable(logging.WARNING)   # the exporter reports each step at WARNING
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), args, dynamo=True,
+                                        input_names=input_names,
+                                        dynamic_shapes=dynamic_shapes, opset_version=18)
+    finally:
+        logging.disable(logging.NOTSET)
+    return program.model_proto.SerializeToString()
+
+
+def check_round_trip(torch, ort, module, data, input_names, output_names, run_args):
+    """lstmc's run of the file `data` on run_args against torch's module and ONNX Runtime."""
     sess = lo.load(data)
     assert [a.name for a in sess.get_inputs()] == input_names
-    assert [a.name for a in sess.get_outputs()] == output_names
+    if output_names is not None:
+        assert [a.name for a in sess.get_outputs()] == output_names
     feeds = {n: a.numpy() for n, a in zip(input_names, run_args)}
     got = sess.run(None, feeds)
     with torch.no_grad():
-        expected = module(*run_args)
+        expected = module.eval()(*run_args)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     assert_outputs("lstmc vs torch", got, [e.numpy() for e in expected])
     assert_outputs("lstmc vs onnxruntime", got,
                    ort_run(ort, onnx.load_model_from_string(data), feeds))
 
 
-def test_round_trip_embedding_bilstm_linear(torch, ort):
+def tagger(torch):
+    """Embedding + 2-layer bidirectional LSTM + Linear."""
     class Tagger(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -351,23 +369,31 @@ def test_round_trip_embedding_bilstm_linear(torch, ort):
             return self.fc(self.lstm(self.emb(x))[0])
 
     torch.manual_seed(0)
-    check_round_trip(torch, ort, Tagger(), (torch.randint(0, 50, (7, 3)),), ["x"], ["y"],
-                     {"x": {0: "T", 1: "B"}}, (torch.randint(0, 50, (11, 4)),))
+    return Tagger()
+
+
+def test_round_trip_embedding_bilstm_linear(torch, ort):
+    model = tagger(torch)
+    data = torch_export(torch, model, (torch.randint(0, 50, (7, 3)),), ["x"], ["y"],
+                        {"x": {0: "T", 1: "B"}})
+    check_round_trip(torch, ort, model, data, ["x"], ["y"], (torch.randint(0, 50, (11, 4)),))
 
 
 def test_round_trip_batch_first_gru(torch, ort):
     torch.manual_seed(1)
     gru = torch.nn.GRU(5, 7, num_layers=2, batch_first=True)
-    check_round_trip(torch, ort, gru, (torch.randn(3, 6, 5),), ["x"], ["y", "h"],
-                     {"x": {0: "B", 1: "T"}}, (torch.randn(2, 9, 5),))
+    data = torch_export(torch, gru, (torch.randn(3, 6, 5),), ["x"], ["y", "h"],
+                        {"x": {0: "B", 1: "T"}})
+    check_round_trip(torch, ort, gru, data, ["x"], ["y", "h"], (torch.randn(2, 9, 5),))
 
 
 def test_round_trip_relu_rnn(torch, ort):
     torch.manual_seed(2)
     rnn = torch.nn.RNN(4, 6, nonlinearity="relu", bidirectional=True)
     h0 = torch.randn(2, 3, 6)
-    check_round_trip(torch, ort, rnn, (torch.randn(5, 3, 4), h0), ["x", "h0"], ["y", "h"],
-                     {"x": {0: "T"}}, (torch.randn(8, 3, 4), h0))
+    data = torch_export(torch, rnn, (torch.randn(5, 3, 4), h0), ["x", "h0"], ["y", "h"],
+                        {"x": {0: "T"}})
+    check_round_trip(torch, ort, rnn, data, ["x", "h0"], ["y", "h"], (torch.randn(8, 3, 4), h0))
 
 
 def test_round_trip_packed_lengths(torch, ort):
@@ -383,10 +409,28 @@ def test_round_trip_packed_lengths(torch, ort):
             return pad_packed_sequence(y, total_length=x.shape[0])[0], h, c
 
     torch.manual_seed(3)
-    check_round_trip(torch, ort, Packed(), (torch.randn(7, 3, 4), torch.tensor([7, 2, 5])),
-                     ["x", "lengths"], ["y", "h", "c"],
-                     {"x": {0: "T", 1: "B"}, "lengths": {0: "B"}},
+    model = Packed()
+    data = torch_export(torch, model, (torch.randn(7, 3, 4), torch.tensor([7, 2, 5])),
+                        ["x", "lengths"], ["y", "h", "c"],
+                        {"x": {0: "T", 1: "B"}, "lengths": {0: "B"}})
+    check_round_trip(torch, ort, model, data, ["x", "lengths"], ["y", "h", "c"],
                      (torch.randn(9, 4, 4), torch.tensor([3, 9, 1, 6])))
+
+
+def test_round_trip_dynamo_embedding_bilstm_linear(torch, ort):
+    """The dynamo exporter fixes T=7 in the final Reshape; B stays free."""
+    model = tagger(torch)
+    data = torch_export_dynamo(torch, model, (torch.randint(0, 50, (7, 3)),), ["x"],
+                               ({1: torch.export.Dim("B")},))
+    check_round_trip(torch, ort, model, data, ["x"], None, (torch.randint(0, 50, (7, 5)),))
+
+
+def test_round_trip_dynamo_batch_first_gru(torch, ort):
+    torch.manual_seed(1)
+    gru = torch.nn.GRU(5, 7, num_layers=2, batch_first=True)
+    data = torch_export_dynamo(torch, gru, (torch.randn(3, 6, 5),), ["x"],
+                               ({0: torch.export.Dim("B"), 1: torch.export.Dim("T")},))
+    check_round_trip(torch, ort, gru, data, ["x"], None, (torch.randn(2, 9, 5),))
 
 
 # ---- the executor's operators against ONNX Runtime ------------------------------------------

@@ -142,9 +142,13 @@ class NodeInfo:
     def is_const(self, i):
         return self.has_input(i) and self.inputs[i] in self._constants
 
-    def producer(self, i):
-        """The NodeProto that computes input i, None for a graph input or constant."""
-        return self._producers.get(self.inputs[i]) if self.has_input(i) else None
+    def producer(self, name):
+        """The NodeProto that computes the value `name`, None for a graph input or constant."""
+        return self._producers.get(name)
+
+    def constant(self, name):
+        """The value `name` when it is known at load time, else None."""
+        return self._constants.get(name)
 
     def capture(self, *indices):
         """Constant inputs the kernel keeps in its own form: runs pass None for them."""

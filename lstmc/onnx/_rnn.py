@@ -177,18 +177,31 @@ class _RecurrentNode:
         return (Y, h, c)[:self.n_outputs]
 
 
+# operators whose output is zeros when their first input is (the others only shape it)
+_ZEROS_STAY_ZEROS = ("Expand", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
+                     "Identity", "Cast")
+
+
 def _always_zero(node, i):
-    """Input i is zeros in every run: a constant of zeros, or a ConstantOfShape of 0, as
-    torch.onnx.export writes the default state (from the input's shape: per run, that
-    subgraph cost ~40 us of the ~50 us an I8 H8 B1 T25 LSTM took; it is no longer run)."""
-    if node.is_const(i):
-        return not node.const(i).any()
-    p = node.producer(i)
-    if p is None or p.op_type != "ConstantOfShape" or p.domain not in ("", "ai.onnx"):
-        return False
-    value = [a for a in p.attribute if a.name == "value"]
-    return not value or (value[0].HasField("t")
-                         and not tensor_to_array(value[0].t, str(node)).any())
+    """Input i is zeros in every run: a constant of zeros, a ConstantOfShape of 0, or one
+    reshaped, sliced or expanded, as exporters write the default state from the input's shape
+    (torch.onnx.export: per run, that subgraph cost ~40 us of the ~50 us an I8 H8 B1 T25
+    LSTM took; it is no longer run). Follows a bounded chain of producers."""
+    name = node.inputs[i] if node.has_input(i) else None
+    for _ in range(16):
+        if name is None:
+            return False
+        if node.constant(name) is not None:
+            return not node.constant(name).any()
+        p = node.producer(name)
+        if p is None or p.domain not in ("", "ai.onnx"):
+            return False
+        if p.op_type == "ConstantOfShape":
+            value = [a for a in p.attribute if a.name == "value"]
+            return not value or (value[0].HasField("t")
+                                 and not tensor_to_array(value[0].t, str(node)).any())
+        name = p.input[0] if p.op_type in _ZEROS_STAY_ZEROS and p.input else None
+    return False
 
 
 def _none_if_zero(state):
