@@ -25,9 +25,10 @@ class NodeArg:
     def __init__(self, value_info):
         self.name = value_info.name
         self.shape, self.type, self.dtype = None, None, None
-        if not value_info.HasField("type"):
+        kind = value_info.type.WhichOneof("value") if value_info.HasField("type") else None
+        if kind is None:
             return
-        if value_info.type.WhichOneof("value") != "tensor_type":
+        if kind != "tensor_type":
             raise UnsupportedModelError(f"graph value {self.name!r}: only tensors are "
                                         "supported (not sequences, maps or optionals)")
         tensor = value_info.type.tensor_type

@@ -50,20 +50,20 @@ def _unary(name, fn, verified):
     op(name, verified)(lambda node: lambda x: (fn(x),))
 
 
-def _sigmoid(x):
-    from scipy.special import expit   # exact in both tails, unlike 0.5 * (1 + tanh(x / 2))
-    return expit(x)
-
-
 _unary("Relu", lambda x: np.maximum(x, x.dtype.type(0)), 14)
 _unary("Tanh", np.tanh, 13)
-_unary("Sigmoid", _sigmoid, 13)
 _unary("Identity", lambda x: x, 25)
 _unary("Neg", np.negative, 13)
 _unary("Exp", np.exp, 13)
 _unary("Log", np.log, 13)
 _unary("Sqrt", np.sqrt, 13)
 _unary("Not", np.logical_not, 1)
+
+
+@op("Sigmoid", 13)
+def sigmoid(node):
+    from scipy.special import expit   # exact in both tails, unlike 0.5 * (1 + tanh(x / 2))
+    return lambda x: (expit(x),)
 
 
 def _truncating_divide(a, b):
@@ -405,6 +405,8 @@ def expand(node):
 @op("Cast", 25)
 def cast(node):
     dtype = numpy_dtype(node.attr("to"), str(node))
+    if dtype.kind == "O":
+        raise node.unsupported("Cast to string")
     node.attr("saturate")   # float8 only, which lstmc does not take
     return lambda x: (x.astype(dtype, copy=False),)
 
