@@ -622,6 +622,22 @@ def test_inputs_the_schema_requires_or_forbids():
         lo.load(make_model(nodes, {"x": X3}, ["y"]))
 
 
+def test_newer_operator_versions_are_refused():
+    """Range changed in opset 27: lstmc follows version 11 and must not run 27 by its rules."""
+    nodes = [helper.make_node("Range", ["a", "b", "c"], ["y"], name="rg")]
+    one = np.array(1, np.int64)
+    with pytest.raises(lo.UnsupportedModelError, match=r"node 'rg' \(Range\): version 27"):
+        lo.load(make_model(nodes, {"a": one, "b": one, "c": one}, ["y"], opset=27))
+
+
+def test_float16_recurrent_weights_are_refused():
+    model, _ = recurrent_model("GRU")
+    for t in model.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    with pytest.raises(lo.UnsupportedModelError, match=r"\(GRU\): weights of type float16"):
+        lo.load(model)
+
+
 def test_cycle_is_refused():
     nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="n1"),
              helper.make_node("Relu", ["a"], ["b"], name="n2")]
