@@ -9,8 +9,10 @@ time-major input, and Y (T, D, B, H) is a view of lstmc's output (T, B, D*H).
 
 ONNX's `sequence_lens` are lstmc's `lengths`, with the same conventions (spec.md section 4):
 zeros in Y past a row's length, Y_h / Y_c the states after the row's last valid step, and the
-backward direction over each row's own valid prefix. ONNX's direction="reverse" alone runs the
-forward module on each row's valid prefix reversed in time, and reverses Y back.
+backward direction over each row's own valid prefix; a row of length 0 keeps its initial
+state (ONNX leaves that case open; ONNX Runtime returns zeros). ONNX's direction="reverse"
+alone runs the forward module on each row's valid prefix reversed in time, and reverses Y
+back.
 
 What the kernels lack today (peepholes, clip, input_forget, activations other than the
 defaults and RNN's Relu) raises UnsupportedModelError.
