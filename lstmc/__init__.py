@@ -32,3 +32,12 @@ __version__ = "0.1.0"
 __all__ = ["nn", "optim", "reference", "keras", "layers", "models", "optimizers", "losses",
            "callbacks", "save", "load", "manual_seed", "openmp_enabled",
            "set_num_threads", "get_num_threads", "__version__"]
+
+
+def __getattr__(name):
+    """lstmc.onnx on first use: `import lstmc` stays as light as before (the onnx package
+    itself is imported only when a model is loaded or exported)."""
+    if name == "onnx":
+        import lstmc.onnx
+        return lstmc.onnx
+    raise AttributeError(f"module 'lstmc' has no attribute {name!r}")

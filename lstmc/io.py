@@ -50,6 +50,14 @@ class FormatError(ValueError):
     newer lstmc, or holding something other than what the caller expected."""
 
 
+class UnsupportedModelError(ValueError):
+    """A readable model from another framework's file (ONNX, Keras) that lstmc cannot run
+    exactly: the message names the node or layer, its op and the attribute or option lstmc
+    lacks. lstmc never runs an approximation instead. Raised by lstmc.onnx.load and by
+    lstmc.models.load_model on .keras / .h5 files (lstmc.onnx.UnsupportedModelError and
+    lstmc.keras.files.UnsupportedModelError are this class)."""
+
+
 # ---- writing ----------------------------------------------------------------------------
 def write(path, kind, config, arrays):
     """Writes one lstmc file atomically.

@@ -47,3 +47,18 @@ def test_old_import_paths_still_resolve():
     old = pickle.dumps(lstmc.nn.LSTMCell(3, 4), protocol=0).replace(b"lstmc.nn.cells",
                                                                     b"lstmc.nn.rnn")
     assert b"lstmc.nn.rnn" in old and isinstance(pickle.loads(old), lstmc.nn.LSTMCell)
+
+
+def test_one_unsupported_model_error():
+    # ONNX and Keras files refuse what lstmc cannot run with one exception class
+    import lstmc.keras.files
+    import lstmc.onnx
+    assert lstmc.onnx.UnsupportedModelError is lstmc.io.UnsupportedModelError
+    assert lstmc.keras.files.UnsupportedModelError is lstmc.io.UnsupportedModelError
+    assert issubclass(lstmc.io.UnsupportedModelError, ValueError)
+
+
+def test_lstmc_onnx_resolves_after_a_plain_import():
+    out = _run("import sys, lstmc; a = 'lstmc.onnx' in sys.modules; s = lstmc.onnx.load; "
+               "print(a, 'lstmc.onnx' in sys.modules, 'onnx' in sys.modules)")
+    assert out == ["False", "True", "False"]

@@ -25,6 +25,7 @@ import zipfile
 import numpy as np
 
 from lstmc import io
+from lstmc.io import UnsupportedModelError
 from lstmc.keras import layers as L
 
 __all__ = ["load", "UnsupportedModelError"]
@@ -36,9 +37,6 @@ _MAX_EXPANSION = 1100
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-class UnsupportedModelError(ValueError):
-    """A readable Keras model that lstmc cannot run exactly (a layer or an option it lacks,
-    a non-sequential graph); the message names the layer and the option."""
 
 
 def _h5py():

@@ -9,10 +9,7 @@ import math
 
 import numpy as np
 
-
-class UnsupportedModelError(ValueError):
-    """A valid ONNX model that lstmc cannot run as specified: the message names the node, its
-    op and the attribute or input that lstmc lacks. lstmc never runs an approximation."""
+from lstmc.io import UnsupportedModelError  # noqa: F401  (the one class; lstmc.onnx exports it)
 
 
 # TensorProto.DataType -> (numpy dtype, ONNX Runtime's element name); the types numpy has
