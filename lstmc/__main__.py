@@ -2,6 +2,7 @@
 `python -m lstmc generate MODEL` (sample from a model the demo saved),
 `python -m lstmc bench` (time lstmc on the benchmark grids, beside PyTorch, ONNX Runtime and
 OpenVINO from a source checkout) and
+`python -m lstmc convert IN OUT` / `inspect FILE` (model files: .lstmc, .onnx, .keras, .h5) and
 `python -m lstmc info` (the build and the machine)."""
 import argparse
 import platform
@@ -47,7 +48,7 @@ def info():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lstmc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from lstmc import bench, demo
+    from lstmc import bench, convert, demo
 
     # each command: (name, help, add_arguments(parser) or None, run(args))
     commands = [
@@ -57,6 +58,10 @@ def main(argv=None):
          "OpenVINO) when run from a source checkout", bench.add_arguments, bench.run),
         ("generate", "sample text from a model saved by `demo --save`",
          demo.add_generate_arguments, demo.generate),
+        ("convert", "write a model file as another kind (.keras / .h5 -> .lstmc / .onnx, "
+         ".lstmc -> .onnx)", convert.add_convert_arguments, convert.run_convert),
+        ("inspect", "a model file's layers, shapes and parameters, and how lstmc runs it",
+         convert.add_inspect_arguments, convert.run_inspect),
         ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),
     ]
     runners = {}

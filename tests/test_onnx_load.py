@@ -519,6 +519,17 @@ OP_CASES = [
     ("pow", "Pow", 17, {"a": np.abs(F), "b": np.array(1.5, np.float32)}, {}, 1),
     ("less", "Less", 17, {"a": F, "b": M[:, 0].copy()}, {}, 1),
     ("neg_exp", "Exp", 17, {"x": -F}, {}, 1),
+    ("cumsum", "CumSum", 17, {"x": I64, "a": np.array(1, np.int64)}, {}, 1),
+    ("cumsum_exclusive_reverse", "CumSum", 17, {"x": F, "a": np.array(-1, np.int32)},
+     {"exclusive": 1, "reverse": 1}, 1),
+    ("max", "Max", 17, {"a": F, "b": M[:, 0].copy(), "c": np.array(0.1, np.float32)}, {}, 1),
+    ("min", "Min", 17, {"a": I64, "b": i64(1, 2, 3)}, {}, 1),
+    ("gather_elements", "GatherElements", 17, {"d": M, "i": i64(0, -1, 2, 1).reshape(2, 2)},
+     {"axis": 0}, 1),
+    ("greater_or_equal", "GreaterOrEqual", 17, {"a": I64, "b": i64(3, 5, 0)}, {}, 1),
+    ("less_or_equal", "LessOrEqual", 17, {"a": F, "b": M[:, 0].copy()}, {}, 1),
+    ("and_or", "And", 17, {"a": F > 0, "b": F < 1}, {}, 1),
+    ("or", "Or", 17, {"a": F > 1, "b": F < -1}, {}, 1),
 ]
 
 

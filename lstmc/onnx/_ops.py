@@ -85,7 +85,27 @@ _binary("Div", _truncating_divide, 14)
 _binary("Equal", np.equal, 19)
 _binary("Less", np.less, 13)
 _binary("Greater", np.greater, 13)
+_binary("GreaterOrEqual", np.greater_equal, 16)
+_binary("LessOrEqual", np.less_equal, 16)
+_binary("And", np.logical_and, 7)
+_binary("Or", np.logical_or, 7)
 _binary("Pow", lambda a, b: np.power(a, b).astype(a.dtype, copy=False), 15)
+
+
+def _variadic(name, fn, verified):
+    """An elementwise operator of one or more inputs (Max, Min, Sum), broadcasting."""
+    def build(node):
+        def run(*xs):
+            out = xs[0]
+            for x in xs[1:]:
+                out = fn(out, x)
+            return (np.asarray(out),)
+        return run
+    op(name, verified)(build)
+
+
+_variadic("Max", np.maximum, 13)
+_variadic("Min", np.minimum, 13)
 
 
 @op("Where", 16)
@@ -118,6 +138,21 @@ def gather(node):
 
     def run(data, indices):
         return (np.take(data, indices, axis=_axis(axis, data.ndim, node)),)
+    return run
+
+
+@op("CumSum", 14)
+def cumsum(node):
+    exclusive = bool(node.attr("exclusive", 0))
+    reverse = bool(node.attr("reverse", 0))
+
+    def run(x, axis):
+        a = _axis(int(np.asarray(axis).reshape(-1)[0]), x.ndim, node)
+        y = np.flip(x, a) if reverse else x
+        out = np.cumsum(y, axis=a, dtype=x.dtype)
+        if exclusive:   # the sum of the elements before each one
+            out = out - y
+        return (np.flip(out, a) if reverse else out,)
     return run
 
 
@@ -162,6 +197,26 @@ def scatter_elements(node):
         out = data.copy()
         out[tuple(where)] = updates
         return (out,)
+    return run
+
+
+@op("GatherElements", 13)
+def gather_elements(node):
+    axis = int(node.attr("axis", 0))
+
+    def run(data, indices):
+        a = _axis(axis, data.ndim, node)
+        if indices.ndim != data.ndim:
+            raise node.invalid(f"indices of rank {indices.ndim} for data of rank {data.ndim}")
+        d = data.shape[a]
+        if indices.size and (indices.min() < -d or indices.max() >= d):
+            raise node.invalid(f"indices out of range [-{d}, {d})")
+        if any(i > n for k, (i, n) in enumerate(zip(indices.shape, data.shape)) if k != a):
+            raise node.invalid(f"indices {indices.shape} larger than data {data.shape} off "
+                               f"axis {a}")
+        where = list(np.indices(indices.shape, sparse=True))   # out[i] = data[i with i[a]
+        where[a] = np.where(indices < 0, indices + d, indices)  # replaced by indices[i]]
+        return (data[tuple(where)],)
     return run
 
 

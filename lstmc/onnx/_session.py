@@ -87,6 +87,12 @@ class Session:
     def get_outputs(self):
         return list(self._graph.outputs)
 
+    def nodes(self):
+        """The nodes a run executes, in order, as (name, op) pairs: LSTM / GRU / RNN on
+        lstmc's kernels, the others over numpy. Nodes fed only by constants were computed
+        once at load and are not among them."""
+        return [(step.node.name, step.node.op) for step in self._graph.steps]
+
     def run(self, output_names, input_feed):
         """output_names: list of graph-output names or None (all); input_feed: dict of input
         name -> array (numpy, or anything numpy.asarray takes)."""

@@ -101,7 +101,7 @@ class _Graph:
             graph = self.helper.make_graph(self.nodes, "lstmc", self.inputs, outputs,
                                            self.initializers)
             return self.helper.make_model(
-                graph, producer_name="lstmc", doc_string=doc,
+                graph, producer_name="lstmc", producer_version=_version(), doc_string=doc,
                 opset_imports=[self.helper.make_opsetid("", self.opset)])
 
         untyped = [self.helper.make_empty_tensor_value_info(n) for n in self.outputs]
@@ -444,3 +444,8 @@ def _write(data, path):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _version():
+    import lstmc
+    return lstmc.__version__

@@ -1,0 +1,121 @@
+"""`python -m lstmc convert IN OUT` and `python -m lstmc inspect FILE`: model files between
+lstmc and the formats it reads and writes.
+
+    .keras / .h5 / .hdf5  ->  .lstmc or .onnx    (lstmc.models.load_model, then save / export)
+    .lstmc                ->  .onnx              (lstmc.onnx.export)
+
+An ONNX file runs through lstmc.onnx.load as it is; turning its graph into an lstmc model
+file is not supported (a graph is not a Sequential in general). `inspect` prints a model's
+layers, shapes and parameter count, or an ONNX file's inputs, outputs, parameters and which of
+its nodes run on lstmc's kernels and which over numpy, and whether lstmc can run it at all.
+"""
+import os
+
+_KERAS = (".keras", ".h5", ".hdf5")
+
+
+def _kind(path):
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in _KERAS:
+        return "keras"
+    if ext in (".lstmc", ".onnx"):
+        return ext[1:]
+    raise ValueError(f"{os.fspath(path)}: unknown model file kind {ext or '(no extension)'!r}; "
+                     f"lstmc reads .lstmc, .onnx, {', '.join(_KERAS)}")
+
+
+def convert(src, dst):
+    """Writes the model in file `src` to file `dst`, the kinds taken from their extensions."""
+    from lstmc.keras.models import load_model
+
+    src_kind, dst_kind = _kind(src), _kind(dst)
+    if src_kind == "onnx":
+        raise ValueError(f"{os.fspath(src)}: converting an ONNX graph into an lstmc model file "
+                         "is not supported; run it as it is with lstmc.onnx.load")
+    if dst_kind == "keras":
+        raise ValueError(f"{os.fspath(dst)}: lstmc reads Keras files but does not write them; "
+                         "write .lstmc or .onnx")
+    if src_kind == dst_kind:
+        raise ValueError(f"{os.fspath(src)} and {os.fspath(dst)} are both .{src_kind} files")
+    model = load_model(src, compile=False)
+    if dst_kind == "lstmc":
+        model.save(dst)
+    else:
+        import lstmc.onnx
+        lstmc.onnx.export(model, dst)
+
+
+def inspect(path, print_fn=print):
+    """Prints what the model file `path` holds and how lstmc runs it."""
+    kind = _kind(path)
+    if kind != "onnx":
+        from lstmc.keras.models import load_model
+
+        model = load_model(path, compile=False)
+        model.summary(print_fn=print_fn)
+        print_fn("Runs on lstmc: the recurrent layers on its C kernels, the others over numpy.")
+        return
+    _inspect_onnx(path, print_fn)
+
+
+def _inspect_onnx(path, print_fn):
+    import lstmc.onnx
+
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("inspecting ONNX files needs the onnx package: "
+                          "pip install 'lstmc[onnx]'") from None
+    model = onnx.load(os.fspath(path))
+    g = model.graph
+    params = sum(int(_count(t.dims)) for t in g.initializer)
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    print_fn(f'ONNX model "{g.name}" (opsets: {opsets}; producer: '
+             f"{model.producer_name or '?'} {model.producer_version})")
+    print_fn(f" {len(g.node)} nodes, {params:,} parameters in {len(g.initializer)} "
+             "initializers")
+    try:
+        sess = lstmc.onnx.load(model)
+    except lstmc.onnx.UnsupportedModelError as e:
+        print_fn(f" lstmc cannot run it: {e}")
+        return
+    for title, args in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+        print_fn(f" {title}:")
+        for a in args:
+            print_fn(f"   {a.name}: {a.type} {a.shape}")
+    run = sess.nodes()
+    kernels = [f"{name} ({op})" for name, op in run if op in ("LSTM", "GRU", "RNN")]
+    others = {}
+    for _, op in run:
+        if op not in ("LSTM", "GRU", "RNN"):
+            others[op] = others.get(op, 0) + 1
+    print_fn(f" runs on lstmc: {len(run)} nodes a call ({len(g.node) - len(run)} folded at "
+             "load)")
+    print_fn(f"   on lstmc's kernels: {', '.join(kernels) or 'none'}")
+    print_fn("   over numpy: " + (", ".join(f"{op} x{n}" for op, n in sorted(others.items()))
+                                  or "none"))
+
+
+def _count(dims):
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def add_convert_arguments(p):
+    p.add_argument("src", metavar="IN", help="a .keras, .h5 or .lstmc model file")
+    p.add_argument("dst", metavar="OUT", help="the .lstmc or .onnx file to write")
+
+
+def add_inspect_arguments(p):
+    p.add_argument("path", metavar="FILE", help="a .lstmc, .keras, .h5 or .onnx model file")
+
+
+def run_convert(args):
+    convert(args.src, args.dst)
+    print(f"wrote {args.dst}")
+
+
+def run_inspect(args):
+    inspect(args.path)
