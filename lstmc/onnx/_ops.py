@@ -176,6 +176,20 @@ def topk(node):
     return run
 
 
+def _element_positions(indices, shape, a, node):
+    """The positions of data (of `shape`) that GatherElements reads and ScatterElements
+    writes: position i of `indices` with its axis-`a` coordinate replaced by indices[i]."""
+    d = shape[a]
+    if indices.size and (indices.min() < -d or indices.max() >= d):
+        raise node.invalid(f"indices out of range [-{d}, {d})")
+    if any(i > n for k, (i, n) in enumerate(zip(indices.shape, shape)) if k != a):
+        raise node.invalid(f"indices {indices.shape} larger than data {tuple(shape)} off "
+                           f"axis {a}")
+    where = list(np.indices(indices.shape, sparse=True))
+    where[a] = np.where(indices < 0, indices + d, indices)
+    return tuple(where)
+
+
 @op("ScatterElements", 18)
 def scatter_elements(node):
     axis = int(node.attr("axis", 0))
@@ -189,13 +203,8 @@ def scatter_elements(node):
         if indices.shape != updates.shape or indices.ndim != data.ndim:
             raise node.invalid(f"indices {indices.shape} and updates {updates.shape} must "
                                f"have one shape of data's rank {data.ndim}")
-        d = data.shape[a]
-        if indices.size and (indices.min() < -d or indices.max() >= d):
-            raise node.invalid(f"indices out of range [-{d}, {d})")
-        where = list(np.indices(indices.shape, sparse=True))
-        where[a] = np.where(indices < 0, indices + d, indices)
         out = data.copy()
-        out[tuple(where)] = updates
+        out[_element_positions(indices, data.shape, a, node)] = updates
         return (out,)
     return run
 
@@ -208,15 +217,7 @@ def gather_elements(node):
         a = _axis(axis, data.ndim, node)
         if indices.ndim != data.ndim:
             raise node.invalid(f"indices of rank {indices.ndim} for data of rank {data.ndim}")
-        d = data.shape[a]
-        if indices.size and (indices.min() < -d or indices.max() >= d):
-            raise node.invalid(f"indices out of range [-{d}, {d})")
-        if any(i > n for k, (i, n) in enumerate(zip(indices.shape, data.shape)) if k != a):
-            raise node.invalid(f"indices {indices.shape} larger than data {data.shape} off "
-                               f"axis {a}")
-        where = list(np.indices(indices.shape, sparse=True))   # out[i] = data[i with i[a]
-        where[a] = np.where(indices < 0, indices + d, indices)  # replaced by indices[i]]
-        return (data[tuple(where)],)
+        return (data[_element_positions(indices, data.shape, a, node)],)
     return run
 
 
