@@ -6,7 +6,7 @@
  *   GEMM      the row-major GEMM helper of that type
  *   SIGMOID, TANH  the activations: vmath.h's vectorisable ones for float, libm for double
  *                  (no fast-math anywhere: NaN and rounding stay IEEE)
- *   PACKED_GEMM_FAST, PACK_GATES_FAST  the AVX2 packed kernel and packing of that type
+ *   PACKED_GEMM_FAST(kernel, ...), PACK_GATES_FAST  the SIMD packed kernels and their packing
  *                  (recur.c; float64 has the portable ones only)
  */
 #undef real
@@ -22,14 +22,14 @@
 #define F_(name) name##_f64
 #define SIGMOID(x) (1 / (1 + exp(-(x))))
 #define TANH tanh
-#define PACKED_GEMM_FAST lstmc_packed_gemm_c_f64
+#define PACKED_GEMM_FAST(kernel, ...) lstmc_packed_gemm_c_f64(__VA_ARGS__)
 #define PACK_GATES_FAST lstmc_pack_gates_f64
 #else
 #define real float
 #define F_(name) name##_f32
 #define SIGMOID lstmc_sigmoidf
 #define TANH lstmc_tanhf
-#define PACKED_GEMM_FAST lstmc_packed_gemm_avx2_f32
+#define PACKED_GEMM_FAST lstmc_packed_gemm_simd_f32
 #define PACK_GATES_FAST lstmc_pack_gates_avx2_f32
 #endif
 #define F(name) F_(name)

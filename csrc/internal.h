@@ -172,8 +172,8 @@ void lstmc_rnn_step_forward_f64(const lstmc_step_f64 *st);
 void lstmc_rnn_step_backward_f32(const lstmc_step_f32 *st);
 void lstmc_rnn_step_backward_f64(const lstmc_step_f64 *st);
 
-/* The packed recurrent kernels (recur.c). Units per packed block: a strip of two AVX2 vectors
- * of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block
+/* The packed recurrent kernels (recur.c). Units per packed block: a strip of one AVX-512 (two
+ * AVX2) vectors of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block
  * boundaries. */
 #define LSTMC_PACK_UNITS 16
 /* a thread's zero padding past its last unit must not reach a block another thread packs */
@@ -192,16 +192,14 @@ typedef char lstmc_shares_are_whole_blocks[LSTMC_UNIT_ALIGN % LSTMC_PACK_UNITS =
 #define LSTMC_PACK_MIN_STEPS_ONE_ROW 64
 
 size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all G blocks */
-/* Which recurrent kernel a call of this dtype (f64: 1 for double), batch and steps runs:
- * LSTMC_RECUR_BLAS or one of the packed ones, from lstmc_set_recurrent_kernel's setting.
- * `prepacked`: the caller has a packed copy (lstmc_seq_pack_*), so packing costs nothing and
- * the step-count threshold does not apply. */
-int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
 /* With a packed copy, input projections of at most this many positions (T x B) run on the
  * packed kernel, each thread its own units (no repack of W_ih inside sgemm; I = H = 512, one
  * thread, 100 rows: packed 84 GFLOP/s, sgemm 66-69; docs/decisions.md#packed-projection). */
 #define LSTMC_PACKED_PROJ_MAX_ROWS 1024
 int lstmc_avx2_supported(void);
+int lstmc_avx512_supported(void);   /* AVX-512F (and AVX2/FMA) */
+/* kernel is one of the SIMD packed kernels (whose f32 packing transposes in registers) */
+#define LSTMC_RECUR_SIMD(kernel) ((kernel) >= LSTMC_RECUR_PACKED_AVX2)
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed
  * GEMMs compute C[j, col] (+)= sum_k A[j, k] W[g*H + u, k] (accumulate: add to C) for
  * rows j < n, blocks [g0, g1), units [u0, u1), where unit u = b + l of the block starting at
@@ -229,13 +227,15 @@ void lstmc_packed_gemm_c_f32(int n, const float *A, int lda, int K, const float 
 void lstmc_packed_gemm_c_f64(int n, const double *A, int lda, int K, const double *set, int g0,
                              int g1, int gstep, int bscale, int u0, int u1, double *C, int ldc,
                              int accumulate, int reverse);
-/* The AVX2/FMA kernel (the portable one where the compiler cannot build it); callers check
- * lstmc_avx2_supported() first. Same arguments and result as lstmc_packed_gemm_c_f32. */
+/* The SIMD kernels, float32: `kernel` one of LSTMC_RECUR_PACKED_AVX2 / _AVX512 / _WIDE_AVX2
+ * as lstmc_recur_kernel_for chose it (the CPU has what it needs; the portable kernel where
+ * the compiler cannot build them). Same arguments and result as lstmc_packed_gemm_c_f32. The
+ * packing is the same for all and transposes with AVX2. */
 void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0, int g1, int u0,
                                int u1);
-void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
-                                int accumulate, int reverse);
+void lstmc_packed_gemm_simd_f32(int kernel, int n, const float *A, int lda, int K,
+                                const float *set, int g0, int g1, int gstep, int bscale, int u0,
+                                int u1, float *C, int ldc, int accumulate, int reverse);
 
 /* Pins the BLAS to one thread while lstmc runs (its own threads share the work), and
  * restores the caller's setting when the last concurrent call leaves. */

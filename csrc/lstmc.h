@@ -86,20 +86,28 @@ void lstmc_set_num_threads(int n);    /* threads of the elementwise passes (n >=
 int lstmc_get_num_threads(void);
 
 /* The kernel of the recurrent products (forward W_hh h, backward dgates W_hh) at batches of
- * at most 128 rows (larger batches always use BLAS). AUTO runs the AVX2/FMA kernel on
- * float32 when the CPU has it: on the caller's packed copy (lstmc_seq_pack_*), else on W_hh
- * packed per call when the call has at least 8 steps (64 at batch 1), else BLAS. The others force
- * a choice (PACKED_AVX2 falls back to PACKED_C without AVX2; float64 packs with PACKED_C).
- * All give the same results up to rounding. For tests and benchmarks; the setting is
- * global. */
+ * at most 128 rows (larger batches always use BLAS). AUTO runs the widest SIMD kernel the CPU
+ * has on float32 (AVX-512, else AVX2/FMA): on the caller's packed copy (lstmc_seq_pack_*),
+ * else on W_hh packed per call when the call has at least 8 steps (64 at batch 1), else BLAS.
+ * The others force a choice: PACKED_AVX512 falls back to WIDE_AVX2 (the AVX-512 kernel's
+ * tiles built for AVX2, which tests their logic on CPUs without AVX-512), the SIMD kernels
+ * to PACKED_C without AVX2; float64 packs with PACKED_C. All give the same results up to
+ * rounding. For tests and benchmarks; the setting is global. */
 enum {
     LSTMC_RECUR_AUTO = 0,
-    LSTMC_RECUR_BLAS = 1,        /* gemv per row and gate block on the unpacked weights */
-    LSTMC_RECUR_PACKED_C = 2,    /* packed weights, the portable C kernel */
-    LSTMC_RECUR_PACKED_AVX2 = 3  /* packed weights, the AVX2/FMA kernel */
+    LSTMC_RECUR_BLAS = 1,           /* gemv per row and gate block on the unpacked weights */
+    LSTMC_RECUR_PACKED_C = 2,       /* packed weights, the portable C kernel */
+    LSTMC_RECUR_PACKED_AVX2 = 3,    /* packed weights, the AVX2/FMA kernel */
+    LSTMC_RECUR_PACKED_AVX512 = 4,  /* packed weights, 16-lane tiles on AVX-512 */
+    LSTMC_RECUR_PACKED_WIDE_AVX2 = 5 /* the same 16-lane tiles built for AVX2 */
 };
 void lstmc_set_recurrent_kernel(int kernel);   /* out-of-range values mean AUTO */
 int lstmc_get_recurrent_kernel(void);
+/* Which recurrent kernel a call of this dtype (f64: 1 for double), batch and steps runs on
+ * this CPU: LSTMC_RECUR_BLAS or one of the packed ones, from the setting above.
+ * `prepacked`: the caller has a packed copy (lstmc_seq_pack_*), so packing costs nothing and
+ * the step-count threshold does not apply. */
+int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked);
 
 /* ---- sequences --------------------------------------------------------------------------- */
 /* cells: gate blocks G and their PyTorch order

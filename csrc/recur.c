@@ -36,7 +36,7 @@ static int recur_kernel = LSTMC_RECUR_AUTO;
 
 void lstmc_set_recurrent_kernel(int kernel)
 {
-    recur_kernel = kernel >= LSTMC_RECUR_AUTO && kernel <= LSTMC_RECUR_PACKED_AVX2
+    recur_kernel = kernel >= LSTMC_RECUR_AUTO && kernel <= LSTMC_RECUR_PACKED_WIDE_AVX2
                        ? kernel
                        : LSTMC_RECUR_AUTO;
 }
@@ -53,10 +53,26 @@ int lstmc_avx2_supported(void)
 #endif
 }
 
+int lstmc_avx512_supported(void)
+{
+#if LSTMC_HAVE_AVX2_KERNEL
+    __builtin_cpu_init();
+    return lstmc_avx2_supported() && __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
 size_t lstmc_pack_size(int H, int K, int G)
 {
     const size_t U = LSTMC_PACK_UNITS;
     return ((size_t)H + U - 1) / U * U * (size_t)K * (size_t)G;
+}
+
+/* The widest packed kernel this CPU runs: the 16-lane tiles on AVX-512, the AVX2 ones else. */
+static int widest_packed(void)
+{
+    return lstmc_avx512_supported() ? LSTMC_RECUR_PACKED_AVX512 : LSTMC_RECUR_PACKED_AVX2;
 }
 
 int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
@@ -65,14 +81,21 @@ int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
         return LSTMC_RECUR_BLAS;
     if (recur_kernel == LSTMC_RECUR_PACKED_C || (f64 && recur_kernel != LSTMC_RECUR_AUTO))
         return LSTMC_RECUR_PACKED_C;
-    if (recur_kernel == LSTMC_RECUR_PACKED_AVX2)
-        return lstmc_avx2_supported() ? LSTMC_RECUR_PACKED_AVX2 : LSTMC_RECUR_PACKED_C;
-    /* automatic: float32 with the AVX2 kernel, when the packing is amortised */
+    if (recur_kernel != LSTMC_RECUR_AUTO) {
+        /* a forced SIMD kernel: AVX-512 falls back to its tiles built for AVX2, those and the
+         * AVX2 kernel to the portable one */
+        if (!lstmc_avx2_supported())
+            return LSTMC_RECUR_PACKED_C;
+        if (recur_kernel == LSTMC_RECUR_PACKED_AVX512 && !lstmc_avx512_supported())
+            return LSTMC_RECUR_PACKED_WIDE_AVX2;
+        return recur_kernel;
+    }
+    /* automatic: float32 with the widest kernel, when the packing is amortised */
     if (f64 || !lstmc_avx2_supported() ||
         (!prepacked &&
          steps < (batch > 1 ? LSTMC_PACK_MIN_STEPS : LSTMC_PACK_MIN_STEPS_ONE_ROW)))
         return LSTMC_RECUR_BLAS;
-    return LSTMC_RECUR_PACKED_AVX2;
+    return widest_packed();
 }
 
 #if LSTMC_HAVE_AVX2_KERNEL
@@ -162,30 +185,14 @@ DEFINE_TILE(6, 1, 0)
 #undef STRIP_VECTOR
 #undef UNROLL
 #define TILE_ROWS 6      /* rows a tile takes at most (6 x 1: 12 accumulators) */
-#define MAX_STRIPS 4     /* strips a tile takes at most (1 x 4) */
-/* Strips of a group that stays in one core's L2 (512 KB on this machine) while every chunk of
- * rows passes over it: as many as fit in GROUP_BYTES, at least GROUP_MIN_STRIPS (see
- * packed_gemm_avx2). */
-#define GROUP_BYTES ((size_t)384 << 10)
-#define GROUP_MIN_STRIPS 4
-/* a thread's panels beyond this come from DRAM, not L3, every step (see packed_gemm_avx2) */
-#define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)
+#define MAX_STRIPS 8     /* strips a tile takes at most (the 16-lane 1 x 8) */
 
 /* C[R rows, strips q0 .. q0+S-1 of the thread's strips] (R x S one of the tiles above).
  * Strips are the thread's in order (block by block, gates v within a block). */
-static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
-                     const float *set, int Wg, int g0, int gstep, int bscale, int u0, int u1,
-                     float *C, int ldc, int acc)
+static void tile_run_avx2(int R, int S, int K, const float *A, int lda,
+                          const float *const *col, float *C, int ldc, const int *dst,
+                          const int *cnt, int acc)
 {
-    const int U = LSTMC_PACK_UNITS;
-    const float *col[MAX_STRIPS];
-    int dst[MAX_STRIPS], cnt[MAX_STRIPS];
-    for (int s = 0; s < S; s++) {
-        const int q = q0 + s, u = u0 + q / Wg * U, v = q % Wg;
-        col[s] = lstmc_pack_strip(set, u, v, Wg, K);
-        dst[s] = (g0 + v) * gstep + (u - u0) * bscale;
-        cnt[s] = u1 - u < U ? u1 - u : U;
-    }
     switch (R * 10 + S) {
     case 11: tile_1_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 12: tile_1_2(K, A, lda, col, C, ldc, dst, cnt, acc); break;
@@ -198,40 +205,152 @@ static void tile_run(int R, int S, int q0, int K, const float *A, int lda,
     case 41: tile_4_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 51: tile_5_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
     case 61: tile_6_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;
-    /* unreachable by construction: packed_gemm_avx2 asks for R <= TILE_ROWS rows and the S
+    /* unreachable by construction: packed_gemm_tiles asks for R <= TILE_ROWS rows and the S
      * strips of R's tile or fewer, all of them cases above; a new shape without its case
      * would otherwise leave C unwritten */
     default: abort();
     }
 }
 
-/* Rows go in chunks of up to 6 over every strip, each chunk with the widest tile of at most
- * 12 accumulators: 6, 5 and 4 rows one strip at a time (two loads per 2R FMAs), 3 and 2 rows
- * two strips, a row alone four (its eight accumulators hide the FMA latency). One to six rows
- * so read the thread's weights once, in one pass. More rows take the strips in groups that
- * stay in L2 while all chunks of rows pass over them (GROUP_BYTES, at least GROUP_MIN_STRIPS),
+/* The 16-lane tiles: one vector of 16 floats per strip and k (a whole strip row), in GCC's
+ * vector extensions, so that one source builds for AVX-512 (32 zmm registers: up to 6 x 4 =
+ * 24 accumulators) and for AVX2 (each vector two ymm halves; the tiles then spill, which
+ * only their tests on CPUs without AVX-512 see). Each strip's sum over k runs in k order
+ * with one FMA per k, as in the AVX2 tiles, so both kernels give the same bits. A tile
+ * always takes its full S strips: missing ones at the end of a group repeat the last strip
+ * with nothing stored (cnt 0), so one instance per row count serves every group. */
+typedef float wide_vec __attribute__((vector_size(64), aligned(4), may_alias));
+#define UNROLL _Pragma("GCC unroll 16")
+#define DEFINE_WIDE_TILE(ISA, TARGET, R, S)                                                    \
+    __attribute__((target(TARGET))) static void wide_##ISA##_##R(                             \
+        int K, const float *A, int lda, const float *const *col, float *C, int ldc,            \
+        const int *dst, const int *cnt, int accumulate)                                        \
+    {                                                                                          \
+        wide_vec acc[R][S];                                                                    \
+        const float *p[S];                                                                     \
+        UNROLL for (int s = 0; s < S; s++)                                                     \
+            p[s] = col[s];                                                                     \
+        UNROLL for (int r = 0; r < R; r++)                                                     \
+            UNROLL for (int s = 0; s < S; s++)                                                 \
+                acc[r][s] = (wide_vec){0};                                                     \
+        _Pragma("GCC unroll 4") for (int k = 0; k < K; k++) {                                  \
+            wide_vec x[S];                                                                     \
+            UNROLL for (int s = 0; s < S; s++) {                                               \
+                __builtin_prefetch(p[s] + (size_t)k * 16 + PREFETCH_FLOATS);                   \
+                x[s] = *(const wide_vec *)(p[s] + (size_t)k * 16);                             \
+            }                                                                                  \
+            UNROLL for (int r = 0; r < R; r++) {                                               \
+                const float a = A[(size_t)r * lda + k];                                        \
+                UNROLL for (int s = 0; s < S; s++)                                             \
+                    acc[r][s] += a * x[s];                                                     \
+            }                                                                                  \
+        }                                                                                      \
+        UNROLL for (int s = 0; s < S; s++)                                                     \
+            UNROLL for (int r = 0; r < R; r++) {                                               \
+                float *to = C + (size_t)r * ldc + dst[s];                                      \
+                if (cnt[s] == 16) {                                                            \
+                    wide_vec v = acc[r][s];                                                    \
+                    if (accumulate)                                                            \
+                        v = *(wide_vec *)to + v;                                               \
+                    *(wide_vec *)to = v;                                                       \
+                } else                                                                         \
+                    for (int l = 0; l < cnt[s]; l++)                                           \
+                        to[l] = accumulate ? to[l] + acc[r][s][l] : acc[r][s][l];              \
+            }                                                                                  \
+    }
+#define DEFINE_WIDE_TILES(ISA, TARGET)                                                         \
+    DEFINE_WIDE_TILE(ISA, TARGET, 1, 8)                                                        \
+    DEFINE_WIDE_TILE(ISA, TARGET, 2, 4)                                                        \
+    DEFINE_WIDE_TILE(ISA, TARGET, 3, 4)                                                        \
+    DEFINE_WIDE_TILE(ISA, TARGET, 4, 4)                                                        \
+    DEFINE_WIDE_TILE(ISA, TARGET, 5, 4)                                                        \
+    DEFINE_WIDE_TILE(ISA, TARGET, 6, 4)                                                        \
+    static void tile_run_##ISA(int R, int S, int K, const float *A, int lda,                   \
+                               const float *const *col, float *C, int ldc, const int *dst,     \
+                               const int *cnt, int acc)                                        \
+    {                                                                                          \
+        (void)S;                                                                               \
+        switch (R) {                                                                           \
+        case 1: wide_##ISA##_1(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        case 2: wide_##ISA##_2(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        case 3: wide_##ISA##_3(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        case 4: wide_##ISA##_4(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        case 5: wide_##ISA##_5(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        case 6: wide_##ISA##_6(K, A, lda, col, C, ldc, dst, cnt, acc); break;                  \
+        default: abort(); /* unreachable: packed_gemm_tiles asks for R <= TILE_ROWS */         \
+        }                                                                                      \
+    }
+DEFINE_WIDE_TILES(avx512, "avx512f,avx2,fma")
+DEFINE_WIDE_TILES(wide_avx2, "avx2,fma")
+#undef DEFINE_WIDE_TILES
+#undef DEFINE_WIDE_TILE
+#undef UNROLL
+
+/* A family of tiles: strips[R] is the widest tile of R rows (strips[1] the widest of all);
+ * `pad`: its tiles always take that many (see the 16-lane tiles). */
+typedef struct {
+    void (*run)(int R, int S, int K, const float *A, int lda, const float *const *col,
+                float *C, int ldc, const int *dst, const int *cnt, int acc);
+    int strips[TILE_ROWS + 1];
+    int pad;
+} tiling;
+static const tiling TILES_AVX2 = {tile_run_avx2, {0, 4, 2, 2, 1, 1, 1}, 0};
+static const tiling TILES_AVX512 = {tile_run_avx512, {0, 8, 4, 4, 4, 4, 4}, 1};
+static const tiling TILES_WIDE_AVX2 = {tile_run_wide_avx2, {0, 8, 4, 4, 4, 4, 4}, 1};
+
+/* Strips of a group that stays in one core's L2 (512 KB on this machine) while every chunk of
+ * rows passes over it: as many as fit in GROUP_BYTES, at least the widest tile's (see
+ * packed_gemm_tiles). */
+#define GROUP_BYTES ((size_t)384 << 10)
+/* a thread's panels beyond this come from DRAM, not L3, every step (see packed_gemm_tiles) */
+#define LSTMC_L3_PANELS_MAX_BYTES ((size_t)4 << 20)
+
+/* Tile R rows x S strips, the thread's strips q0 .. q0+S-1 (block by block, gates v within
+ * a block) */
+static void tile_at(const tiling *t, int R, int S, int q0, int K, const float *A, int lda,
+                    const float *set, int Wg, int g0, int gstep, int bscale, int u0, int u1,
+                    float *C, int ldc, int acc)
+{
+    const int U = LSTMC_PACK_UNITS, width = t->pad ? t->strips[R] : S;
+    const float *col[MAX_STRIPS];
+    int dst[MAX_STRIPS], cnt[MAX_STRIPS];
+    for (int s = 0; s < width; s++) {
+        const int q = q0 + (s < S ? s : S - 1), u = u0 + q / Wg * U, v = q % Wg;
+        col[s] = lstmc_pack_strip(set, u, v, Wg, K);
+        dst[s] = (g0 + v) * gstep + (u - u0) * bscale;
+        cnt[s] = s >= S ? 0 : u1 - u < U ? u1 - u : U;
+    }
+    t->run(R, width, K, A, lda, col, C, ldc, dst, cnt, acc);
+}
+
+/* Rows go in chunks of up to 6 over every strip, each chunk with the widest tile of its row
+ * count (AVX2, at most 12 accumulators: 6, 5 and 4 rows one strip at a time (two loads per
+ * 2R FMAs), 3 and 2 rows two strips, a row alone four (its eight accumulators hide the FMA
+ * latency); 16 lanes: four strips, a row alone eight). One to six rows so read the thread's
+ * weights once, in one pass. More rows take the strips in groups that
+ * stay in L2 while all chunks of rows pass over them (GROUP_BYTES, at least a widest tile),
  * so the weights come from L3 or DRAM once per call and from L2 once per chunk. Weights that
  * come from DRAM (a thread's panels past LSTMC_L3_PANELS_MAX_BYTES) stream faster the fewer
- * instructions wait on each line, so there, from 4 rows on, row 0 streams four strips alone
+ * instructions wait on each line, so there, from 4 rows on, row 0 streams a widest tile alone
  * and the others follow while those are in L2, in chunks of three. Against the 8-unit panels
- * this layout replaced, I = H = 512, one thread: 0.80-0.86 of the time at 2 to 16 rows
+ * this layout replaced, I = H = 512, one thread, AVX2: 0.80-0.86 of the time at 2 to 16 rows
  * (docs/decisions.md#packed-layout).
  *
  * `reverse` walks the groups, and the tiles in each, last to first. The driver alternates it
  * from step to step, so that a step starts on the strips the step before read last, which are
  * still in L2 (or L3) if anything is (LSTM eval H256 B1 T150, one thread, alternating / one
  * way 0.88, benchmarks/ab_builds.py; docs/decisions.md#reverse). */
-static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float *set, int g0,
-                             int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
-                             int acc, int reverse)
+static void packed_gemm_tiles(const tiling *t, int n, const float *A, int lda, int K,
+                              const float *set, int g0, int g1, int gstep, int bscale, int u0,
+                              int u1, float *C, int ldc, int acc, int reverse)
 {
-    const int Wg = g1 - g0, U = LSTMC_PACK_UNITS;
+    const int Wg = g1 - g0, U = LSTMC_PACK_UNITS, widest = t->strips[1];
     const int nstrips = (u1 - u0 + U - 1) / U * Wg;
     const size_t strip_bytes = (size_t)K * U * sizeof(float);
     const int stream = n >= 4 && nstrips * strip_bytes > LSTMC_L3_PANELS_MAX_BYTES;
     int group = n <= TILE_ROWS && !stream ? nstrips : (int)(GROUP_BYTES / strip_bytes);
-    if (stream || group < GROUP_MIN_STRIPS)
-        group = GROUP_MIN_STRIPS;
+    if (stream || group < widest)
+        group = widest;
     const int ngroups = (nstrips + group - 1) / group;
     for (int gi = 0; gi < ngroups; gi++) {
         const int q0 = (reverse ? ngroups - 1 - gi : gi) * group;
@@ -240,11 +359,11 @@ static void packed_gemm_avx2(int n, const float *A, int lda, int K, const float 
             /* streaming: row 0 alone, then the others in chunks of up to three */
             const int most = stream ? (r0 ? 3 : 1) : TILE_ROWS;
             const int R = n - r0 < most ? n - r0 : most;
-            const int S = R == 1 ? 4 : R <= 3 ? 2 : 1, ntiles = (q1 - q0 + S - 1) / S;
+            const int S = t->strips[R], ntiles = (q1 - q0 + S - 1) / S;
             for (int ti = 0; ti < ntiles; ti++) {
                 const int q = q0 + (reverse ? ntiles - 1 - ti : ti) * S;
-                tile_run(R, q1 - q < S ? q1 - q : S, q, K, A + (size_t)r0 * lda, lda, set, Wg,
-                         g0, gstep, bscale, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
+                tile_at(t, R, q1 - q < S ? q1 - q : S, q, K, A + (size_t)r0 * lda, lda, set, Wg,
+                        g0, gstep, bscale, u0, u1, C + (size_t)r0 * ldc, ldc, acc);
             }
             r0 += R;
         }
@@ -307,17 +426,25 @@ void lstmc_pack_gates_avx2_f32(float *set, const float *W, int H, int K, int g0,
 #endif
 }
 
-void lstmc_packed_gemm_avx2_f32(int n, const float *A, int lda, int K, const float *set, int g0,
-                                int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc,
-                                int accumulate, int reverse)
+void lstmc_packed_gemm_simd_f32(int kernel, int n, const float *A, int lda, int K,
+                                const float *set, int g0, int g1, int gstep, int bscale, int u0,
+                                int u1, float *C, int ldc, int accumulate, int reverse)
 {
 #if LSTMC_HAVE_AVX2_KERNEL
-    packed_gemm_avx2(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc, accumulate,
-                     reverse);
+    const tiling *t = kernel == LSTMC_RECUR_PACKED_AVX2     ? &TILES_AVX2
+                      : kernel == LSTMC_RECUR_PACKED_AVX512 ? &TILES_AVX512
+                      : kernel == LSTMC_RECUR_PACKED_WIDE_AVX2 ? &TILES_WIDE_AVX2
+                                                             : NULL;
+    if (t) {
+        packed_gemm_tiles(t, n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc,
+                          accumulate, reverse);
+        return;
+    }
 #else
+    (void)kernel;
+#endif
     lstmc_packed_gemm_c_f32(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc,
                             accumulate, reverse);
-#endif
 }
 
 #include "recur.inc"

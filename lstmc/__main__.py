@@ -39,6 +39,8 @@ def info():
         ("BLAS (scipy's)", _threads.blas_library() or "not identified"),
         ("CPU", platform.processor() or platform.machine()),
         ("vector features", " ".join(_cpu_features()) or "unknown"),
+        ("recurrent kernel", _core.recurrent_kernel_for("float32", 1, 1 << 20, True)
+         + " (float32, batch <= 128)"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -46,6 +46,7 @@ cdef extern from "lstmc.h" nogil:
     int lstmc_get_num_threads()
     void lstmc_set_recurrent_kernel(int kernel)
     int lstmc_get_recurrent_kernel()
+    int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 
     ctypedef struct lstmc_seq:
         int cell, steps, batch, input, hidden, proj, layers, dirs, bias
@@ -148,7 +149,8 @@ def get_num_threads():
     return lstmc_get_num_threads()
 
 
-RECURRENT_KERNELS = ("auto", "blas", "packed_c", "packed_avx2")
+RECURRENT_KERNELS = ("auto", "blas", "packed_c", "packed_avx2", "packed_avx512",
+                     "packed_wide_avx2")
 
 
 def _set_recurrent_kernel(str kernel):
@@ -162,6 +164,13 @@ def _set_recurrent_kernel(str kernel):
 def _get_recurrent_kernel():
     """The setting of _set_recurrent_kernel."""
     return RECURRENT_KERNELS[lstmc_get_recurrent_kernel()]
+
+
+def recurrent_kernel_for(dtype, int batch, int steps, bint prepacked):
+    """The recurrent kernel (a name of RECURRENT_KERNELS) a call of `dtype`, `batch` rows and
+    `steps` steps runs on this CPU under the current setting; `prepacked`: on a packed copy."""
+    return RECURRENT_KERNELS[lstmc_recur_kernel_for(np.dtype(dtype) == np.float64, batch,
+                                                    steps, prepacked)]
 
 
 def packs(dtype):

@@ -1,18 +1,21 @@
 """The kernels of the recurrent product at small batch (csrc/recur.c): BLAS, the packed
-portable C kernel and the packed AVX2/FMA kernel, each forced with
-``lstmc._core._set_recurrent_kernel``, against the float64 NumPy reference and each other.
+portable C kernel and the packed SIMD kernels (AVX2/FMA; the 16-lane tiles built for AVX-512,
+and the same tiles built for AVX2, which "packed_avx512" falls back to on CPUs without
+AVX-512F), each forced with ``lstmc._core._set_recurrent_kernel``, against the float64 NumPy
+reference and each other.
 
 Shapes sit around the packing's boundaries: H of 1, 7, 9, 13 (partial blocks of 16 units:
 the last vector of a strip masked, or both), 33 and 70 (several blocks; 70 runs two threads,
 the second owning a partial block), batches 1 to 9 and 33 (the AVX2 kernel takes rows in
 chunks of up to six, a chunk of 6, 5 or 4 rows one strip at a time, 3 or 2 rows two strips, a
-row alone four), ragged lengths (rows drop out of the product step by step), both directions
+row alone four; the 16-lane tiles take four strips, a row alone eight), ragged lengths (rows drop out of the product step by step), both directions
 and two layers, an LSTM projection (K = P), GRU reset-after (3 gates in one set) and
 reset-before (2 + 1 gates in two sets, two-phase), RNN (1 gate).
 
 Tolerances as docs/spec.md §7: float32 rtol 1e-4 / atol 1e-5, float64 1e-10, atol scaled by
-max(1, max|expected|); the two packed kernels sum over k in the same order and differ only by
-FMA rounding: 4e-6 between them.
+max(1, max|expected|); the packed kernels sum over k in the same order and differ only by
+FMA rounding: 4e-6 between the portable kernel and the SIMD ones, which all round alike (one
+FMA per k), so they agree bit for bit.
 """
 import numpy as np
 import pytest
@@ -21,7 +24,8 @@ import lstmc
 from helpers import (KERNEL_TOL, assert_close, make_module, module_reference, random_lengths,
                      scale_of)
 
-KERNELS = ["blas", "packed_c", "packed_avx2"]
+SIMD = ["packed_avx2", "packed_avx512", "packed_wide_avx2"]
+KERNELS = ["blas", "packed_c"] + SIMD
 KINDS = ["lstm", "lstm_proj", "gru", "gru_rb", "rnn_tanh"]   # cells of helpers.CELLS
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
@@ -65,7 +69,7 @@ def gradients(m, x, lengths, dout, kernel):
 
 
 def assert_packed_gradients_match_blas(m, x, lengths, label, states=slice(None)):
-    """Both packed kernels' training gradients (dx, the initial states' gradients picked by
+    """The packed kernels' training gradients (dx, the initial states' gradients picked by
     `states`, the parameters') against BLAS's, for a random dout of the module's output."""
     T, B = x.shape[:2]
     dout = np.random.default_rng(1).standard_normal((T, B, m.hidden_size)).astype(np.float32)
@@ -75,7 +79,7 @@ def assert_packed_gradients_match_blas(m, x, lengths, label, states=slice(None))
     for kernel in KERNELS:
         dx, hx, params = gradients(m, x, lengths, dout, kernel)
         grads[kernel] = [dx] + hx[states] + params
-    for kernel in ("packed_c", "packed_avx2"):
+    for kernel in KERNELS[1:]:
         for a, b in zip(grads[kernel], grads["blas"]):
             rtol, atol = KERNEL_TOL[np.float32].grad
             assert_close(f"{label} {kernel}", a, b, rtol, atol * scale_of(b))
@@ -118,22 +122,28 @@ def test_packed_float64_matches_reference(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_packed_twins_agree(kind):
-    """The AVX2 kernel and its portable twin: same packed layout, same order over k."""
-    for H, B in [(9, 1), (13, 2), (33, 3), (33, 4), (70, 9)]:
+    """The SIMD kernels and their portable twin: same packed layout, same order over k; the
+    SIMD ones, one FMA per k each, to the bit."""
+    for H, B in [(9, 1), (13, 2), (33, 3), (33, 4), (70, 9), (130, 7)]:
         m, x, lengths = build(kind, H, B, np.float32, ragged=True, seed=H + B)
         m.eval()
         twin = run(m, x, lengths, "packed_c")
-        assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), twin, 4e-6, 4e-6)
+        avx2 = run(m, x, lengths, "packed_avx2")
+        assert_close(f"{kind} H{H} B{B}", avx2, twin, 4e-6, 4e-6)
+        for kernel in SIMD[1:]:
+            np.testing.assert_array_equal(run(m, x, lengths, kernel), avx2,
+                                          err_msg=f"{kind} H{H} B{B} {kernel}")
 
 
+@pytest.mark.parametrize("kernel", SIMD)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rows_in_groups_of_strips(kind, threads):
+def test_rows_in_groups_of_strips(kind, threads, kernel):
     """A thread's panels around LSTMC_L3_PANELS_MAX_BYTES (4 MiB). At or under it, more than
     six rows take the strips in groups that stay in L2 (GROUP_BYTES, 384 KB: 12 strips of K
     512, 8 of K 704) in chunks of up to six rows: LSTM H 512 at one thread, H 704 at two (352
-    units each). Past it, row 0 streams four strips alone and the other rows follow in chunks
-    of up to three: LSTM H 520 and H 524 (a last block of 8 and of 12 units), GRU H 600 at one
+    units each). Past it, row 0 streams a widest tile's strips alone (four; eight on the
+    16-lane tiles) and the other rows follow in chunks of up to three: LSTM H 520 and H 524 (a last block of 8 and of 12 units), GRU H 600 at one
     thread; LSTM H 736 (368 units each) and GRU H 1200 (608 + 592 units) at two. Batches 4
     to 7 and 12, 13: one chunk or 6 + 1, 6 + 6, 6 + 6 + 1 rows; streaming 1 + 3, 1 + 3 + 1,
     1 + 3 + 2, 1 + 3 + 3, four chunks of three and a row, and 1 + 3 x 4."""
@@ -149,14 +159,15 @@ def test_rows_in_groups_of_strips(kind, threads):
                 p.data *= 1 / (0.6 * np.sqrt(H))   # at +-0.6 float32 sums of 600 terms drift
             m.eval()
             expected = module_reference(m, x, lengths)
-            assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), expected,
+            assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, kernel), expected,
                          *tolerances(np.float32, expected))
-            assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, "packed_avx2"),
+            assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, kernel),
                          run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
 
 
+@pytest.mark.parametrize("kernel", SIMD)
 @pytest.mark.parametrize("kind, H", [("lstm", 520), ("gru", 600)])
-def test_training_in_groups_of_strips(kind, H):
+def test_training_in_groups_of_strips(kind, H, kernel):
     """Training at 7 rows, one thread, against BLAS's gradients, every product past the L3
     limit (streaming: row 0 over four strips, then 3 + 3 rows): the forward's W_hh (K 520,
     600) and the backward's dh_prev = dgates W_hh on W_hh^T (LSTM H 520: K 2080, 33 strips,
@@ -168,10 +179,10 @@ def test_training_in_groups_of_strips(kind, H):
     m.train()
     dout = np.random.default_rng(2).standard_normal((6, 7, H)).astype(np.float32)
     grads = {}
-    for kernel in ("blas", "packed_avx2"):
-        dx, states, params = gradients(m, x, lengths, dout, kernel)
-        grads[kernel] = [dx] + states + params
-    for a, b in zip(grads["packed_avx2"], grads["blas"]):
+    for k in ("blas", kernel):
+        dx, states, params = gradients(m, x, lengths, dout, k)
+        grads[k] = [dx] + states + params
+    for a, b in zip(grads[kernel], grads["blas"]):
         rtol, atol = KERNEL_TOL[np.float32].grad
         assert_close(f"{kind} H{H} B7 gradients", a, b, rtol, atol * scale_of(b))
 
@@ -203,6 +214,36 @@ def test_training_forward_and_backward_with_packed_kernel(kind, B):
     assert_packed_gradients_match_blas(m, x, lengths, kind, states=slice(0, 1))
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+def test_automatic_choice_is_the_widest_kernel_of_this_cpu():
+    """float32 on a packed copy runs the AVX-512 tiles where the CPU has AVX-512F, the AVX2
+    ones where it has AVX2 and FMA only; float64 and batches past 128 stay off them, and a
+    forced AVX-512 kernel on a CPU without it runs the same tiles built for AVX2."""
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags")
+    kernel_for = lstmc._core.recurrent_kernel_for
+    lstmc._core._set_recurrent_kernel("auto")
+    avx2 = "avx2" in flags and "fma" in flags
+    widest = ("packed_avx512" if avx2 and "avx512f" in flags
+              else "packed_avx2" if avx2 else "blas")
+    assert kernel_for(np.float32, 4, 100, True) == widest
+    assert kernel_for(np.float32, 129, 100, True) == "blas"
+    assert kernel_for(np.float64, 4, 100, True) == "blas"
+    lstmc._core._set_recurrent_kernel("packed_avx512")
+    assert kernel_for(np.float32, 4, 100, True) == (
+        "packed_c" if not avx2 else widest if widest == "packed_avx512" else "packed_wide_avx2")
+    lstmc._core._set_recurrent_kernel("auto")
+
+
 def test_kernel_setting():
     for kernel in lstmc._core.RECURRENT_KERNELS:
         lstmc._core._set_recurrent_kernel(kernel)
@@ -227,8 +268,9 @@ def test_backward_partial_second_vector(kind, H, threads):
     assert_packed_gradients_match_blas(m, x, lengths, f"{kind} H{H} gradients")
 
 
+@pytest.mark.parametrize("kernel", SIMD)
 @pytest.mark.parametrize("kind, H, B", [("lstm", 400, 7), ("lstm", 400, 8), ("gru", 420, 9)])
-def test_groups_that_cut_a_tile_short(kind, H, B):
+def test_groups_that_cut_a_tile_short(kind, H, B, kernel):
     """One thread, more than six rows, panels under the L3 limit: LSTM H 400 has 100 strips
     of K 400 in groups of 15, so a row alone takes 4 + 4 + 4 + 3 strips and two or three rows
     end a group on one strip; GRU H 420: 81 strips of K 420 in groups of 14."""
@@ -238,13 +280,13 @@ def test_groups_that_cut_a_tile_short(kind, H, B):
         p.data *= 1 / (0.6 * np.sqrt(H))
     m.eval()
     expected = module_reference(m, x, lengths)
-    assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, "packed_avx2"), expected,
+    assert_close(f"{kind} H{H} B{B}", run(m, x, lengths, kernel), expected,
                  *tolerances(np.float32, expected))
-    assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, "packed_avx2"),
+    assert_close(f"{kind} H{H} B{B} twins", run(m, x, lengths, kernel),
                  run(m, x, lengths, "packed_c"), 4e-6, 4e-6)
 
 
-@pytest.mark.parametrize("kernel", ["packed_c", "packed_avx2"])
+@pytest.mark.parametrize("kernel", KERNELS[1:])
 @pytest.mark.parametrize("kind, H, B", [("lstm", 80, 1), ("lstm", 45, 3), ("gru", 70, 2),
                                         ("rnn_tanh", 150, 1), ("lstm", 400, 8)])
 def test_odd_steps_reverse_the_work_not_the_result(kind, H, B, kernel):
