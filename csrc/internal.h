@@ -38,13 +38,16 @@
     } while (0)
 #endif
 
-/* Cell kernels are compiled twice where the compiler can dispatch at run time: for x86-64-v3
- * (AVX2 + FMA: 8 floats a vector) and for the baseline (SSE2), and the loader picks one by
- * the CPU (GCC target_clones, an ifunc). A portable build so still runs the wide kernels
- * (LSTM I256 H256 B32 T150 forward, one thread: 254 -> 148 ms; docs/decisions.md#dispatch). */
+/* Cell kernels are compiled three times where the compiler can dispatch at run time: for
+ * x86-64-v4 (AVX-512: 16 floats a vector), for x86-64-v3 (AVX2 + FMA: 8) and for the baseline
+ * (SSE2), and the loader picks one by the CPU (GCC target_clones, an ifunc). A portable build
+ * so still runs the wide kernels (LSTM I256 H256 B32 T150 forward, one thread: 254 -> 148 ms
+ * with v3; I128 H256 B32 T100 forward on an AVX-512 CPU, v4 / v3 0.94 at one thread, 0.90 at
+ * two, benchmarks/ab_builds.py; docs/decisions.md#dispatch). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(LSTMC_NO_DISPATCH)
-#define LSTMC_DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define LSTMC_DISPATCH                                                                         \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LSTMC_DISPATCH
 #endif
