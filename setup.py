@@ -9,6 +9,8 @@ Build-time decisions, made once here:
   selects of the activation code into vector blends (values, NaN and rounding are unchanged;
   lstmc never reads floating-point exception flags). Cell kernels carry their own AVX2/FMA
   clones (csrc/internal.h, LSTMC_DISPATCH). LSTMC_NATIVE=1 opts into -march=native.
+  LSTMC_MAX_ISA=x86-64-v3 (or baseline) builds no code past that level, so that a build on a
+  wider CPU runs what narrower CPUs run (tests/test_isa_levels.py).
   Python's own CFLAGS come first and carry -fwrapv (signed overflow wraps): a vector loop
   indexed by `2 * H + u` then cannot be proven contiguous and GCC loads element by element,
   so the kernels take such offsets once, outside their loops (csrc/lstm.inc).
@@ -34,6 +36,10 @@ int main(void) {
     return n > 0 ? 0 : 1;
 }
 """
+
+
+# LSTMC_MAX_ISA -> the macro that caps the kernels (csrc/internal.h)
+MAX_ISA_MACROS = {"x86-64-v3": "LSTMC_MAX_ISA_V3", "baseline": "LSTMC_NO_DISPATCH"}
 
 
 def compiler():
@@ -88,6 +94,12 @@ def extensions():
         macros.append(("LSTMC_BLAS_ILP64", "1"))
     if os.environ.get("LSTMC_NATIVE") == "1":
         compile_args.append("-march=native")
+    max_isa = os.environ.get("LSTMC_MAX_ISA")
+    if max_isa:
+        if max_isa not in MAX_ISA_MACROS:
+            raise SystemExit(f"LSTMC_MAX_ISA must be one of {', '.join(MAX_ISA_MACROS)}, "
+                             f"got {max_isa!r}")
+        macros.append((MAX_ISA_MACROS[max_isa], "1"))
     # what `python -m lstmc info` reports as the build (a C string literal)
     described = " ".join(compile_args + [f"-D{k}={v}" for k, v in macros])
     macros.append(("LSTMC_BUILD_FLAGS", '"' + described.replace('"', "") + '"'))

@@ -46,8 +46,12 @@
  * two, benchmarks/ab_builds.py; docs/decisions.md#dispatch). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(LSTMC_NO_DISPATCH)
+#ifdef LSTMC_MAX_ISA_V3 /* a build capped at AVX2 (setup.py LSTMC_MAX_ISA) */
+#define LSTMC_DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
 #define LSTMC_DISPATCH                                                                         \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 #else
 #define LSTMC_DISPATCH
 #endif

@@ -55,7 +55,7 @@ int lstmc_avx2_supported(void)
 
 int lstmc_avx512_supported(void)
 {
-#if LSTMC_HAVE_AVX2_KERNEL
+#if LSTMC_HAVE_AVX2_KERNEL && !defined(LSTMC_MAX_ISA_V3)
     __builtin_cpu_init();
     return lstmc_avx2_supported() && __builtin_cpu_supports("avx512f");
 #else
