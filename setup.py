@@ -110,7 +110,7 @@ def extensions():
         include_dirs=["csrc"],
         depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/vmath.h",
                  "csrc/seq.inc", "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc",
-                 "csrc/recur.inc"],
+                 "csrc/recur.inc", "csrc/act.inc"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -6,6 +6,7 @@
  *   GEMM      the row-major GEMM helper of that type
  *   SIGMOID, TANH  the activations: vmath.h's vectorisable ones for float, libm for double
  *                  (no fast-math anywhere: NaN and rounding stay IEEE)
+ *   EXP, LOG1P     libm's, of that type (the general steps' other activations)
  *   PACKED_GEMM_FAST(kernel, ...), PACK_GATES_FAST  the SIMD packed kernels and their packing
  *                  (recur.c; float64 has the portable ones only)
  */
@@ -15,6 +16,8 @@
 #undef GEMM
 #undef SIGMOID
 #undef TANH
+#undef EXP
+#undef LOG1P
 #undef PACKED_GEMM_FAST
 #undef PACK_GATES_FAST
 #ifdef LSTMC_F64
@@ -22,6 +25,8 @@
 #define F_(name) name##_f64
 #define SIGMOID(x) (1 / (1 + exp(-(x))))
 #define TANH tanh
+#define EXP exp
+#define LOG1P log1p
 #define PACKED_GEMM_FAST(kernel, ...) lstmc_packed_gemm_c_f64(__VA_ARGS__)
 #define PACK_GATES_FAST lstmc_pack_gates_f64
 #else
@@ -29,6 +34,8 @@
 #define F_(name) name##_f32
 #define SIGMOID lstmc_sigmoidf
 #define TANH lstmc_tanhf
+#define EXP expf
+#define LOG1P log1pf
 #define PACKED_GEMM_FAST lstmc_packed_gemm_simd_f32
 #define PACK_GATES_FAST lstmc_pack_gates_avx2_f32
 #endif

@@ -123,6 +123,9 @@ typedef struct {
     float *step_aux;        /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
     float *aux[2];          /* (N, H) each: what a training forward saves, or NULL */
     int panel;              /* gates is this thread's panel (LSTMC_ZROW): inference */
+    const lstmc_cell_options *opts;   /* NULL: the default cell; else the general step */
+    const float *peep;      /* (3, H) LSTM peepholes p_i, p_f, p_o, or NULL */
+    float *dpeep;           /* (3, H) backward: their gradient, accumulated, or NULL */
     /* backward only */
     const float *hprev;     /* (N, H) h before each step, as saved by the forward */
     float *dgates;          /* (N, G*H) gradient of the input-side pre-activations */
@@ -143,6 +146,9 @@ typedef struct {
     const double *gh, *bias_i, *bias_h, *hp;
     double *h, *c, *step_aux, *aux[2];
     int panel;
+    const lstmc_cell_options *opts;
+    const double *peep;
+    double *dpeep;
     const double *hprev;
     double *dgates, *dgates_h, *dgates_step;
     const double *dh;
@@ -178,6 +184,16 @@ void lstmc_rnn_step_forward_f32(const lstmc_step_f32 *st);
 void lstmc_rnn_step_forward_f64(const lstmc_step_f64 *st);
 void lstmc_rnn_step_backward_f32(const lstmc_step_f32 *st);
 void lstmc_rnn_step_backward_f64(const lstmc_step_f64 *st);
+/* The general steps, for calls with options (lstmc.h lstmc_cell_options): the same contract
+ * as the default kernels, one activation call per gate value */
+void lstmc_lstm_step_forward_options_f32(const lstmc_step_f32 *st);
+void lstmc_lstm_step_forward_options_f64(const lstmc_step_f64 *st);
+void lstmc_lstm_step_backward_options_f32(const lstmc_step_f32 *st);
+void lstmc_lstm_step_backward_options_f64(const lstmc_step_f64 *st);
+void lstmc_gru_step_forward_options_f32(const lstmc_step_f32 *st, int phase);
+void lstmc_gru_step_forward_options_f64(const lstmc_step_f64 *st, int phase);
+void lstmc_rnn_step_forward_options_f32(const lstmc_step_f32 *st);
+void lstmc_rnn_step_forward_options_f64(const lstmc_step_f64 *st);
 
 /* The packed recurrent kernels (recur.c). Units per packed block: a strip of one AVX-512 (two
  * AVX2) vectors of floats per k; thread shares (multiples of LSTMC_UNIT_ALIGN) so start on block

@@ -20,6 +20,7 @@
  *   w_hh (G*H, Hout)
  *   b_ih (G*H), b_hh (G*H)        only when the descriptor has bias
  *   w_hr (P, H)                   only when P > 0
+ *   w_ph (3, H)                   LSTM peepholes, only with options->peepholes
  * with gate blocks of H rows in PyTorch order (LSTM: i, f, g, o). Gradients use the same
  * layout and ACCUMULATE (+=): zeroing them is the caller's one memset.
  *
@@ -125,7 +126,44 @@ enum {
 };
 
 /* which tensor of a layer/direction, for lstmc_seq_param_offset */
-enum { LSTMC_W_IH = 0, LSTMC_W_HH = 1, LSTMC_B_IH = 2, LSTMC_B_HH = 3, LSTMC_W_HR = 4 };
+enum {
+    LSTMC_W_IH = 0, LSTMC_W_HH = 1, LSTMC_B_IH = 2, LSTMC_B_HH = 3, LSTMC_W_HR = 4,
+    LSTMC_W_PH = 5   /* LSTM peepholes (3, H): rows p_i, p_f, p_o; with options->peepholes */
+};
+
+/* ONNX's activation functions (operator LSTM / GRU / RNN, opset 7-22):
+ *   RELU max(0, x)        TANH, SIGMOID            AFFINE alpha x + beta
+ *   LEAKY_RELU x >= 0 ? x : alpha x                THRESHOLDED_RELU x > alpha ? x : 0
+ *   SCALED_TANH alpha tanh(beta x)                 HARD_SIGMOID min(max(alpha x + beta, 0), 1)
+ *   ELU x >= 0 ? x : alpha (e^x - 1)               SOFTSIGN x / (1 + |x|)
+ *   SOFTPLUS log(1 + e^x) */
+enum {
+    LSTMC_ACT_SIGMOID = 0, LSTMC_ACT_TANH = 1, LSTMC_ACT_RELU = 2, LSTMC_ACT_AFFINE = 3,
+    LSTMC_ACT_LEAKY_RELU = 4, LSTMC_ACT_THRESHOLDED_RELU = 5, LSTMC_ACT_SCALED_TANH = 6,
+    LSTMC_ACT_HARD_SIGMOID = 7, LSTMC_ACT_ELU = 8, LSTMC_ACT_SOFTSIGN = 9,
+    LSTMC_ACT_SOFTPLUS = 10
+};
+
+/* A cell's options, one per call (NULL in lstmc_seq: the default cell). A call whose options
+ * are all defaults runs the default kernels; any other runs each cell's general step (the
+ * `_options` kernels), chosen once per call.
+ *   act[d][k], alpha[d][k], beta[d][k]   direction d's activation of slot k: LSTM f (gates
+ *            i, f, o), g (cell candidate), h (of c in h = o h(c)); GRU f (r, z), g (n);
+ *            RNN f. Defaults: LSTM sigmoid, tanh, tanh; GRU sigmoid, tanh; RNN tanh (relu
+ *            for LSTMC_CELL_RNN_RELU). alpha and beta as the activation defines them.
+ *   clip     > 0: every gate pre-activation (bias and peephole terms included) is clamped to
+ *            [-clip, clip] before its activation (ONNX `clip`; c itself is not clipped,
+ *            as in ONNX Runtime); 0: none
+ *   coupled  LSTM: f = 1 - i (ONNX input_forget; the f block of the weights is unused)
+ *   peepholes  LSTM: the parameters carry LSTMC_W_PH per layer and direction (after w_hr),
+ *            and i, f read p_i c_prev, p_f c_prev, o reads p_o c (the new c)
+ * The backward supports peepholes and clip with the default activations only. */
+typedef struct {
+    int act[2][3];
+    double alpha[2][3], beta[2][3];
+    double clip;
+    int coupled, peepholes;
+} lstmc_cell_options;
 
 typedef struct {
     int cell;                /* LSTMC_CELL_* */
@@ -136,6 +174,7 @@ typedef struct {
     const int *batch_sizes;  /* (T) rows running at step t: non-increasing, <= B */
     const int *lengths;      /* (B) steps of each (sorted, longest first) row:
                                 batch_sizes[t] = #{j : lengths[j] > t} */
+    const lstmc_cell_options *options;   /* or NULL: the default cell */
 } lstmc_seq;
 
 /* Checks the descriptor (sizes, monotone batch_sizes consistent with lengths). */

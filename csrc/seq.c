@@ -72,6 +72,62 @@ static size_t input_of(const lstmc_seq *s, int l)
     return l == 0 ? (size_t)s->input : s->dirs * hout_of(s);
 }
 
+/* The default activations of each cell (lstmc.h lstmc_cell_options), and how many slots it
+ * has */
+static const int DEFAULT_ACTS[][3] = {
+    [LSTMC_CELL_LSTM] = {LSTMC_ACT_SIGMOID, LSTMC_ACT_TANH, LSTMC_ACT_TANH},
+    [LSTMC_CELL_GRU] = {LSTMC_ACT_SIGMOID, LSTMC_ACT_TANH, 0},
+    [LSTMC_CELL_GRU_RESET_BEFORE] = {LSTMC_ACT_SIGMOID, LSTMC_ACT_TANH, 0},
+    [LSTMC_CELL_RNN_TANH] = {LSTMC_ACT_TANH, 0, 0},
+    [LSTMC_CELL_RNN_RELU] = {LSTMC_ACT_RELU, 0, 0},
+};
+static int act_slots(int cell) { return cell == LSTMC_CELL_LSTM ? 3 : cell <= 2 ? 2 : 1; }
+
+/* 1 if the options' activations are the cell's defaults in every direction */
+static int default_acts(const lstmc_seq *s)
+{
+    const lstmc_cell_options *o = s->options;
+    for (int d = 0; d < s->dirs; d++)
+        for (int k = 0; k < act_slots(s->cell); k++)
+            if (o->act[d][k] != DEFAULT_ACTS[s->cell][k])
+                return 0;
+    return 1;
+}
+
+/* The call's options, or NULL when there are none or all are defaults: the default kernels
+ * then run (chosen once per call, in step_of) */
+static const lstmc_cell_options *options_of(const lstmc_seq *s)
+{
+    const lstmc_cell_options *o = s->options;
+    return o && (o->clip > 0 || o->coupled || o->peepholes || !default_acts(s)) ? o : NULL;
+}
+
+static int peepholes_of(const lstmc_seq *s) { return s->options && s->options->peepholes; }
+
+/* The backward runs the default cells and LSTM peepholes and clip (lstm.inc) */
+static int backward_supported(const lstmc_seq *s)
+{
+    const lstmc_cell_options *o = options_of(s);
+    return !o || (s->cell == LSTMC_CELL_LSTM && !o->coupled && default_acts(s));
+}
+
+static int options_valid(const lstmc_seq *s)
+{
+    const lstmc_cell_options *o = s->options;
+    if (!o)
+        return 1;
+    if (!(o->clip >= 0) || o->coupled < 0 || o->coupled > 1 ||
+        o->peepholes < 0 || o->peepholes > 1)   /* !(>=) also refuses a NaN clip */
+        return 0;
+    if (s->cell != LSTMC_CELL_LSTM && (o->coupled || o->peepholes))
+        return 0;
+    for (int d = 0; d < s->dirs; d++)
+        for (int k = 0; k < act_slots(s->cell); k++)
+            if (o->act[d][k] < LSTMC_ACT_SIGMOID || o->act[d][k] > LSTMC_ACT_SOFTPLUS)
+                return 0;
+    return 1;
+}
+
 int lstmc_seq_check(const lstmc_seq *s)
 {
     if (!s || !cell_valid(s->cell) || s->steps < 1 || s->batch < 1 || s->input < 1 ||
@@ -79,6 +135,8 @@ int lstmc_seq_check(const lstmc_seq *s)
         s->layers < 1 || (s->dirs != 1 && s->dirs != 2) || !s->batch_sizes || !s->lengths)
         return LSTMC_ERR_ARG;
     if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)   /* only the LSTM has a projection */
+        return LSTMC_ERR_ARG;
+    if (!options_valid(s))
         return LSTMC_ERR_ARG;
     for (int t = 0; t < s->steps; t++) {
         const int n = s->batch_sizes[t];
@@ -114,7 +172,8 @@ size_t lstmc_seq_rows(const lstmc_seq *s)
 }
 
 /* sizes of the tensors of one layer/direction, in the order of the flat buffer */
-static void param_sizes(const lstmc_seq *s, int l, size_t sz[5])
+#define PARAM_KINDS 6
+static void param_sizes(const lstmc_seq *s, int l, size_t sz[PARAM_KINDS])
 {
     const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
     sz[LSTMC_W_IH] = GH * input_of(s, l);
@@ -122,17 +181,19 @@ static void param_sizes(const lstmc_seq *s, int l, size_t sz[5])
     sz[LSTMC_B_IH] = s->bias ? GH : 0;
     sz[LSTMC_B_HH] = s->bias ? GH : 0;
     sz[LSTMC_W_HR] = (size_t)s->proj * s->hidden;
+    sz[LSTMC_W_PH] = peepholes_of(s) ? 3 * (size_t)s->hidden : 0;
 }
 
 size_t lstmc_seq_param_offset(const lstmc_seq *s, int layer, int dir, int which)
 {
-    size_t off = 0, sz[5];
-    if (layer < 0 || layer >= s->layers || dir < 0 || dir >= s->dirs || which < 0 || which > 4)
+    size_t off = 0, sz[PARAM_KINDS];
+    if (layer < 0 || layer >= s->layers || dir < 0 || dir >= s->dirs || which < 0 ||
+        which >= PARAM_KINDS)
         return (size_t)-1;
     for (int l = 0; l < s->layers; l++)
         for (int d = 0; d < s->dirs; d++) {
             param_sizes(s, l, sz);
-            for (int w = 0; w < 5; w++) {
+            for (int w = 0; w < PARAM_KINDS; w++) {
                 if (l == layer && d == dir && w == which)
                     return sz[w] ? off : (size_t)-1;
                 off += sz[w];
@@ -143,10 +204,11 @@ size_t lstmc_seq_param_offset(const lstmc_seq *s, int layer, int dir, int which)
 
 size_t lstmc_seq_param_count(const lstmc_seq *s)
 {
-    size_t n = 0, sz[5];
+    size_t n = 0, sz[PARAM_KINDS];
     for (int l = 0; l < s->layers; l++) {
         param_sizes(s, l, sz);
-        n += s->dirs * (sz[0] + sz[1] + sz[2] + sz[3] + sz[4]);
+        for (int w = 0; w < PARAM_KINDS; w++)
+            n += s->dirs * sz[w];
     }
     return n;
 }

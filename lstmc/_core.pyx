@@ -39,7 +39,10 @@ cdef extern from "lstmc.h" nogil:
         LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS
         LSTMC_CELL_LSTM, LSTMC_CELL_GRU, LSTMC_CELL_GRU_RESET_BEFORE
         LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
-        LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
+        LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR, LSTMC_W_PH
+        LSTMC_ACT_SIGMOID, LSTMC_ACT_TANH, LSTMC_ACT_RELU, LSTMC_ACT_AFFINE
+        LSTMC_ACT_LEAKY_RELU, LSTMC_ACT_THRESHOLDED_RELU, LSTMC_ACT_SCALED_TANH
+        LSTMC_ACT_HARD_SIGMOID, LSTMC_ACT_ELU, LSTMC_ACT_SOFTSIGN, LSTMC_ACT_SOFTPLUS
 
     int lstmc_openmp_enabled()
     void lstmc_set_num_threads(int n)
@@ -48,10 +51,18 @@ cdef extern from "lstmc.h" nogil:
     int lstmc_get_recurrent_kernel()
     int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
 
+    ctypedef struct lstmc_cell_options:
+        int act[2][3]
+        double alpha[2][3]
+        double beta[2][3]
+        double clip
+        int coupled, peepholes
+
     ctypedef struct lstmc_seq:
         int cell, steps, batch, input, hidden, proj, layers, dirs, bias
         const int *batch_sizes
         const int *lengths
+        const lstmc_cell_options *options
 
     int lstmc_seq_check(const lstmc_seq *s)
     size_t lstmc_seq_rows(const lstmc_seq *s)
@@ -109,6 +120,14 @@ CELL_LSTM, CELL_GRU, CELL_GRU_RESET_BEFORE = (LSTMC_CELL_LSTM, LSTMC_CELL_GRU,
                                                LSTMC_CELL_GRU_RESET_BEFORE)
 CELL_RNN_TANH, CELL_RNN_RELU = LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
 W_IH, W_HH, B_IH, B_HH, W_HR = LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR
+W_PH = LSTMC_W_PH
+# ONNX's activation names (lower case) -> csrc/lstmc.h LSTMC_ACT_*
+ACTIVATIONS = {"sigmoid": LSTMC_ACT_SIGMOID, "tanh": LSTMC_ACT_TANH, "relu": LSTMC_ACT_RELU,
+               "affine": LSTMC_ACT_AFFINE, "leakyrelu": LSTMC_ACT_LEAKY_RELU,
+               "thresholdedrelu": LSTMC_ACT_THRESHOLDED_RELU,
+               "scaledtanh": LSTMC_ACT_SCALED_TANH, "hardsigmoid": LSTMC_ACT_HARD_SIGMOID,
+               "elu": LSTMC_ACT_ELU, "softsign": LSTMC_ACT_SOFTSIGN,
+               "softplus": LSTMC_ACT_SOFTPLUS}
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = SUPPORTED_DTYPES[0]
 cdef type _ndarray = np.ndarray   # looked up once: the checks run on every call
@@ -299,14 +318,19 @@ cdef class Seq:
     bias : bool
     lengths : array of int, shape (B,)
         Steps of each row, sorted in non-increasing order (the caller permutes rows).
+    options : None or tuple (acts, alphas, betas, clip, coupled, peepholes)
+        The cell's options (csrc/lstmc.h lstmc_cell_options): acts, alphas, betas D
+        sequences of 3 (activation codes, ACTIVATIONS' values, and their alpha / beta), clip
+        a float >= 0 (0: none), coupled and peepholes bools. None: the default cell.
     """
     cdef lstmc_seq s
+    cdef lstmc_cell_options opts
     cdef int[::1] _batch_sizes
     cdef int[::1] _lengths
     cdef readonly object batch_sizes, lengths
 
     def __cinit__(self, int cell, int T, int B, int I, int H, int P, int L, int D, bint bias,
-                  lengths):
+                  lengths, options=None):
         lengths = np.ascontiguousarray(lengths, dtype=np.intc)
         if lengths.shape != (B,):
             raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
@@ -321,6 +345,16 @@ cdef class Seq:
         self.s.hidden, self.s.proj, self.s.layers, self.s.dirs, self.s.bias = H, P, L, D, bias
         self.s.batch_sizes = &self._batch_sizes[0] if T > 0 else NULL
         self.s.lengths = &self._lengths[0] if B > 0 else NULL
+        self.s.options = NULL
+        if options is not None:
+            acts, alphas, betas, clip, coupled, peepholes = options
+            for d in range(min(D, 2)):
+                for k in range(3):
+                    self.opts.act[d][k] = acts[d][k]
+                    self.opts.alpha[d][k] = alphas[d][k]
+                    self.opts.beta[d][k] = betas[d][k]
+            self.opts.clip, self.opts.coupled, self.opts.peepholes = clip, coupled, peepholes
+            self.s.options = &self.opts
         if lstmc_seq_check(&self.s) != LSTMC_OK:
             raise ValueError(f"invalid recurrent problem: cell={cell} T={T} B={B} I={I} H={H} "
                              f"P={P} L={L} D={D}")

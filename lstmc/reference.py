@@ -31,6 +31,23 @@ Simple RNN (Elman), one block::
 
     h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)        act = tanh or relu, relu'(0) = 0 (torch)
 
+Cell options (ONNX's LSTM / GRU / RNN attributes; csrc/lstmc.h lstmc_cell_options):
+
+- ``activations``: one (name, alpha, beta) per slot (see :func:`activation`), LSTM f, g, h
+  (f for i, f, o; g for the candidate; h of c in ``h' = o * h(c')``), GRU f, g (f for r, z;
+  g for n), RNN f. None: the defaults (sigmoid, tanh, tanh / sigmoid, tanh / tanh).
+- ``clip``: every gate pre-activation (bias and peephole terms included) is clamped to
+  [-clip, clip] before its activation; c itself is not (as ONNX Runtime). The clamp's
+  gradient is 1 inside, 0 where it clamped (|pre| >= clip).
+- LSTM ``w_ph`` (3, H), peepholes p_i, p_f, p_o (PyTorch-style parameter ``peephole_l{k}``;
+  ONNX's P holds them in the order i, o, f)::
+
+    i = f(z_i + p_i * c)      f = f(z_f + p_f * c)      o = f(z_o + p_o * c')
+
+- LSTM ``input_forget``: f = 1 - i (the f block of the weights is unused).
+
+The backward covers LSTM peepholes and clip with the default activations.
+
 Sequences: all three cells run through one driver (:func:`_sequence_forward`,
 :func:`_sequence_backward`); only the step functions differ. Variable lengths follow PyTorch
 packed sequences: row b uses steps 0..len_b-1, the reverse direction runs over that valid
@@ -46,6 +63,8 @@ import numpy as np
 
 __all__ = [
     "sigmoid",
+    "activation",
+    "ACTIVATION_DEFAULTS",
     "lstm_cell_forward",
     "lstm_cell_backward",
     "gru_cell_forward",
@@ -93,11 +112,89 @@ def sigmoid(x):
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+# ONNX's activation functions (lower-case names): which of alpha, beta each reads and their
+# defaults, those of the ONNX operator of the same name (Affine: the retired operator's 1, 0;
+# ScaledTanh's operator defined none: None, so both must be given)
+ACTIVATION_DEFAULTS = {
+    "relu": (), "tanh": (), "sigmoid": (), "softsign": (), "softplus": (),
+    "affine": (("alpha", 1.0), ("beta", 0.0)),
+    "leakyrelu": (("alpha", 0.01),),
+    "thresholdedrelu": (("alpha", 1.0),),
+    "scaledtanh": (("alpha", None), ("beta", None)),
+    "hardsigmoid": (("alpha", 0.2), ("beta", 0.5)),
+    "elu": (("alpha", 1.0),),
+}
+
+
+def activation(name, x, alpha=None, beta=None):
+    """ONNX's activation function `name` (lower case, a key of ACTIVATION_DEFAULTS) of x.
+
+    relu max(0, x); tanh; sigmoid; affine alpha x + beta; leakyrelu x >= 0 ? x : alpha x;
+    thresholdedrelu x >= alpha ? x : 0; scaledtanh alpha tanh(beta x); hardsigmoid
+    min(max(alpha x + beta, 0), 1); elu x >= 0 ? x : alpha (e^x - 1); softsign x / (1 + |x|);
+    softplus log(1 + e^x). NaN stays NaN.
+    """
+    x = _f64(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "sigmoid":
+            return sigmoid(x)
+        if name == "tanh":
+            return np.tanh(x)
+        if name == "relu":
+            return np.where(x < 0, 0.0, x)
+        if name == "affine":
+            return alpha * x + beta
+        if name == "leakyrelu":
+            return np.where(x < 0, alpha * x, x)
+        if name == "thresholdedrelu":
+            return np.where(x < alpha, 0.0, x)
+        if name == "scaledtanh":
+            return alpha * np.tanh(beta * x)
+        if name == "hardsigmoid":
+            y = alpha * x + beta
+            return np.where(y < 0, 0.0, np.where(y > 1, 1.0, y))
+        if name == "elu":
+            return np.where(x < 0, alpha * np.expm1(np.minimum(x, 0.0)), x)
+        if name == "softsign":
+            return x / (1 + np.abs(x))
+        if name == "softplus":
+            return np.logaddexp(0.0, x)
+    raise ValueError(f"activation: unknown function {name!r}; expected one of "
+                     f"{sorted(ACTIVATION_DEFAULTS)}")
+
+
+def _slots(activations, defaults):
+    """Callables, one per slot, of `activations` ((name, alpha, beta) per slot, or None)."""
+    if activations is None:
+        activations = [(name, None, None) for name in defaults]
+    if len(activations) != len(defaults):
+        raise ValueError(f"activations: expected {len(defaults)} (name, alpha, beta), got "
+                         f"{len(activations)}")
+    return [lambda x, a=tuple(a): activation(a[0], x, a[1], a[2]) for a in activations]
+
+
+def _is_default(activations, defaults):
+    return activations is None or [a[0] for a in activations] == list(defaults)
+
+
+def _clip(z, clip):
+    """z clamped to [-clip, clip] (clip None: z), and where the clamp lets the gradient
+    through (None without clip)."""
+    if clip is None:
+        return z, None
+    return np.clip(z, -clip, clip), np.abs(z) < clip
+
+
+def _through(dz, kept):
+    return dz if kept is None else dz * kept
+
+
 # ----------------------------------------------------------------------------------------------
 # one step
 
 
-def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph=None,
+                      clip=None, input_forget=False, activations=None):
     """One LSTM step for a batch.
 
     Parameters
@@ -109,6 +206,10 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
     w_hh : ndarray, shape (4H, H_out)
     b_ih, b_hh : ndarray, shape (4H,), or None for no bias
     w_hr : ndarray, shape (P, H), or None for no projection
+    w_ph : ndarray, shape (3, H), or None: peepholes p_i, p_f, p_o
+    clip : float >= 0 or None: the gate pre-activations' clamp
+    input_forget : bool: f = 1 - i
+    activations : None or 3 (name, alpha, beta): slots f, g, h (see :func:`activation`)
 
     Returns
     -------
@@ -124,22 +225,35 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
     b_ih = None if b_ih is None else _f64(b_ih)
     b_hh = None if b_hh is None else _f64(b_hh)
     w_hr = None if w_hr is None else _f64(w_hr)
+    w_ph = None if w_ph is None else _f64(w_ph)
+    act_f, act_g, act_h = _slots(activations, ("sigmoid", "tanh", "tanh"))
 
     z = x @ w_ih.T + h @ w_hh.T  # (B, 4H) pre-activations
     if b_ih is not None:
         z = z + b_ih
     if b_hh is not None:
         z = z + b_hh
-    i = sigmoid(z[:, 0 * H:1 * H])
-    f = sigmoid(z[:, 1 * H:2 * H])
-    g = np.tanh(z[:, 2 * H:3 * H])
-    o = sigmoid(z[:, 3 * H:4 * H])
+    z_i, z_f, z_g, z_o = (z[:, k * H:(k + 1) * H] for k in range(4))
+    if w_ph is not None:  # i and f peep at c, o at c1 (below)
+        z_i, z_f = z_i + w_ph[0] * c, z_f + w_ph[1] * c
+    z_i, kept_i = _clip(z_i, clip)
+    z_f, kept_f = _clip(z_f, clip)
+    z_g, kept_g = _clip(z_g, clip)
+    i = act_f(z_i)
+    f = 1.0 - i if input_forget else act_f(z_f)
+    g = act_g(z_g)
     c1 = f * c + i * g
-    tc = np.tanh(c1)
+    if w_ph is not None:
+        z_o = z_o + w_ph[2] * c1
+    z_o, kept_o = _clip(z_o, clip)
+    o = act_f(z_o)
+    tc = act_h(c1)
     m = o * tc  # (B, H): the unprojected hidden state
     h1 = m if w_hr is None else m @ w_hr.T
-    cache = dict(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
-                 i=i, f=f, g=g, o=o, tc=tc, m=m)
+    cache = dict(x=x, h=h, c=c, c1=c1, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
+                 w_ph=w_ph, i=i, f=f, g=g, o=o, tc=tc, m=m, kept=(kept_i, kept_f, kept_g, kept_o),
+                 trainable=not input_forget and _is_default(activations,
+                                                            ("sigmoid", "tanh", "tanh")))
     return h1, c1, cache
 
 
@@ -161,9 +275,13 @@ def lstm_cell_backward(cache, dh1, dc1):
     dh : ndarray, shape (B, H_out)
     dc : ndarray, shape (B, H)
     grads : dict
-        ``w_ih`` (4H, I), ``w_hh`` (4H, H_out), and ``b_ih``, ``b_hh`` (4H,), ``w_hr`` (P, H)
-        for exactly those of them that were given (not None) to the forward call.
+        ``w_ih`` (4H, I), ``w_hh`` (4H, H_out), and ``b_ih``, ``b_hh`` (4H,), ``w_hr`` (P, H),
+        ``w_ph`` (3, H) for exactly those of them that were given (not None) to the forward
+        call.
     """
+    if not cache["trainable"]:
+        raise NotImplementedError("lstm_cell_backward: input_forget and activations other "
+                                  "than the defaults have no backward")
     x, h, c = cache["x"], cache["h"], cache["c"]
     i, f, g, o, tc, m = (cache[k] for k in ("i", "f", "g", "o", "tc", "m"))
     w_hr = cache["w_hr"]
@@ -177,14 +295,25 @@ def lstm_cell_backward(cache, dh1, dc1):
     else:
         dm = dh1 @ w_hr
         grads["w_hr"] = dh1.T @ m
+    kept_i, kept_f, kept_g, kept_o = cache["kept"]
+    w_ph = cache["w_ph"]
     # m = o * tanh(c1): c1 gets its direct gradient plus the path through h1
     do = dm * tc
+    dz_o = _through(do * o * (1.0 - o), kept_o)
     dc1 = dc1 + dm * o * (1.0 - tc * tc)
+    if w_ph is not None:  # o = sigmoid(.. + p_o * c1)
+        dc1 = dc1 + dz_o * w_ph[2]
     # c1 = f * c + i * g
     di, df, dg, dc = dc1 * g, dc1 * c, dc1 * i, dc1 * f
     # through the activations, from the stored outputs: sigmoid' = y(1-y), tanh' = 1-y^2
-    dz = np.concatenate([di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g * g),
-                         do * o * (1.0 - o)], axis=1)  # (B, 4H)
+    dz_i = _through(di * i * (1.0 - i), kept_i)
+    dz_f = _through(df * f * (1.0 - f), kept_f)
+    dz_g = _through(dg * (1.0 - g * g), kept_g)
+    if w_ph is not None:  # i, f = sigmoid(.. + p * c)
+        dc = dc + dz_i * w_ph[0] + dz_f * w_ph[1]
+        grads["w_ph"] = np.stack([(dz_i * c).sum(axis=0), (dz_f * c).sum(axis=0),
+                                  (dz_o * cache["c1"]).sum(axis=0)])
+    dz = np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1)  # (B, 4H)
     # z = x W_ih^T + h W_hh^T + b_ih + b_hh
     dx = dz @ cache["w_ih"]
     dh = dz @ cache["w_hh"]
@@ -197,7 +326,8 @@ def lstm_cell_backward(cache, dh1, dc1):
     return dx, dh, dc, grads
 
 
-def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
+def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, clip=None,
+                     activations=None):
     """One GRU step for a batch.
 
     Parameters
@@ -210,6 +340,8 @@ def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     reset_after : bool
         True: the reset gate multiplies ``h W_hn^T + b_hn`` (torch.nn.GRU). False: it
         multiplies ``h`` before the product (Keras reset_after=False).
+    clip : float >= 0 or None: the gate pre-activations' clamp (forward only)
+    activations : None or 2 (name, alpha, beta): slots f (r, z), g (n) (forward only)
 
     Returns
     -------
@@ -224,17 +356,20 @@ def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     w_hrz, w_hn = w_hh[:2 * H], w_hh[2 * H:]
     b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[:2 * H], b_hh[2 * H:])
 
+    act_f, act_g = _slots(activations, ("sigmoid", "tanh"))
+
     gi = _affine(x, w_ih, b_ih)  # (B, 3H) input part of all three blocks
     gh_rz = _affine(h, w_hrz, b_hrz)  # (B, 2H) recurrent part of r and z
-    r = sigmoid(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H])
-    z = sigmoid(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H])
+    r = act_f(_clip(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H], clip)[0])
+    z = act_f(_clip(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H], clip)[0])
     # the two variants differ only in what the candidate's recurrent product reads
     hn_in = h if reset_after else r * h  # (B, H)
     gh_n = _affine(hn_in, w_hn, b_hn)  # (B, H)
-    n = np.tanh(gi[:, 2 * H:3 * H] + (r * gh_n if reset_after else gh_n))
+    n = act_g(_clip(gi[:, 2 * H:3 * H] + (r * gh_n if reset_after else gh_n), clip)[0])
     h1 = (1.0 - z) * n + z * h
     cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, reset_after=reset_after,
-                 r=r, z=z, n=n, hn_in=hn_in, gh_n=gh_n)
+                 r=r, z=z, n=n, hn_in=hn_in, gh_n=gh_n,
+                 trainable=clip is None and _is_default(activations, ("sigmoid", "tanh")))
     return h1, cache
 
 
@@ -256,6 +391,9 @@ def gru_cell_backward(cache, dh1):
         ``w_ih`` (3H, I), ``w_hh`` (3H, H), and ``b_ih``, ``b_hh`` (3H,) for exactly those
         biases that were given (not None) to the forward call.
     """
+    if not cache["trainable"]:
+        raise NotImplementedError("gru_cell_backward: clip and activations other than the "
+                                  "defaults have no backward")
     x, h, r, z, n, hn_in, gh_n = (cache[k] for k in ("x", "h", "r", "z", "n", "hn_in", "gh_n"))
     H = h.shape[1]
     w_hrz, w_hn = cache["w_hh"][:2 * H], cache["w_hh"][2 * H:]
@@ -299,7 +437,8 @@ def _check_nonlinearity(nonlinearity):
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
 
 
-def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", clip=None,
+                     activations=None):
     """One simple (Elman) RNN step for a batch.
 
     Parameters
@@ -310,6 +449,8 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"
     w_hh : ndarray, shape (H, H)
     b_ih, b_hh : ndarray, shape (H,), or None for no bias
     nonlinearity : {"tanh", "relu"}
+    clip : float >= 0 or None: the pre-activation's clamp (forward only)
+    activations : None or one (name, alpha, beta), in place of `nonlinearity` (forward only)
 
     Returns
     -------
@@ -323,9 +464,13 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"
     b_ih, b_hh = _f64_or_none(b_ih), _f64_or_none(b_hh)
 
     a = _affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh)  # (B, H) pre-activation
-    h1 = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # relu(NaN) = NaN
+    if clip is None and activations is None:
+        h1 = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # relu(NaN) = NaN
+    else:
+        h1 = _slots(activations, (nonlinearity,))[0](_clip(a, clip)[0])
     cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                 nonlinearity=nonlinearity, h1=h1)
+                 nonlinearity=nonlinearity, h1=h1,
+                 trainable=clip is None and _is_default(activations, (nonlinearity,)))
     return h1, cache
 
 
@@ -347,6 +492,9 @@ def rnn_cell_backward(cache, dh1):
         ``w_ih`` (H, I), ``w_hh`` (H, H), and ``b_ih``, ``b_hh`` (H,) for exactly those biases
         that were given (not None) to the forward call.
     """
+    if not cache["trainable"]:
+        raise NotImplementedError("rnn_cell_backward: clip and activations other than the "
+                                  "nonlinearity have no backward")
     x, h, h1 = cache["x"], cache["h"], cache["h1"]
     dh1 = np.zeros_like(h1) if dh1 is None else _f64(dh1)
     grads = {}
@@ -387,17 +535,18 @@ class _Cell(NamedTuple):
     backward: Callable
 
 
-def _lstm_step_forward(x, states, w):
-    h1, c1, cache = lstm_cell_forward(x, *states, **w)
-    return (h1, c1), cache
+def _lstm_cell(**options):
+    """The LSTM's cell kind; options go to lstm_cell_forward."""
 
+    def forward(x, states, w):
+        h1, c1, cache = lstm_cell_forward(x, *states, **w, **options)
+        return (h1, c1), cache
 
-def _lstm_step_backward(cache, dstates):
-    dx, dh, dc, grads = lstm_cell_backward(cache, *dstates)
-    return dx, (dh, dc), grads
+    def backward(cache, dstates):
+        dx, dh, dc, grads = lstm_cell_backward(cache, *dstates)
+        return dx, (dh, dc), grads
 
-
-_LSTM = _Cell(("h", "c"), _lstm_step_forward, _lstm_step_backward)
+    return _Cell(("h", "c"), forward, backward)
 
 
 def _h_only_cell(cell_forward, cell_backward, **options):
@@ -418,7 +567,18 @@ def _h_only_cell(cell_forward, cell_backward, **options):
 # whole sequence: one driver for every cell kind
 
 _CELL_TO_TORCH = (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"),
-                  ("b_hh", "bias_hh"), ("w_hr", "weight_hr"))
+                  ("b_hh", "bias_hh"), ("w_hr", "weight_hr"), ("w_ph", "peephole"))
+
+
+def _per_direction(make, activations, D, **options):
+    """One cell kind per direction: `activations` None, one entry per slot (every
+    direction), or D such lists (direction d's at [d])."""
+    if activations is None or isinstance(activations[0][0], str):
+        return [make(activations=activations, **options)] * D
+    if len(activations) != D:
+        raise ValueError(f"activations: expected one list per direction ({D}), got "
+                         f"{len(activations)}")
+    return [make(activations=a, **options) for a in activations]
 
 
 def _names(layer, direction):
@@ -433,7 +593,7 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
 
     Parameters
     ----------
-    cell : _Cell
+    cell : _Cell, or a list of one per direction
     x : ndarray, shape (T, B, I)
     params : dict of str -> ndarray
         PyTorch names; the ``weight_*`` / ``bias_*`` of (layer, direction) present in it are
@@ -486,6 +646,7 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
             raise ValueError(f"dropout_masks: expected {L - 1} arrays of shape "
                              f"{(T, B, D * H_out)}, got {[m.shape for m in masks]}")
 
+    cells = cell if isinstance(cell, list) else [cell] * D
     states_n = tuple(np.empty_like(s) for s in states0)
     tapes = []  # tapes[layer * D + direction] = [(t, rows, step_cache), ...] in execution order
     layer_in = x
@@ -506,7 +667,8 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
                 rows = np.flatnonzero(t < lengths)
                 if rows.size == 0:
                     continue
-                new, step_cache = cell.forward(layer_in[t, rows], [s[rows] for s in states], w)
+                new, step_cache = cells[direction].forward(layer_in[t, rows],
+                                                           [s[rows] for s in states], w)
                 for s, s1 in zip(states, new):
                     s[rows] = s1
                 out[t, rows, direction * H_out:(direction + 1) * H_out] = new[0]
@@ -516,7 +678,7 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
             tapes.append(tape)
         layer_in = out
 
-    cache = dict(cell=cell, T=T, B=B, I=x.shape[2], L=L, D=D, H_out=H_out, shapes=shapes,
+    cache = dict(cells=cells, T=T, B=B, I=x.shape[2], L=L, D=D, H_out=H_out, shapes=shapes,
                  params=params, masks=masks, tapes=tapes)
     return out, states_n, cache
 
@@ -543,8 +705,8 @@ def _sequence_backward(cache, dout, dstates_n, arg_name):
     grads : dict of str -> ndarray
         Same keys and shapes as ``params``.
     """
-    cell, T, B, L, D, H_out, shapes = (cache[k] for k in ("cell", "T", "B", "L", "D", "H_out",
-                                                          "shapes"))
+    cells, T, B, L, D, H_out, shapes = (cache[k] for k in ("cells", "T", "B", "L", "D", "H_out",
+                                                           "shapes"))
     dout = _f64(dout)
     if dout.shape != (T, B, D * H_out):
         raise ValueError(f"dout: expected shape {(T, B, D * H_out)}, got {dout.shape}")
@@ -567,7 +729,7 @@ def _sequence_backward(cache, dout, dstates_n, arg_name):
                 # h1 feeds both the next step of this direction and the layer output at t
                 dnew = [d[rows] for d in dstates]
                 dnew[0] = dnew[0] + d_above[t, rows, direction * H_out:(direction + 1) * H_out]
-                dx, dprev, g = cell.backward(step_cache, dnew)
+                dx, dprev, g = cells[direction].backward(step_cache, dnew)
                 for d, d_prev in zip(dstates, dprev):
                     d[rows] = d_prev
                 d_in[t, rows] += dx  # both directions read the same input
@@ -591,7 +753,8 @@ def _hidden_size(params, gates, kind):
 
 
 def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=None,
-                 lengths=None, dropout_masks=None):
+                 lengths=None, dropout_masks=None, clip=None, input_forget=False,
+                 activations=None):
     """Multi-layer, optionally bidirectional LSTM over a padded time-major batch.
 
     Parameters
@@ -600,8 +763,9 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
     params : dict of str -> ndarray
         PyTorch names and shapes (``torch.nn.LSTM.state_dict()``): ``weight_ih_l{k}`` (4H, I or
         D*H_out), ``weight_hh_l{k}`` (4H, H_out), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,),
-        ``weight_hr_l{k}`` (P, H); suffix ``_reverse`` for the reverse direction. No ``bias_*``
-        keys means no bias. Sizes are read from the shapes.
+        ``weight_hr_l{k}`` (P, H), ``peephole_l{k}`` (3, H: p_i, p_f, p_o); suffix
+        ``_reverse`` for the reverse direction. No ``bias_*`` keys means no bias, no
+        ``peephole_*`` no peepholes. Sizes are read from the shapes.
     num_layers : int
     bidirectional : bool
     proj_size : int
@@ -612,6 +776,8 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
         Valid steps per row, 0 <= len <= T, any order. None means all T.
     dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H_out)
         Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
+    clip, input_forget : the cell options of :func:`lstm_cell_forward`
+    activations : None, 3 (name, alpha, beta), or D lists of 3 (one per direction)
 
     Returns
     -------
@@ -627,7 +793,9 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
     P = np.shape(params["weight_hr_l0"])[0] if "weight_hr_l0" in params else 0
     if P != proj_size:
         raise ValueError(f"proj_size={proj_size} but params imply {P}")
-    out, (h_n, c_n), cache = _sequence_forward(_LSTM, x, params, num_layers, bidirectional,
+    cells = _per_direction(_lstm_cell, activations, 2 if bidirectional else 1, clip=clip,
+                           input_forget=input_forget)
+    out, (h_n, c_n), cache = _sequence_forward(cells, x, params, num_layers, bidirectional,
                                                (P or H, H), hx, lengths, dropout_masks)
     return out, (h_n, c_n), cache
 
@@ -658,7 +826,7 @@ def lstm_backward(cache, dout, dhx=None):
 
 
 def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
-                dropout_masks=None, reset_after=True):
+                dropout_masks=None, reset_after=True, clip=None, activations=None):
     """Multi-layer, optionally bidirectional GRU over a padded time-major batch.
 
     Parameters
@@ -678,6 +846,8 @@ def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
         Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
     reset_after : bool
         Where the reset gate acts, see :func:`gru_cell_forward`.
+    clip : the cell option of :func:`gru_cell_forward`
+    activations : None, 2 (name, alpha, beta), or D lists of 2 (one per direction)
 
     Returns
     -------
@@ -688,9 +858,12 @@ def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
         For :func:`gru_backward`.
     """
     H = _hidden_size(params, 3, "GRU")
+    cells = _per_direction(lambda **o: _h_only_cell(gru_cell_forward, gru_cell_backward, **o),
+                           activations, 2 if bidirectional else 1, reset_after=reset_after,
+                           clip=clip)
     out, (h_n,), cache = _sequence_forward(
-        _h_only_cell(gru_cell_forward, gru_cell_backward, reset_after=reset_after), x, params,
-        num_layers, bidirectional, (H,), None if hx is None else (hx,), lengths, dropout_masks)
+        cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
+        lengths, dropout_masks)
     return out, h_n, cache
 
 
@@ -719,7 +892,7 @@ def gru_backward(cache, dout, dh_n=None):
 
 
 def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
-                dropout_masks=None, nonlinearity="tanh"):
+                dropout_masks=None, nonlinearity="tanh", clip=None, activations=None):
     """Multi-layer, optionally bidirectional simple RNN over a padded time-major batch.
 
     Parameters
@@ -738,6 +911,8 @@ def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
     dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H)
         Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
     nonlinearity : {"tanh", "relu"}
+    clip : the cell option of :func:`rnn_cell_forward`
+    activations : None, 1 (name, alpha, beta), or D lists of 1 (one per direction)
 
     Returns
     -------
@@ -749,9 +924,12 @@ def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
     """
     _check_nonlinearity(nonlinearity)
     H = _hidden_size(params, 1, "simple RNN")
+    cells = _per_direction(lambda **o: _h_only_cell(rnn_cell_forward, rnn_cell_backward, **o),
+                           activations, 2 if bidirectional else 1, nonlinearity=nonlinearity,
+                           clip=clip)
     out, (h_n,), cache = _sequence_forward(
-        _h_only_cell(rnn_cell_forward, rnn_cell_backward, nonlinearity=nonlinearity), x, params,
-        num_layers, bidirectional, (H,), None if hx is None else (hx,), lengths, dropout_masks)
+        cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
+        lengths, dropout_masks)
     return out, h_n, cache
 
 

@@ -38,7 +38,7 @@ def run(onnx, tmp_path):
 
         def call(**feeds):
             return sess.run(None, feeds)
-        call.session = sess
+        call.session, call.path = sess, path
         return call
     return export_and_load
 
@@ -93,6 +93,44 @@ def test_nn_module_plain(run, cell, bias):
     for B in BATCHES:
         x = rng.standard_normal((4, B, 5)).astype(np.float32)
         check_outputs(f(input=x), [m(x)[0]], ["output"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.LSTM(3, 5, num_layers=2, bidirectional=True, peepholes=True),
+    lambda: nn.LSTM(3, 5, peepholes=True, cell_clip=0.6, bias=False),
+    lambda: nn.LSTM(3, 5, input_forget=True, activations=[("hardsigmoid", 0.3, 0.6), "elu",
+                                                          "softsign"]),
+    lambda: nn.GRU(3, 5, bidirectional=True, cell_clip=0.8,
+                   activations=["sigmoid", ("scaledtanh", 1.2, 0.7), "hardsigmoid",
+                                "softsign"]),
+    lambda: nn.RNN(3, 5, cell_clip=0.5, activations=[("leakyrelu", 0.2)]),
+], ids=["lstm_peepholes", "lstm_peepholes_clip", "lstm_input_forget_activations",
+        "gru_clip_activations", "rnn_clip_leakyrelu"])
+def test_nn_cell_options(run, make):
+    """peepholes, cell_clip, input_forget and activations become ONNX's P, clip,
+    input_forget and activations with every alpha and beta written out (ONNX Runtime's
+    missing-value defaults differ from ONNX's for some functions)."""
+    rng = np.random.default_rng(3)
+    m = make()
+    for p in m.parameters():
+        p.data[...] = rng.uniform(-0.8, 0.8, p.data.shape)
+    m.eval()
+    f = run(m, lengths=True, states=True)
+    for B in BATCHES:
+        x = rng.standard_normal((6, B, 3)).astype(np.float32)
+        lengths = rng.integers(1, 7, B).astype(np.int32)
+        h0 = rng.standard_normal(m(x)[1][0].shape if isinstance(m, nn.LSTM)
+                                 else m(x)[1].shape).astype(np.float32)
+        feeds = dict(input=x, lengths=lengths, h0=h0)
+        if isinstance(m, nn.LSTM):
+            feeds["c0"] = rng.standard_normal(h0.shape).astype(np.float32)
+            out, (h, c) = m(x, (h0, feeds["c0"]), lengths=lengths)
+            expected = [out, h, c]
+        else:
+            expected = list(m(x, h0, lengths=lengths))
+        check_outputs(f(**feeds), expected, ["output", "h_n", "c_n"])
+        assert_close("lstmc runs its own file", lstmc.onnx.load(
+            f.path).run(None, feeds)[0], expected[0], RTOL, ATOL)
 
 
 def test_nn_sequential(run):

@@ -61,12 +61,10 @@ SUPPORTED_CASES = (
     "test_gru_defaults", "test_gru_with_initial_bias", "test_gru_seq_length",
     "test_gru_batchwise", "test_gru_reverse", "test_gru_bidirectional",
     "test_lstm_defaults", "test_lstm_with_initial_bias", "test_lstm_batchwise",
-    "test_lstm_reverse", "test_lstm_bidirectional",
+    "test_lstm_reverse", "test_lstm_bidirectional", "test_lstm_with_peepholes",
     "test_simple_rnn_defaults", "test_simple_rnn_with_initial_bias", "test_rnn_seq_length",
     "test_simple_rnn_batchwise", "test_simple_rnn_reverse", "test_simple_rnn_bidirectional",
 )
-# what lstmc's kernels lack today, and the words the error must contain
-UNSUPPORTED_CASES = {"test_lstm_with_peepholes": r"\(LSTM\): input P \(peepholes\)"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def backend_cases():
 
 
 def test_backend_cases_are_all_listed(backend_cases):
-    assert set(backend_cases) == set(SUPPORTED_CASES) | set(UNSUPPORTED_CASES)
+    assert set(backend_cases) == set(SUPPORTED_CASES)
 
 
 def as_initializers(model, inputs):
@@ -109,18 +107,6 @@ def test_backend_case(backend_cases, name, weights):
         fed = inputs if weights == "graph inputs" else inputs[:1]
         got = sess.run(None, {a.name: x for a, x in zip(sess.get_inputs(), fed)})
         assert_outputs(name, got, expected)
-
-
-@pytest.mark.parametrize("weights", ["graph inputs", "initializers"])
-@pytest.mark.parametrize("name", sorted(UNSUPPORTED_CASES))
-def test_backend_case_unsupported(backend_cases, name, weights):
-    case = backend_cases[name]
-    inputs, _ = case.data_sets[0]
-    model = case.model if weights == "graph inputs" else as_initializers(case.model, inputs)
-    fed = inputs if weights == "graph inputs" else inputs[:1]
-    with pytest.raises(lo.UnsupportedModelError, match=UNSUPPORTED_CASES[name]):
-        sess = lo.load(model)   # initializers: refused here; graph inputs: at run
-        sess.run(None, {a.name: x for a, x in zip(sess.get_inputs(), fed)})
 
 
 @pytest.mark.parametrize("name", ["test_lstm_bidirectional", "test_gru_with_initial_bias",
@@ -161,9 +147,10 @@ def recurrent_model(op, *, direction="forward", layout=0, lengths=None, states=F
         for k, name in ((5, "h0"), (6, "c0"))[:2 if op == "LSTM" else 1]:
             ins[k] = name
             feeds[name] = rng.standard_normal(shape).astype(np.float32)
-    if peepholes is not None:
+    if peepholes is not None:   # a value for every entry, or "random"
         ins[7] = "P"
-        feeds["P"] = np.full((D, 3 * H), peepholes, np.float32)
+        feeds["P"] = (rng.standard_normal((D, 3 * H)) * 0.5).astype(np.float32) \
+            if peepholes == "random" else np.full((D, 3 * H), peepholes, np.float32)
     outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
     node = helper.make_node(op, ins, outs, direction=direction, hidden_size=H,
                             **({"layout": 1} if layout else {}), **(attrs or {}))
@@ -258,39 +245,104 @@ def test_states_from_constant_of_shape(ort, op, fill):
                                                op])
 
 
-@pytest.mark.parametrize("op,attrs,match", [
-    ("LSTM", {"clip": 3.0}, r"\(LSTM\): attribute clip"),
-    ("GRU", {"clip": 3.0}, r"\(GRU\): attribute clip"),
-    ("RNN", {"clip": 3.0}, r"\(RNN\): attribute clip"),
-    ("LSTM", {"input_forget": 1}, r"\(LSTM\): attribute input_forget=1"),
-    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]}, r"\(LSTM\): attribute activations"),
-    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Tanh"], "activation_alpha": [0.2],
-              "activation_beta": [0.5]}, r"\(LSTM\): attribute activations"),
-    ("GRU", {"activations": ["Sigmoid", "Relu"]}, r"\(GRU\): attribute activations"),
-    ("RNN", {"activations": ["Sigmoid"]}, r"\(RNN\): attribute activations"),
-    ("RNN", {"activations": ["Affine"], "activation_alpha": [1.0]},
-     r"\(RNN\): attribute activations"),
-])
-def test_recurrent_attributes_lstmc_lacks_are_refused(op, attrs, match):
-    model, _ = recurrent_model(op, attrs=attrs)
-    with pytest.raises(lo.UnsupportedModelError, match=match):
-        lo.load(model)
+# ONNX's other attributes: lstmc's general cell steps (csrc/lstmc.h lstmc_cell_options).
+# Every alpha and beta is given: ONNX Runtime takes 0 for a missing one where ONNX's operators
+# define other defaults (Affine alpha 1, ThresholdedRelu alpha 1), which lstmc follows.
+# ThresholdedRelu is left out here: a jump at alpha, which float32 rounding may cross
+# differently (tests/test_cell_options.py checks it against lstmc.reference).
+ALPHAS = {"activation_alpha": [0.7, 0.3, 1.2, 0.5, 0.6, 0.8],
+          "activation_beta": [0.4, 0.9, 0.2, 0.3, 0.1, 0.5]}
+OPTIONS = [
+    ("LSTM", {"clip": 0.8}), ("GRU", {"clip": 0.8, "linear_before_reset": 1}),
+    ("GRU", {"clip": 0.8}), ("RNN", {"clip": 0.8}), ("LSTM", {"input_forget": 1}),
+    ("LSTM", {"input_forget": 1, "clip": 1.5}),
+    ("LSTM", {"activations": ["HardSigmoid", "Softsign", "ScaledTanh"], **ALPHAS}),
+    ("LSTM", {"activations": ["Sigmoid", "Elu", "Softplus"], **ALPHAS, "clip": 2.0}),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]}),
+    ("GRU", {"activations": ["HardSigmoid", "Softsign"], **ALPHAS}),
+    ("GRU", {"activations": ["Sigmoid", "ScaledTanh"], **ALPHAS, "linear_before_reset": 1}),
+    ("RNN", {"activations": ["Affine"], **ALPHAS}), ("RNN", {"activations": ["Softsign"]}),
+    ("RNN", {"activations": ["LeakyRelu"], **ALPHAS}), ("RNN", {"activations": ["Sigmoid"]}),
+]
 
 
-def test_mixed_rnn_activations_are_refused():
-    model, _ = recurrent_model("RNN", direction="bidirectional",
-                               attrs={"activations": ["Relu", "Tanh"]})
-    with pytest.raises(lo.UnsupportedModelError, match="activations"):
-        lo.load(model)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("op,attrs", OPTIONS, ids=lambda v: str(v))
+def test_recurrent_options_against_onnxruntime(ort, op, attrs, direction):
+    if "activations" in attrs and direction == "bidirectional":   # the reverse's: rotated
+        acts = attrs["activations"]
+        attrs = {**attrs, "activations": acts + acts[1:] + acts[:1]}
+    for weights_as in ("initializers", "graph inputs"):
+        for peepholes in ([None, "random"] if op == "LSTM" else [None]):
+            model, feeds = recurrent_model(op, direction=direction, lengths=[5, 2, 4],
+                                           states=True, weights_as=weights_as, attrs=attrs,
+                                           peepholes=peepholes)
+            assert_outputs(f"{op} {attrs} {direction} {weights_as} P={peepholes}",
+                           lo.load(model).run(None, feeds), ort_run(ort, model, feeds),
+                           rtol=1e-4, atol=1e-5)
 
 
-def test_peepholes_fed_at_run_are_refused_unless_zero():
-    model, feeds = recurrent_model("LSTM", peepholes=0.5, weights_as="graph inputs")
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("weights_as", ["initializers", "graph inputs"])
+def test_peepholes_against_onnx_reference(direction, weights_as):
+    """onnx's own ReferenceEvaluator implements P (it ignores clip, input_forget and all
+    activations of LSTM and GRU, so it checks peepholes alone)."""
+    from onnx.reference import ReferenceEvaluator
+    model, feeds = recurrent_model("LSTM", direction=direction, states=True,
+                                   weights_as=weights_as, peepholes="random")
+    assert_outputs(f"P {direction} {weights_as}", lo.load(model).run(None, feeds),
+                   ReferenceEvaluator(model).run(None, feeds))
+
+
+def test_mixed_rnn_activations(ort):
+    model, feeds = recurrent_model("RNN", direction="bidirectional",
+                                   attrs={"activations": ["Relu", "Tanh"]})
+    assert_outputs("Relu, Tanh", lo.load(model).run(None, feeds), ort_run(ort, model, feeds))
+
+
+def test_peepholes_fed_at_run(ort):
+    model, feeds = recurrent_model("LSTM", peepholes="random", weights_as="graph inputs")
     sess = lo.load(model)
-    with pytest.raises(lo.UnsupportedModelError, match=r"P \(peepholes\)"):
-        sess.run(None, feeds)
+    assert_outputs("P", sess.run(None, feeds), ort_run(ort, model, feeds))
     feeds["P"] = np.zeros_like(feeds["P"])
-    sess.run(None, feeds)
+    assert_outputs("P = 0", sess.run(None, feeds), ort_run(ort, model, feeds))
+    bad = onnx.ModelProto()   # P a constant of the wrong shape
+    bad.CopyFrom(model)
+    bad.graph.input.remove([vi for vi in bad.graph.input if vi.name == "P"][0])
+    bad.graph.initializer.append(numpy_helper.from_array(feeds["P"][:, :-1], "P"))
+    with pytest.raises(ValueError, match=r"P \(peepholes\) must have shape \(1, 18\)"):
+        lo.load(bad).run(None, {k: v for k, v in feeds.items() if k != "P"})
+
+
+@pytest.mark.parametrize("op,attrs,match", [
+    ("LSTM", {"clip": -1.0}, r"\(LSTM\): clip must be > 0, got -1"),
+    ("GRU", {"clip": 0.0}, r"\(GRU\): clip must be > 0"),
+    ("LSTM", {"input_forget": 2}, r"input_forget must be 0 or 1"),
+    ("RNN", {"activations": ["Swish"]}, r"\(RNN\): activations: unknown function 'swish'"),
+    ("GRU", {"activations": ["Sigmoid"]}, r"activations lists 1 functions, GRU forward takes 2"),
+    ("RNN", {"activations": ["ScaledTanh"], "activation_alpha": [2.0]},
+     r"scaledtanh needs activation_beta, and ONNX defines no default"),
+])
+def test_bad_recurrent_options(op, attrs, match):
+    model, _ = recurrent_model(op, attrs=attrs)
+    with pytest.raises(ValueError, match=match):
+        lo.load(model)
+
+
+def test_activation_alpha_and_beta_are_consumed_in_order():
+    """Each function that reads an alpha (beta) takes the next one; past the list's end, its
+    ONNX operator's default: LeakyRelu 0.01, HardSigmoid 0.2, 0.5, Affine 1, 0."""
+    from lstmc.onnx._node import NodeInfo
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=2,
+                            direction="bidirectional",
+                            activations=["LeakyRelu", "Tanh", "Affine", "HardSigmoid",
+                                         "Relu", "LeakyRelu"],
+                            activation_alpha=[0.5, 2.0], activation_beta=[3.0])
+    from lstmc.onnx._rnn import _RecurrentNode
+    acts = _RecurrentNode(NodeInfo(node, 0, 17, {}, {})).options["activations"]
+    assert acts == [("leakyrelu", 0.5, None), ("tanh", None, None), ("affine", 2.0, 3.0),
+                    ("hardsigmoid", 0.2, 0.5), ("relu", None, None),
+                    ("leakyrelu", 0.01, None)]
 
 
 def test_recurrent_node_errors():

@@ -20,25 +20,47 @@ class Spec:
     """The shapes of one recurrent problem: what its plans, layout and packed copy follow."""
 
     __slots__ = ("cell", "input_size", "hidden_size", "proj", "num_layers", "directions",
-                 "bias", "dtype", "hout", "has_c")
+                 "bias", "dtype", "options", "hout", "has_c")
 
     def __init__(self, cell, input_size, hidden_size, proj, num_layers, directions, bias,
-                 dtype):
+                 dtype, options=None):
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
         self.proj = proj   # projection size (LSTM's proj_size), 0 for none
         self.num_layers, self.directions, self.bias, self.dtype = \
             num_layers, directions, bias, dtype
+        self.options = options   # a CellOptions, or None: the default cell
         self.hout = proj or hidden_size
         self.has_c = cell == _core.CELL_LSTM
 
     def seq(self, T, B, sorted_lengths):
         """The kernels' problem of T steps of B rows (lengths sorted, longest first)."""
         return _core.Seq(self.cell, T, B, self.input_size, self.hidden_size, self.proj,
-                         self.num_layers, self.directions, self.bias, sorted_lengths)
+                         self.num_layers, self.directions, self.bias, sorted_lengths,
+                         None if self.options is None else self.options.core)
 
     def layout(self):
         """A one-step problem of these shapes: parameter and packed-copy layouts."""
         return self.seq(1, 1, [1])
+
+
+class CellOptions(NamedTuple):
+    """A recurrent module's cell options (csrc/lstmc.h lstmc_cell_options), resolved:
+    `activations` holds per direction one (name, alpha, beta) per slot of the cell (names as
+    lstmc.reference.activation takes them, alpha / beta None where unused); `clip` is None or
+    > 0. `core` is what _core.Seq takes."""
+    activations: tuple
+    clip: float
+    input_forget: bool
+    peepholes: bool
+
+    @property
+    def core(self):
+        rows = [list(d) + [("sigmoid", None, None)] * (3 - len(d)) for d in self.activations]
+        rows = rows * (2 // len(rows))
+        return ([[_core.ACTIVATIONS[name] for name, _, _ in r] for r in rows],
+                [[alpha or 0.0 for _, alpha, _ in r] for r in rows],
+                [[beta or 0.0 for _, _, beta in r] for r in rows],
+                self.clip or 0.0, self.input_forget, self.peepholes)
 
 
 class Plan:

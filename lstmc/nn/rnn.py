@@ -14,7 +14,8 @@ import numpy as np
 from lstmc import _core
 from lstmc._random import generator
 from lstmc.nn._checks import as_float, check_shape, dtype_of, pair, positive_int
-from lstmc.nn._engine import Engine, Spec
+from lstmc.nn._engine import CellOptions, Engine, Spec
+from lstmc.reference import ACTIVATION_DEFAULTS
 from lstmc.nn.module import Module, Parameter, to_numpy
 from lstmc.nn.streaming import StreamState, Streaming  # noqa: F401  (StreamState: its old home)
 
@@ -31,6 +32,59 @@ def _fixed_at_construction(name, owner):
                     doc=f"{name}, fixed at construction")
 
 
+def _cell_clip(value):
+    """cell_clip: None or a number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not value > 0:
+        raise ValueError(f"cell_clip must be None or a number > 0, got {value!r}")
+    return float(value)
+
+
+def _activation(entry, owner):
+    """One activation: a name, or (name, alpha, beta) with None for the default ->
+    (lower-case name, alpha, beta), alpha / beta None where the function reads none."""
+    name, *given = (entry,) if isinstance(entry, str) else tuple(entry)
+    if not isinstance(name, str) or name.lower() not in ACTIVATION_DEFAULTS or len(given) > 2:
+        raise ValueError(f"{owner}: activation {entry!r} is not a name or (name, alpha, beta) "
+                         f"of one of {sorted(ACTIVATION_DEFAULTS)}")
+    name = name.lower()
+    params = dict(ACTIVATION_DEFAULTS[name])
+    for key, value in zip(("alpha", "beta"), given):
+        if value is not None:
+            if key not in params or isinstance(value, bool) \
+                    or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{owner}: activation {entry!r}: {name} takes "
+                                 f"{' and '.join(params) or 'no parameter'}, as finite numbers")
+            params[key] = float(value)
+    for key, value in params.items():
+        if value is None:
+            raise ValueError(f"{owner}: activation {name} needs its {key} (it has no default)")
+    return name, params.get("alpha"), params.get("beta")
+
+
+def _activations(activations, defaults, D, owner):
+    """activations: None, one entry per slot of the cell (both directions), or D times as
+    many (ONNX's order: the forward direction's slots, then the reverse's) -> a tuple per
+    direction of (name, alpha, beta) per slot, or None when every one is the default."""
+    if activations is None:
+        return None
+    if isinstance(activations, str) or len(activations) not in (len(defaults),
+                                                                 D * len(defaults)):
+        raise ValueError(f"{owner}: activations must list {len(defaults)} functions "
+                         f"({', '.join(defaults)})" + (f" or {D * len(defaults)} (per "
+                                                       "direction)" if D > 1 else "") +
+                         f", got {activations!r}")
+    acts = [_activation(a, owner) for a in activations]
+    per_dir = tuple(tuple(acts[k:k + len(defaults)]) for k in range(0, len(acts), len(defaults)))
+    per_dir = per_dir * (D // len(per_dir))
+    if all(tuple(a[0] for a in d) == tuple(defaults) for d in per_dir):
+        return None
+    return per_dir
+
+
 class _RNNBase(Streaming, Module):
     """What LSTM, GRU and RNN share: arguments, parameters, and the calls into their engine.
     Subclasses name their cell and shape their results."""
@@ -38,6 +92,10 @@ class _RNNBase(Streaming, Module):
     _gates = None      # gate blocks per cell
     _has_c = False     # carries a cell state c (LSTM)
     _proj = 0          # projection size (LSTM's proj_size)
+    _activations = None   # the cell options (see _set_options)
+    _cell_clip = None
+    _input_forget = False
+    _peepholes = False
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                  bidirectional, dtype):
@@ -59,6 +117,45 @@ class _RNNBase(Streaming, Module):
     def _cell(self):
         raise NotImplementedError
 
+    def _default_activations(self):
+        """The cell's activation of each slot (csrc/lstmc.h lstmc_cell_options)."""
+        raise NotImplementedError
+
+    def _set_options(self, activations, cell_clip, input_forget=False, peepholes=False):
+        """Checks and keeps the cell options, fixed at construction (they choose the
+        kernels' cell and the parameters)."""
+        owner = type(self).__name__
+        for name, value in (("_activations", _activations(activations,
+                                                          self._default_activations(),
+                                                          self._D, owner)),
+                            ("_cell_clip", _cell_clip(cell_clip)),
+                            ("_input_forget", bool(input_forget)),
+                            ("_peepholes", bool(peepholes))):
+            object.__setattr__(self, name, value)
+
+    activations = property(lambda self: self._activations,
+                           doc="per direction, (name, alpha, beta) of each activation slot; "
+                               "None: the cell's defaults (fixed at construction)")
+    cell_clip = property(lambda self: self._cell_clip,
+                         doc="the gate pre-activations' clip, or None (fixed at construction)")
+
+    def _options(self):
+        """The engine's CellOptions, or None for the default cell."""
+        if self._activations is None and self._cell_clip is None and not self._input_forget \
+                and not self._peepholes:
+            return None
+        acts = self._activations or \
+            ((tuple((a, None, None) for a in self._default_activations()),) * self._D)
+        return CellOptions(acts, self._cell_clip, self._input_forget, self._peepholes)
+
+    def _check_trainable(self):
+        """The backward runs the default cells, and the LSTM's peepholes and cell clip."""
+        if self._activations is not None or self._input_forget or \
+                (self._cell_clip is not None and not self._has_c):
+            raise NotImplementedError(
+                f"{type(self).__name__}.backward: activations other than the defaults, "
+                "input_forget and a GRU's or RNN's cell_clip run forward only (inference)")
+
     # the attributes a module starts with, and a copy (copy.deepcopy, pickle) starts afresh
     _AFRESH = ("_engine", "_last_dropout_masks")
 
@@ -71,7 +168,7 @@ class _RNNBase(Streaming, Module):
     def _spec(self):
         """This module's shapes, as its engine, plans and stream states take them."""
         return Spec(self._cell, self.input_size, self.hidden_size, self._proj,
-                    self.num_layers, self._D, self.bias, self.dtype)
+                    self.num_layers, self._D, self.bias, self.dtype, self._options())
 
     @property
     def _hout(self):
@@ -91,6 +188,8 @@ class _RNNBase(Streaming, Module):
                     yield "bias_hh" + sfx, l, d, _core.B_HH, (G,)
                 if self._proj:
                     yield "weight_hr" + sfx, l, d, _core.W_HR, (self._proj, H)
+                if self._peepholes:
+                    yield "peephole" + sfx, l, d, _core.W_PH, (3, H)
 
     def _layout(self):
         """A one-step problem of this module's shapes: parameter and packed-copy layouts."""
@@ -144,7 +243,7 @@ class _RNNBase(Streaming, Module):
 
     def _repr_defaults(self):
         return (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                ("bidirectional", False))
+                ("bidirectional", False), ("cell_clip", None), ("activations", None))
 
     # ---- argument checks ----------------------------------------------------------------
     def _input(self, x):
@@ -238,6 +337,7 @@ class _RNNBase(Streaming, Module):
 
     def _run_backward(self, dout, dhn, dcn):
         """Backward; returns (dx, dh0, dc0) in the user's layout."""
+        self._check_trainable()
         saved = self._saved()
         T, B, unbatched = saved.plan.T, saved.plan.B, saved.unbatched
         Hout = self._hout
@@ -286,6 +386,17 @@ _SEQ_PARAMS = """
     state = initial_state(batch_size=1); y_t, state = step(x_t, state) stream one timestep
     at a time through all layers (unidirectional modules; eval semantics; no allocation per
     step).
+
+    Cell options (keywords; fixed at construction; lstmc.reference is their spec):
+    cell_clip : None or float > 0
+        Every gate pre-activation (biases included) is clamped to [-cell_clip, cell_clip]
+        before its activation, as ONNX's `clip` (c itself is not). The LSTM trains with it
+        (the gradient is 0 where a value was clamped); GRU and RNN run it forward only.
+    activations : None or a list of ONNX activation functions, one per slot of the cell
+        (or per slot and direction, forward first), each a name or (name, alpha, beta)
+        (None: that function's ONNX default): relu, tanh, sigmoid, affine, leakyrelu,
+        thresholdedrelu, scaledtanh, hardsigmoid, elu, softsign, softplus. Forward only:
+        backward raises NotImplementedError unless they are the defaults.
 """
 
 
@@ -295,6 +406,15 @@ class LSTM(_RNNBase):
     proj_size : int, default 0
         If > 0, h is projected to this size (must be < hidden_size): H_out = proj_size, and
         each layer has weight_hr_l{k} (proj_size, hidden_size).
+    peepholes : bool, default False (keyword)
+        Peephole connections (Gers & Schmidhuber; ONNX's input P, which PyTorch and Keras
+        lack): i = sig(.. + p_i * c_prev), f = sig(.. + p_f * c_prev), o = sig(.. + p_o * c)
+        with the new c. Each layer has peephole_l{k} (3, hidden_size), rows p_i, p_f, p_o
+        (ONNX's P holds them in the order i, o, f); trained like the other parameters.
+    input_forget : bool, default False (keyword)
+        Couples the forget gate to the input gate, f = 1 - i (ONNX's input_forget; the f
+        rows of the weights are unused). Forward only.
+    Slots of `activations`: f (gates i, f, o), g (candidate), h (of c in h = o * h(c)).
     """ + _SEQ_PARAMS + """
     hx = (h0, c0): h0 (L*D, B, H_out), c0 (L*D, B, hidden_size), or None (zeros); returns
     output, (h_n, c_n). backward(dout, dhx=None) with dhx = (dh_n, dc_n) (either may be
@@ -305,7 +425,8 @@ class LSTM(_RNNBase):
     _has_c = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32):
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32, *,
+                 peepholes=False, cell_clip=None, input_forget=False, activations=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype)
         self.proj_size = positive_int(proj_size, "proj_size", minimum=0)
@@ -313,12 +434,21 @@ class LSTM(_RNNBase):
             raise ValueError(f"proj_size must be < hidden_size ({self.hidden_size}), got "
                              f"{self.proj_size}")
         self._proj = self.proj_size
+        self._set_options(activations, cell_clip, input_forget, peepholes)
         self._init_parameters()
 
     _cell = _core.CELL_LSTM
+    peepholes = property(lambda self: self._peepholes,
+                         doc="peephole connections (fixed at construction)")
+    input_forget = property(lambda self: self._input_forget,
+                            doc="f = 1 - i (fixed at construction)")
+
+    def _default_activations(self):
+        return ("sigmoid", "tanh", "tanh")
 
     def _repr_defaults(self):
-        return super()._repr_defaults() + (("proj_size", 0),)
+        return super()._repr_defaults() + (("proj_size", 0), ("peepholes", False),
+                                           ("input_forget", False))
 
     def forward(self, x, hx=None, lengths=None):
         h0, c0 = pair(hx, ("h0", "c0"))
@@ -350,6 +480,7 @@ class GRU(_HiddenStateRNN):
         True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (PyTorch, cuDNN, Keras
         reset_after=True, ONNX linear_before_reset=1). False: n = tanh(W_in x + b_in +
         W_hn (r * h) + b_hn) (Keras reset_after=False, ONNX's default); same tensors.
+    Slots of `activations`: f (gates r, z), g (candidate n).
     """ + _SEQ_PARAMS + """
     hx = h0 (L*D, B, hidden_size) or None; returns output, h_n. backward(dout, dh_n=None)
     returns dx, dh0.
@@ -358,11 +489,16 @@ class GRU(_HiddenStateRNN):
     _gates = 3
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32):
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, *,
+                 cell_clip=None, activations=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype)
         object.__setattr__(self, "_reset_after", bool(reset_after))
+        self._set_options(activations, cell_clip)
         self._init_parameters()
+
+    def _default_activations(self):
+        return ("sigmoid", "tanh")
 
     reset_after = _fixed_at_construction("reset_after", "GRU")
 
@@ -379,6 +515,7 @@ class RNN(_HiddenStateRNN):
     h' = act(W_ih x + b_ih + W_hh h + b_hh).
 
     nonlinearity : "tanh" (default) or "relu"
+    The one slot of `activations` replaces the nonlinearity.
     """ + _SEQ_PARAMS + """
     hx = h0 (L*D, B, hidden_size) or None; returns output, h_n. backward(dout, dh_n=None)
     returns dx, dh0.
@@ -387,13 +524,18 @@ class RNN(_HiddenStateRNN):
     _gates = 1
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32):
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, *,
+                 cell_clip=None, activations=None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype)
         object.__setattr__(self, "_nonlinearity", nonlinearity)
+        self._set_options(activations, cell_clip)
         self._init_parameters()
+
+    def _default_activations(self):
+        return (self._nonlinearity,)
 
     nonlinearity = _fixed_at_construction("nonlinearity", "RNN")
 

@@ -13,7 +13,7 @@ class Streaming:
     def _stream_key(self):
         """What a StreamState must agree on with the module that steps it."""
         return (self._cell, self.input_size, self.hidden_size, self._proj, self.num_layers,
-                self.dtype)
+                self.dtype, self._options())
 
     def initial_state(self, batch_size=1, h0=None, c0=None):
         """A new `StreamState` for `step`: zeros, or copies of h0 (and c0).
@@ -97,7 +97,8 @@ class Streaming:
                             f"{type(state).__name__}")
         if state._key != self._stream_key():
             raise ValueError(f"state belongs to a module of other shapes: its (cell, "
-                             f"input_size, hidden_size, proj_size, num_layers, dtype) are "
+                             f"input_size, hidden_size, proj_size, num_layers, dtype, cell "
+                             f"options) are "
                              f"{state._key}, this module's are {self._stream_key()}")
 
     def _stream_input(self, x_t, state):

@@ -14,8 +14,14 @@ state (ONNX leaves that case open; ONNX Runtime returns zeros). ONNX's direction
 alone runs the forward module on each row's valid prefix reversed in time, and reverses Y
 back.
 
-What the kernels lack today (peepholes, clip, input_forget, activations other than the
-defaults and RNN's Relu) raises UnsupportedModelError.
+The other attributes become the modules' cell options (lstmc.reference specifies them):
+`clip` is cell_clip, LSTM's `input_forget` and peepholes `P` (its rows i, o, f reordered into
+lstmc's peephole_l0 rows i, f, o) are the LSTM's input_forget and peepholes, and
+`activations` with `activation_alpha` / `activation_beta` are the modules' activations: each
+function that reads an alpha (beta) takes the next value of its list in the order of the
+activations, or its ONNX operator's default once the list is used up. An all-zero P is no
+peepholes (the same outputs without the work). Peepholes fed at run time build the module per
+run, as weights fed at run time do.
 """
 import numpy as np
 
@@ -23,6 +29,7 @@ from lstmc import nn
 from lstmc._random import generator
 from lstmc.onnx._node import tensor_to_array
 from lstmc.onnx._ops import op
+from lstmc.reference import ACTIVATION_DEFAULTS
 
 # ONNX gate blocks -> lstmc's: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n
 _GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
@@ -50,55 +57,83 @@ class _RecurrentNode:
         self.hidden_size = node.attr("hidden_size")
         self.options = self._options()
         self.fixed = None
-        if all(node.is_const(i) or (i == 3 and not node.has_input(i)) for i in (1, 2, 3)):
-            self.fixed = self.module(node.const(1), node.const(2), node.const(3))
-            node.capture(1, 2, 3)   # the module holds them, in lstmc's layout
-        if node.is_const(_P):
-            self._check_peepholes(node.const(_P))
-        self.dynamic_peepholes = node.has_input(_P) and not node.is_const(_P)
+        fixed = (1, 2, 3) + ((_P,) if self.op == "LSTM" else ())
+        if all(node.is_const(i) or (i in (3, _P) and not node.has_input(i)) for i in fixed):
+            self.fixed = self.module(node.const(1), node.const(2), node.const(3),
+                                     node.const(_P) if self.op == "LSTM" else None)
+            node.capture(*fixed)   # the module holds them, in lstmc's layout
         for state in _STATES:
             if _always_zero(node, state):
                 node.capture(state)   # runs pass None: lstmc's zero state, nothing computed
         self.n_outputs = node.n_outputs
 
     def _options(self):
-        """The module's cell options from the attributes; what lstmc lacks is refused."""
+        """The module's keyword arguments from the attributes."""
         node = self.node
-        if node.has_attr("clip"):
-            raise node.unsupported("attribute clip (cell clipping) is not in lstmc's kernels "
-                                   "yet")
-        if self.op == "LSTM" and node.attr("input_forget", 0):
-            raise node.unsupported("attribute input_forget=1 (coupled input and forget "
-                                   "gates) is not in lstmc's kernels yet")
-        # alpha / beta parametrise only activations refused below
-        node.attr("activation_alpha")
-        node.attr("activation_beta")
-        default = _DEFAULT_ACTIVATIONS[self.op] * self.D
-        given = node.attr("activations")
-        acts = default if given is None else tuple(
-            (a.decode() if isinstance(a, bytes) else a).lower() for a in given)
-        if len(acts) != len(default):
-            raise node.invalid(f"activations lists {len(acts)} functions, {self.op} "
-                               f"{self.direction} takes {len(default)}")
         options = {}
-        if self.op == "RNN" and acts == ("relu",) * self.D:
-            options["nonlinearity"] = "relu"
-        elif acts != default:
-            raise node.unsupported(f"attribute activations={list(acts)}: lstmc's {self.op} "
-                                   f"runs only {list(default)}"
-                                   + (" or Relu" if self.op == "RNN" else ""))
+        if node.has_attr("clip"):
+            clip = node.attr("clip")
+            if not clip > 0:
+                raise node.invalid(f"clip must be > 0, got {clip}")
+            options["cell_clip"] = float(clip)
+        if self.op == "LSTM":
+            input_forget = node.attr("input_forget", 0)
+            if input_forget not in (0, 1):
+                raise node.invalid(f"input_forget must be 0 or 1, got {input_forget}")
+            options["input_forget"] = bool(input_forget)
+        acts = self._activations()
+        if self.op == "RNN" and all(a == ("relu", None, None) for a in acts) \
+                and "cell_clip" not in options:
+            options["nonlinearity"] = "relu"     # the default cell's own kernel
+        elif [a[0] for a in acts] != list(_DEFAULT_ACTIVATIONS[self.op] * self.D):
+            options["activations"] = acts
         if self.op == "GRU":
             options["reset_after"] = bool(node.attr("linear_before_reset", 0))
         return options
 
-    def _check_peepholes(self, P):
-        if P is not None and np.any(P != 0):
-            raise self.node.unsupported("input P (peepholes) is not all zeros: lstmc's LSTM "
-                                        "kernels have no peepholes yet")
+    def _activations(self):
+        """(name, alpha, beta) per function of `activations` (D times the cell's slots), with
+        activation_alpha / activation_beta consumed in order by the functions that read
+        them, each function's ONNX default once a list is used up."""
+        node = self.node
+        default = _DEFAULT_ACTIVATIONS[self.op] * self.D
+        given = node.attr("activations")
+        names = default if given is None else tuple(
+            (a.decode() if isinstance(a, bytes) else a).lower() for a in given)
+        if len(names) != len(default):
+            raise node.invalid(f"activations lists {len(names)} functions, {self.op} "
+                               f"{self.direction} takes {len(default)}")
+        lists = {key: list(node.attr("activation_" + key) or ()) for key in ("alpha", "beta")}
+        acts = []
+        for name in names:
+            if name not in ACTIVATION_DEFAULTS:
+                raise node.invalid(f"activations: unknown function {name!r}; ONNX's are "
+                                   f"{sorted(ACTIVATION_DEFAULTS)}")
+            values = {"alpha": None, "beta": None}
+            for key, fallback in ACTIVATION_DEFAULTS[name]:
+                values[key] = lists[key].pop(0) if lists[key] else fallback
+                if values[key] is None:
+                    raise node.invalid(f"activations: {name} needs activation_{key}, and "
+                                       "ONNX defines no default for it")
+            acts.append((name, values["alpha"], values["beta"]))
+        return acts
 
-    def module(self, W, R, B):
+    def _peepholes(self, P, H):
+        """ONNX's P (D, 3H), rows i, o, f -> lstmc's (D, 3, H), rows i, f, o; None when
+        absent or all zero."""
+        if P is None:
+            return None
+        if P.shape != (self.D, 3 * H):
+            raise self.node.invalid(f"P (peepholes) must have shape {(self.D, 3 * H)}, got "
+                                    f"{P.shape}")
+        if not np.any(P != 0):
+            return None
+        return P.reshape(self.D, 3, H)[:, [0, 2, 1]]
+
+    def module(self, W, R, B, P=None):
         """The lstmc.nn module of weights W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) or
-        None, in eval mode, with ONNX's gate blocks in lstmc's order."""
+        None and LSTM peepholes P (D, 3*H) or None, in eval mode, with ONNX's gate blocks
+        in lstmc's order."""
         node, D = self.node, self.D
         order = _GATE_ORDER[self.op]
         G = len(order)
@@ -117,8 +152,13 @@ class _RecurrentNode:
                                    "float64")
         if R.dtype != W.dtype or (B is not None and B.dtype != W.dtype):
             raise node.invalid("W, R and B differ in type")
+        if P is not None and P.dtype != W.dtype:
+            raise node.invalid("W and P differ in type")
+        peepholes = self._peepholes(P, H)
         state = {}
         for d in range(D):
+            if peepholes is not None:
+                state["peephole_l0" + ("_reverse" if d else "")] = peepholes[d]
             sfx = "_l0" + ("_reverse" if d else "")
             state["weight_ih" + sfx] = W[d].reshape(G, H, I)[list(order)].reshape(G * H, I)
             state["weight_hh" + sfx] = R[d].reshape(G, H, H)[list(order)].reshape(G * H, H)
@@ -127,17 +167,16 @@ class _RecurrentNode:
                 state["bias_ih" + sfx], state["bias_hh" + sfx] = b[0], b[1]
         rng = generator().bit_generator
         seed_state = rng.state   # the module's random initial weights are overwritten below:
+        options = dict(self.options, peepholes=True) if peepholes is not None else self.options
         module = getattr(nn, self.op)(I, H, bias=B is not None, batch_first=bool(self.layout),
-                                      bidirectional=D == 2, dtype=W.dtype, **self.options)
+                                      bidirectional=D == 2, dtype=W.dtype, **options)
         rng.state = seed_state   # loading a model leaves lstmc's random stream as it was
         module.load_state_dict(state)
         return module.eval()
 
     def __call__(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None,
                  P=None):
-        module = self.fixed or self.module(W, R, B)
-        if self.dynamic_peepholes:
-            self._check_peepholes(P)
+        module = self.fixed or self.module(W, R, B, P)
         if X.ndim != 3:
             raise self.node.invalid(f"X must be 3-D, got shape {X.shape}")
         if X.dtype != module.dtype:

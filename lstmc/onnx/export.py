@@ -112,18 +112,46 @@ class _Graph:
 
 
 # ---- recurrent layers -------------------------------------------------------------------
+# lstmc's activation names (lstmc.reference.activation) -> ONNX's
+_ONNX_ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "affine": "Affine",
+                     "leakyrelu": "LeakyRelu", "thresholdedrelu": "ThresholdedRelu",
+                     "scaledtanh": "ScaledTanh", "hardsigmoid": "HardSigmoid", "elu": "Elu",
+                     "softsign": "Softsign", "softplus": "Softplus"}
+
+
 def _cell_op(module):
-    """(ONNX op, its attributes) for an lstmc.nn sequence module."""
+    """(ONNX op, its attributes) for an lstmc.nn sequence module: its cell, and its cell
+    options as clip, input_forget and activations with every alpha and beta written out."""
     from lstmc import nn
     if isinstance(module, nn.LSTM):
         if module.proj_size:
             raise ValueError(f"LSTM with proj_size={module.proj_size} cannot be exported: "
                              "ONNX's LSTM has no projection of h")
-        return "LSTM", {}
-    if isinstance(module, nn.GRU):
-        return "GRU", {"linear_before_reset": int(module.reset_after)}
-    activation = "Tanh" if module.nonlinearity == "tanh" else "Relu"
-    return "RNN", {"activations": [activation] * _directions(module)}
+        op, attrs = "LSTM", ({"input_forget": 1} if module.input_forget else {})
+    elif isinstance(module, nn.GRU):
+        op, attrs = "GRU", {"linear_before_reset": int(module.reset_after)}
+    else:
+        activation = "tanh" if module.nonlinearity == "tanh" else "relu"
+        op, attrs = "RNN", {"activations": [_ONNX_ACTIVATIONS[activation]] *
+                            _directions(module)}
+    if module.cell_clip is not None:
+        attrs["clip"] = module.cell_clip
+    if module.activations is not None:
+        acts = [a for direction in module.activations for a in direction]
+        attrs["activations"] = [_ONNX_ACTIVATIONS[name] for name, _, _ in acts]
+        for i, key in ((1, "activation_alpha"), (2, "activation_beta")):
+            values = [a[i] for a in acts if a[i] is not None]
+            if values:
+                attrs[key] = values
+    return op, attrs
+
+
+def _peepholes(module, layer):
+    """ONNX's P (D, 3H) of one layer, rows i, o, f, or None without peepholes."""
+    if not getattr(module, "peepholes", False):
+        return None
+    return np.stack([getattr(module, f"peephole_l{layer}{sfx}").data[[0, 2, 1]].reshape(-1)
+                     for sfx in ("", "_reverse")[:_directions(module)]])
 
 
 def _directions(module):
@@ -161,8 +189,10 @@ def _recurrent(g, module, x, lengths, prefix, states):
     for layer in range(L):
         W, R, B = _layer_weights(module, op, layer)
         own = [_state_slice(g, s, layer, D) if s else "" for s in (h0, c0)]
+        P = _peepholes(module, layer)
         inputs = [x, g.const(W, "W"), g.const(R, "R"), "" if B is None else g.const(B, "B"),
-                  lengths or "", own[0]] + ([own[1]] if has_c else [])
+                  lengths or "", own[0]] + ([own[1], "" if P is None else g.const(P, "P")]
+                                            if has_c else [])
         while inputs[-1] == "":
             inputs.pop()
         Y, *last = g.op(op, *inputs, outputs=3 if has_c else 2, hidden_size=H,
