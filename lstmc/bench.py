@@ -107,8 +107,9 @@ SECTION_MODES = {
     "onnx_file": ("fwd",),
 }
 # --quick: one row per kind (B=1 latency, training, bidirectional 2-layer, variable lengths,
-# streaming step, GRU, RNN, an ONNX file) and the modes timed for each. Slow figures are left out (the
-# bidirectional and variable-length train steps: torch's packed backward takes ~1.5 s a call).
+# streaming step, GRU, RNN, an ONNX file) and the modes timed for each. Slow figures are left
+# out (the bidirectional and variable-length train steps: torch's packed backward takes ~1.5 s
+# a call).
 QUICK_ROWS = {"inf_h512_b1_t25": ("fwd",), "trn_h512_b16_t25": ("fwd", "train"),
               "bi_i128_h256_b32_t100_l2": ("fwd",), "varlen_i256_h512_b32_t100": ("fwd",),
               "step_i512_h512": ("step",), "gru_trn_h512_b16_t25": ("fwd", "train"),
