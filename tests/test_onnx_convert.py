@@ -400,7 +400,19 @@ def test_glue_that_does_more_than_move_values_is_refused(tmp_path):
     nodes = _lstm_node() + [helper.make_node("Slice", ["y", "s0", "s1", "ax"], ["half"],
                                              name="half"),
                             helper.make_node("MatMul", ["half", "fc"], ["z"], name="fc")]
-    _refused(tmp_path, _chain_model(nodes, inits), "is not what the chain of layers")
+    _refused(tmp_path, _chain_model(nodes, inits),
+             r"node 'fc' \(MatMul\): its input is not the output of node 'lstm' \(LSTM\) in "
+             "any layout")
+
+
+def test_glue_after_the_last_layer_that_does_more_than_move_values_is_refused(tmp_path):
+    inits = _lstm_parts(np.random.default_rng(0))
+    inits.update(s0=np.array([0], np.int64), s1=np.array([2], np.int64),
+                 ax=np.array([2], np.int64))
+    nodes = _lstm_node() + [helper.make_node("Slice", ["y", "s0", "s1", "ax"], ["half"],
+                                             name="half")]
+    _refused(tmp_path, _chain_model(nodes, inits),
+             r"graph output 'half' is not the output of node 'lstm' \(LSTM\)")
 
 
 def test_what_lstmc_cannot_run_is_refused_by_the_loader(tmp_path):

@@ -342,25 +342,24 @@ def _keras_rnn_weights(module, op, direction):
     return out
 
 
-def _candidates(trace):
-    """Every model the trace allows: (layers factory, input time-major, output time-major)."""
+def _candidates(trace, upto=None):
+    """Every reading of the first `upto` layers (default: all) the trace allows, as
+    (choice of each layer's options, input time-major, masks)."""
     per_layer = []
-    for layer in trace.layers:
+    for layer in trace.layers[:upto]:
         if layer.kind == "rnn":
             cls, kw, dirs = _rnn_options(layer)
             per_layer.append([(layer, cls, kw, d) for d in dirs])
         else:
             per_layer.append([(layer, None, None, None)])
-    out_rank = _declared_rank(trace.graph.outputs[0])
     in_rank = _declared_rank(trace.input)
     in_layouts = [False, True] if in_rank is None or in_rank >= 2 else [False]
-    out_layouts = [False, True] if out_rank is None or out_rank >= 3 else [False]
     masks = any(layer.kind == "rnn" and layer.masked for layer in trace.layers)
-    combos = list(product(product(*per_layer), in_layouts, out_layouts))
+    combos = list(product(product(*per_layer), in_layouts))
     if len(combos) > MAX_CANDIDATES:
         raise UnsupportedModelError(f"{len(combos)} ways to read the graph as a chain of "
                                     f"layers, more than lstmc tries ({MAX_CANDIDATES})")
-    return [(choice, tin, tout, masks) for choice, tin, tout in combos]
+    return [(choice, tin, masks) for choice, tin in combos]
 
 
 def _declared_rank(arg):
@@ -406,33 +405,48 @@ def _set_weights(model, built, input_shape):
 
 # ---- choosing by running them ---------------------------------------------------------------
 def _choose(session, trace):
-    graph = trace.graph
-    first = trace.layers[0]
-    dtype = np.dtype(_dtype(trace))
+    """The first reading whose model computes the graph's output on two random draws; else
+    UnsupportedModelError naming the first layer whose input the layers before it do not
+    compute (the glue before it does more than move values)."""
     draws = [_inputs(session, trace, seed) for seed in (0, 1)]
     refs = [session.run([trace.output], feeds)[0] for feeds in draws]
-    best = None
-    for choice, tin, tout, masks in _candidates(trace):
+    found = _first_reading(trace, None, draws, refs)
+    if found is not None:
+        model, tin, tout = found
+        return Conversion(model, _notes(trace, tin, tout))
+    graph = trace.graph
+    names = {slot: name for name, slot in graph.slots.items()}
+    for k, layer in enumerate(trace.layers[1:], 1):
+        name = names[layer.step.inputs[0]]
+        inputs = [graph.run([(graph.slots[n], a) for n, a in feeds.items()], [name])[0]
+                  for feeds in draws]
+        if _first_reading(trace, k, draws, inputs) is None:
+            raise layer.node.unsupported(
+                f"its input is not the output of {trace.layers[k - 1].node} in any layout "
+                "lstmc tried: the nodes between them do more than move values")
+    raise UnsupportedModelError(
+        f"graph output {trace.output!r} is not the output of {trace.layers[-1].node} in any "
+        "layout lstmc tried: the nodes between them do more than move values")
+
+
+def _first_reading(trace, upto, draws, refs):
+    """(model, input time-major, output time-major) of the first reading of the first `upto`
+    layers whose model computes `refs` (values in the session, one per draw), or None."""
+    dtype = np.dtype(_dtype(trace))
+    first = trace.layers[0]
+    for choice, tin, masks in _candidates(trace, upto):
         model, built = _build(choice, masks, dtype)
         x0 = draws[0][trace.input.name]
         feature = (None,) if first.kind == "embedding" else (None,) + x0.shape[2:]
         try:
             _set_weights(model, built, feature)
-            errs = [_error(model, feeds[trace.input.name], ref, tin, tout)
-                    for feeds, ref in zip(draws, refs)]
-        except (ValueError, TypeError) as e:   # a candidate whose shapes do not fit
-            errs = [f"{type(e).__name__}: {e}"]
-        if all(isinstance(e, float) and e <= _tolerance(dtype) for e in errs):
-            return Conversion(model, _notes(trace, tin, tout, graph))
-        numeric = [e for e in errs if isinstance(e, float)]
-        if numeric and (best is None or max(numeric) < best):
-            best = max(numeric)
-    layers = ", ".join(str(layer.node) for layer in trace.layers)
-    raise UnsupportedModelError(
-        f"graph output {trace.output!r} is not what the chain of layers {layers} computes "
-        f"in any layout lstmc tried" + ("" if best is None else
-                                        f" (closest: max relative difference {best:.3g})")
-        + ": the glue between them does more than move values")
+            outs = [_predict(model, feeds[trace.input.name], tin) for feeds in draws]
+        except (ValueError, TypeError):   # a reading whose shapes do not fit
+            continue
+        for tout in (False, True):
+            if all(_matches(out, ref, tout, dtype) for out, ref in zip(outs, refs)):
+                return model, tin, tout
+    return None
 
 
 def _dtype(trace):
@@ -448,22 +462,27 @@ def _tolerance(dtype):
     return 1e-4 if dtype == np.float32 else 1e-9
 
 
-def _error(model, x, ref, time_major_in, time_major_out):
-    """Max relative difference between the model and the session's output, or a reason."""
-    if time_major_in:
+def _predict(model, x, time_major):
+    if time_major:
         if x.ndim < 2:
-            return "rank"
+            raise ValueError("no time axis")
         x = np.swapaxes(x, 0, 1)
-    got = model.predict(x, verbose=0)
-    if time_major_out:
-        if got.ndim < 3:
-            return "rank"
-        got = np.swapaxes(got, 0, 1)
-    if got.shape != ref.shape:
-        return f"shape {got.shape} != {ref.shape}"
-    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
-    diff = np.abs(got.astype(np.float64) - ref)
-    return float(np.max(diff) / scale) if diff.size else 0.0
+    return model.predict(x, verbose=0)
+
+
+def _matches(out, ref, time_major, dtype):
+    """The model's output equals the session's value (batch and time swapped if time-major)
+    within float rounding: max |difference| <= tolerance * max(1, max |value|)."""
+    if time_major:
+        if out.ndim < 3:
+            return False
+        out = np.swapaxes(out, 0, 1)
+    if out.shape != ref.shape:
+        return False
+    if not ref.size:
+        return True
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    return float(np.max(np.abs(out.astype(np.float64) - ref))) <= _tolerance(dtype) * scale
 
 
 def _inputs(session, trace, seed):
@@ -499,8 +518,9 @@ def _inputs(session, trace, seed):
     return feeds
 
 
-def _notes(trace, tin, tout, graph):
+def _notes(trace, tin, tout):
     """What differs between the ONNX file's conventions and the lstmc model's."""
+    graph = trace.graph
     notes = []
     name = trace.input.name
     if tin:
