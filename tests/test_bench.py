@@ -445,23 +445,36 @@ def test_compare_runs_marks_a_row_outside_the_spread(tmp_path, capsys):
     assert "outside the larger run-to-run spread: 1" in out and "b 2 train: 2.000" in out
 
 
-def test_bench_openvino_peer(tiny, capsys):
+@pytest.mark.parametrize("peer,label,module,row_names", [
+    ("openvino", "OpenVINO", "openvino", "t_inf,t_var,t_step"),
+    ("lstmc.onnx", "lstmc.onnx", None, "t_inf,t_var,t_step,t_gru,t_rnn")])
+def test_bench_onnx_model_peers(tiny, capsys, tmp_path, peer, label, module, row_names):
     """OpenVINO runs the ORT peer's ONNX model in float32 and agrees with lstmc, variable
-    lengths compared at their valid steps; inference only."""
+    lengths compared at their valid steps; so does lstmc.onnx, lstmc's ONNX runtime, which
+    matches lstmc's native module and is never the best peer (it is lstmc). Inference only."""
     pytest.importorskip("onnx")
-    pytest.importorskip("openvino")
-    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_var,t_step",
-                              "--peers", "openvino"]) == 0
+    if module:
+        pytest.importorskip(module)
+    out_json = tmp_path / "out.json"
+    assert bench.main(tiny + ["--threads", "1", "--rows", row_names, "--peers", peer,
+                              "--json", str(out_json)]) == 0
     captured = capsys.readouterr()
     assert "differ" not in captured.err
     cols, rows = _table(captured.out)
-    assert "OpenVINO ms" in cols
+    assert label + " ms" in cols
     for (row, _, mode), cells in rows.items():
         assert "(!)" not in row
         if mode == "train":
-            assert cells["OpenVINO ms"] == "—"
+            assert cells[label + " ms"] == "—"
         else:
-            assert float(cells["OpenVINO ms"]) > 0
+            assert float(cells[label + " ms"]) > 0
+        if peer == "lstmc.onnx":
+            assert cells["lstmc / best peer"] == ""
+    results = json.loads(out_json.read_text())["results"]
+    assert {r["row"] for r in results} == set(row_names.split(","))
+    if peer == "lstmc.onnx":
+        for r in results:
+            assert r["max_abs_diff"]["lstmc.onnx"] <= ATOL, r["row"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,31 +499,6 @@ def _onnx_file_table(text):
             head = lines.index("| " + " | ".join(t[0]) + " |")
             return t[0], {c[0]: dict(zip(t[0], c)) for c in t[2:]}, lines[head - 2]
     return None, {}, None
-
-
-def test_bench_lstmc_onnx_runs_the_peers_onnx_file(tiny, capsys, tmp_path):
-    """lstmc.onnx runs the ONNX model the ONNX peers run, on forward, variable-length and
-    streaming rows, and matches lstmc's native module; it has no training step and is never
-    the best peer."""
-    pytest.importorskip("onnx")
-    out_json = tmp_path / "out.json"
-    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_var,t_step,t_gru,t_rnn",
-                              "--peers", "lstmc.onnx", "--json", str(out_json)]) == 0
-    captured = capsys.readouterr()
-    assert "differ" not in captured.err
-    cols, rows = _table(captured.out)
-    assert "lstmc.onnx ms" in cols
-    for (row, _, mode), cells in rows.items():
-        assert "(!)" not in row
-        assert cells["lstmc / best peer"] == ""          # lstmc.onnx is lstmc, not a peer
-        if mode == "train":
-            assert cells["lstmc.onnx ms"] == "—"
-        else:
-            assert float(cells["lstmc.onnx ms"]) > 0
-    results = json.loads(out_json.read_text())["results"]
-    assert {r["row"] for r in results} == {"t_inf", "t_var", "t_step", "t_gru", "t_rnn"}
-    for r in results:
-        assert r["max_abs_diff"]["lstmc.onnx"] <= ATOL, r["row"]
 
 
 def test_bench_onnx_file_rows_and_their_figures(tiny_onnx, capsys, tmp_path):

@@ -3,10 +3,7 @@ each kind of file converts, the .lstmc loads back and computes what the ONNX fil
 (lstmc.onnx.load's session and ONNX Runtime, within 1e-5 relative, on random inputs), graphs
 that are not a chain of lstmc's layers are refused naming the node, and damaged files raise
 clear errors."""
-import io
 import os
-import time
-import warnings
 
 import numpy as np
 import pytest
@@ -24,6 +21,7 @@ from lstmc.__main__ import main  # noqa: E402
 from lstmc.convert import convert  # noqa: E402
 from lstmc.io import UnsupportedModelError  # noqa: E402
 from lstmc.models import Sequential, load_model  # noqa: E402
+from test_onnx_load import tagger, torch_export, torch_export_dynamo  # noqa: E402
 
 RTOL = 1e-5
 
@@ -177,46 +175,6 @@ def test_keras_file_exported_by_lstmc(tmp_path):
 @pytest.fixture(scope="module")
 def torch():
     return pytest.importorskip("torch")
-
-
-def torch_export(torch, module, args, input_names, output_names, dynamic_axes):
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, f, dynamo=False, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes,
-                          opset_version=17)
-    return f.getvalue()
-
-
-def torch_export_dynamo(torch, module, args, input_names, dynamic_shapes):
-    pytest.importorskip("onnxscript")
-    import logging
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module.eval(), args, dynamo=True,
-                                        input_names=input_names,
-                                        dynamic_shapes=dynamic_shapes, opset_version=18)
-    finally:
-        logging.disable(logging.NOTSET)
-    return program.model_proto.SerializeToString()
-
-
-def tagger(torch):
-    class Tagger(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(50, 8)
-            self.lstm = torch.nn.LSTM(8, 16, num_layers=2, bidirectional=True)
-            self.fc = torch.nn.Linear(32, 5)
-
-        def forward(self, x):
-            return self.fc(self.lstm(self.emb(x))[0])
-
-    torch.manual_seed(0)
-    return Tagger()
 
 
 def _against_torch(torch, model, module, x, time_major):
@@ -443,39 +401,3 @@ def test_converting_leaves_lstmcs_random_stream_alone(tmp_path):
     lstmc.manual_seed(5)
     convert(tmp_path / "a.onnx", tmp_path / "a.lstmc")
     assert_close("weights", lstmc.nn.LSTM(2, 3).weight_ih_l0.data, a, 0, 0)
-
-
-# ---- damaged and hostile files --------------------------------------------------------------
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from test_onnx_fuzz import CLEAR_ERRORS, DATA, SECONDS  # noqa: E402
-
-
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(0, len(DATA) - 1),
-       flips=st.lists(st.tuples(st.integers(0, len(DATA) - 1), st.integers(1, 255)),
-                      max_size=4))
-def test_damaged_files_convert_or_raise_clear_errors(tmp_path, cut, flips):
-    data = bytearray(DATA[:max(cut, len(DATA) // 2)])
-    for at, mask in flips:
-        if at < len(data):
-            data[at] ^= mask
-    src = tmp_path / "d.onnx"
-    src.write_bytes(bytes(data))
-    start = time.perf_counter()
-    try:
-        convert(src, tmp_path / "d.lstmc")
-    except CLEAR_ERRORS as e:
-        assert str(e), f"{type(e).__name__} without a message"
-        assert not (tmp_path / "d.lstmc").exists()
-    assert time.perf_counter() - start < SECONDS
-    (tmp_path / "d.lstmc").unlink(missing_ok=True)
-
-
-def test_the_fuzzed_tagger_itself_converts(tmp_path):
-    """The fuzz tests' model (TorchScript's layout of a tagger: zero state from the input's
-    shape, Softmax) converts, so that its mutations reach the converter."""
-    convert_and_check(tmp_path, DATA, time_major=True, ids_high=11)
