@@ -22,8 +22,8 @@ of the graph's declared shapes; a file whose outputs differ beyond float roundin
 written (docs/spec.md section 9). It can run as it is with lstmc.onnx.load instead.
 
 `inspect` prints a model's layers, shapes and parameter count, or an ONNX file's inputs,
-outputs, parameters and which of its nodes run on lstmc's kernels and which over numpy, and
-whether lstmc can run it at all.
+outputs, parameters and which of its nodes run on lstmc's kernels and which over numpy,
+whether lstmc can run it at all, and whether it converts to an lstmc model file.
 """
 import os
 
@@ -129,6 +129,21 @@ def _inspect_onnx(path, print_fn):
     print_fn(f"   on lstmc's kernels: {', '.join(kernels) or 'none'}")
     print_fn("   over numpy: " + (", ".join(f"{op} x{n}" for op, n in sorted(others.items()))
                                   or "none"))
+    try:
+        conversion = from_onnx(model)
+    except lstmc.onnx.UnsupportedModelError as e:
+        print_fn(f" does not convert to an lstmc model file: {e}")
+        return
+    print_fn(" converts to an lstmc model file (convert FILE OUT.lstmc): Sequential of "
+             + ", ".join(_describe(layer) for layer in conversion.model.layers))
+    for note in conversion.notes:
+        print_fn(f"   note: {note}")
+
+
+def _describe(layer):
+    inner = getattr(layer, "layer", None)
+    return f"{type(layer).__name__}({_describe(inner)})" if inner is not None \
+        else type(layer).__name__
 
 
 def _count(dims):

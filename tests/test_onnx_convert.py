@@ -401,3 +401,21 @@ def test_converting_leaves_lstmcs_random_stream_alone(tmp_path):
     lstmc.manual_seed(5)
     convert(tmp_path / "a.onnx", tmp_path / "a.lstmc")
     assert_close("weights", lstmc.nn.LSTM(2, 3).weight_ih_l0.data, a, 0, 0)
+
+
+def test_inspect_says_whether_an_onnx_file_converts(tmp_path, capsys):
+    lstmc.manual_seed(0)
+    lo.export(lstmc.nn.LSTM(3, 4, bidirectional=True), tmp_path / "a.onnx")
+    assert main(["inspect", str(tmp_path / "a.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert " converts to an lstmc model file (convert FILE OUT.lstmc): Sequential of " \
+        "Bidirectional(LSTM)" in out
+    assert "note: input 'input' is time-major" in out
+    inits = _lstm_parts(np.random.default_rng(0))
+    nodes = _lstm_node() + [helper.make_node("Tanh", ["y"], ["t"], name="act")]
+    onnx.save(_chain_model(nodes, inits), tmp_path / "b.onnx")
+    assert main(["inspect", str(tmp_path / "b.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "cannot run" not in out
+    assert " does not convert to an lstmc model file: node 'act' (Tanh): is not the bias or " \
+        "activation of a Dense" in out

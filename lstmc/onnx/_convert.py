@@ -54,16 +54,21 @@ class Conversion(NamedTuple):
 
 
 class _Layer:
-    """One layer of the chain as traced: its kind, node and what the trace learnt."""
+    """One layer of the chain as traced: its kind ("embedding", "rnn", "dense"), node and
+    what the trace learnt of it."""
 
-    def __init__(self, kind, step, **facts):
+    def __init__(self, kind, step, *, table=None, module=None, direction=None, masked=False,
+                 reversed_input=False, kernel=None, bias=None):
         self.kind, self.step, self.node = kind, step, step.node
+        self.table = table                    # Embedding: (vocabulary, features)
+        self.module = module                  # RNN: the lstmc.nn module its node runs on
+        self.direction = direction            # RNN: forward, reverse or bidirectional
+        self.masked = masked                  # RNN: sequence_lens from the token ids' mask
+        self.reversed_input = reversed_input  # RNN: a Slice reversed its input in time
         self.used = set()          # RNN: which outputs (0 Y, 1 Y_h, 2 Y_c) the chain reads
         self.merges = set()        # RNN: reductions of its directions after it
-        self.reversed_input = False
-        self.bias = None           # Dense: its bias
+        self.kernel, self.bias = kernel, bias  # Dense
         self.activation = None     # Dense: its activation node's op
-        self.__dict__.update(facts)
 
 
 def to_sequential(proto):
@@ -89,12 +94,11 @@ class _Trace:
     def __init__(self, graph):
         self.graph = graph
         self.output = graph.outputs[0].name
-        names = {slot: name for name, slot in graph.slots.items()}
         steps, (out_slot,) = graph.plan([self.output])
         fed = {graph.slots[a.name]: a for a in graph.inputs}
         used_inputs = {s for step in steps for s in step.inputs if s in fed} | (
             {out_slot} if out_slot in fed else set())
-        data = [fed[s] for s in sorted(used_inputs)]
+        data = [a for a in graph.inputs if graph.slots[a.name] in used_inputs]
         if not data:
             raise UnsupportedModelError(f"graph output {self.output!r} does not depend on a "
                                         "graph input: there is no model to convert")
@@ -112,7 +116,6 @@ class _Trace:
         self.rnn_output = {}      # data slot -> {(layer, RNN output index)} it derives from
         self.reversed = {}        # data slot -> a Slice reversed it since its layer
         self.layers = []
-        self._names = names
         for step in steps:
             self._step(step)
         if self.kind.get(out_slot) != "data":
@@ -238,8 +241,7 @@ class _Trace:
             c = self.const(step, 2)
             if c is not None:
                 bias = self._bias_vector(node, node.attr("beta", 1.0) * c, w.shape[1])
-        self._new_layer("dense", step, [(0, step.outputs[0])], kernel=w.astype(w.dtype),
-                        bias=bias)
+        self._new_layer("dense", step, [(0, step.outputs[0])], kernel=w, bias=bias)
 
     @staticmethod
     def _bias_vector(node, b, units):
