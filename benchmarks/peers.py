@@ -23,10 +23,15 @@ How each peer runs a row (float32, time-major input, the weights of lstmc's modu
 * OpenVINO: the same ONNX model compiled for the CPU with ``INFERENCE_PRECISION_HINT`` f32
   (on CPUs with BF16 its default is bf16, about 3e-3 off), ``INFERENCE_NUM_THREADS = n``, one
   stream, the latency hint. Inference only.
+* lstmc.onnx: lstmc's own ONNX runtime (``lstmc.onnx.load``) on the same ONNX model, threads
+  from ``lstmc.set_num_threads``. Not a peer in the "best peer" sense (it is lstmc): its column
+  says what running the ONNX file costs over lstmc's native modules, and the summary of the
+  ``onnx_file`` rows compares it with the ONNX runtimes above.
 
 A peer is an entry of ``PEERS``: its column label, how to import it, how to build a row's
-``(runner, check)`` (see ``lstmc.bench.make_lstmc``), how to set its threads, and the note
-printed under the table. A new peer is one more entry.
+``(runner, check)`` (see ``lstmc.bench.make_lstmc``), how to set its threads, the note
+printed under the table, and two flags: ``onnx_file`` (it runs the row's ONNX model) and
+``lstmc`` (it is lstmc itself through another API). A new peer is one more entry.
 """
 from typing import Callable, NamedTuple, Optional
 
@@ -295,6 +300,8 @@ class Peer(NamedTuple):
     make: Callable                 # (module, row, data, state_dict) -> (runner, check)
     set_threads: Optional[Callable]   # (module, n): library-wide thread count, or None
     note: str                      # a line under the timings table
+    onnx_file: bool = False        # runs the row's ONNX model (onnx_model)
+    lstmc: bool = False            # lstmc itself through another API: never the "best peer"
 
 
 def _load_torch():
@@ -314,6 +321,21 @@ def _load_openvino():
     return openvino
 
 
+def _load_lstmc_onnx():
+    import onnx  # noqa: F401  (builds the graph; lstmc.onnx.load reads it)
+
+    import lstmc.onnx  # noqa: F401
+    import lstmc
+    return lstmc
+
+
+def lstmc_onnx_session(model, threads):
+    """lstmc.onnx.load of the model, as run(names, feed) -> list; its threads are lstmc's
+    (the runner's set_num_threads)."""
+    import lstmc.onnx
+    return lstmc.onnx.load(model).run
+
+
 PEERS = {
     "torch": Peer("torch", _load_torch, make_torch, lambda torch, n: torch.set_num_threads(n),
                   "torch: nn.LSTM / GRU / RNN with lstmc's weights; train with x.requires_grad "
@@ -324,11 +346,15 @@ PEERS = {
                 "ORT: one ONNX LSTM / GRU (linear_before_reset=1) / RNN node per layer built "
                 "from lstmc's weights (sequence_lens for variable-length rows; step = a T=1 "
                 "session), intra_op_num_threads = threads, inter_op 1, sequential, all graph "
-                "optimizations; inference only (train: —)."),
+                "optimizations; inference only (train: —).", onnx_file=True),
     "openvino": Peer("OpenVINO", _load_openvino, make_onnx_peer(openvino_session), None,
                      "OpenVINO: the same ONNX model as ORT, compiled for the CPU with "
                      "INFERENCE_PRECISION_HINT f32 (its default on BF16 CPUs is bf16), "
                      "INFERENCE_NUM_THREADS = threads, one stream, latency hint; inference "
                      "only. Its outputs at padded steps of variable-length rows are not zeros "
-                     "(the check compares valid steps only)."),
+                     "(the check compares valid steps only).", onnx_file=True),
+    "lstmc.onnx": Peer("lstmc.onnx", _load_lstmc_onnx, make_onnx_peer(lstmc_onnx_session), None,
+                       "lstmc.onnx: lstmc's ONNX runtime (lstmc.onnx.load) on the same ONNX "
+                       "model as ORT and OpenVINO, lstmc's threads; lstmc itself, so never the "
+                       "best peer; inference only.", onnx_file=True, lstmc=True),
 }

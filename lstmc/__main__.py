@@ -61,7 +61,8 @@ def main(argv=None):
         ("generate", "sample text from a model saved by `demo --save`",
          demo.add_generate_arguments, demo.generate),
         ("convert", "write a model file as another kind (.keras / .h5 -> .lstmc / .onnx, "
-         ".lstmc -> .onnx)", convert.add_convert_arguments, convert.run_convert),
+         ".lstmc -> .onnx, .onnx -> .lstmc)", convert.add_convert_arguments,
+         convert.run_convert),
         ("inspect", "a model file's layers, shapes and parameters, and how lstmc runs it",
          convert.add_inspect_arguments, convert.run_inspect),
         ("info", "version, OpenMP, threads, BLAS and CPU features", None, lambda args: info()),

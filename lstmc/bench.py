@@ -1,6 +1,6 @@
 """`python -m lstmc bench`: time lstmc.nn.LSTM / GRU / RNN on the benchmark grids, beside the
-peers (PyTorch, ONNX Runtime) when it runs from a source checkout, in one run, and print
-Markdown tables.
+peers (PyTorch, ONNX Runtime, OpenVINO, and lstmc's own ONNX runtime) when it runs from a source
+checkout, in one run, and print Markdown tables.
 
 How to run::
 
@@ -10,6 +10,7 @@ How to run::
     python -m lstmc bench --threads 2 --rows inf_h512_b1_t25,step_i512_h512
     python -m lstmc bench --reps 30 --json /tmp/bench.json
     python -m lstmc bench --peers ort      # lstmc and ONNX Runtime only
+    python -m lstmc bench --rows onnx_lstm_h512_b1_t25 --peers ort,openvino,lstmc.onnx
     python -m lstmc bench --list           # show the rows of the grids
 
 This module is the runner: the grids, the timing, lstmc's own runners and the tables. The peers
@@ -37,6 +38,14 @@ What is measured, per grid row and thread count (float32, time-major input, fixe
   has it) and ``mode cell`` is ``lstmc.nn.LSTMCell``.
 * Rows of ``inference`` get ``fwd``; rows of ``training``, ``bidirectional`` and
   ``variable_length`` get ``fwd`` and ``train``.
+* ``onnx_file`` rows (LSTM and GRU at batch 1, 4 and 32) get ``fwd``: one ONNX file (the ONNX
+  peers' model of the row) run by lstmc.onnx (``lstmc.onnx.load``), ONNX Runtime and
+  OpenVINO, beside lstmc's native module. Their own table gives lstmc.onnx over the faster of
+  the other two (geometric mean and largest) and lstmc.onnx over native (largest), per thread
+  count and over all, with the run's date and CPU (model and vector extensions).
+
+The lstmc.onnx column is lstmc itself: it is timed wherever the ONNX peers are, and never
+counts as the best peer.
 
 All libraries run in the same process with the same weights (lstmc's, handed to each peer),
 interleaved per row in rounds (lstmc block, then each peer's block, repeated), so that noise on
@@ -95,14 +104,16 @@ SECTION_MODES = {
     "bidirectional": ("fwd", "train"),
     "variable_length": ("fwd", "train"),
     "streaming_step": ("step",),
+    "onnx_file": ("fwd",),
 }
 # --quick: one row per kind (B=1 latency, training, bidirectional 2-layer, variable lengths,
-# streaming step, GRU, RNN) and the modes timed for each. Slow figures are left out (the
-# bidirectional and variable-length train steps: torch's packed backward takes ~1.5 s a call).
+# streaming step, GRU, RNN, an ONNX file) and the modes timed for each. Slow figures are left
+# out (the bidirectional and variable-length train steps: torch's packed backward takes ~1.5 s
+# a call).
 QUICK_ROWS = {"inf_h512_b1_t25": ("fwd",), "trn_h512_b16_t25": ("fwd", "train"),
               "bi_i128_h256_b32_t100_l2": ("fwd",), "varlen_i256_h512_b32_t100": ("fwd",),
               "step_i512_h512": ("step",), "gru_trn_h512_b16_t25": ("fwd", "train"),
-              "rnn_tanh_inf_h512_b1_t25": ("fwd",)}
+              "rnn_tanh_inf_h512_b1_t25": ("fwd",), "onnx_lstm_h512_b1_t25": ("fwd",)}
 
 # Timing budget per figure (one library, row, mode and thread count): seconds, min/max timed reps,
 # and the number of interleaving rounds the reps are split into. Streaming steps are short
@@ -346,6 +357,7 @@ def measure(runners, cfg, reps=None, max_reps=None):
 # check() -> the forward output (streaming rows: h after CHECK_STEPS steps from zero state)
 
 CELL_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+LSTMC_VARIANTS = ("lstmc", "lstmc.cell")   # make_lstmc's names (a streaming row has both)
 
 
 def module_kwargs(c):
@@ -477,6 +489,16 @@ class RunPeer(NamedTuple):
     def installed(self):
         return self.module is not None
 
+    @property
+    def rival(self):
+        """Another library (not lstmc through another of its APIs): a "best peer" candidate."""
+        return not getattr(self.spec, "lstmc", False)
+
+    @property
+    def onnx_file(self):
+        """It runs the row's ONNX model."""
+        return getattr(self.spec, "onnx_file", False)
+
 
 def import_peers(specs, say):
     """{name: RunPeer} of the peers asked for ({name: peers.Peer})."""
@@ -522,8 +544,9 @@ def _peer_cell(r, peer, installed):
 
 
 def best_peer(r, peers):
-    """(peer, seconds) of the fastest peer measured on this result row, or None."""
-    timed = [(r[p + "_s"], p) for p in peers if p + "_s" in r]
+    """(peer, seconds) of the fastest peer measured on this result row, or None (lstmc's own
+    columns, lstmc.onnx, are not peers here)."""
+    timed = [(r[p + "_s"], p) for p, peer in peers.items() if peer.rival and p + "_s" in r]
     return min(timed)[::-1] if timed else None
 
 
@@ -573,6 +596,9 @@ def markdown(results, calib, meta, peers):
                    "of lstmc / each peer, and the largest single lstmc / best peer:")
         out.append("")
         out += summary(results, peers)
+    onnx_file = onnx_file_summary(results, peers, meta)
+    if onnx_file:
+        out += [""] + onnx_file
     bound = [r for r in results if "weights_bytes" in r]
     if bound:
         out.append("")
@@ -620,6 +646,8 @@ def kind(r, l3=None):
     training sections form one group each)."""
     cell, mode, section = r["cell"], r["mode"], r["section"]
     name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
+    if section == "onnx_file":
+        return "%s forward, ONNX-file rows" % name
     if section == "streaming_step":
         return "streaming step at B=1 (`%s.step`)" % name if mode == "step" else \
             "streaming step at B=1 (`%sCell`)" % name
@@ -666,6 +694,54 @@ def summary(results, peers):
     return out
 
 
+# the issue's targets for the ONNX-file rows (docs/performance.md): lstmc.onnx over the faster
+# other ONNX runtime, geometric mean and every row, and lstmc.onnx over lstmc's native module
+ONNX_FILE_TARGETS = dict(gmean=0.85, largest=1.0, vs_native=1.05)
+
+
+def onnx_file_summary(results, peers, meta):
+    """The ONNX-file figures of the ``onnx_file`` rows, per thread count and over all: the
+    geometric mean and the largest of lstmc.onnx / the faster of the other runtimes of the same
+    ONNX file (ORT, OpenVINO), and the largest lstmc.onnx / lstmc native, each from the lines
+    of the timings table. [] when no such row has an lstmc.onnx time."""
+    own = [p for p, peer in peers.items() if peer.onnx_file and not peer.rival]
+    others = [p for p, peer in peers.items() if peer.onnx_file and peer.rival]
+    own = own[0] if own else None
+    lines = [r for r in results if r["section"] == "onnx_file" and own and own + "_s" in r]
+    if not lines:
+        return []
+    threads = sorted({r["threads"] for r in lines})
+    groups = [(str(n), [r for r in lines if r["threads"] == n]) for n in threads]
+    if len(threads) > 1:
+        groups.append(("all", lines))
+
+    def largest(pairs):
+        if not pairs:
+            return "—"
+        v, r = max(pairs, key=lambda p: p[0])
+        return "%.3f (%s, %d thr)" % (v, r["row"], r["threads"])
+
+    labels = " / ".join(peers[o].label for o in others) or "no other ONNX runtime"
+    out = ["The same ONNX file run by %s and by %s (the onnx_file rows; benchmarks/peers.py "
+           "builds the file from lstmc's weights), this run (%s) on %s. Targets: geometric "
+           "mean <= %.2f and largest <= %.2f of %s / the faster of %s, and %s / lstmc native "
+           "<= %.2f on every row." % (
+               peers[own].label, labels, meta["date"], meta["machine"],
+               ONNX_FILE_TARGETS["gmean"], ONNX_FILE_TARGETS["largest"], peers[own].label,
+               labels, peers[own].label, ONNX_FILE_TARGETS["vs_native"]), ""]
+    cols = ["threads", "lines", "%s / faster of %s: geo-mean" % (peers[own].label, labels),
+            "largest", "%s / lstmc native: largest" % peers[own].label]
+    out += ["| " + " | ".join(cols) + " |", "|---|---:|---:|---:|---:|"]
+    for label, rs in groups:
+        vs = [(r[own + "_s"] / min(r[o + "_s"] for o in others if o + "_s" in r), r)
+              for r in rs if any(o + "_s" in r for o in others)]
+        native = [(r[own + "_s"] / r["lstmc_s"], r) for r in rs if r.get("lstmc_s")]
+        gm = _gmean([v for v, _ in vs])
+        out.append("| " + " | ".join([label, str(len(rs)), "—" if gm is None else "%.3f" % gm,
+                                      largest(vs), largest(native)]) + " |")
+    return out
+
+
 def _notes(results, peers):
     cells = {r.get("cell", "lstm") for r in results}
     if cells == {"lstm"}:
@@ -699,6 +775,9 @@ def _loadavg():
 
 
 def machine_desc():
+    """The CPU model, its logical CPUs and the vector extensions the kernels may use."""
+    from lstmc.__main__ import _cpu_features
+
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -708,7 +787,8 @@ def machine_desc():
                     break
     except OSError:
         pass
-    return "%s, %d logical CPUs" % (model, os.cpu_count() or 0)
+    return "%s, %d logical CPUs, %s" % (model, os.cpu_count() or 0,
+                                        " ".join(_cpu_features()) or "vector features unknown")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,7 +901,7 @@ def result_rows(c, n, mode, samples):
         if wbytes:
             r["weights_bytes"] = wbytes
         for lib, v in samples.items():
-            if lib.startswith("lstmc") and lib != lstmc_name:
+            if lib in LSTMC_VARIANTS and lib != lstmc_name:
                 continue
             key = "lstmc" if lib == lstmc_name else lib
             if isinstance(v, str):
@@ -899,8 +979,8 @@ def add_arguments(ap):
     ap.add_argument("--json", default=None, metavar="OUT.json", help="also write results as JSON")
     ap.add_argument("--peers", default=None,
                     help="comma-separated peers to compare with, of those benchmarks/peers.py "
-                         "defines (torch, ort; default: all; a peer that is not installed shows "
-                         "'not installed'); '' for none")
+                         "defines (torch, ort, openvino, lstmc.onnx; default: all; a peer that "
+                         "is not installed shows 'not installed'); '' for none")
     ap.add_argument("--peers-from", default=None, metavar="PATH",
                     help="benchmarks/peers.py of an lstmc source checkout, or its directory "
                          "(default: the one beside the package when lstmc runs from a "

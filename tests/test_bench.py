@@ -165,19 +165,37 @@ TINY_RNN_GRID = {
 }
 
 
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    """Paths of the tiny grids; a small sgemm and a short settle keep a run to a few seconds."""
+# the ONNX-file rows: LSTM in the LSTM grid, GRU in the other, as the packaged grids have them
+TINY_ONNX_GRID = {"onnx_file": [{"name": "t_onnx_lstm", "I": 6, "H": 8, "B": 1, "T": 5}]}
+TINY_ONNX_RNN_GRID = {"onnx_file": [{"name": "t_onnx_gru", "cell": "gru", "I": 6, "H": 8,
+                                     "B": 3, "T": 5}]}
+
+
+def _tiny_args(tmp_path, monkeypatch, grid, grid_rnn):
+    """Arguments running these grids; a small sgemm and a short settle keep a run to a few
+    seconds."""
     monkeypatch.setattr(bench, "PEAK_N", 128)
     monkeypatch.setattr(bench, "DRAM_MB", 1)
     monkeypatch.setattr(bench, "WARM_S", 0.005)
     paths = []
-    for name, grid in (("grid.json", TINY_GRID), ("grid_rnn.json", TINY_RNN_GRID)):
+    for name, g in (("grid.json", grid), ("grid_rnn.json", grid_rnn)):
         p = tmp_path / name
-        p.write_text(json.dumps(grid))
+        p.write_text(json.dumps(g))
         paths.append(str(p))
     return ["--grid", paths[0], "--grid-rnn", paths[1], "--reps", "2", "--peers-from",
             str(PEERS_DIR)]
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """Paths of the tiny grids (as arguments)."""
+    return _tiny_args(tmp_path, monkeypatch, TINY_GRID, TINY_RNN_GRID)
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path, monkeypatch):
+    """Paths of the tiny ONNX-file grids (as arguments)."""
+    return _tiny_args(tmp_path, monkeypatch, TINY_ONNX_GRID, TINY_ONNX_RNN_GRID)
 
 
 def _tables(text):
@@ -325,6 +343,7 @@ def test_bench_without_peers_says_not_installed(tiny, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)         # import torch -> ImportError
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)          # lstmc.onnx reads no file
     assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_step,t_var"]) == 0
     out = capsys.readouterr().out
     cols, rows = _table(out)
@@ -426,20 +445,129 @@ def test_compare_runs_marks_a_row_outside_the_spread(tmp_path, capsys):
     assert "outside the larger run-to-run spread: 1" in out and "b 2 train: 2.000" in out
 
 
-def test_bench_openvino_peer(tiny, capsys):
+@pytest.mark.parametrize("peer,label,module,row_names", [
+    ("openvino", "OpenVINO", "openvino", "t_inf,t_var,t_step"),
+    ("lstmc.onnx", "lstmc.onnx", None, "t_inf,t_var,t_step,t_gru,t_rnn")])
+def test_bench_onnx_model_peers(tiny, capsys, tmp_path, peer, label, module, row_names):
     """OpenVINO runs the ORT peer's ONNX model in float32 and agrees with lstmc, variable
-    lengths compared at their valid steps; inference only."""
+    lengths compared at their valid steps; so does lstmc.onnx, lstmc's ONNX runtime, which
+    matches lstmc's native module and is never the best peer (it is lstmc). Inference only."""
     pytest.importorskip("onnx")
-    pytest.importorskip("openvino")
-    assert bench.main(tiny + ["--threads", "1", "--rows", "t_inf,t_var,t_step",
-                              "--peers", "openvino"]) == 0
+    if module:
+        pytest.importorskip(module)
+    out_json = tmp_path / "out.json"
+    assert bench.main(tiny + ["--threads", "1", "--rows", row_names, "--peers", peer,
+                              "--json", str(out_json)]) == 0
     captured = capsys.readouterr()
     assert "differ" not in captured.err
     cols, rows = _table(captured.out)
-    assert "OpenVINO ms" in cols
+    assert label + " ms" in cols
     for (row, _, mode), cells in rows.items():
         assert "(!)" not in row
         if mode == "train":
-            assert cells["OpenVINO ms"] == "—"
+            assert cells[label + " ms"] == "—"
         else:
-            assert float(cells["OpenVINO ms"]) > 0
+            assert float(cells[label + " ms"]) > 0
+        if peer == "lstmc.onnx":
+            assert cells["lstmc / best peer"] == ""
+    results = json.loads(out_json.read_text())["results"]
+    assert {r["row"] for r in results} == set(row_names.split(","))
+    if peer == "lstmc.onnx":
+        for r in results:
+            assert r["max_abs_diff"]["lstmc.onnx"] <= ATOL, r["row"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the ONNX-file rows: lstmc.onnx, ORT and OpenVINO on the same ONNX model
+
+def _onnx_runtimes():
+    """The ONNX runtimes installed beside lstmc.onnx (peer names), or a skip."""
+    pytest.importorskip("onnx")
+    others = [p for p, module in (("ort", "onnxruntime"), ("openvino", "openvino"))
+              if _installed(module)]
+    if not others:
+        pytest.skip("neither ONNX Runtime nor OpenVINO is installed")
+    return others
+
+
+def _onnx_file_table(text):
+    """Columns and {threads: {column: cell}} of the ONNX-file table, and the paragraph above
+    it."""
+    lines = text.splitlines()
+    for t in _tables(text):
+        if t[0][0] == "threads":
+            head = lines.index("| " + " | ".join(t[0]) + " |")
+            return t[0], {c[0]: dict(zip(t[0], c)) for c in t[2:]}, lines[head - 2]
+    return None, {}, None
+
+
+def test_bench_onnx_file_rows_and_their_figures(tiny_onnx, capsys, tmp_path):
+    """The onnx_file rows time lstmc native, lstmc.onnx and the ONNX runtimes on one ONNX
+    file; the ONNX-file table's figures are the ratios of the timings table's lines."""
+    others = _onnx_runtimes()
+    out_json = tmp_path / "out.json"
+    peer_names = others + ["lstmc.onnx"]
+    assert bench.main(tiny_onnx + ["--threads", "1,2", "--peers", ",".join(peer_names),
+                                   "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(out_json.read_text())
+    results = saved["results"]
+    assert {(r["row"], r["threads"]) for r in results} == {
+        (row, n) for row in ("t_onnx_lstm", "t_onnx_gru") for n in (1, 2)}
+    labels = {"ort": "ORT", "openvino": "OpenVINO"}
+    _, rows = _table(out)
+    for r in results:
+        assert r["section"] == "onnx_file" and r["mode"] == "fwd" and not r["mismatch"]
+        assert r["max_abs_diff"]["lstmc.onnx"] <= ATOL         # the same function as native
+        cells = rows[(r["row"], str(r["threads"]), "fwd")]
+        assert cells["lstmc.onnx ms"] == bench.fmt_ms(r["lstmc.onnx_s"])
+        best = min(others, key=lambda p: r[p + "_s"])
+        assert cells["lstmc / best peer"] == "%.3g (%s)" % (r["lstmc_s"] / r[best + "_s"],
+                                                           labels[best])
+    _, kinds = _summary(out)
+    assert set(kinds) == {"LSTM forward, ONNX-file rows", "GRU forward, ONNX-file rows"}
+
+    cols, table, heading = _onnx_file_table(out)
+    faster = " / ".join(labels[p] for p in others)
+    assert cols == ["threads", "lines", "lstmc.onnx / faster of %s: geo-mean" % faster,
+                    "largest", "lstmc.onnx / lstmc native: largest"]
+    assert saved["meta"]["date"] in heading and saved["meta"]["machine"] in heading
+    assert bench.machine_desc() == saved["meta"]["machine"]
+    assert set(table) == {"1", "2", "all"}
+    for label, lines in (("1", [r for r in results if r["threads"] == 1]),
+                         ("2", [r for r in results if r["threads"] == 2]), ("all", results)):
+        vs = [(r["lstmc.onnx_s"] / min(r[p + "_s"] for p in others), r) for r in lines]
+        native = [(r["lstmc.onnx_s"] / r["lstmc_s"], r) for r in lines]
+        cells = table[label]
+        assert cells["lines"] == str(len(lines))
+        gmean = np.exp(np.mean(np.log([v for v, _ in vs])))
+        assert float(cells[cols[2]]) == pytest.approx(gmean, abs=5.1e-4)
+        for col, pairs in (("largest", vs), (cols[4], native)):
+            v, r = max(pairs, key=lambda p: p[0])
+            assert cells[col] == "%.3f (%s, %d thr)" % (v, r["row"], r["threads"])
+
+
+def test_onnx_file_summary_of_given_lines():
+    """The ONNX-file figures from fixed timings: lstmc.onnx over the faster other runtime
+    (geometric mean, largest) and over lstmc native (largest), torch left out."""
+    specs = {name: bench.RunPeer(peers.PEERS[name], object())
+             for name in ("torch", "ort", "openvino", "lstmc.onnx")}
+
+    def line(row, n, native, own, ort, ov, torch):
+        return {"row": row, "threads": n, "section": "onnx_file", "lstmc_s": native,
+                "lstmc.onnx_s": own, "ort_s": ort, "openvino_s": ov, "torch_s": torch}
+    results = [line("a", 1, 1.0, 1.0, 2.0, 4.0, 0.1), line("b", 1, 2.0, 2.2, 8.0, 4.0, 0.1),
+               line("a", 2, 1.0, 0.5, 1.0, 1.0, 0.1),
+               dict(line("c", 1, 1.0, 1.0, 1.0, 1.0, 1.0), section="inference")]
+    out = bench.onnx_file_summary(results, specs, dict(date="D", machine="M"))
+    assert "this run (D) on M" in out[0]
+    table = {c[0]: c for c in (
+        [x.strip() for x in ln.strip("|").split("|")] for ln in out[4:])}
+    assert set(table) == {"1", "2", "all"}
+    # 1 thread: 1.0 / 2.0 and 2.2 / 4.0; largest over native: 2.2 / 2.0 on b
+    assert table["1"][1:] == ["2", "%.3f" % np.sqrt(0.5 * 0.55), "0.550 (b, 1 thr)",
+                              "1.100 (b, 1 thr)"]
+    assert table["2"][1:] == ["1", "0.500", "0.500 (a, 2 thr)", "0.500 (a, 2 thr)"]
+    assert table["all"][1:] == ["3", "%.3f" % (0.5 * 0.55 * 0.5) ** (1 / 3),
+                                "0.550 (b, 1 thr)", "1.100 (b, 1 thr)"]
+    assert bench.onnx_file_summary(results[-1:], specs, dict(date="D", machine="M")) == []

@@ -63,7 +63,6 @@ def test_keras_file_to_lstmc(tmp_path):
 
 
 @pytest.mark.parametrize("src,dst,match", [
-    ("m.onnx", "m.lstmc", "ONNX graph into an lstmc model file is not supported"),
     ("m.lstmc", "m.keras", "does not write them"),
     ("m.lstmc", "n.lstmc", "both .lstmc files"),
     ("m.txt", "m.onnx", "unknown model file kind '.txt'"),
@@ -71,3 +70,10 @@ def test_keras_file_to_lstmc(tmp_path):
 def test_convert_refuses(tmp_path, src, dst, match):
     with pytest.raises(ValueError, match=match):
         main(["convert", str(tmp_path / src), str(tmp_path / dst)])
+
+
+def test_convert_of_a_missing_onnx_file_names_it(tmp_path):
+    """(.onnx -> .lstmc converts: tests/test_onnx_convert.py)"""
+    pytest.importorskip("onnx")
+    with pytest.raises(FileNotFoundError, match="m.onnx"):
+        main(["convert", str(tmp_path / "m.onnx"), str(tmp_path / "m.lstmc")])

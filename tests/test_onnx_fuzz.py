@@ -1,6 +1,7 @@
-"""Hostile and corrupted ONNX files: lstmc.onnx.load and Session.run either work or raise a
-clear error (ValueError, TypeError, IndexError or UnsupportedModelError, which is a
-ValueError), quickly, never crash and never allocate absurdly. The files are mutations of a
+"""Hostile and corrupted ONNX files: lstmc.onnx.load and Session.run, and `convert` to .lstmc,
+either work or raise a clear error (ValueError, TypeError, IndexError or
+UnsupportedModelError, which is a ValueError), quickly, never crash and never allocate
+absurdly. The files are mutations of a
 model laid out as torch.onnx.export lays out a tagger (Embedding, LSTM with its zero initial
 state built from the input's shape, Linear)."""
 import time
@@ -139,3 +140,42 @@ def test_absurd_attributes(attribute, value):
                 else:
                     a.i = value
     load_and_run(m)
+
+
+def test_the_unmutated_model_converts(tmp_path):
+    """convert .onnx -> .lstmc reads the model as Embedding + LSTM + Dense(softmax), so that
+    the mutations below reach the converter's trace and checks."""
+    from lstmc.convert import convert
+    from lstmc.models import load_model
+    (tmp_path / "t.onnx").write_bytes(DATA)
+    convert(tmp_path / "t.onnx", tmp_path / "t.lstmc")
+    model = load_model(tmp_path / "t.lstmc")
+    assert [type(k).__name__ for k in model.layers] == ["Embedding", "LSTM", "Dense"]
+    probs = model.predict(FEEDS["x"].T, verbose=0)           # the model takes (batch, time)
+    np.testing.assert_allclose(probs.transpose(1, 0, 2), lo.load(DATA).run(None, FEEDS)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(len(DATA) // 2, len(DATA)),
+       flips=st.lists(st.tuples(st.integers(0, len(DATA) - 1), st.integers(1, 255)),
+                      max_size=4))
+def test_damaged_files_convert_or_raise_clear_errors(tmp_path, cut, flips):
+    """Truncated and flipped files through `convert` to .lstmc: a clear error leaves no file."""
+    from lstmc.convert import convert
+    data = bytearray(DATA[:cut])
+    for at, mask in flips:
+        if at < len(data):
+            data[at] ^= mask
+    src, dst = tmp_path / "d.onnx", tmp_path / "d.lstmc"
+    src.write_bytes(bytes(data))
+    dst.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        convert(src, dst)
+    except CLEAR_ERRORS as e:
+        assert str(e), f"{type(e).__name__} without a message"
+        assert not dst.exists()
+    elapsed = time.perf_counter() - start
+    assert elapsed < SECONDS, f"took {elapsed:.1f} s"

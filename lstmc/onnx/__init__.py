@@ -6,7 +6,8 @@ calling convention:
     lstmc.onnx.export(model, "model.onnx")   # an lstmc.nn or Keras-face model as an ONNX file
 
 LSTM, GRU and RNN nodes run on lstmc's kernels (`_rnn`), the other operators over numpy
-(`_ops`), in a graph compiled once at load (`_graph`). What lstmc cannot run raises
+(`_ops`), in a graph compiled once at load (`_graph`). `_convert` reads a graph that is a
+chain of lstmc's layers as an lstmc model (`python -m lstmc convert model.onnx model.lstmc`). What lstmc cannot run raises
 UnsupportedModelError naming the node, op and attribute. The onnx package is imported only
 when `load` or `export` runs, so `import lstmc.onnx` needs only lstmc's own dependencies.
 """
