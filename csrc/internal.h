@@ -65,6 +65,13 @@
 #define LSTMC_ROW_INLINE inline
 #endif
 
+/* A spin-wait hint to the CPU (x86 PAUSE), nothing elsewhere */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define lstmc_pause() __builtin_ia32_pause()
+#else
+#define lstmc_pause() ((void)0)
+#endif
+
 /* Units of a thread's share are multiples of this (one AVX-512 vector of floats), so shares
  * start on vector boundaries of every gate block. */
 #define LSTMC_UNIT_ALIGN 16

@@ -15,6 +15,7 @@
  * finished rows are simply outside every GEMM and pass, and cost nothing.
  */
 #include <limits.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include "internal.h"
@@ -436,12 +437,14 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  *                calls into OpenBLAS and a critical section fewer per streaming step)
  * Figures: new / base, benchmarks/ab_builds.py --in-process, one thread unless said; the
  * commands and the other rows in docs/decisions.md#execution-modes. */
+typedef struct team_sync team_sync;
 typedef struct {
     int kernel, own_pack, proj_kernel, team, splits, split, panels, blas;
+    team_sync *sync;        /* the call's barrier (team_barrier), set by the entry point */
 } seq_plan;
 
 static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int masks,
-                        int threads)
+                        int threads, team_sync *sync)
 {
     const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
     const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
@@ -457,6 +460,7 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
     p.split = p.splits && p.team == 2;
     p.panels = !train && packed && p.team > 1 && !p.split;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
+    p.sync = sync;
     return p;
 }
 
@@ -477,11 +481,45 @@ static seq_plan fit_team(seq_plan p, int nt)
  * thread runs a direction alone, all units, on its own scratch, so no thread reads what the
  * other writes until the layer's closing barrier (a plain one) publishes the layer's
  * output. */
-static inline void team_barrier(void) { LSTMC_OMP(barrier) }
+/* The team's barrier, one per call: a thread that arrives spins (pause) for up to
+ * BARRIER_SPINS rounds and then yields the core each round until the last one arrives.
+ * OpenMP's own barrier spins far less here (libgomp cuts its spin count when a team takes
+ * every CPU) and then sleeps in the kernel, so a step whose threads arrive a few
+ * microseconds apart paid a futex sleep and wake-up (LSTM H512 B1 T25 eval, two threads:
+ * 1.42-1.68 -> 1.20-1.27 ms, scratch timing, median of calls; docs/decisions.md#barrier).
+ * Yielding, not sleeping, past the spin budget lets a descheduled mate run on this core. */
+#define BARRIER_SPINS 2000
+struct team_sync {
+    int arrived, generation;
+};
+
+static inline void team_barrier(const seq_plan *p)
+{
+#ifdef _OPENMP
+    const int n = omp_get_num_threads();
+    if (n == 1)
+        return;
+    team_sync *b = p->sync;
+    const int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation;)
+        if (++spins < BARRIER_SPINS)
+            lstmc_pause();
+        else
+            sched_yield();
+#else
+    (void)p;
+#endif
+}
+
 static inline void sync_units(const seq_plan *p)
 {
     if (!p->split)
-        team_barrier();
+        team_barrier(p);
 }
 
 /* Threads for packing: each packs its own units, no synchronisation; small layers alone. */
