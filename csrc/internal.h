@@ -80,6 +80,14 @@
  * faster: a barrier per step costs about a microsecond (docs/decisions.md#team). */
 #define LSTMC_PAR_MIN_STEP_WORK 65536
 
+/* An inference call on a packed copy with at least this many batch rows a thread, whose W_hh
+ * (one direction) has at most this many elements (1 MB in float32: each thread reads all of
+ * it every step, from its own L2), runs each thread's own rows through the time loop (seq.c
+ * plan_of, rows). LSTM I128 H256 B32 T100 eval, two threads, rows / units shared 0.84; H512
+ * B16 T25 (4 MB) 1.07 (benchmarks/ab_builds.py --base HEAD; docs/decisions.md#rows). */
+#define LSTMC_ROWS_SPLIT_MIN 8
+#define LSTMC_ROWS_SPLIT_MAX_WEIGHTS 262144
+
 /* An eval-mode bidirectional call of at most this many rows whose W_hh (one direction) has
  * at most this many elements runs its two directions at once, one thread each, on a team of
  * two (seq.c splittable, plan_of), instead of sharing the units of one direction at a time

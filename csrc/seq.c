@@ -435,11 +435,16 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  *   blas         the call makes BLAS calls, so the BLAS is pinned to one thread meanwhile; a
  *                call on packed weights alone (no W_hr) leaves the BLAS's setting alone (two
  *                calls into OpenBLAS and a critical section fewer per streaming step)
+ *   rows         inference on the caller's copy with a team, at least LSTMC_ROWS_SPLIT_MIN
+ *                rows a thread and a W_hh that fits a core's L2: the threads share the input
+ *                projection by units as usual, then each runs its own rows (batch rows are
+ *                independent sequences) over all units for the whole time loop, with no
+ *                barrier per step and no h shared between cores (see docs/decisions.md#rows)
  * Figures: new / base, benchmarks/ab_builds.py --in-process, one thread unless said; the
  * commands and the other rows in docs/decisions.md#execution-modes. */
 typedef struct team_sync team_sync;
 typedef struct {
-    int kernel, own_pack, proj_kernel, team, splits, split, panels, blas;
+    int kernel, own_pack, proj_kernel, team, splits, split, panels, rows, blas;
     team_sync *sync;        /* the call's barrier (team_barrier), set by the entry point */
 } seq_plan;
 
@@ -458,7 +463,10 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
     p.team = work >= LSTMC_PAR_MIN_STEP_WORK ? threads : 1;
     p.team = p.splits && threads == 2 ? 2 : p.team < units ? p.team : units;
     p.split = p.splits && p.team == 2;
-    p.panels = !train && packed && p.team > 1 && !p.split;
+    p.rows = !train && packed && p.team > 1 && !p.split && !s->proj &&
+             s->batch >= LSTMC_ROWS_SPLIT_MIN * p.team &&
+             (long)gates_of(s->cell) * s->hidden * hout_of(s) <= LSTMC_ROWS_SPLIT_MAX_WEIGHTS;
+    p.panels = !train && packed && p.team > 1 && !p.split && !p.rows;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
     p.sync = sync;
     return p;
@@ -473,6 +481,7 @@ static seq_plan fit_team(seq_plan p, int nt)
         p.team = nt;
         p.split = p.splits && nt == 2;
         p.panels = p.panels && nt > 1;
+        p.rows = p.rows && nt > 1;
     }
     return p;
 }

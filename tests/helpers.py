@@ -290,20 +290,31 @@ def relu_margin(x_tm, params, L, D, h0=None, lengths=None, masks=None):
 
 
 def _reference_functions(m):
-    """(forward, backward, options) of lstmc.reference for lstmc.nn module or cell ``m``."""
+    """(forward, backward, options) of lstmc.reference for lstmc.nn module or cell ``m``;
+    a sequence module's cell clip (and LSTM input_forget) go with the options, peepholes come
+    with its parameters. Modules with other activations than the defaults are refused here
+    (tests/test_cell_options.py passes them to the reference itself)."""
     from lstmc import nn
     from lstmc import reference as ref
+    sequence = isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))
+    cell_options = {}
+    if sequence:
+        if getattr(m, "_activations", None) is not None:
+            raise NotImplementedError("module_reference: pass non-default activations to "
+                                      "lstmc.reference yourself")
+        cell_options["clip"] = m._cell_clip
     if isinstance(m, (nn.LSTM, nn.LSTMCell)):
         step = isinstance(m, nn.LSTMCell)
         return ((ref.lstm_cell_forward, ref.lstm_cell_backward, {}) if step else
-                (ref.lstm_forward, ref.lstm_backward, {"proj_size": m.proj_size}))
+                (ref.lstm_forward, ref.lstm_backward,
+                 {"proj_size": m.proj_size, "input_forget": m._input_forget, **cell_options}))
     if isinstance(m, (nn.GRU, nn.GRUCell)):
         step = isinstance(m, nn.GRUCell)
         fns = (ref.gru_cell_forward, ref.gru_cell_backward) if step else (ref.gru_forward, ref.gru_backward)
-        return (*fns, {"reset_after": m.reset_after})
+        return (*fns, {"reset_after": m.reset_after, **cell_options})
     step = isinstance(m, nn.RNNCell)
     fns = (ref.rnn_cell_forward, ref.rnn_cell_backward) if step else (ref.rnn_forward, ref.rnn_backward)
-    return (*fns, {"nonlinearity": m.nonlinearity})
+    return (*fns, {"nonlinearity": m.nonlinearity, **cell_options})
 
 
 def as_list(states):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import lstmc
-from helpers import CELLS, THREAD_TOL, as_list, make_module, random_lengths
+from helpers import (CELLS, KERNEL_TOL, THREAD_TOL, as_list, assert_close, make_module,
+                     module_reference, random_lengths, scale_of)
 
 TIMEOUT = 120  # seconds, per child process
 
@@ -164,6 +165,56 @@ def test_one_and_two_threads_agree(float_dtype, cell, shape, use_lengths, dropou
     if cell == "rnn_relu" and dtype == np.float32:
         bad = [b for b in bad if b.startswith(("out", "h_n"))]
     assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# inference with the rows plan: each thread its own batch rows through the time loop
+
+
+@pytest.mark.parametrize("options", [{}, {"peepholes": True, "cell_clip": 0.7}],
+                         ids=["", "peepholes-clip"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("B, bidirectional", [(16, False), (17, False), (33, False), (65, True)])
+def test_rows_plan_matches_one_thread(cell, B, bidirectional, options):
+    """An eval-mode float32 call on two threads with at least 8 rows a thread and a W_hh of
+    at most 2^18 elements (csrc/seq.c plan_of `rows`; H 40, and 70 for the one-gate RNN so
+    that the step has work enough for two threads) runs each thread's rows over all units: two
+    layers, ragged and full lengths, zero and given initial states; both directions at 65
+    rows (at most 64 run a direction a thread instead, `split`). Every element sums in the
+    same order as on one thread, so the outputs and final states are the one-thread ones bit
+    for bit, and the float64 reference's within spec §7. (The projection, lstm_proj, keeps the
+    shared-units plan.)"""
+    if not lstmc.openmp_enabled():
+        pytest.skip("needs OpenMP")
+    if options and CELLS[cell].cls != "LSTM":
+        pytest.skip("peepholes are an LSTM option")
+    rng = np.random.default_rng(B)
+    T, I, H = 6, 11, 70 if CELLS[cell].cls == "RNN" else 40
+    extra = {"proj_size": 13} if "proj_size" in CELLS[cell].options else {}
+    m = make_module(cell, I, H, num_layers=2, bidirectional=bidirectional, **extra,
+                    **options).eval()
+    D = 2 if bidirectional else 1
+    for _, p in m.named_parameters():
+        p.data[...] = rng.uniform(-0.3, 0.3, p.shape)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    H_out = extra.get("proj_size", H)
+    h0 = rng.standard_normal((2 * D, B, H_out)).astype(np.float32)
+    states = (h0, np.tanh(h0[..., :1].repeat(H, -1))) if CELLS[cell].cls == "LSTM" else h0
+    for lengths in (None, random_lengths(rng, T, B)):
+        for hx in (None, states):
+            runs = []
+            for threads in (1, 2):
+                lstmc.set_num_threads(threads)
+                out, finals = m(x, hx, lengths=lengths)
+                runs.append([out.copy()] + [f.copy() for f in as_list(finals)])
+            for a, b in zip(*runs):
+                np.testing.assert_array_equal(b, a, err_msg=f"{cell} B{B} lengths "
+                                              f"{lengths is not None} h0 {hx is not None}")
+            if hx is None:
+                expected = module_reference(m, x, lengths)
+                rtol, atol = KERNEL_TOL[np.float32].out
+                assert_close(f"{cell} B{B}", runs[1][0], expected, rtol,
+                             atol * scale_of(expected))
 
 
 # ------------------------------------------------------------------------------------------
