@@ -72,6 +72,11 @@ def run(args):
         x, y = random_windows(rng, train, args.batch, args.seq)
         loss = train_step(model, optimizer, loss_fn, x, y)
         step += 1
+        if not math.isfinite(loss):   # every later step would be NaN too: stop and say why
+            print(flush=True)
+            raise SystemExit(f"training stopped at step {step}: the loss is {loss}, not a "
+                             f"number the model can learn from (the weights diverged); try a "
+                             f"smaller --lr than {args.lr}")
         chars += x.size
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         elapsed = time.time() - t0

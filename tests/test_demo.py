@@ -159,4 +159,32 @@ def test_info_reports_the_build(capsys):
     field = lambda name: re.search(rf"^{name}\s+(.*)$", out, re.M).group(1)
     assert "-O3" in field("build flags") and "-ffast-math" not in field("build flags")
     assert ("-fopenmp" in field("build flags")) == lstmc.openmp_enabled()
-    assert field("threads") == str(lstmc.get_num_threads())
+    assert field("threads") == (f"{lstmc.get_num_threads()} "
+                                f"({lstmc._threads.num_threads_source()})")
+
+
+# ---- a loss that stops being a number ends the demo with a clear message -------------------
+def test_demo_stops_when_the_loss_diverges():
+    """An infinite learning rate: Adam's first steps make the weights NaN."""
+    res = _run("demo", *SMALL, "--max-bytes", "100000", "--lr", "inf")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert re.search(r"training stopped at step \d+: the loss is nan, .*try a smaller --lr "
+                     r"than inf", res.stderr), res.stderr
+    assert "held-out" not in res.stdout and "sample" not in res.stdout
+
+
+def test_demo_stops_at_the_first_non_finite_loss(monkeypatch, capsys):
+    import lstmc.demo
+    steps = []
+
+    def train_step(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        steps.append(loss)
+        return float("inf") if len(steps) == 3 else loss
+
+    real = lstmc.demo.train_step
+    monkeypatch.setattr(lstmc.demo, "train_step", train_step)
+    with pytest.raises(SystemExit, match=r"^training stopped at step 3: the loss is inf, "):
+        lstmc_main(["demo", *SMALL, "--max-bytes", "100000", "--seconds", "60"])
+    assert len(steps) == 3
+    assert "held-out" not in capsys.readouterr().out

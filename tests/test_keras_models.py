@@ -548,3 +548,72 @@ def test_fit_argument_errors_and_initial_state():
     h, c = np.ones((8, 3), np.float32), np.zeros((8, 3), np.float32)
     a, b = layer(x, initial_state=[h, c]), layer(x)
     assert a.shape == (8, 3) and not np.allclose(a, b)
+
+
+# ------------------------------------------------------------------------------------------
+# TerminateOnNaN: the batch whose loss goes NaN is the last one, as in Keras
+
+
+def _nan_at_batch_2():
+    x, y = _sum_sign_data(64)
+    y = y[:, None].copy()
+    y[20] = np.nan   # batch_size 8, no shuffling: batch 2
+    return x, y
+
+
+def _fit_until_nan(sequential, layers, terminate, recorder_base, raise_error=False):
+    seen = {"batches": [], "epochs": []}
+
+    class Recorder(recorder_base):
+        def on_train_batch_end(self, batch, logs=None):
+            seen["batches"].append(batch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["epochs"].append(epoch)
+
+    model = sequential([layers.Input((10, 1)), layers.LSTM(4), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _nan_at_batch_2()
+    history = model.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0,
+                        callbacks=[Recorder(), terminate(raise_error=raise_error)])
+    return history, seen
+
+
+def test_terminate_on_nan_matches_keras(capsys):
+    keras = _keras()
+    from lstmc import layers
+    from lstmc.callbacks import TerminateOnNaN
+    lstmc.manual_seed(0)
+    history, seen = _fit_until_nan(Sequential, layers, TerminateOnNaN, Callback)
+    ours = capsys.readouterr().out
+    k_history, k_seen = _fit_until_nan(keras.Sequential, keras.layers,
+                                       keras.callbacks.TerminateOnNaN, keras.callbacks.Callback)
+    theirs = capsys.readouterr().out
+    assert seen == k_seen == {"batches": [0, 1, 2], "epochs": [0]}
+    assert history.epoch == k_history.epoch == [0]
+    assert np.isnan(history.history["loss"][0]) and np.isnan(k_history.history["loss"][0])
+    assert ours.strip() == theirs.strip() == "Batch 2: Invalid loss, terminating training"
+
+
+def test_terminate_on_nan_raise_error_matches_keras():
+    keras = _keras()
+    from lstmc import layers
+    from lstmc.callbacks import TerminateOnNaN
+    messages = []
+    for args in ((Sequential, layers, TerminateOnNaN, Callback),
+                 (keras.Sequential, keras.layers, keras.callbacks.TerminateOnNaN,
+                  keras.callbacks.Callback)):
+        with pytest.raises(RuntimeError, match="NaN or Inf loss encountered at batch 2") as e:
+            _fit_until_nan(*args, raise_error=True)
+        messages.append(str(e.value).split("Loss value")[0])
+    assert messages[0] == messages[1]
+
+
+def test_terminate_on_nan_leaves_finite_training_alone():
+    from lstmc import layers
+    from lstmc.callbacks import TerminateOnNaN
+    x, y = _sum_sign_data(64)
+    model = Sequential([layers.Input((10, 1)), layers.LSTM(4), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[TerminateOnNaN()])
+    assert history.epoch == [0, 1] and not model.stop_training

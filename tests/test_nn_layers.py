@@ -134,3 +134,28 @@ def test_layers_match_torch():
     assert nn.utils.clip_grad_norm_(mine, 0.5) == pytest.approx(t_total, rel=1e-12)
     for p, q in zip(params, mine):
         assert_close("grad", q.grad, p.grad.numpy(), 1e-12, 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, np.inf])
+def test_clip_grad_norm_nonfinite_matches_torch(bad, norm_type):
+    """error_if_nonfinite=True raises RuntimeError naming the total norm and leaves the
+    gradients alone; False scales them by the non-finite norm's coefficient, as PyTorch."""
+    torch = pytest.importorskip("torch")
+    grads = [np.array([[1.0, bad], [2.0, -3.0]]), np.array([0.5, -0.25])]
+    mine = [nn.Parameter(np.zeros_like(g), g.copy()) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+    for p, g in zip(theirs, grads):
+        p.grad = torch.tensor(g)
+    with pytest.raises(RuntimeError) as t_err:
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match=r"total norm of order .* is non-finite \((nan|inf)\)"):
+        nn.utils.clip_grad_norm_(mine, 1.0, norm_type, error_if_nonfinite=True)
+    assert "non-finite" in str(t_err.value)
+    for q, g in zip(mine, grads):
+        np.testing.assert_array_equal(q.grad, g)
+    t_total = float(torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type))
+    total = nn.utils.clip_grad_norm_(mine, 1.0, norm_type)
+    np.testing.assert_array_equal(total, t_total)
+    for p, q in zip(theirs, mine):
+        np.testing.assert_array_equal(q.grad, p.grad.numpy())

@@ -5,6 +5,7 @@ OpenMP runtime is ever forked half-initialised) and a timeout, so a hang fails t
 instead of stalling the suite.
 """
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -79,6 +80,138 @@ def test_omp_num_threads_is_honoured():
             "print(lstmc.get_num_threads())")
     assert run_child(code, OMP_NUM_THREADS="1") == "1"
     assert int(run_child(code, OMP_NUM_THREADS=None)) >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# the default team: the process's share of the machine (fake cgroup trees, no root needed)
+
+
+def _cgroup_tree(tmp_path, proc_line, files):
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_line + "\n")
+    return str(root), str(proc)
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"a/b/cpu.max": "150000 100000\n"}, (2, "cgroup cpu.max 150000 100000")),
+    ({"a/b/cpu.max": "max 100000\n"}, None),
+    ({"a/b/cpu.max": "max 100000\n", "a/cpu.max": "50000 100000\n"},
+     (1, "cgroup cpu.max 50000 100000")),                       # a parent's quota bounds too
+    ({"a/b/cpu.max": "400000 100000\n", "cpu.max": "200000 100000\n"},
+     (2, "cgroup cpu.max 200000 100000")),
+    ({"a/b/cpu.max": "1000 100000\n"}, (1, "cgroup cpu.max 1000 100000")),   # at least 1
+], ids=["quota", "max", "parent", "smallest", "tiny"])
+def test_cgroup_v2_cpu_max(tmp_path, files, expected):
+    files = dict(files, **{"cgroup.controllers": "cpu\n", "a/b/cgroup.procs": ""})
+    root, proc = _cgroup_tree(tmp_path, "0::/a/b", files)
+    assert lstmc._threads.cgroup_cpu_limit(root, proc) == expected
+
+
+def test_cgroup_v2_inside_a_namespace(tmp_path):
+    """A container sees its own cgroup as the mount's root; /proc/self/cgroup may still
+    name a path that does not exist under it."""
+    root, proc = _cgroup_tree(tmp_path, "0::/../host/x", {"cgroup.controllers": "cpu\n",
+                                                          "cpu.max": "300000 100000\n"})
+    assert lstmc._threads.cgroup_cpu_limit(root, proc) == (3, "cgroup cpu.max 300000 100000")
+
+
+@pytest.mark.parametrize("quota, expected", [
+    ("250000", (3, "cgroup cpu.cfs_quota_us 250000 cpu.cfs_period_us 100000")),
+    ("-1", None)])
+def test_cgroup_v1_cfs_quota(tmp_path, quota, expected):
+    lines = "12:memory:/docker/x\n4:cpu,cpuacct:/docker/x"
+    root, proc = _cgroup_tree(tmp_path, lines, {
+        "cpu,cpuacct/docker/x/cpu.cfs_quota_us": quota + "\n",
+        "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n"})
+    assert lstmc._threads.cgroup_cpu_limit(root, proc) == expected
+
+
+def test_cgroup_without_files(tmp_path):
+    assert lstmc._threads.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "absent")) is None
+    root, proc = _cgroup_tree(tmp_path, "0::/", {})   # no cgroup fs mounted
+    assert lstmc._threads.cgroup_cpu_limit(root, proc) is None
+
+
+@pytest.mark.parametrize("omp, affinity, quota, expected", [
+    (None, 4, None, (4, "CPU affinity mask")),
+    (None, 4, (2, "cgroup cpu.max 200000 100000"), (2, "cgroup cpu.max 200000 100000")),
+    (None, 1, (2, "cgroup cpu.max 200000 100000"), (1, "CPU affinity mask")),
+    (None, 2, (2, "cgroup cpu.max 200000 100000"), (2, "CPU affinity mask")),
+    ("3", 1, (1, "cgroup cpu.max 100000 100000"), (3, "OMP_NUM_THREADS")),
+    ("5,2", 1, None, (5, "OMP_NUM_THREADS")),       # libgomp's nested list: the outer team
+    ("zero", 2, None, (2, "CPU affinity mask")),    # not a number: ignored
+    ("0", 2, None, (2, "CPU affinity mask")),
+    (None, None, None, (os.cpu_count() or 1, "os.cpu_count()")),
+])
+def test_default_num_threads_precedence(monkeypatch, omp, affinity, quota, expected):
+    monkeypatch.setattr(lstmc._threads, "affinity_cpus", lambda: affinity)
+    monkeypatch.setattr(lstmc._threads, "cgroup_cpu_limit", lambda: quota)
+    env = {} if omp is None else {"OMP_NUM_THREADS": omp}
+    assert lstmc._threads.default_num_threads(env) == expected
+
+
+def test_set_num_threads_wins_over_omp_num_threads():
+    code = ("import lstmc\n"
+            "from lstmc import _threads\n"
+            "print(lstmc.get_num_threads(), _threads.num_threads_source())\n"
+            "lstmc.set_num_threads(1)\n"
+            "print(lstmc.get_num_threads(), _threads.num_threads_source())")
+    assert run_child(code, OMP_NUM_THREADS="3").splitlines() == [
+        "3 OMP_NUM_THREADS", "1 lstmc.set_num_threads"]
+
+
+def _info_threads(**env):
+    out = run_child("from lstmc.__main__ import info; info()", **env)
+    return [line.split(None, 1)[1] for line in out.splitlines() if line.startswith("threads")]
+
+
+def test_info_says_where_the_thread_count_came_from():
+    assert _info_threads(OMP_NUM_THREADS="3") == ["3 (OMP_NUM_THREADS)"]
+    default = lstmc._threads.default_num_threads({})
+    assert _info_threads(OMP_NUM_THREADS=None) == [f"{default[0]} ({default[1]})"]
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset")
+def test_default_under_taskset_is_one_thread():
+    code = ("import lstmc, numpy as np\n"
+            "from lstmc.__main__ import info\n"
+            "m = lstmc.nn.LSTM(4, 8)\n"
+            "m(np.ones((3, 2, 4), np.float32))\n"
+            "print(lstmc.get_num_threads())\n"
+            "info()")
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "1"
+    assert [x.split(None, 1)[1] for x in lines if x.startswith("threads")] == [
+        "1 (CPU affinity mask)"]
+
+
+def _numpy_blas_threads():
+    import numpy
+    found = lstmc._threads._loaded_openblas(os.path.join(
+        lstmc._threads._site_of(numpy), "numpy"))
+    if found is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS of its own wheel")
+    return found[1]()
+
+
+@pytest.mark.parametrize("threadpoolctl", [True, False], ids=["threadpoolctl", "direct"])
+def test_numpy_blas_follows_set_num_threads(monkeypatch, threadpoolctl):
+    if threadpoolctl:
+        pytest.importorskip("threadpoolctl")
+    else:
+        monkeypatch.setitem(sys.modules, "threadpoolctl", None)   # import fails
+    for n in (1, 2, 1):
+        lstmc.set_num_threads(n)
+        assert _numpy_blas_threads() == n
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Keras-flavoured callbacks for `Sequential.fit`: `Callback`, `History`, `EarlyStopping`,
-`ModelCheckpoint`, and the progress bar `fit` shows with verbose=1."""
+`ModelCheckpoint`, `TerminateOnNaN`, and the progress bar `fit` shows with verbose=1."""
 import math
 import sys
 import time
 
-__all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgressBar"]
+__all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
+           "ProgressBar"]
 
 
 class Callback:
@@ -162,6 +163,27 @@ class ModelCheckpoint(_Monitor):
             self.model.save_weights(path)
         else:
             self.model.save(path)
+
+
+class TerminateOnNaN(Callback):
+    """Stops training after the batch whose loss (fit's running mean over the epoch, as in
+    Keras) is NaN or infinite: prints "Batch <i>: Invalid loss, terminating training" and
+    sets `model.stop_training`, so fit runs no further batch and, after this epoch's end
+    (validation included), no further epoch. With `raise_error=True` it raises RuntimeError
+    instead."""
+
+    def __init__(self, raise_error=False):
+        self.raise_error = raise_error
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(loss):
+            return
+        if self.raise_error:
+            raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. Loss value: "
+                               f"{loss}. Terminating training immediately.")
+        print(f"Batch {batch}: Invalid loss, terminating training")
+        self.model.stop_training = True
 
 
 def _format_time(seconds):

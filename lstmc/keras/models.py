@@ -239,6 +239,8 @@ class Sequential(Module):
                 for name, fn in self._metric_fns(out, y[idx]):
                     totals.add(name, *fn(y[idx], out, mask))
                 cb.on_train_batch_end(step, totals.logs())
+                if self.stop_training:   # as Keras: a callback stops within the epoch
+                    break
             logs = totals.logs()
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=bs, verbose=0,
