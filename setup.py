@@ -11,6 +11,10 @@ Build-time decisions, made once here:
   clones (csrc/internal.h, LSTMC_DISPATCH). LSTMC_NATIVE=1 opts into -march=native.
   LSTMC_MAX_ISA=x86-64-v3 (or baseline) builds no code past that level, so that a build on a
   wider CPU runs what narrower CPUs run (tests/test_isa_levels.py).
+  LSTMC_SANITIZE=address,undefined (either or both) builds with AddressSanitizer /
+  UndefinedBehaviorSanitizer for testing (.ci/run): every finding aborts (UBSan does not
+  recover). Load the ASan runtime first: LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+  PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 (Python's own allocations are not leaks).
   Python's own CFLAGS come first and carry -fwrapv (signed overflow wraps): a vector loop
   indexed by `2 * H + u` then cannot be proven contiguous and GCC loads element by element,
   so the kernels take such offsets once, outside their loops (csrc/lstm.inc).
@@ -37,6 +41,9 @@ int main(void) {
 }
 """
 
+
+# LSTMC_SANITIZE's accepted names (gcc's and clang's -fsanitize= values)
+SANITIZERS = ("address", "undefined")
 
 # LSTMC_MAX_ISA -> the macro that caps the kernels (csrc/internal.h)
 MAX_ISA_MACROS = {"x86-64-v3": "LSTMC_MAX_ISA_V3", "baseline": "LSTMC_NO_DISPATCH"}
@@ -100,6 +107,16 @@ def extensions():
             raise SystemExit(f"LSTMC_MAX_ISA must be one of {', '.join(MAX_ISA_MACROS)}, "
                              f"got {max_isa!r}")
         macros.append((MAX_ISA_MACROS[max_isa], "1"))
+    sanitize = os.environ.get("LSTMC_SANITIZE")
+    if sanitize:
+        names = sanitize.split(",")
+        if not set(names) <= set(SANITIZERS):
+            raise SystemExit(f"LSTMC_SANITIZE must be a comma-separated list of "
+                             f"{', '.join(SANITIZERS)}, got {sanitize!r}")
+        flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+                 "-fno-omit-frame-pointer"]
+        compile_args += flags + ["-g"]   # -g after -g0: line numbers in the reports
+        link_args += flags
     # what `python -m lstmc info` reports as the build (a C string literal)
     described = " ".join(compile_args + [f"-D{k}={v}" for k, v in macros])
     macros.append(("LSTMC_BUILD_FLAGS", '"' + described.replace('"', "") + '"'))

@@ -6,7 +6,8 @@ PyTorch's parameter names and shapes, and `lstmc.optim` PyTorch's optimizers and
 schedulers; `lstmc.keras` is the Keras flavour on the same engine, its modules reachable as
 `lstmc.layers`, `lstmc.models`, `lstmc.optimizers`, `lstmc.losses` and `lstmc.callbacks` too.
 `lstmc.reference` is the float64 NumPy spec. `lstmc.save` / `lstmc.load` keep checkpoints
-(nested dicts of arrays) in lstmc's one file format (`lstmc.io`).
+(nested dicts of arrays) in lstmc's one file format (`lstmc.io`). `lstmc.empty_cache()` frees
+the workspaces modules keep between calls.
 """
 import os as _os
 
@@ -24,6 +25,7 @@ from lstmc import _scipy_blas  # noqa: E402,F401  (hands scipy's BLAS to the ker
 from lstmc._random import manual_seed  # noqa: E402
 from lstmc._threads import get_num_threads, set_num_threads  # noqa: E402
 from lstmc import nn, optim, reference  # noqa: E402
+from lstmc.nn._engine import empty_cache  # noqa: E402
 from lstmc import keras  # noqa: E402
 from lstmc import callbacks, layers, losses, models, optimizers  # noqa: E402
 from lstmc.io import load, save  # noqa: E402
@@ -31,7 +33,7 @@ from lstmc.io import load, save  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "reference", "keras", "layers", "models", "optimizers", "losses",
            "callbacks", "save", "load", "manual_seed", "openmp_enabled",
-           "set_num_threads", "get_num_threads", "__version__"]
+           "set_num_threads", "get_num_threads", "empty_cache", "__version__"]
 
 
 def __getattr__(name):

@@ -9,6 +9,7 @@ Arrays handed to `Engine.forward` / `Engine.backward` are time-major (T, B, F) a
 drops padding for the kernels, and undoes both on the way out.
 """
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -115,18 +116,38 @@ class Plan:
 
 
 class Workspace:
-    """Reusable scratch and reserve buffers, grown on demand, never shrunk."""
+    """One call's scratch (and, in training, reserve) buffers, kept for the calls after it and
+    bounded by the largest recent call: a buffer grows to what a call asks, and `trim` (every
+    TRIM_EVERY calls of its engine) drops each buffer more than twice the largest size asked
+    of it since the last trim, so that one long sequence does not hold its scratch for ever
+    (docs/spec.md section 9, memory)."""
+
+    __slots__ = ("dtype", "_arrays", "_asked")
 
     def __init__(self, dtype):
         self.dtype = dtype
-        self._arrays = {}
+        self._arrays = {}   # name -> buffer
+        self._asked = {}    # name -> the largest size asked since the last trim
 
     def get(self, name, size):
         arr = self._arrays.get(name)
         if arr is None or arr.size < size:
-            arr = np.empty(max(size, 1), dtype=self.dtype)
-            self._arrays[name] = arr
+            arr = self._arrays[name] = np.empty(max(size, 1), dtype=self.dtype)
+        if size > self._asked.get(name, 0):
+            self._asked[name] = size
         return arr[:size]
+
+    def trim(self):
+        """Drops the buffers more than twice the largest recent call; True if any is left."""
+        for name, arr in list(self._arrays.items()):
+            if arr.size > 2 * max(self._asked.get(name, 0), 1):
+                del self._arrays[name]
+        self._asked.clear()
+        return bool(self._arrays)
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self._arrays.values())
 
 
 class Saved(NamedTuple):
@@ -136,13 +157,13 @@ class Saved(NamedTuple):
     masks: np.ndarray          # (L-1, N, D*H_out) packed dropout masks, or None
     reserve: np.ndarray        # the kernels' reserve (gates, states) of this forward
     unbatched: bool            # how the caller shaped the call, handed back to its backward
+    thread: int                # threading.get_ident() of the thread that ran the forward
 
 
 class PackedWeights:
     """The kernels' packed copy of one module's weights (csrc/lstmc.h, lstmc_seq_pack_*) for
     eval-mode calls, built on the first one and kept, as ONNX Runtime packs its weights once
-    per session; its lock, which the engine's calls also hold for the workspace and what a
-    forward saved; and the rule that keeps the copy true.
+    per session; its lock; and the rule that keeps the copy true.
 
     Release before writing: while the copy exists, the parameters (each Parameter's `data`
     and the module's flat buffer) are read-only, so that a write cannot leave it stale. Code
@@ -150,7 +171,9 @@ class PackedWeights:
     drops the copy and makes them writable again: `train()`, `load_state_dict`, the
     optimizers and the Keras layers' `set_weights` do. Numpy cannot make read-only an array
     derived earlier from `data` (a slice or reshape you kept): call `p.release()` before
-    writing through one. There is no copy (`get` returns None) where the kernels would not
+    writing through one. A call holds the copy it started with to its end, so a release and
+    write while another thread's call runs is a race on the weights, as writing any array
+    another thread reads is. There is no copy (`get` returns None) where the kernels would not
     read it: float64 on a CPU without AVX2/FMA under the automatic kernel choice, or the
     kernel forced to "blas".
 
@@ -172,10 +195,9 @@ class PackedWeights:
         return self._pack
 
     def get(self):
-        """The packed copy, built if missing, or None. Takes the lock only to build: for
-        step(), which takes no lock. Forward and the cells hold the lock across the lookup
-        and the call (get_locked), so a forward that starts after a release and a write
-        sees the new weights."""
+        """The packed copy, built if missing, or None. Takes the lock only to build, so that
+        concurrent calls build one copy; a call that starts after a release and a write sees
+        the new weights."""
         pack = self._pack
         if pack is not None or not _core.packs(self._spec.dtype):
             return pack
@@ -212,22 +234,52 @@ def _flat(a):
     return None if a is None else a.reshape(-1)
 
 
+# every engine alive, for empty_cache
+_ENGINES = weakref.WeakSet()
+
+
+def empty_cache():
+    """Frees the workspaces every module keeps between calls (those of calls running in
+    other threads when they end) and its cached plans; the next call allocates what it
+    needs. Packed eval-mode weights, stream states and what a training forward saved for
+    its backward stay: they are state, not cache."""
+    for engine in list(_ENGINES):
+        engine.empty_cache()
+
+
+def cached_bytes():
+    """Bytes held now by the idle workspaces of every engine alive."""
+    return sum(engine.cached_bytes() for engine in list(_ENGINES))
+
+
 class Engine:
     """The kernels' side of one recurrent module: its Spec, its parameters' flat buffers, the
-    plans of its dense batches, its workspace, its packed weights (and their lock) and what
-    its last training forward saved."""
+    plans of its dense batches, its idle workspaces, its packed weights (and their lock) and
+    what its last training forward saved.
 
-    __slots__ = ("spec", "flat", "flat_grad", "weights", "lock", "workspace", "saved",
-                 "_plans")
+    Threads: eval-mode calls run at once in any number of threads, each on a workspace of
+    its own taken from the idle ones (or a new one) and given back at its end; the C calls
+    release the GIL. A training-mode forward or backward writes what the module saved (and
+    its gradients), so one runs at a time: a second thread's raises RuntimeError (`claim`),
+    and so does a backward in another thread than its forward's."""
 
-    def __init__(self, spec, flat, flat_grad, params):
-        self.spec = spec
+    TRIM_EVERY = 64   # calls between two Workspace.trim of the idle workspaces
+
+    __slots__ = ("spec", "name", "flat", "flat_grad", "weights", "lock", "saved", "_plans",
+                 "_idle", "_calls", "_training", "__weakref__")
+
+    def __init__(self, spec, flat, flat_grad, params, name):
+        """name: the module, as error messages name it."""
+        self.spec, self.name = spec, name
         self.flat, self.flat_grad = flat, flat_grad
         self.weights = PackedWeights(spec, flat, params)
         self.lock = self.weights.lock
-        self.workspace = Workspace(spec.dtype)
         self.saved = None
         self._plans = {}   # (T, B) -> Plan of a dense batch
+        self._idle = []    # Workspaces no call is using; list.pop / append are atomic
+        self._calls = 0
+        self._training = threading.Lock()   # held by the running training forward / backward
+        _ENGINES.add(self)
 
     def stepper(self, batch_size):
         return Stepper(self, batch_size)
@@ -244,6 +296,61 @@ class Engine:
             plan = self._plans[(T, B)] = Plan(self.spec, T, B, None)
         return plan
 
+    # ---- workspaces -------------------------------------------------------------------------
+    def workspace(self):
+        """An idle workspace (the last one given back: its buffers are warm) or a new one,
+        this call's own until `give_back`."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return Workspace(self.spec.dtype)
+
+    def give_back(self, ws):
+        self._idle.append(ws)
+        self._calls += 1   # not exact under threads, and need not be: it paces the trim
+        if self._calls >= self.TRIM_EVERY:
+            self._trim()
+
+    def _trim(self):
+        """Trims the idle workspaces, and drops those left empty: a workspace not used since
+        the last trim was one more than the calls then running needed."""
+        self._calls = 0
+        with self.lock:
+            idle, self._idle = self._idle, []
+            kept = [ws for ws in idle if ws.trim()]
+            self._idle.extend(kept)
+
+    def empty_cache(self):
+        with self.lock:
+            self._idle = []
+            self._plans = {}
+
+    def cached_bytes(self):
+        return sum(ws.nbytes for ws in list(self._idle))
+
+    # ---- training: one thread at a time ------------------------------------------------
+    def claim(self):
+        """Marks a training-mode forward or backward as running, or raises RuntimeError if
+        one runs in another thread. The caller releases `_training` when done."""
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self.name} is in use by another thread: a training-mode forward or "
+                "backward of one module runs in one thread at a time (give each thread a "
+                "module of its own, e.g. copy.deepcopy(module), or call it from one thread)")
+
+    def last_saved(self):
+        """What the last training forward saved (a Saved), or None; RuntimeError if another
+        thread ran it (its backward is that thread's)."""
+        saved = self.saved
+        if saved is not None and saved.thread != threading.get_ident():
+            raise RuntimeError(
+                f"{self.name}: backward in another thread than the last training-mode "
+                "forward, which another thread ran: a module keeps one forward for its "
+                "backward, so run each forward and its backward in one thread (give each "
+                "thread a module of its own)")
+        return saved
+
+    # ---- calls ------------------------------------------------------------------------------
     def forward(self, plan, xp, h0, c0, masks, train, unbatched=False):
         """The kernels' forward of `plan`. xp: (N, I) packed input (plan.pack; in training the
         engine keeps it for backward: pass a copy of your own); h0, c0: (L*D, B, .) or None
@@ -255,14 +362,23 @@ class Engine:
         y = np.empty((plan.N, Y), dtype=spec.dtype)
         hn, cn = self._new_states(plan.B)
         seq = plan.seq
-        with self.lock:
-            packed = None if train else self.weights.get_locked()
-            ws = self.workspace
+        if train:
+            self.claim()
+        ws = self.workspace()
+        try:
+            packed = None if train else self.weights.get()
             reserve = ws.get("reserve", seq.reserve_size) if train else None
             seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
                         _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
                         self.flat, ws.get("scratch", seq.scratch_size(train)), packed)
-            self.saved = Saved(plan, xp, masks, reserve, unbatched) if train else None
+            if train:
+                self.saved = Saved(plan, xp, masks, reserve, unbatched, threading.get_ident())
+            else:
+                self.saved = None
+        finally:
+            self.give_back(ws)
+            if train:
+                self._training.release()
         return plan.unpack(y, Y), plan.from_sorted(hn), \
             None if cn is None else plan.from_sorted(cn)
 
@@ -275,13 +391,19 @@ class Engine:
         dx = np.empty((plan.N, spec.input_size), dtype=spec.dtype)
         dh0, dc0 = self._new_states(plan.B)
         seq = plan.seq
-        with self.lock:
-            if self.saved is not saved:
-                raise RuntimeError("another forward ran during backward's argument checks")
+        self.claim()
+        ws = self.workspace()
+        try:
+            if self.last_saved() is not saved:
+                raise RuntimeError(f"{self.name}: another forward ran during backward's "
+                                   "argument checks")
             seq.backward(dx.reshape(-1), dh0.reshape(-1), _flat(dc0), self.flat_grad,
                          saved.reserve, dyp.reshape(-1), _flat(plan.to_sorted(dhn)),
                          _flat(plan.to_sorted(dcn)), saved.x.reshape(-1), _flat(saved.masks),
-                         self.flat, self.workspace.get("scratch", seq.scratch_size(True)))
+                         self.flat, ws.get("scratch", seq.scratch_size(True)))
+        finally:
+            self.give_back(ws)
+            self._training.release()
         return plan.unpack(dx, spec.input_size), plan.from_sorted(dh0), \
             None if dc0 is None else plan.from_sorted(dc0)
 
@@ -295,19 +417,21 @@ class Engine:
 
 class Stepper:
     """One eval-mode timestep of B rows through all layers of a unidirectional problem, on an
-    engine's weights: the T = 1 Seq, its scratch and output buffer, sized once (a stream
-    state steps on them; a cell calls run)."""
+    engine's weights: the T = 1 Seq and its sizes. A stream state keeps its own buffers
+    (scratch_size, out_shape); a cell calls run, which takes a workspace of the engine."""
 
-    __slots__ = ("batch_size", "seq", "scratch", "y", "_engine", "_out_shape", "_has_c")
+    __slots__ = ("batch_size", "seq", "scratch_size", "y_shape", "_engine", "_out_shape",
+                 "_has_c", "_dtype")
 
     def __init__(self, engine, B):
         spec = engine.spec
         self.batch_size = B
         self.seq = spec.seq(1, B, np.ones(B, dtype=np.intc))
-        self.scratch = np.empty(self.seq.scratch_size(False), dtype=spec.dtype)
-        self.y = np.empty((B, spec.hout), dtype=spec.dtype)
+        self.scratch_size = self.seq.scratch_size(False)
+        self.y_shape = (B, spec.hout)   # the last layer's output
         self._engine = engine
         self._has_c = spec.has_c
+        self._dtype = spec.dtype
         L = spec.num_layers
         # run's h' and c' share one array, so they need one width: no projection
         self._out_shape = None if spec.proj else \
@@ -316,15 +440,19 @@ class Stepper:
     def run(self, x, h0, c0):
         """x (B, I), h0/c0 L x B x H elements or None (zeros), C-contiguous arrays of the
         dtype -> new arrays h', c' (L, B, H), (B, H) for one layer (views of one array, so
-        without projection; c' None without c). Holds the engine's lock: the scratch is
-        shared by the threads that call one cell."""
+        without projection; c' None without c). Threads may run one Stepper at once."""
         engine = self._engine
         if self._out_shape is None:
             raise NotImplementedError("Stepper.run: h and c of different widths (a projection)")
-        out = np.empty(self._out_shape, dtype=self.y.dtype)
+        out = np.empty(self._out_shape, dtype=self._dtype)
         hn = out[0]
         cn = out[1] if self._has_c else None
-        with engine.lock:
-            self.seq.forward(self.y, hn, cn, None, x, h0, c0, None, engine.flat, self.scratch,
-                             engine.weights.get_locked())
+        ws = engine.workspace()
+        try:
+            # y repeats the last layer's h' (the kernels write both): workspace, not output
+            y = ws.get("y", self.y_shape[0] * self.y_shape[1])
+            self.seq.forward(y, hn, cn, None, x, h0, c0, None, engine.flat,
+                             ws.get("scratch", self.scratch_size), engine.weights.get())
+        finally:
+            engine.give_back(ws)
         return hn, cn

@@ -32,7 +32,7 @@ class _CellBase(Module):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_stepper", None)   # the eval step's buffers, rebuilt on demand
+        state.pop("_stepper", None)   # the eval step's Seq, rebuilt on demand
         return state
 
     def _states(self, *named, B, unbatched):

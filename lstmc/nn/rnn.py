@@ -162,7 +162,8 @@ class _RNNBase(Streaming, Module):
     def _afresh(self):
         """The engine (plans, workspace, lock, packed weights, what a forward saved) on this
         module's flat buffers, and no dropout masks."""
-        engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values())
+        engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values(),
+                        f"{type(self).__name__}({self.extra_repr()})")
         return dict(_engine=engine, _last_dropout_masks=[])
 
     def _spec(self):
@@ -328,7 +329,7 @@ class _RNNBase(Streaming, Module):
 
     def _saved(self):
         """What the last training forward saved for backward (a _engine.Saved)."""
-        saved = self._engine.saved
+        saved = self._engine.last_saved()
         if saved is None:
             raise RuntimeError("backward needs a forward in training mode first (after "
                                "module.train(); an eval-mode forward stores nothing, and a "

@@ -1,6 +1,8 @@
 """Streaming a sequence module one timestep at a time: `initial_state`, `step` and the
 `StreamState` they carry, which owns the step's buffers so that stepping allocates nothing.
 """
+import threading
+
 import numpy as np
 
 from lstmc.nn._checks import as_float, check_shape, positive_int
@@ -76,11 +78,19 @@ class Streaming:
         y = state._y if x.ndim == 2 else state._y1
         if out is not None:
             y = check_out(out, y.shape, self.dtype)
-        # h0/c0 and hn/cn are the same arrays: the driver copies each layer's h0/c0 into its
-        # own buffers before it writes that layer's hn/cn, each thread its own columns
-        # (csrc/seq.inc), so the state is updated in place; tests/test_streaming.py holds it
-        state._seq.forward(y, state.h, state.c, None, x, state.h, state.c, None, self._flat,
-                           state._scratch, None if self.training else self._engine.weights.get())
+        if not state._busy.acquire(False):
+            raise RuntimeError(f"{type(self).__name__}.step: this StreamState is being stepped "
+                               "by another thread; a state is one stream: give each thread "
+                               "its own (initial_state, or copy.copy to branch one)")
+        try:
+            # h0/c0 and hn/cn are the same arrays: the driver copies each layer's h0/c0 into
+            # its own buffers before it writes that layer's hn/cn, each thread its own columns
+            # (csrc/seq.inc), so the state is updated in place; tests/test_streaming.py holds it
+            state._seq.forward(y, state.h, state.c, None, x, state.h, state.c, None,
+                               self._flat, state._scratch,
+                               None if self.training else self._engine.weights.get())
+        finally:
+            state._busy.release()
         return y, state
 
     def _refuse_bidirectional(self):
@@ -117,11 +127,12 @@ class StreamState:
     for GRU and RNN) are the states after the last step, updated in place by each step: read
     them, or write them (e.g. ``state.h[:] = 0`` to restart a stream). The state also owns
     the step's output buffer and the kernels' workspace, all sized once here, so stepping
-    allocates nothing. One state serves one stream at a time: give each thread its own.
+    allocates nothing. One state serves one stream at a time: give each thread its own (a
+    step on a state another thread is stepping raises RuntimeError).
     """
 
     __slots__ = ("h", "c", "batch_size", "_owner", "_key", "_seq", "_scratch", "_y", "_y1",
-                 "_x_shapes")
+                 "_x_shapes", "_busy")
 
     def __init__(self, module, batch_size):
         spec, B = module._spec(), batch_size
@@ -130,7 +141,10 @@ class StreamState:
         self._owner = module   # the module that made it: step's one-comparison check
         self._key = module._stream_key()
         stepper = module._stepper(B)   # step runs its Seq on the stepping module's weights
-        self._seq, self._scratch, self._y = stepper.seq, stepper.scratch, stepper.y
+        self._seq = stepper.seq
+        self._scratch = np.empty(stepper.scratch_size, dtype=dt)
+        self._y = np.empty(stepper.y_shape, dtype=dt)
+        self._busy = threading.Lock()   # held by the running step
         self.h = np.zeros((L, B, spec.hout), dtype=dt)
         self.c = np.zeros((L, B, spec.hidden_size), dtype=dt) if spec.has_c else None
         self._y1 = self._y[0] if B == 1 else None
