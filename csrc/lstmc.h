@@ -78,7 +78,8 @@ void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn s
 enum {
     LSTMC_OK = 0,
     LSTMC_ERR_ARG = 1,    /* a descriptor field is out of range */
-    LSTMC_ERR_NOBLAS = 2  /* lstmc_set_blas was never called */
+    LSTMC_ERR_NOBLAS = 2, /* lstmc_set_blas was never called */
+    LSTMC_ERR_CANCELLED = 3 /* *s->cancel became nonzero: the outputs are incomplete */
 };
 
 /* ---- threads ----------------------------------------------------------------------------- */
@@ -175,6 +176,8 @@ typedef struct {
     const int *lengths;      /* (B) steps of each (sorted, longest first) row:
                                 batch_sizes[t] = #{j : lengths[j] > t} */
     const lstmc_cell_options *options;   /* or NULL: the default cell */
+    const volatile int *cancel; /* or NULL: once *cancel is nonzero (a signal handler may set
+                                   it) the call stops between two steps */
 } lstmc_seq;
 
 /* Checks the descriptor (sizes, monotone batch_sizes consistent with lengths). */

@@ -11,12 +11,13 @@ the workspaces modules keep between calls.
 """
 import os as _os
 
-# OpenMP threads wait at one barrier per time step. GCC's default is to spin ~300,000 rounds
-# before sleeping, which on a busy machine keeps a core from the very thread being waited
-# for: H512 B1 T25 inference on 2 busy cores took 228 ms with the default, 17 ms with 1,000
-# rounds and 11 ms with passive waiting (15 / 11 / 10 ms on 1 thread). libgomp reads this when
-# it loads, so it is set before the extension (which loads it) is imported; a user's
-# GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+# OpenMP's worker threads wait between a call's parallel regions (the per-step barrier is
+# lstmc's own, csrc/seq.c team_barrier). GCC's default is to spin ~300,000 rounds before
+# sleeping, which on a busy machine keeps a core from the very thread being waited for: H512
+# B1 T25 inference on 2 busy cores took 228 ms with the default, 17 ms with 1,000 rounds
+# (measured when OpenMP's barrier still ran every step). libgomp reads this when it loads, so
+# it is set before the extension (which loads it) is imported; a user's GOMP_SPINCOUNT or
+# OMP_WAIT_POLICY wins.
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "1000"
 

@@ -7,10 +7,14 @@ one ``with nogil:`` call; C answers with a status code and Python raises. The la
 (``lstmc.nn``) give the user-facing error messages; the checks here make sure that no bug
 above can become a crash below.
 """
+import signal as _signal
+import threading as _threading
+
 import numpy as np
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cdef extern from "lstmc.h" nogil:
@@ -36,7 +40,7 @@ cdef extern from "lstmc.h" nogil:
     void lstmc_set_blas_threads_api(lstmc_get_threads_fn get, lstmc_set_threads_fn set)
 
     enum:
-        LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS
+        LSTMC_OK, LSTMC_ERR_ARG, LSTMC_ERR_NOBLAS, LSTMC_ERR_CANCELLED
         LSTMC_CELL_LSTM, LSTMC_CELL_GRU, LSTMC_CELL_GRU_RESET_BEFORE
         LSTMC_CELL_RNN_TANH, LSTMC_CELL_RNN_RELU
         LSTMC_W_IH, LSTMC_W_HH, LSTMC_B_IH, LSTMC_B_HH, LSTMC_W_HR, LSTMC_W_PH
@@ -63,6 +67,7 @@ cdef extern from "lstmc.h" nogil:
         const int *batch_sizes
         const int *lengths
         const lstmc_cell_options *options
+        const volatile int *cancel
 
     int lstmc_seq_check(const lstmc_seq *s)
     size_t lstmc_seq_rows(const lstmc_seq *s)
@@ -290,7 +295,62 @@ cdef void *_packed_addr(object packed, object dtype, size_t size, bint writable)
     return address
 
 
+# ---- Ctrl-C during a long call -------------------------------------------------------------
+# A call from the main thread with work enough (CANCEL_MIN_WORK multiply-adds) and Python's
+# own SIGINT handling in place gets a C handler for SIGINT while it runs: the handler sets the
+# call's cancel flag (the kernels stop between two steps, lstmc_seq.cancel) and hands the
+# signal on to Python's handler, which then raises KeyboardInterrupt when the call returns.
+# Two sigaction calls a call (about a microsecond) are why short calls go without.
+cdef extern from *:
+    """
+    #include <signal.h>
+    #include <string.h>
+    static volatile int lstmc_sigint_flag;
+    static struct sigaction lstmc_sigint_previous;
+    static void lstmc_on_sigint(int sig)
+    {
+        lstmc_sigint_flag = 1;
+        if (lstmc_sigint_previous.sa_handler != SIG_DFL &&
+            lstmc_sigint_previous.sa_handler != SIG_IGN)
+            lstmc_sigint_previous.sa_handler(sig);       /* Python's: it notes the signal */
+    }
+    /* 1 if installed (the previous action kept for restore) */
+    static int lstmc_sigint_install(void)
+    {
+        struct sigaction mine;
+        memset(&mine, 0, sizeof mine);
+        mine.sa_handler = lstmc_on_sigint;
+        sigemptyset(&mine.sa_mask);
+        lstmc_sigint_flag = 0;
+        return sigaction(SIGINT, &mine, &lstmc_sigint_previous) == 0;
+    }
+    static void lstmc_sigint_restore(void) { sigaction(SIGINT, &lstmc_sigint_previous, NULL); }
+    static const volatile int *lstmc_sigint_address(void) { return &lstmc_sigint_flag; }
+    """
+    bint lstmc_sigint_install() nogil
+    void lstmc_sigint_restore() nogil
+    const volatile int *lstmc_sigint_address() nogil
+
+CANCEL_MIN_WORK = 1 << 20
+_MAIN_THREAD = _threading.main_thread()
+
+
+cdef bint _catch_sigint(const lstmc_seq *s):
+    """Install the SIGINT hook for this call? (main thread, Python's default handler, a call
+    long enough to be worth a second's wait)"""
+    cdef double work = (<double>s.steps * s.batch * s.hidden * (s.input + s.hidden) *
+                        s.layers * s.dirs)
+    if work < CANCEL_MIN_WORK or _threading.current_thread() is not _MAIN_THREAD:
+        return False
+    if _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler:
+        return False
+    return lstmc_sigint_install()
+
+
 cdef _raise_status(int status):
+    if status == LSTMC_ERR_CANCELLED:
+        PyErr_CheckSignals()       # Python's handler noted the signal: KeyboardInterrupt
+        raise KeyboardInterrupt
     if status == LSTMC_ERR_ARG:
         raise ValueError("lstmc: the C kernels rejected the sequence descriptor")
     if status == LSTMC_ERR_NOBLAS:
@@ -346,6 +406,7 @@ cdef class Seq:
         self.s.batch_sizes = &self._batch_sizes[0] if T > 0 else NULL
         self.s.lengths = &self._lengths[0] if B > 0 else NULL
         self.s.options = NULL
+        self.s.cancel = NULL
         if options is not None:
             acts, alphas, betas, clip, coupled, peepholes = options
             for d in range(min(D, 2)):
@@ -450,20 +511,28 @@ cdef class Seq:
         if train and pres == NULL:   # a zero-length reserve still means "training"
             pres = <void *>_empty
         cdef int status
-        if _format(dt) == b"f":
-            with nogil:
-                status = lstmc_seq_forward_f32(<float *>py, <float *>phn, <float *>pcn,
-                                               <float *>pres, <const float *>px,
-                                               <const float *>ph0, <const float *>pc0,
-                                               <const float *>pm, <const float *>pp,
-                                               <const float *>pk, <float *>pw, &self.s)
-        else:
-            with nogil:
-                status = lstmc_seq_forward_f64(<double *>py, <double *>phn, <double *>pcn,
-                                               <double *>pres, <const double *>px,
-                                               <const double *>ph0, <const double *>pc0,
-                                               <const double *>pm, <const double *>pp,
-                                               <const double *>pk, <double *>pw, &self.s)
+        cdef lstmc_seq s = self.s          # this call's own, with its cancel flag
+        cdef bint hooked = _catch_sigint(&s)
+        if hooked:
+            s.cancel = lstmc_sigint_address()
+        try:
+            if _format(dt) == b"f":
+                with nogil:
+                    status = lstmc_seq_forward_f32(<float *>py, <float *>phn, <float *>pcn,
+                                                   <float *>pres, <const float *>px,
+                                                   <const float *>ph0, <const float *>pc0,
+                                                   <const float *>pm, <const float *>pp,
+                                                   <const float *>pk, <float *>pw, &s)
+            else:
+                with nogil:
+                    status = lstmc_seq_forward_f64(<double *>py, <double *>phn, <double *>pcn,
+                                                   <double *>pres, <const double *>px,
+                                                   <const double *>ph0, <const double *>pc0,
+                                                   <const double *>pm, <const double *>pp,
+                                                   <const double *>pk, <double *>pw, &s)
+        finally:
+            if hooked:
+                lstmc_sigint_restore()
         _raise_status(status)
 
     def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
@@ -490,20 +559,28 @@ cdef class Seq:
         cdef void *pp = _addr(params, "params", dt, n.params, False, False)
         cdef void *pw = _addr(scratch, "scratch", dt, n.scratch, True, False, True)
         cdef int status
-        if _format(dt) == b"f":
-            with nogil:
-                status = lstmc_seq_backward_f32(<float *>pdx, <float *>pdh0, <float *>pdc0,
-                                                <float *>pdp, <const float *>pres,
-                                                <const float *>pdy, <const float *>pdhn,
-                                                <const float *>pdcn, <const float *>px,
-                                                <const float *>pm, <const float *>pp,
-                                                <float *>pw, &self.s)
-        else:
-            with nogil:
-                status = lstmc_seq_backward_f64(<double *>pdx, <double *>pdh0, <double *>pdc0,
-                                                <double *>pdp, <const double *>pres,
-                                                <const double *>pdy, <const double *>pdhn,
-                                                <const double *>pdcn, <const double *>px,
-                                                <const double *>pm, <const double *>pp,
-                                                <double *>pw, &self.s)
+        cdef lstmc_seq s = self.s          # this call's own, with its cancel flag
+        cdef bint hooked = _catch_sigint(&s)
+        if hooked:
+            s.cancel = lstmc_sigint_address()
+        try:
+            if _format(dt) == b"f":
+                with nogil:
+                    status = lstmc_seq_backward_f32(<float *>pdx, <float *>pdh0, <float *>pdc0,
+                                                    <float *>pdp, <const float *>pres,
+                                                    <const float *>pdy, <const float *>pdhn,
+                                                    <const float *>pdcn, <const float *>px,
+                                                    <const float *>pm, <const float *>pp,
+                                                    <float *>pw, &s)
+            else:
+                with nogil:
+                    status = lstmc_seq_backward_f64(<double *>pdx, <double *>pdh0, <double *>pdc0,
+                                                    <double *>pdp, <const double *>pres,
+                                                    <const double *>pdy, <const double *>pdhn,
+                                                    <const double *>pdcn, <const double *>px,
+                                                    <const double *>pm, <const double *>pp,
+                                                    <double *>pw, &s)
+        finally:
+            if hooked:
+                lstmc_sigint_restore()
         _raise_status(status)

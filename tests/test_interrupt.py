@@ -1,0 +1,87 @@
+"""Ctrl-C during a long call: the kernels stop between two steps (or two pieces of the input
+projection), the call raises KeyboardInterrupt within a second, and the module still works.
+
+Each case runs in a child process (a hang fails the test on its timeout instead of hanging
+the suite); the parent sends SIGINT once the child is inside a call of several seconds.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lstmc
+
+CHILD = r"""
+import sys, time
+import numpy as np
+import lstmc
+
+mode, threads = sys.argv[1], int(sys.argv[2])
+lstmc.set_num_threads(threads)
+m = lstmc.nn.LSTM(16, 1024)        # W_hh of 16 MB: a step costs a fraction of a millisecond
+x = np.random.default_rng(0).standard_normal((6000, 1, 16)).astype(np.float32)
+small = x[:5]
+m.train(mode == "train")
+before = m(small)[0].copy()
+print("ready", flush=True)
+t0 = time.perf_counter()
+try:
+    out, _ = m(x)
+    if mode == "train":
+        m.backward(np.ones_like(out))
+    print("finished", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+m.zero_grad()
+after, _ = m(small)
+if mode == "train":
+    m.backward(np.ones_like(after))
+print("usable", bool(np.array_equal(after, before)), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_sigint_stops_a_long_call_within_a_second(mode, threads):
+    if threads > 1 and not lstmc.openmp_enabled():
+        pytest.skip("needs OpenMP")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(threads)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        time.sleep(0.3)
+        sent = time.perf_counter()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().strip()
+        answered = time.perf_counter() - sent
+        rest = child.stdout.read()
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert line == "interrupted", (line, rest, child.stderr.read())
+    assert answered < 1.0, f"KeyboardInterrupt came {answered:.2f} s after SIGINT"
+    assert "usable True" in rest, rest
+    assert child.returncode == 0
+
+
+def test_short_calls_and_other_threads_leave_sigint_alone():
+    """Calls too short to be worth the hook, and calls from other threads, do not touch the
+    process's SIGINT handling: Python's handler stays installed throughout."""
+    import threading
+
+    import numpy as np
+
+    m = lstmc.nn.LSTM(4, 8).eval()
+    x = np.ones((3, 1, 4), np.float32)
+    handler = signal.getsignal(signal.SIGINT)
+    m(x)
+    worker = threading.Thread(target=m, args=(np.ones((400, 4, 4), np.float32),))
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGINT) is handler
