@@ -335,16 +335,25 @@ CANCEL_MIN_WORK = 1 << 20
 _MAIN_THREAD = _threading.main_thread()
 
 
-cdef bint _catch_sigint(const lstmc_seq *s):
-    """Install the SIGINT hook for this call? (main thread, Python's default handler, a call
-    long enough to be worth a second's wait)"""
+cdef bint _catch_sigint(lstmc_seq *s):
+    """Hooks SIGINT for this call and points s.cancel at the hook's flag, if worth it: the
+    main thread, Python's default handler, a call long enough to be worth a second's wait.
+    True when hooked (then _release_sigint after the call)."""
     cdef double work = (<double>s.steps * s.batch * s.hidden * (s.input + s.hidden) *
                         s.layers * s.dirs)
     if work < CANCEL_MIN_WORK or _threading.current_thread() is not _MAIN_THREAD:
         return False
     if _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler:
         return False
-    return lstmc_sigint_install()
+    if not lstmc_sigint_install():
+        return False
+    s.cancel = lstmc_sigint_address()
+    return True
+
+
+cdef inline void _release_sigint(bint hooked) noexcept:
+    if hooked:
+        lstmc_sigint_restore()
 
 
 cdef _raise_status(int status):
@@ -513,8 +522,6 @@ cdef class Seq:
         cdef int status
         cdef lstmc_seq s = self.s          # this call's own, with its cancel flag
         cdef bint hooked = _catch_sigint(&s)
-        if hooked:
-            s.cancel = lstmc_sigint_address()
         try:
             if _format(dt) == b"f":
                 with nogil:
@@ -531,8 +538,7 @@ cdef class Seq:
                                                    <const double *>pm, <const double *>pp,
                                                    <const double *>pk, <double *>pw, &s)
         finally:
-            if hooked:
-                lstmc_sigint_restore()
+            _release_sigint(hooked)
         _raise_status(status)
 
     def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
@@ -561,8 +567,6 @@ cdef class Seq:
         cdef int status
         cdef lstmc_seq s = self.s          # this call's own, with its cancel flag
         cdef bint hooked = _catch_sigint(&s)
-        if hooked:
-            s.cancel = lstmc_sigint_address()
         try:
             if _format(dt) == b"f":
                 with nogil:
@@ -581,6 +585,5 @@ cdef class Seq:
                                                     <const double *>pm, <const double *>pp,
                                                     <double *>pw, &s)
         finally:
-            if hooked:
-                lstmc_sigint_restore()
+            _release_sigint(hooked)
         _raise_status(status)
