@@ -73,16 +73,15 @@ def measure(row, condition, rounds, calls, ort):
     m, x, ort_run = build(*ROWS[row], ort=ort)
     before = threaded_numpy_call() if condition == "after a threaded call" else None
 
-    def lstmc_at(n):
-        def call():
-            lstmc.set_num_threads(n)
-            m(x)
-        return call
-    runners = {"lstmc 1 thr": lstmc_at(1), "lstmc 2 thr": lstmc_at(2)}
+    # name: (lstmc's threads, set once before each block of calls: the setting also sets
+    # numpy's BLAS, which is not free; None for ORT), call
+    runners = {"lstmc 1 thr": (1, lambda: m(x)), "lstmc 2 thr": (2, lambda: m(x))}
     if ort_run is not None:
-        runners["ORT 2 thr"] = ort_run
+        runners["ORT 2 thr"] = (None, ort_run)
     times = {k: [] for k in runners}
-    for fn in runners.values():                     # warm up: packs, sessions, pools
+    for threads, fn in runners.values():            # warm up: packs, sessions, pools
+        if threads:
+            lstmc.set_num_threads(threads)
         fn()
         fn()
     busy = busy_process() if condition == "busy core" else None
@@ -90,7 +89,9 @@ def measure(row, condition, rounds, calls, ort):
         if busy is not None:
             time.sleep(0.2)
         for _ in range(rounds):
-            for name, fn in runners.items():
+            for name, (threads, fn) in runners.items():
+                if threads:
+                    lstmc.set_num_threads(threads)
                 for _ in range(calls):
                     if before is not None:
                         before()
