@@ -67,15 +67,16 @@ def test_eval_forward_on_packed_weights_matches_reference(kind, I, H, T, B, laye
 
 
 @needs_packing
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("T,B", [(1, 1), (40, 1), (7, 9), (30, 12), (1, 64), (2, 96),
                                  (1, 128), (1, 129), (3, 129), (8, 128), (41, 25), (9, 128)])
-def test_projection_limit_and_batch_limit(kind, T, B):
-    """Around LSTMC_PACKED_PROJ_MAX_ROWS = 1024 (8 x 128 packed; 41 x 25 and 9 x 128 BLAS)
-    and LSTMC_PACK_MAX_ROWS = 128 (128 rows packed, 129 BLAS, with a packed projection of
-    129 or 387 positions), H = 40 (three blocks of 16 units, the last partial; two threads own
-    32 + 8)."""
-    lstmc.set_num_threads(2)
+def test_projection_limit_and_batch_limit(kind, T, B, threads):
+    """Around LSTMC_PACKED_PROJ_MAX_ROWS = 1024 (8 x 128 packed; 41 x 25 and 9 x 128 BLAS on
+    two threads, packed on one, which packs at every size) and LSTMC_PACK_MAX_ROWS = 128 (128
+    rows packed, 129 BLAS, with a packed projection of 129 or 387 positions), H = 40 (three
+    blocks of 16 units, the last partial; two threads own 32 + 8)."""
+    lstmc.set_num_threads(threads)
     m = make(kind, 9, 40, seed=T * 100 + B).eval()
     x = np.random.default_rng(T + B).standard_normal((T, B, 9)).astype(np.float32)
     check_reference(kind, m, x)
