@@ -505,18 +505,21 @@ struct team_sync {
     const volatile int *cancel;
 };
 
+/* The cancel flag as one thread sees it now (a thread that waits for nobody: rows, split) */
+static inline int cancelled(const seq_plan *p) { return p->sync->cancel && *p->sync->cancel; }
+
 /* Whether the call is cancelled (lstmc_seq.cancel), one answer for the whole team: the last
  * thread to arrive reads the flag for all, so that every thread leaves its time loop after
  * the same step and nobody waits at a barrier the others have left behind. */
 static inline int team_barrier(const seq_plan *p)
 {
-    team_sync *b = p->sync;
 #ifdef _OPENMP
     const int n = omp_get_num_threads();
     if (n > 1) {
+        team_sync *b = p->sync;
         const int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
         if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
-            b->stop = b->cancel && *b->cancel;
+            b->stop = cancelled(p);
             __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
             return b->stop;
@@ -529,20 +532,16 @@ static inline int team_barrier(const seq_plan *p)
         return b->stop;
     }
 #endif
-    return b->cancel && *b->cancel;
+    return cancelled(p);
 }
 
 /* The threads sharing a direction's units meet (and learn whether the call is cancelled);
  * a split call's threads run alone and each reads the flag itself */
 static inline int sync_units(const seq_plan *p)
 {
-    if (!p->split)
-        return team_barrier(p);
-    return p->sync->cancel && *p->sync->cancel;
+    return p->split ? cancelled(p) : team_barrier(p);
 }
 
-/* The cancel flag as one thread that waits for nobody sees it (rows, split) */
-static inline int cancelled(const seq_plan *p) { return p->sync->cancel && *p->sync->cancel; }
 
 /* Threads for packing: each packs its own units, no synchronisation; small layers alone. */
 static int pack_team_size(const lstmc_seq *s)

@@ -172,6 +172,16 @@ GRU_RNN = ["gru", "gru_rb", "rnn_tanh", "rnn_relu"]
 TORCH_GRU_RNN = ["gru", "rnn_tanh", "rnn_relu"]       # what torch can express
 
 
+def cpu_flags():
+    """The CPU's feature flags (Linux /proc/cpuinfo), or [] where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
 def make_module(cell, input_size, hidden_size, dtype=np.float32, **kwargs):
     """An lstmc.nn sequence module of ``cell``; ``kwargs`` override the cell's options."""
     c = CELLS[cell]

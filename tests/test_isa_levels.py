@@ -16,19 +16,13 @@ import sys
 
 import pytest
 
+from helpers import cpu_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ["tests/test_kernels.py", "tests/test_recurrent_product.py"]
 EXPECTED_KERNEL = {"x86-64-v3": "packed_avx2", "baseline": "blas"}
 
 
-def _cpu_has(*flags):
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next((line.split(":", 1)[1].split() for line in f
-                         if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return all(flag in have for flag in flags)
 
 
 pytestmark = [
@@ -56,7 +50,7 @@ def build_capped(tmp_path, level):
 
 @pytest.mark.parametrize("level", ["x86-64-v3", "baseline"])
 def test_kernels_at_a_capped_level(tmp_path, level):
-    if level == "x86-64-v3" and not _cpu_has("avx2", "fma"):
+    if level == "x86-64-v3" and not {"avx2", "fma"} <= set(cpu_flags()):
         pytest.skip("the CPU cannot run x86-64-v3 code")
     lib = build_capped(tmp_path, level)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), os.path.join(ROOT, "tests")]))

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import lstmc
-from helpers import (KERNEL_TOL, assert_close, make_module, module_reference, random_lengths,
-                     scale_of)
+from helpers import (KERNEL_TOL, assert_close, cpu_flags, make_module, module_reference,
+                     random_lengths, scale_of)
 
 SIMD = ["packed_avx2", "packed_avx512", "packed_wide_avx2"]
 KERNELS = ["blas", "packed_c"] + SIMD
@@ -214,20 +214,11 @@ def test_training_forward_and_backward_with_packed_kernel(kind, B):
     assert_packed_gradients_match_blas(m, x, lengths, kind, states=slice(0, 1))
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f
-                         if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
 def test_automatic_choice_is_the_widest_kernel_of_this_cpu():
     """float32 on a packed copy runs the AVX-512 tiles where the CPU has AVX-512F, the AVX2
     ones where it has AVX2 and FMA only; float64 and batches past 128 stay off them, and a
     forced AVX-512 kernel on a CPU without it runs the same tiles built for AVX2."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags")
     kernel_for = lstmc._core.recurrent_kernel_for
