@@ -7,10 +7,15 @@ under three conditions:
 * idle: nothing else runs (as far as this script knows: the load average is printed);
 * busy core: another process spins on one core for the whole measurement (started here and
   ended by its pid), the case of a web service's other worker processes;
-* after a threaded call: each timed call follows, in the same process, a multi-threaded
-  numpy matrix product (another library's thread pool has just run and may still spin).
+* after a threaded call: each timed call follows, in the same process, a 2-thread numpy
+  matrix product (another library's thread pool has just run and may still spin).
 
-Calls of each configuration alternate with the others in rounds, and the table gives medians.
+Every block of calls starts after a quiet 0.1 s, so that one block's pools (ONNX Runtime's
+threads spin for tens of milliseconds after a call) do not weigh on the next.
+
+Calls of each configuration alternate with the others in rounds, and the table gives medians
+(and the mean of lstmc's 2-thread calls, which shows what a call that tries the whole team
+again under contention costs: csrc/seq.c, the contention governor).
 The goal (issue 20): under contention lstmc's 2-thread time stays within 1.2x of its own
 1-thread time and at or under ORT's 2-thread time; idle figures unchanged.
 """
@@ -33,6 +38,7 @@ ROWS = {  # name: (cell, I, H, B, T)
     "gru_h512_b1_t25": ("gru", 512, 512, 1, 25),
 }
 CONDITIONS = ("idle", "busy core", "after a threaded call")
+QUIET = 0.1     # s before each block of calls
 SPIN = "import time\nwhile True:\n    pass\n"
 
 
@@ -41,12 +47,22 @@ def busy_process():
     return subprocess.Popen([sys.executable, "-c", SPIN])
 
 
-def threaded_numpy_call(n=384):
-    """A multi-threaded matrix product in numpy's own BLAS (another library's pool)."""
+def threaded_numpy_call(n=384, threads=2):
+    """A matrix product on `threads` threads of numpy's own BLAS (another library's pool),
+    whatever lstmc's setting (which numpy's BLAS otherwise follows); threadpoolctl sets it
+    when installed."""
     a = np.ones((n, n), np.float32)
+    try:
+        from threadpoolctl import ThreadpoolController
+        blas = ThreadpoolController().select(user_api="blas")
+    except ImportError:
+        blas = None
 
     def call():
-        return a @ a
+        if blas is None:
+            return a @ a
+        with blas.limit(limits=threads):
+            return a @ a
     return call
 
 
@@ -82,6 +98,7 @@ def measure(row, condition, rounds, calls, ort):
     for threads, fn in runners.values():            # warm up: packs, sessions, pools
         if threads:
             lstmc.set_num_threads(threads)
+        time.sleep(QUIET)
         fn()
         fn()
     busy = busy_process() if condition == "busy core" else None
@@ -92,6 +109,9 @@ def measure(row, condition, rounds, calls, ort):
             for name, (threads, fn) in runners.items():
                 if threads:
                     lstmc.set_num_threads(threads)
+                # the previous block's pool (ORT's spins for tens of ms after a call) goes
+                # quiet first: blocks do not contend with each other
+                time.sleep(QUIET)
                 for _ in range(calls):
                     if before is not None:
                         before()
@@ -102,16 +122,19 @@ def measure(row, condition, rounds, calls, ort):
         if busy is not None:
             busy.kill()
             busy.wait()
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    result = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    result["lstmc 2 thr mean"] = float(np.mean(times["lstmc 2 thr"])) * 1e3
+    return result
 
 
 def table(results):
-    lines = ["| row | condition | lstmc 1 thr ms | lstmc 2 thr ms | ORT 2 thr ms | "
+    lines = ["| row | condition | lstmc 1 thr ms | lstmc 2 thr ms | (mean) | ORT 2 thr ms | "
              "2 thr / 1 thr | lstmc / ORT (2 thr) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for (row, condition), r in results.items():
         one, two, ort = r["lstmc 1 thr"], r["lstmc 2 thr"], r.get("ORT 2 thr")
         lines.append(f"| {row} | {condition} | {one:.3f} | {two:.3f} | "
+                     f"{r['lstmc 2 thr mean']:.3f} | "
                      f"{'—' if ort is None else f'{ort:.3f}'} | {two / one:.2f} | "
                      f"{'—' if ort is None else f'{two / ort:.2f}'} |")
     return "\n".join(lines)

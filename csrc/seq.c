@@ -14,10 +14,12 @@
  * Rows are sorted by length, so the rows still running at any step are a prefix of the batch:
  * finished rows are simply outside every GEMM and pass, and cost nothing.
  */
+#define _GNU_SOURCE /* sched_getcpu, sched_setaffinity (spread_team) */
 #include <limits.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include "internal.h"
 
 static int lstmc_threads = 0; /* 0: not set yet, use the OpenMP default */
@@ -499,10 +501,20 @@ static seq_plan fit_team(seq_plan p, int nt)
  * 1.42-1.68 -> 1.20-1.27 ms, scratch timing, median of calls; docs/decisions.md#barrier).
  * Yielding, not sleeping, past the spin budget lets a descheduled mate run on this core. */
 #define BARRIER_SPINS 2000
+#define SPREAD_MAX 64
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 struct team_sync {
     int arrived, generation;
     int stop;               /* the call's cancel flag as the last thread to arrive saw it */
     const volatile int *cancel;
+    long long waited;       /* ns the threads spent yielding at barriers (govern) */
+    int cpu[SPREAD_MAX];    /* the CPU each thread started on (spread_team) */
 };
 
 /* The cancel flag as one thread sees it now (a thread that waits for nobody: rows, split) */
@@ -511,7 +523,7 @@ static inline int cancelled(const seq_plan *p) { return p->sync->cancel && *p->s
 /* Whether the call is cancelled (lstmc_seq.cancel), one answer for the whole team: the last
  * thread to arrive reads the flag for all, so that every thread leaves its time loop after
  * the same step and nobody waits at a barrier the others have left behind. */
-static inline int team_barrier(const seq_plan *p)
+static inline int team_meet(const seq_plan *p, int timed)
 {
 #ifdef _OPENMP
     const int n = omp_get_num_threads();
@@ -524,15 +536,145 @@ static inline int team_barrier(const seq_plan *p)
             __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
             return b->stop;
         }
-        for (long spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation;)
+        long spins = 0, since = 0;
+        while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation)
             if (++spins < BARRIER_SPINS)
                 lstmc_pause();
-            else
+            else {
+                if (spins == BARRIER_SPINS)
+                    since = now_ns();
                 sched_yield();
+            }
+        if (timed && spins >= BARRIER_SPINS)
+            __atomic_add_fetch(&b->waited, now_ns() - since, __ATOMIC_RELAXED);
         return b->stop;
     }
 #endif
     return cancelled(p);
+}
+
+/* A barrier whose waits count towards the call's contention (govern) */
+static inline int team_barrier(const seq_plan *p) { return team_meet(p, 1); }
+
+/* The kernel may wake a team's thread on the CPU of the thread that woke it while another
+ * allowed CPU idles (seen on a 2-vCPU KVM guest after the team had slept a while): the two
+ * then take turns on one core, yielding to each other at every barrier, for the whole call
+ * (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms instead of 2.1). So at a call's start
+ * every thread notes its CPU, and a thread that finds a lower-numbered mate on its CPU moves
+ * to an allowed CPU that no mate has: bound to it for a moment, then given its own mask back,
+ * so that the kernel may still move it. Not when the user binds OpenMP's threads
+ * (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
+static void spread_team(const seq_plan *p)
+{
+#if defined(_OPENMP) && defined(__linux__)
+    const int n = omp_get_num_threads(), me = omp_get_thread_num();
+    if (n < 2 || n > SPREAD_MAX || omp_get_proc_bind() != omp_proc_bind_false)
+        return;
+    team_sync *b = p->sync;
+    const int cpu = sched_getcpu();
+    b->cpu[me] = cpu;
+    team_meet(p, 0);    /* every thread's CPU noted; untimed: it waits for mates to wake */
+    int stacked = 0;
+    for (int k = 0; k < me; k++)
+        stacked |= b->cpu[k] == cpu;
+    cpu_set_t mine, there;
+    if (!stacked || cpu < 0 || sched_getaffinity(0, sizeof mine, &mine))
+        return;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        int taken = !CPU_ISSET(c, &mine);
+        for (int k = 0; k < n && !taken; k++)
+            taken = b->cpu[k] == c;
+        if (!taken) {
+            CPU_ZERO(&there);
+            CPU_SET(c, &there);
+            if (sched_setaffinity(0, sizeof there, &there) == 0)
+                sched_setaffinity(0, sizeof mine, &mine);
+            return;
+        }
+    }
+#else
+    (void)p;
+#endif
+}
+
+/* ---- the contention governor: teams that shrink while cores are taken ------------------
+ * A step's barrier waits for the team's slowest thread. When another process (or another
+ * library's spinning pool) holds one of the cores, the mate that shares it is descheduled
+ * for whole scheduler slices, milliseconds, and every step waits for it: LSTM I80 H320 B1
+ * T200 eval beside one busy process took 2.5x its one-thread time on two threads. Each
+ * inference call (training calls keep their team: governed_threads)
+ * so sums the time its threads spent yielding at timed barriers (team_sync.waited: only
+ * waits past BARRIER_SPINS, so never the short ones of an idle machine). Contended, a call
+ * whose threads waited more than 40 % of it (per mate) - twice in a row, since a single
+ * host hiccup may do that much - caps the calls that follow at one thread fewer; after a
+ * back-off a call tries one more again: kept if it waits less, else the back-off doubles
+ * (GOVERN_MIN_NS to GOVERN_MAX_NS, and at least GOVERN_CALLS such calls long, so that tries
+ * stay a small share of the time). The same I80 H320 B1 T200 beside a busy process: 2 / 1
+ * thread 1.0, against ONNX Runtime's 2 threads 0.36 (benchmarks/bench_contention.py; the
+ * table in docs/performance.md#contention). Process-wide and heuristic: concurrent calls
+ * may race on it, harmlessly (relaxed atomics). */
+#define GOVERN_MIN_NS 20000000LL        /* shortest back-off: 20 ms, */
+#define GOVERN_CALLS 8                  /* and no shorter than 8 contended calls */
+#define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team */
+#define GOVERN_MAX_NS 250000000LL       /* longest back-off: 250 ms */
+static struct {
+    int cap;                /* at most this many threads a call; 0: no cap */
+    long long retry_at;     /* when a call may try cap + 1 threads */
+    long long backoff;      /* the back-off after the next contended try */
+    int streak;             /* contended calls in a row at the whole team */
+} governor;
+
+/* The threads an inference call planned for `threads` may use. Training calls keep their
+ * team, so that a training run stays bit-reproducible at a given thread count; an inference
+ * call keeps the kernels planned for its whole team (fit_team changes how the work is shared,
+ * not how an element is summed), so its answer does not change either. */
+static int governed_threads(int threads)
+{
+    const int cap = __atomic_load_n(&governor.cap, __ATOMIC_RELAXED);
+    if (cap <= 0 || cap >= threads)
+        return threads;
+    return now_ns() >= __atomic_load_n(&governor.retry_at, __ATOMIC_RELAXED) ? cap + 1 : cap;
+}
+
+int lstmc_thread_cap(void)
+{
+    const int cap = __atomic_load_n(&governor.cap, __ATOMIC_RELAXED);
+    return cap < lstmc_get_num_threads() ? cap : 0;
+}
+
+void lstmc_set_thread_cap(int cap)
+{
+    __atomic_store_n(&governor.streak, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&governor.backoff, GOVERN_MAX_NS, __ATOMIC_RELAXED);
+    __atomic_store_n(&governor.retry_at, now_ns() + GOVERN_MAX_NS, __ATOMIC_RELAXED);
+    __atomic_store_n(&governor.cap, cap > 0 ? cap : 0, __ATOMIC_RELAXED);
+}
+
+/* After a call that ran `team` threads from `start`: contended or not, what follows */
+static void govern(int team, long long start, const team_sync *sync)
+{
+    if (team < 2)
+        return;
+    const long long now = now_ns(), elapsed = now - start;
+    const int cap = __atomic_load_n(&governor.cap, __ATOMIC_RELAXED);
+    const int tried = cap > 0 && team > cap;        /* a try of one thread more */
+    long long backoff = __atomic_load_n(&governor.backoff, __ATOMIC_RELAXED);
+    const int contended = sync->waited * 5 > elapsed * 2 * (team - 1);
+    const int streak = contended ? __atomic_load_n(&governor.streak, __ATOMIC_RELAXED) + 1 : 0;
+    __atomic_store_n(&governor.streak, streak, __ATOMIC_RELAXED);
+    if (contended && (tried || streak >= GOVERN_STREAK)) {
+        backoff = 2 * backoff < GOVERN_MIN_NS ? GOVERN_MIN_NS
+                  : 2 * backoff < GOVERN_MAX_NS ? 2 * backoff
+                                                : GOVERN_MAX_NS;
+        if (backoff < GOVERN_CALLS * elapsed)
+            backoff = GOVERN_CALLS * elapsed;
+        __atomic_store_n(&governor.backoff, backoff, __ATOMIC_RELAXED);
+        __atomic_store_n(&governor.retry_at, now + backoff, __ATOMIC_RELAXED);
+        __atomic_store_n(&governor.cap, team - 1, __ATOMIC_RELAXED);
+    } else if (tried) {
+        __atomic_store_n(&governor.backoff, backoff / 2, __ATOMIC_RELAXED);
+        __atomic_store_n(&governor.cap, team, __ATOMIC_RELAXED);
+    }
 }
 
 /* The threads sharing a direction's units meet (and learn whether the call is cancelled);

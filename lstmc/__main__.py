@@ -35,7 +35,8 @@ def info():
         ("numpy / scipy", f"{numpy.__version__} / {scipy.__version__}"),
         ("build flags", _core.build_flags()),
         ("OpenMP", "yes" if lstmc.openmp_enabled() else "no (serial build)"),
-        ("threads", f"{lstmc.get_num_threads()} ({_threads.num_threads_source()})"),
+        ("threads", f"{lstmc.get_num_threads()} ({_threads.num_threads_source()})"
+         + (f"; {_core.thread_cap()} while cores are contended" if _core.thread_cap() else "")),
         ("BLAS (scipy's)", _threads.blas_library() or "not identified"),
         ("CPU", platform.processor() or platform.machine()),
         ("vector features", " ".join(_cpu_features()) or "unknown"),

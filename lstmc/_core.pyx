@@ -51,6 +51,8 @@ cdef extern from "lstmc.h" nogil:
     int lstmc_openmp_enabled()
     void lstmc_set_num_threads(int n)
     int lstmc_get_num_threads()
+    int lstmc_thread_cap()
+    void lstmc_set_thread_cap(int cap)
     void lstmc_set_recurrent_kernel(int kernel)
     int lstmc_get_recurrent_kernel()
     int lstmc_recur_kernel_for(int f64, int batch, int steps, int prepacked)
@@ -171,6 +173,18 @@ def set_num_threads(int n):
 def get_num_threads():
     """Threads the kernels use: set_num_threads' value, else OpenMP's default."""
     return lstmc_get_num_threads()
+
+
+def thread_cap():
+    """Threads a call may use while the process is found contended (cores taken by other
+    processes or pools: csrc/seq.c, the contention governor); 0 when not capped."""
+    return lstmc_thread_cap()
+
+
+def _set_thread_cap(int cap):
+    """Caps inference calls at `cap` threads (0 lifts it) as the contention governor would,
+    for the next quarter second: for tests."""
+    lstmc_set_thread_cap(cap)
 
 
 RECURRENT_KERNELS = ("auto", "blas", "packed_c", "packed_avx2", "packed_avx512",
