@@ -10,8 +10,9 @@ under three conditions:
 * after a threaded call: each timed call follows, in the same process, a 2-thread numpy
   matrix product (another library's thread pool has just run and may still spin).
 
-Every block of calls starts after a quiet 0.1 s, so that one block's pools (ONNX Runtime's
-threads spin for tens of milliseconds after a call) do not weigh on the next.
+Every block of calls starts after a quiet 0.3 s, so that one block's pools do not weigh on
+the next (ONNX Runtime's threads spin for tens of milliseconds after a call, OpenBLAS's for
+about 0.1 s).
 
 Calls of each configuration alternate with the others in rounds, and the table gives medians
 (and the mean of lstmc's 2-thread calls, which shows what a call that tries the whole team
@@ -38,7 +39,7 @@ ROWS = {  # name: (cell, I, H, B, T)
     "gru_h512_b1_t25": ("gru", 512, 512, 1, 25),
 }
 CONDITIONS = ("idle", "busy core", "after a threaded call")
-QUIET = 0.1     # s before each block of calls
+QUIET = 0.3     # s before each block of calls
 SPIN = "import time\nwhile True:\n    pass\n"
 
 
@@ -82,7 +83,7 @@ def build(cell, I, H, B, T, ort):
     return m, x, run
 
 
-def measure(row, condition, rounds, calls, ort):
+def measure(row, condition, rounds, calls, ort, quiet=QUIET):
     """Medians (ms) of lstmc 1 thread, lstmc 2 threads, ORT 2 threads for one row."""
     import lstmc
 
@@ -98,7 +99,7 @@ def measure(row, condition, rounds, calls, ort):
     for threads, fn in runners.values():            # warm up: packs, sessions, pools
         if threads:
             lstmc.set_num_threads(threads)
-        time.sleep(QUIET)
+        time.sleep(quiet)
         fn()
         fn()
     busy = busy_process() if condition == "busy core" else None
@@ -111,7 +112,7 @@ def measure(row, condition, rounds, calls, ort):
                     lstmc.set_num_threads(threads)
                 # the previous block's pool (ORT's spins for tens of ms after a call) goes
                 # quiet first: blocks do not contend with each other
-                time.sleep(QUIET)
+                time.sleep(quiet)
                 for _ in range(calls):
                     if before is not None:
                         before()
@@ -146,6 +147,8 @@ def add_arguments(ap):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=10, help="timed calls per round and runner")
     ap.add_argument("--no-ort", action="store_true", help="time lstmc alone")
+    ap.add_argument("--quiet", type=float, default=QUIET,
+                    help="seconds of quiet before each block of calls (default %(default)s)")
 
 
 def run(args):
@@ -166,7 +169,8 @@ def run(args):
     results = {}
     for row in rows:
         for condition in CONDITIONS:
-            results[row, condition] = measure(row, condition, args.rounds, args.calls, ort)
+            results[row, condition] = measure(row, condition, args.rounds, args.calls, ort,
+                                              args.quiet)
     print(table(results))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return results

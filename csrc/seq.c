@@ -14,7 +14,7 @@
  * Rows are sorted by length, so the rows still running at any step are a prefix of the batch:
  * finished rows are simply outside every GEMM and pass, and cost nothing.
  */
-#define _GNU_SOURCE /* sched_getcpu, sched_setaffinity (spread_team) */
+#define _GNU_SOURCE /* sched_getcpu, sched_setaffinity (unstack) */
 #include <limits.h>
 #include <sched.h>
 #include <stdint.h>
@@ -501,7 +501,8 @@ static seq_plan fit_team(seq_plan p, int nt)
  * 1.42-1.68 -> 1.20-1.27 ms, scratch timing, median of calls; docs/decisions.md#barrier).
  * Yielding, not sleeping, past the spin budget lets a descheduled mate run on this core. */
 #define BARRIER_SPINS 2000
-#define SPREAD_MAX 64
+#define UNSTACK_MAX 64      /* threads whose CPUs a team notes */
+#define UNSTACK_EVERY 256   /* yields between a waiting thread's looks at the CPUs */
 static long long now_ns(void)
 {
     struct timespec ts;
@@ -513,9 +514,71 @@ struct team_sync {
     int arrived, generation;
     int stop;               /* the call's cancel flag as the last thread to arrive saw it */
     const volatile int *cancel;
-    long long waited;       /* ns the threads spent yielding at barriers (govern) */
-    int cpu[SPREAD_MAX];    /* the CPU each thread started on (spread_team) */
+    long long waited;       /* ns the threads spent yielding at barriers after the first
+                               (govern) */
+    int cpu[UNSTACK_MAX];   /* the CPU each thread was on at its last arrival (unstack) */
 };
+
+/* A call's barrier state, before its team starts: no CPU noted yet */
+static team_sync team_sync_of(const volatile int *cancel)
+{
+    team_sync b = {0, 0, 0, cancel, 0, {0}};
+    for (int k = 0; k < UNSTACK_MAX; k++)
+        b.cpu[k] = -1;
+    return b;
+}
+
+#ifdef _OPENMP
+/* The CPU this thread runs on, or -1 where that cannot be known */
+static inline int this_cpu(void)
+{
+#ifdef __linux__
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+/* The kernel may wake a team's thread on the CPU of the thread that woke it, or move it
+ * there, while another allowed CPU idles (seen on a 2-vCPU KVM guest, most after the team
+ * had slept a while): the two then take turns on one core, yielding to each other at every
+ * barrier, for as long as the call lasts (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms
+ * instead of 2.2). So a thread that has waited past its spins and finds a lower-numbered
+ * mate on its own CPU (at the mate's last arrival) moves to an allowed CPU that no mate was
+ * on: bound to it for a moment, then given its
+ * own mask back, so that the kernel may still move it. Not when the user binds OpenMP's
+ * threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
+static void unstack(team_sync *b, int n, int me)
+{
+#ifdef __linux__
+    const int cpu = this_cpu();
+    if (cpu < 0 || n > UNSTACK_MAX || omp_get_proc_bind() != omp_proc_bind_false)
+        return;
+    int stacked = 0;    /* on the CPU of a lower-numbered mate: only one of two moves */
+    for (int k = 0; k < me; k++)
+        stacked |= __atomic_load_n(&b->cpu[k], __ATOMIC_RELAXED) == cpu;
+    cpu_set_t mine, there;
+    if (!stacked || sched_getaffinity(0, sizeof mine, &mine))
+        return;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        int taken = c == cpu || !CPU_ISSET(c, &mine);
+        for (int k = 0; k < n && !taken; k++)
+            taken = __atomic_load_n(&b->cpu[k], __ATOMIC_RELAXED) == c;
+        if (!taken) {
+            CPU_ZERO(&there);
+            CPU_SET(c, &there);
+            if (sched_setaffinity(0, sizeof there, &there) == 0) {
+                sched_setaffinity(0, sizeof mine, &mine);
+                __atomic_store_n(&b->cpu[me], c, __ATOMIC_RELAXED);
+            }
+            return;
+        }
+    }
+#else
+    (void)b, (void)n, (void)me;
+#endif
+}
+#endif
 
 /* The cancel flag as one thread sees it now (a thread that waits for nobody: rows, split) */
 static inline int cancelled(const seq_plan *p) { return p->sync->cancel && *p->sync->cancel; }
@@ -523,12 +586,15 @@ static inline int cancelled(const seq_plan *p) { return p->sync->cancel && *p->s
 /* Whether the call is cancelled (lstmc_seq.cancel), one answer for the whole team: the last
  * thread to arrive reads the flag for all, so that every thread leaves its time loop after
  * the same step and nobody waits at a barrier the others have left behind. */
-static inline int team_meet(const seq_plan *p, int timed)
+static inline int team_barrier(const seq_plan *p)
 {
 #ifdef _OPENMP
     const int n = omp_get_num_threads();
     if (n > 1) {
         team_sync *b = p->sync;
+        const int me = omp_get_thread_num();
+        if (me < UNSTACK_MAX)
+            __atomic_store_n(&b->cpu[me], this_cpu(), __ATOMIC_RELAXED);
         const int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
         if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
             b->stop = cancelled(p);
@@ -541,11 +607,14 @@ static inline int team_meet(const seq_plan *p, int timed)
             if (++spins < BARRIER_SPINS)
                 lstmc_pause();
             else {
-                if (spins == BARRIER_SPINS)
-                    since = now_ns();
+                if ((spins - BARRIER_SPINS) % UNSTACK_EVERY == 0) {
+                    if (spins == BARRIER_SPINS)
+                        since = now_ns();
+                    unstack(b, n, me);
+                }
                 sched_yield();
             }
-        if (timed && spins >= BARRIER_SPINS)
+        if (spins >= BARRIER_SPINS && generation > 0)   /* not the wait for mates to wake */
             __atomic_add_fetch(&b->waited, now_ns() - since, __ATOMIC_RELAXED);
         return b->stop;
     }
@@ -553,69 +622,28 @@ static inline int team_meet(const seq_plan *p, int timed)
     return cancelled(p);
 }
 
-/* A barrier whose waits count towards the call's contention (govern) */
-static inline int team_barrier(const seq_plan *p) { return team_meet(p, 1); }
-
-/* The kernel may wake a team's thread on the CPU of the thread that woke it while another
- * allowed CPU idles (seen on a 2-vCPU KVM guest after the team had slept a while): the two
- * then take turns on one core, yielding to each other at every barrier, for the whole call
- * (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms instead of 2.1). So at a call's start
- * every thread notes its CPU, and a thread that finds a lower-numbered mate on its CPU moves
- * to an allowed CPU that no mate has: bound to it for a moment, then given its own mask back,
- * so that the kernel may still move it. Not when the user binds OpenMP's threads
- * (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
-static void spread_team(const seq_plan *p)
-{
-#if defined(_OPENMP) && defined(__linux__)
-    const int n = omp_get_num_threads(), me = omp_get_thread_num();
-    if (n < 2 || n > SPREAD_MAX || omp_get_proc_bind() != omp_proc_bind_false)
-        return;
-    team_sync *b = p->sync;
-    const int cpu = sched_getcpu();
-    b->cpu[me] = cpu;
-    team_meet(p, 0);    /* every thread's CPU noted; untimed: it waits for mates to wake */
-    int stacked = 0;
-    for (int k = 0; k < me; k++)
-        stacked |= b->cpu[k] == cpu;
-    cpu_set_t mine, there;
-    if (!stacked || cpu < 0 || sched_getaffinity(0, sizeof mine, &mine))
-        return;
-    for (int c = 0; c < CPU_SETSIZE; c++) {
-        int taken = !CPU_ISSET(c, &mine);
-        for (int k = 0; k < n && !taken; k++)
-            taken = b->cpu[k] == c;
-        if (!taken) {
-            CPU_ZERO(&there);
-            CPU_SET(c, &there);
-            if (sched_setaffinity(0, sizeof there, &there) == 0)
-                sched_setaffinity(0, sizeof mine, &mine);
-            return;
-        }
-    }
-#else
-    (void)p;
-#endif
-}
-
 /* ---- the contention governor: teams that shrink while cores are taken ------------------
  * A step's barrier waits for the team's slowest thread. When another process (or another
  * library's spinning pool) holds one of the cores, the mate that shares it is descheduled
- * for whole scheduler slices, milliseconds, and every step waits for it: LSTM I80 H320 B1
- * T200 eval beside one busy process took 2.5x its one-thread time on two threads. Each
- * inference call (training calls keep their team: governed_threads)
- * so sums the time its threads spent yielding at timed barriers (team_sync.waited: only
- * waits past BARRIER_SPINS, so never the short ones of an idle machine). Contended, a call
- * whose threads waited more than 40 % of it (per mate) - twice in a row, since a single
- * host hiccup may do that much - caps the calls that follow at one thread fewer; after a
- * back-off a call tries one more again: kept if it waits less, else the back-off doubles
- * (GOVERN_MIN_NS to GOVERN_MAX_NS, and at least GOVERN_CALLS such calls long, so that tries
- * stay a small share of the time). The same I80 H320 B1 T200 beside a busy process: 2 / 1
- * thread 1.0, against ONNX Runtime's 2 threads 0.36 (benchmarks/bench_contention.py; the
- * table in docs/performance.md#contention). Process-wide and heuristic: concurrent calls
- * may race on it, harmlessly (relaxed atomics). */
+ * for whole scheduler slices and every step waits for it: LSTM I80 H320 B1 T200 eval beside
+ * one busy process took 2.5x its one-thread time on two threads. So each inference call sums
+ * the time its threads spent yielding at barriers (team_sync.waited: waits past
+ * BARRIER_SPINS, after the first barrier). A call whose threads waited more than 40 % of it
+ * per mate and at least GOVERN_MIN_WAIT_NS - twice in a row, or once in a call of
+ * GOVERN_LONG_NS or more: the host's hiccups (0.1-0.5 ms on a 2-vCPU guest) can do that much
+ * to one short call, while a descheduled mate costs milliseconds - caps the inference calls
+ * that follow at one thread fewer. After a back-off (GOVERN_CALLS such calls' time, within
+ * GOVERN_MIN_NS - GOVERN_MAX_NS) a call tries one thread more: kept if it waits less, else
+ * the back-off doubles, so that tries grow rare while the contention lasts. Training calls
+ * keep their team (governed_threads). The same row beside a busy process: 2 / 1 thread 1.0,
+ * against ONNX Runtime's two threads 0.45 (benchmarks/bench_contention.py; the table in
+ * docs/performance.md, the reasons in docs/decisions.md#contention). Process-wide and
+ * heuristic: concurrent calls may race on it, harmlessly (relaxed atomics). */
+#define GOVERN_MIN_WAIT_NS 1000000LL    /* a contended call waited 1 ms at least */
 #define GOVERN_MIN_NS 20000000LL        /* shortest back-off: 20 ms, */
-#define GOVERN_CALLS 8                  /* and no shorter than 8 contended calls */
-#define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team */
+#define GOVERN_CALLS 4                  /* else 4 contended calls' time */
+#define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team, */
+#define GOVERN_LONG_NS 10000000LL       /* or one of at least 10 ms (more than a hiccup) */
 #define GOVERN_MAX_NS 250000000LL       /* longest back-off: 250 ms */
 static struct {
     int cap;                /* at most this many threads a call; 0: no cap */
@@ -659,15 +687,16 @@ static void govern(int team, long long start, const team_sync *sync)
     const int cap = __atomic_load_n(&governor.cap, __ATOMIC_RELAXED);
     const int tried = cap > 0 && team > cap;        /* a try of one thread more */
     long long backoff = __atomic_load_n(&governor.backoff, __ATOMIC_RELAXED);
-    const int contended = sync->waited * 5 > elapsed * 2 * (team - 1);
+    const int contended =
+        sync->waited * 5 > elapsed * 2 * (team - 1) && sync->waited >= GOVERN_MIN_WAIT_NS;
     const int streak = contended ? __atomic_load_n(&governor.streak, __ATOMIC_RELAXED) + 1 : 0;
     __atomic_store_n(&governor.streak, streak, __ATOMIC_RELAXED);
-    if (contended && (tried || streak >= GOVERN_STREAK)) {
-        backoff = 2 * backoff < GOVERN_MIN_NS ? GOVERN_MIN_NS
-                  : 2 * backoff < GOVERN_MAX_NS ? 2 * backoff
-                                                : GOVERN_MAX_NS;
-        if (backoff < GOVERN_CALLS * elapsed)
-            backoff = GOVERN_CALLS * elapsed;
+    if (contended && (tried || streak >= GOVERN_STREAK || elapsed >= GOVERN_LONG_NS)) {
+        backoff = tried ? 2 * backoff : 0;
+        backoff = backoff > GOVERN_CALLS * elapsed ? backoff : GOVERN_CALLS * elapsed;
+        backoff = backoff < GOVERN_MIN_NS   ? GOVERN_MIN_NS
+                  : backoff < GOVERN_MAX_NS ? backoff
+                                            : GOVERN_MAX_NS;
         __atomic_store_n(&governor.backoff, backoff, __ATOMIC_RELAXED);
         __atomic_store_n(&governor.retry_at, now + backoff, __ATOMIC_RELAXED);
         __atomic_store_n(&governor.cap, team - 1, __ATOMIC_RELAXED);

@@ -994,6 +994,11 @@ def add_arguments(ap):
                     help="comma-separated cell kinds to run, of %s (default: all)"
                     % ",".join(CELLS))
     ap.add_argument("--list", action="store_true", help="list the grids' rows and exit")
+    ap.add_argument("--contention", action="store_true",
+                    help="instead of the grids: lstmc at 1 and 2 threads and ONNX Runtime at 2, "
+                         "idle, beside a busy process and after another library's threaded "
+                         "call (benchmarks/bench_contention.py of a source checkout; --rows: "
+                         "its rows; --quick: fewer calls)")
 
 
 def choose_peers(args, error):
@@ -1018,11 +1023,32 @@ def choose_peers(args, error):
     return {p: known[p] for p in wanted}, module is None and args.peers is None
 
 
+def run_contention(args, error):
+    """The contention section: benchmarks/bench_contention.py beside the peers module."""
+    peers = load_peers(args.peers_from)
+    path = Path(peers.__file__).with_name("bench_contention.py") if peers else None
+    if path is None or not path.is_file():
+        error("--contention needs benchmarks/bench_contention.py of a source checkout of "
+              "lstmc: run lstmc from the checkout or pass --peers-from <checkout>/benchmarks")
+    spec = importlib.util.spec_from_file_location("lstmc_bench_contention", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ap = argparse.ArgumentParser()
+    mod.add_arguments(ap)
+    argv = ["--rounds", "2", "--calls", "4", "--quiet", "0.1"] if args.quick else []
+    if args.rows:
+        argv += ["--rows", args.rows]
+    mod.run(ap.parse_args(argv))
+    return 0
+
+
 def run(args, error=None):
     """Run the benchmark for parsed arguments (see add_arguments); the table goes to stdout."""
     if error is None:
         def error(msg):
             raise SystemExit("lstmc bench: " + msg)
+    if args.contention:
+        return run_contention(args, error)
     cases, cells, grid_paths = select_cases(args, error)
     if args.list:
         for c in cases:

@@ -1,6 +1,7 @@
 """lstmc.bench (the runner) and benchmarks/peers.py (the peers): the ONNX graphs built from
 lstmc's weights compute what lstmc computes, and the benchmark machinery runs end to end on a
 tiny grid (no timing is asserted)."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -571,3 +572,22 @@ def test_onnx_file_summary_of_given_lines():
     assert table["all"][1:] == ["3", "%.3f" % (0.5 * 0.55 * 0.5) ** (1 / 3),
                                 "0.550 (b, 1 thr)", "1.100 (b, 1 thr)"]
     assert bench.onnx_file_summary(results[-1:], specs, dict(date="D", machine="M")) == []
+
+
+def test_bench_contention_section(capsys):
+    """`python -m lstmc bench --contention` runs benchmarks/bench_contention.py: one row, every
+    condition, lstmc at 1 and 2 threads (and ORT at 2 when installed), a table of positive
+    times."""
+    from lstmc import bench
+
+    ap = argparse.ArgumentParser()
+    bench.add_arguments(ap)
+    row = "gru_h512_b1_t25"
+    assert bench.run(ap.parse_args(["--contention", "--quick", "--rows", row])) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"| {row} |")]
+    assert [ln.split("|")[2].strip() for ln in lines] == [
+        "idle", "busy core", "after a threaded call"]
+    for ln in lines:
+        one, two = (float(v) for v in ln.split("|")[3:5])
+        assert one > 0 and two > 0
