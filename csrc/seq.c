@@ -503,19 +503,20 @@ static seq_plan fit_team(seq_plan p, int nt)
 #define BARRIER_SPINS 2000
 #define UNSTACK_MAX 64      /* threads whose CPUs a team notes */
 #define UNSTACK_EVERY 256   /* yields between a waiting thread's looks at the CPUs */
-static long long now_ns(void)
+static long long clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+static long long now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 struct team_sync {
     int arrived, generation;
     int stop;               /* the call's cancel flag as the last thread to arrive saw it */
     const volatile int *cancel;
-    long long waited;       /* ns the threads spent yielding at barriers after the first
-                               (govern) */
+    long long lost;         /* ns the team lost to other tasks (govern): waits past the
+                               spins at barriers; a rows plan's threads' time off their CPUs */
     int cpu[UNSTACK_MAX];   /* the CPU each thread was on at its last arrival (unstack) */
 };
 
@@ -614,32 +615,45 @@ static inline int team_barrier(const seq_plan *p)
                 }
                 sched_yield();
             }
-        if (spins >= BARRIER_SPINS && generation > 0)   /* not the wait for mates to wake */
-            __atomic_add_fetch(&b->waited, now_ns() - since, __ATOMIC_RELAXED);
+        /* not the first wait (for mates to wake), nor a rows plan's (for its longer rows) */
+        if (spins >= BARRIER_SPINS && generation > 0 && !p->rows)
+            __atomic_add_fetch(&b->lost, now_ns() - since, __ATOMIC_RELAXED);
         return b->stop;
     }
 #endif
     return cancelled(p);
 }
 
+/* A thread of a rows plan at its end, from `wall` and `cpu` at its start: adds the time it
+ * was off its CPU to what the call lost (govern) */
+static void off_cpu(const seq_plan *p, long long wall, long long cpu)
+{
+    const long long off = (now_ns() - wall) - (clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu);
+    if (off > 0)
+        __atomic_add_fetch(&p->sync->lost, off, __ATOMIC_RELAXED);
+}
+
 /* ---- the contention governor: teams that shrink while cores are taken ------------------
  * A step's barrier waits for the team's slowest thread. When another process (or another
  * library's spinning pool) holds one of the cores, the mate that shares it is descheduled
  * for whole scheduler slices and every step waits for it: LSTM I80 H320 B1 T200 eval beside
- * one busy process took 2.5x its one-thread time on two threads. So each inference call sums
- * the time its threads spent yielding at barriers (team_sync.waited: waits past
- * BARRIER_SPINS, after the first barrier). A call whose threads waited more than 40 % of it
- * per mate and at least GOVERN_MIN_WAIT_NS - twice in a row, or once in a call of
- * GOVERN_LONG_NS or more: the host's hiccups (0.1-0.5 ms on a 2-vCPU guest) can do that much
- * to one short call, while a descheduled mate costs milliseconds - caps the inference calls
- * that follow at one thread fewer. After a back-off (GOVERN_CALLS such calls' time, within
- * GOVERN_MIN_NS - GOVERN_MAX_NS) a call tries one thread more: kept if it waits less, else
- * the back-off doubles, so that tries grow rare while the contention lasts. Training calls
- * keep their team (governed_threads). The same row beside a busy process: 2 / 1 thread 1.0,
- * against ONNX Runtime's two threads 0.45 (benchmarks/bench_contention.py; the table in
+ * one busy process took 2.5x its one-thread time on two threads. So each inference call
+ * sums what its team lost to other tasks (team_sync.lost): the waits at its barriers past
+ * BARRIER_SPINS, after the first (an idle machine's waits end within the spins); in a rows
+ * plan, which has no barrier per step and whose end waits for its longer rows, the time its
+ * threads were off their CPUs instead (off_cpu; that measure, here on a 2-vCPU guest, also
+ * reads 0.1-0.3 ms of a 2 ms call on an idle machine: too coarse for the short calls of the
+ * other plans). A call that lost more than 40 % of its time and at least GOVERN_MIN_LOST_NS
+ * - twice in a row, or once in a call of GOVERN_LONG_NS or more (the host's hiccups, 0.1-0.5
+ * ms, can do that much to one short call) - caps the inference calls that follow at one
+ * thread fewer. After a back-off (GOVERN_CALLS such calls' time, within GOVERN_MIN_NS -
+ * GOVERN_MAX_NS) a call tries one thread more: kept if it is not contended, else the back-off
+ * doubles, so that tries grow rare while the contention lasts. Training calls keep their
+ * team (governed_threads). The same row beside a busy process: 2 / 1 thread 1.0, against
+ * ONNX Runtime's two threads 0.4 (benchmarks/bench_contention.py; the table in
  * docs/performance.md, the reasons in docs/decisions.md#contention). Process-wide and
  * heuristic: concurrent calls may race on it, harmlessly (relaxed atomics). */
-#define GOVERN_MIN_WAIT_NS 1000000LL    /* a contended call waited 1 ms at least */
+#define GOVERN_MIN_LOST_NS 1000000LL    /* a contended call lost 1 ms at least */
 #define GOVERN_MIN_NS 20000000LL        /* shortest back-off: 20 ms, */
 #define GOVERN_CALLS 4                  /* else 4 contended calls' time */
 #define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team, */
@@ -687,8 +701,8 @@ static void govern(int team, long long start, const team_sync *sync)
     const int cap = __atomic_load_n(&governor.cap, __ATOMIC_RELAXED);
     const int tried = cap > 0 && team > cap;        /* a try of one thread more */
     long long backoff = __atomic_load_n(&governor.backoff, __ATOMIC_RELAXED);
-    const int contended =
-        sync->waited * 5 > elapsed * 2 * (team - 1) && sync->waited >= GOVERN_MIN_WAIT_NS;
+    const long long lost = sync->lost;
+    const int contended = lost * 5 > elapsed * 2 && lost >= GOVERN_MIN_LOST_NS;
     const int streak = contended ? __atomic_load_n(&governor.streak, __ATOMIC_RELAXED) + 1 : 0;
     __atomic_store_n(&governor.streak, streak, __ATOMIC_RELAXED);
     if (contended && (tried || streak >= GOVERN_STREAK || elapsed >= GOVERN_LONG_NS)) {

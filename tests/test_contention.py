@@ -34,9 +34,10 @@ SCENARIO = textwrap.dedent("""
     from lstmc import _core
 
     lstmc.set_num_threads(2)
-    m = lstmc.nn.LSTM(80, 320)
+    I, H, B, T = (int(v) for v in sys.argv[1:5])
+    m = lstmc.nn.LSTM(I, H)
     m.eval()
-    x = np.random.default_rng(0).standard_normal((200, 1, 80)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     expected = m(x)[0]
 
     def calls_until(cap, seconds):
@@ -64,10 +65,12 @@ SCENARIO = textwrap.dedent("""
 """)
 
 
-def test_busy_core_shrinks_the_team_and_a_free_one_restores_it():
+@pytest.mark.parametrize("shape", [(80, 320, 1, 200), (128, 256, 32, 100)],
+                         ids=["batch 1: a barrier per step", "batch 32: rows plan"])
+def test_busy_core_shrinks_the_team_and_a_free_one_restores_it(shape):
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-c", SCENARIO], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-c", SCENARIO, *map(str, shape)],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     reached, calls, same = out["capped"]
@@ -117,3 +120,22 @@ def test_capped_inference_gives_the_whole_teams_answer(float_dtype, name, cell, 
 def _flat(result):
     out, finals = result
     return [out] + list(finals if isinstance(finals, tuple) else [finals])
+
+
+def test_ragged_rows_never_cap_the_team():
+    """A rows plan's threads wait at its end for the thread with the longer rows, however idle
+    the machine: such waits are not contention, and leave the team whole."""
+    from lstmc import _core
+
+    m = lstmc.nn.LSTM(16, 64).eval()
+    B, T = 32, 300
+    x = np.random.default_rng(0).standard_normal((T, B, 16)).astype(np.float32)
+    lengths = np.array([T] * (B // 2) + [1] * (B // 2))   # the first thread's rows: all long
+    try:
+        lstmc.set_num_threads(2)
+        _core._set_thread_cap(0)
+        for _ in range(6):
+            m(x, lengths=lengths)
+            assert _core.thread_cap() == 0
+    finally:
+        lstmc.set_num_threads(lstmc_default_threads)
