@@ -646,16 +646,16 @@ static void off_cpu(const seq_plan *p, long long wall, long long cpu)
  * other plans). A call that lost more than 40 % of its time and at least GOVERN_MIN_LOST_NS
  * - twice in a row, or once in a call of GOVERN_LONG_NS or more (the host's hiccups, 0.1-0.5
  * ms, can do that much to one short call) - caps the inference calls that follow at one
- * thread fewer. After a back-off (GOVERN_CALLS such calls' time, within GOVERN_MIN_NS -
- * GOVERN_MAX_NS) a call tries one thread more: kept if it is not contended, else the back-off
- * doubles, so that tries grow rare while the contention lasts. Training calls keep their
+ * thread fewer. After a back-off (GOVERN_MIN_NS) a call tries one thread more: kept if it
+ * is not contended, else the back-off doubles (up to GOVERN_MAX_NS), so that tries grow rare
+ * while the contention lasts and a passing one (another library's pool spinning down) costs
+ * little. Training calls keep their
  * team (governed_threads). The same row beside a busy process: 2 / 1 thread 1.0, against
  * ONNX Runtime's two threads 0.4 (benchmarks/bench_contention.py; the table in
  * docs/performance.md, the reasons in docs/decisions.md#contention). Process-wide and
  * heuristic: concurrent calls may race on it, harmlessly (relaxed atomics). */
 #define GOVERN_MIN_LOST_NS 1000000LL    /* a contended call lost 1 ms at least */
-#define GOVERN_MIN_NS 20000000LL        /* shortest back-off: 20 ms, */
-#define GOVERN_CALLS 4                  /* else 4 contended calls' time */
+#define GOVERN_MIN_NS 20000000LL        /* first back-off: 20 ms */
 #define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team, */
 #define GOVERN_LONG_NS 10000000LL       /* or one of at least 10 ms (more than a hiccup) */
 #define GOVERN_MAX_NS 250000000LL       /* longest back-off: 250 ms */
@@ -706,11 +706,9 @@ static void govern(int team, long long start, const team_sync *sync)
     const int streak = contended ? __atomic_load_n(&governor.streak, __ATOMIC_RELAXED) + 1 : 0;
     __atomic_store_n(&governor.streak, streak, __ATOMIC_RELAXED);
     if (contended && (tried || streak >= GOVERN_STREAK || elapsed >= GOVERN_LONG_NS)) {
-        backoff = tried ? 2 * backoff : 0;
-        backoff = backoff > GOVERN_CALLS * elapsed ? backoff : GOVERN_CALLS * elapsed;
-        backoff = backoff < GOVERN_MIN_NS   ? GOVERN_MIN_NS
-                  : backoff < GOVERN_MAX_NS ? backoff
-                                            : GOVERN_MAX_NS;
+        backoff = !tried || 2 * backoff < GOVERN_MIN_NS ? GOVERN_MIN_NS
+                  : 2 * backoff < GOVERN_MAX_NS         ? 2 * backoff
+                                                        : GOVERN_MAX_NS;
         __atomic_store_n(&governor.backoff, backoff, __ATOMIC_RELAXED);
         __atomic_store_n(&governor.retry_at, now + backoff, __ATOMIC_RELAXED);
         __atomic_store_n(&governor.cap, team - 1, __ATOMIC_RELAXED);
