@@ -337,7 +337,9 @@ def measure(runners, cfg, reps=None, max_reps=None):
     live = [lib for lib in runners if lib in probe]
     rounds = max(1, min(cfg["rounds"], min([nreps[lib] for lib in live] or [1])))
     for r in range(rounds):
-        for lib in live:
+        # each round starts one library later, so that none always follows the same other
+        # one (and inherits what its pool leaves behind)
+        for lib in live[r % len(live):] + live[:r % len(live)]:
             n = nreps[lib] // rounds + (1 if r < nreps[lib] % rounds else 0)
             gc.collect()
             # Settle for WARM_S before timing: the other libraries' worker threads (OpenBLAS
