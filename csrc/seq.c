@@ -499,7 +499,9 @@ static seq_plan fit_team(seq_plan p, int nt)
  * every CPU) and then sleeps in the kernel, so a step whose threads arrive a few
  * microseconds apart paid a futex sleep and wake-up (LSTM H512 B1 T25 eval, two threads:
  * 1.42-1.68 -> 1.20-1.27 ms, scratch timing, median of calls; docs/decisions.md#barrier).
- * Yielding, not sleeping, past the spin budget lets a descheduled mate run on this core. */
+ * Yielding, not sleeping, past the spin budget lets a descheduled mate run on this core.
+ * A wait past the spins is timed (what the call lost, for govern) and looks for a mate on
+ * this CPU (unstack). */
 #define BARRIER_SPINS 2000
 #define UNSTACK_MAX 64      /* threads whose CPUs a team notes */
 #define UNSTACK_EVERY 256   /* yields between a waiting thread's looks at the CPUs */
@@ -546,9 +548,9 @@ static inline int this_cpu(void)
  * barrier, for as long as the call lasts (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms
  * instead of 2.2). So a thread that has waited past its spins and finds a lower-numbered
  * mate on its own CPU (at the mate's last arrival) moves to an allowed CPU that no mate was
- * on: bound to it for a moment, then given its
- * own mask back, so that the kernel may still move it. Not when the user binds OpenMP's
- * threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
+ * on: bound to it for a moment, then given its own mask back, so that the kernel may still
+ * move it. Only the higher-numbered of two moves (when both did, they chased each other).
+ * Not when the user binds OpenMP's threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
 static void unstack(team_sync *b, int n, int me)
 {
 #ifdef __linux__
@@ -649,11 +651,11 @@ static void off_cpu(const seq_plan *p, long long wall, long long cpu)
  * thread fewer. After a back-off (GOVERN_MIN_NS) a call tries one thread more: kept if it
  * is not contended, else the back-off doubles (up to GOVERN_MAX_NS), so that tries grow rare
  * while the contention lasts and a passing one (another library's pool spinning down) costs
- * little. Training calls keep their
- * team (governed_threads). The same row beside a busy process: 2 / 1 thread 1.0, against
- * ONNX Runtime's two threads 0.4 (benchmarks/bench_contention.py; the table in
- * docs/performance.md, the reasons in docs/decisions.md#contention). Process-wide and
- * heuristic: concurrent calls may race on it, harmlessly (relaxed atomics). */
+ * little. Training calls keep their team (governed_threads). The same row beside a busy
+ * process: 2 / 1 thread 1.0, against ONNX Runtime's two threads 0.4
+ * (benchmarks/bench_contention.py; the table in docs/performance.md, the reasons in
+ * docs/decisions.md#contention). Process-wide and heuristic: concurrent calls may race on
+ * it, harmlessly (relaxed atomics). */
 #define GOVERN_MIN_LOST_NS 1000000LL    /* a contended call lost 1 ms at least */
 #define GOVERN_MIN_NS 20000000LL        /* first back-off: 20 ms */
 #define GOVERN_STREAK 2                 /* contended calls in a row that shrink the team, */
