@@ -220,6 +220,17 @@ def read(path, kind=None):
     return header["config"], arrays
 
 
+def is_lstmc_file(path):
+    """Whether `path` starts as an lstmc file does (a zip whose first member is lstmc.json),
+    whatever its name: `Sequential.save("model.keras")` writes lstmc's format."""
+    try:
+        with open(path, "rb") as f:
+            _check_signature(f, path)
+    except (OSError, FormatError):
+        return False
+    return True
+
+
 def _check_signature(f, path):
     """An lstmc file starts with a zip local header naming lstmc.json; telling "not ours"
     apart from "ours but cut short" makes the error say which."""

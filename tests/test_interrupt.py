@@ -85,3 +85,88 @@ def test_short_calls_and_other_threads_leave_sigint_alone():
     worker.start()
     worker.join()
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+FIT_CHILD = r"""
+import os, sys
+import numpy as np
+import lstmc
+
+path = sys.argv[1]
+lstmc.manual_seed(0)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2000, 50, 16)).astype(np.float32)     # an epoch: a fraction of a s
+y = rng.standard_normal((2000, 1)).astype(np.float32)
+model = lstmc.models.Sequential([lstmc.layers.Input((50, 16)), lstmc.layers.LSTM(64),
+                                 lstmc.layers.Dense(1)])
+model.compile(optimizer="adam", loss="mse")
+print("ready", flush=True)
+try:
+    model.fit(x, y, batch_size=32, epochs=1000, verbose=0,
+              callbacks=[lstmc.callbacks.ModelCheckpoint(path, monitor="loss")])
+    print("finished", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print("usable", model.predict(x[:2], verbose=0).shape == (2, 1), flush=True)
+if os.path.exists(path):
+    print("checkpoint loads", lstmc.models.load_model(path).predict(x[:2], verbose=0).shape)
+"""
+
+
+def _interrupt(cmd, ready, delay, **kw):
+    """Starts `cmd`, waits for a stdout line starting with `ready`, sends SIGINT `delay` s
+    later: (the next stdout line, seconds from SIGINT to it, seconds from SIGINT to the exit,
+    the rest of stdout, stderr, exit code)."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, **kw)
+    try:
+        lines = []
+        while True:
+            line = child.stdout.readline()
+            assert line, (lines, child.stderr.read())
+            lines.append(line)
+            if line.startswith(ready):
+                break
+        time.sleep(delay)
+        sent = time.perf_counter()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().strip()
+        answered = time.perf_counter() - sent
+        rest = child.stdout.read()
+        err = child.stderr.read()
+        child.wait(timeout=60)
+        exited = time.perf_counter() - sent
+        return line, answered, exited, rest, err, child.returncode
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_sigint_stops_keras_fit_within_a_second(tmp_path):
+    """fit's loop is Python around hooked C calls: Ctrl-C ends it with KeyboardInterrupt
+    within a second; the model still predicts, and a checkpoint on disk is whole."""
+    path = str(tmp_path / "ckpt.keras")
+    line, answered, _, rest, err, code = _interrupt([sys.executable, "-c", FIT_CHILD, path],
+                                                    "ready", 1.5)
+    assert line == "interrupted", (line, rest, err)
+    assert answered < 1.0, f"KeyboardInterrupt came {answered:.2f} s after SIGINT"
+    assert "usable True" in rest, rest
+    assert "checkpoint loads" not in rest or "(2, 1)" in rest, rest
+    assert code == 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_sigint_stops_the_demo_within_a_second_and_writes_no_model(tmp_path):
+    """`python -m lstmc demo --save PATH`, interrupted while it trains: it exits with
+    KeyboardInterrupt within a second and leaves no model file, whole or half-written."""
+    path = tmp_path / "model.lstmc"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(lstmc.__file__)))]
+        + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    cmd = [sys.executable, "-m", "lstmc", "demo", "--seconds", "60", "--max-bytes", "300000",
+           "--save", str(path)]
+    line, _, exited, rest, err, code = _interrupt(cmd, "training for", 1.5, env=env)
+    assert code != 0 and "KeyboardInterrupt" in err, (line, rest, err[-2000:])
+    assert exited < 1.0, f"the demo ended {exited:.2f} s after SIGINT"
+    assert not path.exists() and not list(tmp_path.iterdir()), list(tmp_path.iterdir())

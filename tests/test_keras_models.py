@@ -336,9 +336,12 @@ def _trained_model():
     return model, x, y
 
 
-def test_save_load_bit_identical_and_resumes(tmp_path):
+@pytest.mark.parametrize("name", ["model.lstmc", "model.keras", "model.h5"])
+def test_save_load_bit_identical_and_resumes(tmp_path, name):
+    """Whatever the name (a Keras user writes model.keras), save writes lstmc's format and
+    load_model reads it back as lstmc's, not as a Keras file."""
     model, x, y = _trained_model()
-    path = tmp_path / "model.lstmc"
+    path = tmp_path / name
     model.save(path)
     loaded = load_model(path)
     assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]

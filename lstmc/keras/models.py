@@ -364,8 +364,10 @@ def load_model(filepath, compile=True):
     `compile`) its optimizer state: predictions are bit-identical to the saved model's.
 
     A Keras file (`.keras`, `.h5`, `.hdf5`) is read with h5py alone (`lstmc[keras]`) into an
-    uncompiled Sequential of lstmc's layers: see `lstmc.keras.files`."""
-    if os.fspath(filepath).lower().endswith((".keras", ".h5", ".hdf5")):
+    uncompiled Sequential of lstmc's layers: see `lstmc.keras.files`. What lstmc saved is
+    read as lstmc's, whatever the file's name (`save("model.keras")` writes lstmc's format)."""
+    if os.fspath(filepath).lower().endswith((".keras", ".h5", ".hdf5")) \
+            and not io.is_lstmc_file(filepath):
         from lstmc.keras import files
         return files.load(filepath)
     config, arrays = io.read(filepath, kind=_KIND)
