@@ -55,6 +55,10 @@ prefix reversed, outputs at padding are 0, and the final states (h_n, and c_n fo
 are the state after each row's last valid step (the initial state when len_b == 0). Padding
 rows are never computed at all (only the active rows of a step enter the cell), so padding
 values of ``x`` and ``dout`` cannot leak into anything, not even as NaN * 0.
+
+Quantized inference (``lstmc.quantize``, being built): :func:`quantize_int8`,
+:func:`int8_product`, :func:`bf16_round` and :func:`bf16_product` fix how weights and
+activations round and in what order a product sums, which every int8 / bf16 kernel follows.
 """
 
 from typing import Callable, NamedTuple
@@ -77,6 +81,11 @@ __all__ = [
     "gru_backward",
     "rnn_forward",
     "rnn_backward",
+    "INT8_LIMIT",
+    "quantize_int8",
+    "int8_product",
+    "bf16_round",
+    "bf16_product",
 ]
 
 
@@ -955,3 +964,101 @@ def rnn_backward(cache, dout, dh_n=None):
     """
     dx, (dh0,), grads = _sequence_backward(cache, dout, (dh_n,), "dh_n")
     return dx, dh0, grads
+
+
+# ---- quantized inference arithmetic ----------------------------------------------------------
+# The spec of the int8 and bfloat16 products of quantized inference (lstmc.quantize, docs/spec.md
+# §9): how weights and activations are rounded, and in what order a product sums, so that every
+# kernel, whatever its ISA, gives these bits. float32 throughout, as the kernels compute.
+
+INT8_LIMIT = 127    # int8 values stay in [-127, 127]: never -128, so negation is exact
+
+
+def quantize_int8(a):
+    """Symmetric int8 per row: ``(q, scale)`` with ``a[r] ~= scale[r] * q[r]``.
+
+    ``scale[r] = float32(max |a[r]|) / 127`` and ``q = rint(a * (127 / max |a[r]|))`` in
+    float32 (the reciprocal once per row, then a multiply; round half to even), clamped to
+    [-127, 127]. A row of zeros has scale 0 and q 0; a row holding a NaN or an infinity has
+    scale NaN (its products come out NaN, as float32 ones would) and q 0.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., K): rows of weights (one per gate unit) or of activations
+        (one per position)
+
+    Returns
+    -------
+    q : int8 ndarray, shape of a
+    scale : float32 ndarray, shape a.shape[:-1]
+    """
+    a = np.asarray(a, dtype=np.float32)
+    finite = np.isfinite(a).all(axis=-1)
+    peak = np.where(finite, np.abs(np.where(np.isfinite(a), a, 0)).max(axis=-1, initial=0), 0)
+    peak = peak.astype(np.float32)
+    limit = np.float32(INT8_LIMIT)
+    with np.errstate(divide="ignore"):
+        inv = np.where(peak > 0, limit / np.where(peak > 0, peak, 1), 0).astype(np.float32)
+    q = np.rint(np.where(finite[..., None], a, 0) * inv[..., None])
+    q = np.clip(q, -INT8_LIMIT, INT8_LIMIT).astype(np.int8)
+    scale = np.where(finite, peak / limit, np.nan).astype(np.float32)
+    return q, scale
+
+
+def int8_product(aq, a_scale, wq, w_scale):
+    """The dequantised product ``a W^T`` of int8 rows: (B, N) float32.
+
+    The sums are exact integers (``aq @ wq^T``, every partial sum within int32 for K up to
+    2^17), converted to float32 (round half to even), then ``(sum * a_scale[b]) * w_scale[n]``
+    in that order.
+
+    Parameters
+    ----------
+    aq : int8 array (B, K), a_scale : float32 (B,)   (quantize_int8 of the activations)
+    wq : int8 array (N, K), w_scale : float32 (N,)   (quantize_int8 of the weights)
+    """
+    aq, wq = np.asarray(aq), np.asarray(wq)
+    if aq.dtype != np.int8 or wq.dtype != np.int8:
+        raise TypeError(f"int8 operands expected, got {aq.dtype} and {wq.dtype}")
+    if aq.shape[-1] > 1 << 17:
+        raise ValueError(f"K = {aq.shape[-1]} > 2^17: the int32 sums could overflow")
+    total = (aq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.float32)
+    a_scale = np.asarray(a_scale, dtype=np.float32)
+    w_scale = np.asarray(w_scale, dtype=np.float32)
+    return (total * a_scale[:, None]) * w_scale[None, :]
+
+
+def bf16_round(a):
+    """float32 values rounded to bfloat16 (round half to even), returned as float32 whose low
+    16 bits are zero. Subnormal inputs become zeros of their sign (as AVX-512 BF16's
+    conversion does); NaN stays NaN; infinities stay.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    bits = a.view(np.uint32).astype(np.uint64)
+    exponent = (bits >> 23) & 0xFF
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    out = np.where(exponent == 0, bits & 0x80000000, rounded)
+    out = np.where(np.isnan(a), 0x7FC00000, out).astype(np.uint32)
+    return out.view(np.float32)
+
+
+def bf16_product(a, w):
+    """The product ``a W^T`` of bfloat16 operands, summed in float32: (B, N) float32.
+
+    Both operands are rounded with :func:`bf16_round`; a product of two bfloat16 values is
+    exact in float32. Along K the terms go in pairs (2i, 2i + 1), a missing last one zero, and
+    each pair adds its odd term first, then its even one, every addition rounded (the order
+    of AVX-512 BF16's VDPBF16PS, which every bf16 kernel follows).
+
+    Parameters
+    ----------
+    a : array_like (B, K), w : array_like (N, K)
+    """
+    a, w = bf16_round(a), bf16_round(w)
+    K = a.shape[-1]
+    acc = np.zeros((a.shape[0], w.shape[0]), np.float32)
+    for k in range(0, K, 2):
+        if k + 1 < K:
+            acc = acc + np.outer(a[:, k + 1], w[:, k + 1]).astype(np.float32)
+        acc = acc + np.outer(a[:, k], w[:, k]).astype(np.float32)
+    return acc
