@@ -58,7 +58,9 @@ values of ``x`` and ``dout`` cannot leak into anything, not even as NaN * 0.
 
 Quantized inference (``lstmc.quantize``, being built): :func:`quantize_int8`,
 :func:`int8_product`, :func:`bf16_round` and :func:`bf16_product` fix how weights and
-activations round and in what order a product sums, which every int8 / bf16 kernel follows.
+activations round and in what order a product sums, which every int8 / bf16 kernel follows;
+a quantized model's forward is the float one on :func:`quantized_params` with the
+``quantize=`` option of :func:`activation_quantizer`.
 """
 
 from typing import Callable, NamedTuple
@@ -86,6 +88,9 @@ __all__ = [
     "int8_product",
     "bf16_round",
     "bf16_product",
+    "QUANTIZED_DTYPES",
+    "quantized_params",
+    "activation_quantizer",
 ]
 
 
@@ -95,6 +100,11 @@ def _f64(a):
 
 def _f64_or_none(a):
     return None if a is None else _f64(a)
+
+
+def _q(quantize, a, role):
+    """What a product reads of activation `a`: `a`, or its quantized values."""
+    return a if quantize is None else _f64(quantize(a, role))
 
 
 def _affine(a, w, b):
@@ -203,7 +213,7 @@ def _through(dz, kept):
 
 
 def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph=None,
-                      clip=None, input_forget=False, activations=None):
+                      clip=None, input_forget=False, activations=None, quantize=None):
     """One LSTM step for a batch.
 
     Parameters
@@ -219,6 +229,10 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph
     clip : float >= 0 or None: the gate pre-activations' clamp
     input_forget : bool: f = 1 - i
     activations : None or 3 (name, alpha, beta): slots f, g, h (see :func:`activation`)
+    quantize : None, or ``quantize(a, role)``: the values a product reads in place of an
+        activation ``a`` (role "x" for the layer's input, "h" for the recurrent state) in
+        quantized inference (:func:`activation_quantizer`); the weights come quantized already
+        (:func:`quantized_params`). Forward only.
 
     Returns
     -------
@@ -237,7 +251,7 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph
     w_ph = None if w_ph is None else _f64(w_ph)
     act_f, act_g, act_h = _slots(activations, ("sigmoid", "tanh", "tanh"))
 
-    z = x @ w_ih.T + h @ w_hh.T  # (B, 4H) pre-activations
+    z = _q(quantize, x, "x") @ w_ih.T + _q(quantize, h, "h") @ w_hh.T  # (B, 4H) pre-activations
     if b_ih is not None:
         z = z + b_ih
     if b_hh is not None:
@@ -336,7 +350,7 @@ def lstm_cell_backward(cache, dh1, dc1):
 
 
 def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, clip=None,
-                     activations=None):
+                     activations=None, quantize=None):
     """One GRU step for a batch.
 
     Parameters
@@ -367,13 +381,13 @@ def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, c
 
     act_f, act_g = _slots(activations, ("sigmoid", "tanh"))
 
-    gi = _affine(x, w_ih, b_ih)  # (B, 3H) input part of all three blocks
-    gh_rz = _affine(h, w_hrz, b_hrz)  # (B, 2H) recurrent part of r and z
+    gi = _affine(_q(quantize, x, "x"), w_ih, b_ih)  # (B, 3H) input part of all three blocks
+    gh_rz = _affine(_q(quantize, h, "h"), w_hrz, b_hrz)  # (B, 2H) recurrent part of r and z
     r = act_f(_clip(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H], clip)[0])
     z = act_f(_clip(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H], clip)[0])
     # the two variants differ only in what the candidate's recurrent product reads
     hn_in = h if reset_after else r * h  # (B, H)
-    gh_n = _affine(hn_in, w_hn, b_hn)  # (B, H)
+    gh_n = _affine(_q(quantize, hn_in, "h"), w_hn, b_hn)  # (B, H)
     n = act_g(_clip(gi[:, 2 * H:3 * H] + (r * gh_n if reset_after else gh_n), clip)[0])
     h1 = (1.0 - z) * n + z * h
     cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, reset_after=reset_after,
@@ -447,7 +461,7 @@ def _check_nonlinearity(nonlinearity):
 
 
 def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", clip=None,
-                     activations=None):
+                     activations=None, quantize=None):
     """One simple (Elman) RNN step for a batch.
 
     Parameters
@@ -472,7 +486,7 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"
     h = np.zeros((x.shape[0], w_hh.shape[1])) if h is None else _f64(h)
     b_ih, b_hh = _f64_or_none(b_ih), _f64_or_none(b_hh)
 
-    a = _affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh)  # (B, H) pre-activation
+    a = _affine(_q(quantize, x, "x"), w_ih, b_ih) + _affine(_q(quantize, h, "h"), w_hh, b_hh)
     if clip is None and activations is None:
         h1 = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # relu(NaN) = NaN
     else:
@@ -763,7 +777,7 @@ def _hidden_size(params, gates, kind):
 
 def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=None,
                  lengths=None, dropout_masks=None, clip=None, input_forget=False,
-                 activations=None):
+                 activations=None, quantize=None):
     """Multi-layer, optionally bidirectional LSTM over a padded time-major batch.
 
     Parameters
@@ -803,7 +817,7 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
     if P != proj_size:
         raise ValueError(f"proj_size={proj_size} but params imply {P}")
     cells = _per_direction(_lstm_cell, activations, 2 if bidirectional else 1, clip=clip,
-                           input_forget=input_forget)
+                           input_forget=input_forget, quantize=quantize)
     out, (h_n, c_n), cache = _sequence_forward(cells, x, params, num_layers, bidirectional,
                                                (P or H, H), hx, lengths, dropout_masks)
     return out, (h_n, c_n), cache
@@ -835,7 +849,8 @@ def lstm_backward(cache, dout, dhx=None):
 
 
 def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
-                dropout_masks=None, reset_after=True, clip=None, activations=None):
+                dropout_masks=None, reset_after=True, clip=None, activations=None,
+                quantize=None):
     """Multi-layer, optionally bidirectional GRU over a padded time-major batch.
 
     Parameters
@@ -869,7 +884,7 @@ def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
     H = _hidden_size(params, 3, "GRU")
     cells = _per_direction(lambda **o: _h_only_cell(gru_cell_forward, gru_cell_backward, **o),
                            activations, 2 if bidirectional else 1, reset_after=reset_after,
-                           clip=clip)
+                           clip=clip, quantize=quantize)
     out, (h_n,), cache = _sequence_forward(
         cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
         lengths, dropout_masks)
@@ -901,7 +916,8 @@ def gru_backward(cache, dout, dh_n=None):
 
 
 def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
-                dropout_masks=None, nonlinearity="tanh", clip=None, activations=None):
+                dropout_masks=None, nonlinearity="tanh", clip=None, activations=None,
+                quantize=None):
     """Multi-layer, optionally bidirectional simple RNN over a padded time-major batch.
 
     Parameters
@@ -935,7 +951,7 @@ def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
     H = _hidden_size(params, 1, "simple RNN")
     cells = _per_direction(lambda **o: _h_only_cell(rnn_cell_forward, rnn_cell_backward, **o),
                            activations, 2 if bidirectional else 1, nonlinearity=nonlinearity,
-                           clip=clip)
+                           clip=clip, quantize=quantize)
     out, (h_n,), cache = _sequence_forward(
         cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
         lengths, dropout_masks)
@@ -1062,3 +1078,50 @@ def bf16_product(a, w):
             acc = acc + np.outer(a[:, k + 1], w[:, k + 1]).astype(np.float32)
         acc = acc + np.outer(a[:, k], w[:, k]).astype(np.float32)
     return acc
+
+
+QUANTIZED_DTYPES = ("int8", "bf16")
+
+
+def quantized_params(params, dtype):
+    """The weights a quantized model computes with, as float64: every ``weight_ih_*`` and
+    ``weight_hh_*`` matrix through :func:`quantize_int8` per gate unit (row) and back, or
+    through :func:`bf16_round`. Biases, peepholes and projections (``weight_hr_*``) stay as
+    they are."""
+    if dtype not in QUANTIZED_DTYPES:
+        raise ValueError(f"dtype must be one of {QUANTIZED_DTYPES}, got {dtype!r}")
+    out = {}
+    for name, w in params.items():
+        if name.startswith(("weight_ih_", "weight_hh_")):
+            if dtype == "int8":
+                q, scale = quantize_int8(w)
+                w = q.astype(np.float64) * scale.astype(np.float64)[:, None]
+            else:
+                w = bf16_round(w).astype(np.float64)
+        out[name] = w
+    return out
+
+
+def activation_quantizer(dtype, static_h):
+    """The ``quantize`` option of the forward functions for a quantized model.
+
+    bf16: every activation through :func:`bf16_round`. int8: the input of a layer through
+    :func:`quantize_int8` per row (each position's own scale); the recurrent state with the
+    static scale 1/127 (``rint(127 h)`` in float32, clamped) when ``static_h`` - the cells
+    whose h stays within [-1, 1]: LSTM without projection, GRU and RNN-tanh with their default
+    activations, from initial states within [-1, 1] - else per row like the input (RNN-ReLU,
+    projections, other activations, larger initial states)."""
+    if dtype not in QUANTIZED_DTYPES:
+        raise ValueError(f"dtype must be one of {QUANTIZED_DTYPES}, got {dtype!r}")
+    step = np.float32(1.0 / INT8_LIMIT)
+
+    def quantize(a, role):
+        a = np.asarray(a, dtype=np.float32)
+        if dtype == "bf16":
+            return bf16_round(a)
+        if role == "h" and static_h:
+            q = np.clip(np.rint(a * np.float32(INT8_LIMIT)), -INT8_LIMIT, INT8_LIMIT)
+            return q.astype(np.float64) * np.float64(step)
+        q, scale = quantize_int8(a.reshape(-1, a.shape[-1]))
+        return (q.astype(np.float64) * scale.astype(np.float64)[:, None]).reshape(a.shape)
+    return quantize
