@@ -86,9 +86,9 @@ enum {
 int lstmc_openmp_enabled(void);       /* 1 if built with OpenMP */
 void lstmc_set_num_threads(int n);    /* threads of the elementwise passes (n >= 1) */
 int lstmc_get_num_threads(void);
-/* The threads a call may use while the process is found contended (seq.c, the contention
- * governor: a call whose threads waited at barriers for more than 40 % of it, twice in a row,
- * shrinks the team until a later try of a larger one waits less); 0: not capped */
+/* The threads an inference call may use while the process is found contended (seq.c, the
+ * contention governor: a call whose team lost more than half its time to other tasks, twice
+ * in a row, shrinks the team until a later try of a larger one loses less); 0: not capped */
 int lstmc_thread_cap(void);
 /* Caps inference calls at `cap` threads (0: lifts the cap) as if the process had just been
  * found contended, until a try after the longest back-off: for tests */

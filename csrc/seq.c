@@ -645,10 +645,13 @@ static void off_cpu(const seq_plan *p, long long wall, long long cpu)
  * plan, which has no barrier per step and whose end waits for its longer rows, the time its
  * threads were off their CPUs instead (off_cpu; that measure, here on a 2-vCPU guest, also
  * reads 0.1-0.3 ms of a 2 ms call on an idle machine: too coarse for the short calls of the
- * other plans). A call that lost more than 40 % of its time and at least GOVERN_MIN_LOST_NS
+ * other plans). A call that lost more than half its time and at least GOVERN_MIN_LOST_NS
  * - twice in a row, or once in a call of GOVERN_LONG_NS or more (the host's hiccups, 0.1-0.5
  * ms, can do that much to one short call) - caps the inference calls that follow at one
- * thread fewer. After a back-off (GOVERN_MIN_NS) a call tries one thread more: kept if it
+ * thread fewer. Half is where two threads stop paying: a mate that runs a fraction p of the
+ * time makes a 2-thread call take 1 / (2p) of the serial time, and its mate wait 1 - p of
+ * it (at 40 %, B4 calls right after a threaded numpy call were capped that ran faster on
+ * two threads). After a back-off (GOVERN_MIN_NS) a call tries one thread more: kept if it
  * is not contended, else the back-off doubles (up to GOVERN_MAX_NS), so that tries grow rare
  * while the contention lasts and a passing one (another library's pool spinning down) costs
  * little. Training calls keep their team (governed_threads). The same row beside a busy
@@ -704,7 +707,7 @@ static void govern(int team, long long start, const team_sync *sync)
     const int tried = cap > 0 && team > cap;        /* a try of one thread more */
     long long backoff = __atomic_load_n(&governor.backoff, __ATOMIC_RELAXED);
     const long long lost = sync->lost;
-    const int contended = lost * 5 > elapsed * 2 && lost >= GOVERN_MIN_LOST_NS;
+    const int contended = lost * 2 > elapsed && lost >= GOVERN_MIN_LOST_NS;
     const int streak = contended ? __atomic_load_n(&governor.streak, __ATOMIC_RELAXED) + 1 : 0;
     __atomic_store_n(&governor.streak, streak, __ATOMIC_RELAXED);
     if (contended && (tried || streak >= GOVERN_STREAK || elapsed >= GOVERN_LONG_NS)) {
