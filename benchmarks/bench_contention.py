@@ -50,8 +50,8 @@ def busy_process():
 
 def threaded_numpy_call(n=384, threads=2):
     """A matrix product on `threads` threads of numpy's own BLAS (another library's pool),
-    whatever lstmc's setting (which numpy's BLAS otherwise follows); threadpoolctl sets it
-    when installed."""
+    whatever lstmc's setting (which numpy's BLAS otherwise follows); threadpoolctl, when
+    installed, sets every BLAS it finds for the product's duration."""
     a = np.ones((n, n), np.float32)
     try:
         from threadpoolctl import ThreadpoolController

@@ -519,7 +519,7 @@ struct team_sync {
     const volatile int *cancel;
     long long lost;         /* ns the team lost to other tasks (govern): waits past the
                                spins at barriers; a rows plan's threads' time off their CPUs */
-    int cpu[UNSTACK_MAX];   /* the CPU each thread was on at its last arrival (unstack) */
+    int cpu[UNSTACK_MAX];   /* the CPU each thread was on when it last waited long (unstack) */
 };
 
 /* A call's barrier state, before its team starts: no CPU noted yet */
@@ -546,9 +546,9 @@ static inline int this_cpu(void)
  * there, while another allowed CPU idles (seen on a 2-vCPU KVM guest, most after the team
  * had slept a while): the two then take turns on one core, yielding to each other at every
  * barrier, for as long as the call lasts (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms
- * instead of 2.2). So a thread that has waited past its spins and finds a lower-numbered
- * mate on its own CPU (at the mate's last arrival) moves to an allowed CPU that no mate was
- * on: bound to it for a moment, then given its own mask back, so that the kernel may still
+ * instead of 2.2). So a thread that has waited past its spins notes its CPU (only then:
+ * no system call on the barrier's fast path), and one that finds a lower-numbered mate noted
+ * on its own CPU moves to an allowed CPU that no mate was on: bound to it for a moment, then given its own mask back, so that the kernel may still
  * move it. Only the higher-numbered of two moves (when both did, they chased each other).
  * Not when the user binds OpenMP's threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
 static void unstack(team_sync *b, int n, int me)
@@ -557,6 +557,7 @@ static void unstack(team_sync *b, int n, int me)
     const int cpu = this_cpu();
     if (cpu < 0 || n > UNSTACK_MAX || omp_get_proc_bind() != omp_proc_bind_false)
         return;
+    __atomic_store_n(&b->cpu[me], cpu, __ATOMIC_RELAXED);
     int stacked = 0;    /* on the CPU of a lower-numbered mate: only one of two moves */
     for (int k = 0; k < me; k++)
         stacked |= __atomic_load_n(&b->cpu[k], __ATOMIC_RELAXED) == cpu;
@@ -596,8 +597,6 @@ static inline int team_barrier(const seq_plan *p)
     if (n > 1) {
         team_sync *b = p->sync;
         const int me = omp_get_thread_num();
-        if (me < UNSTACK_MAX)
-            __atomic_store_n(&b->cpu[me], this_cpu(), __ATOMIC_RELAXED);
         const int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
         if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
             b->stop = cancelled(p);
@@ -613,7 +612,7 @@ static inline int team_barrier(const seq_plan *p)
                 if ((spins - BARRIER_SPINS) % UNSTACK_EVERY == 0) {
                     if (spins == BARRIER_SPINS)
                         since = now_ns();
-                    unstack(b, n, me);
+                    unstack(b, n, me);              /* notes this thread's CPU too */
                 }
                 sched_yield();
             }

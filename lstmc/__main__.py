@@ -29,6 +29,7 @@ def info():
     import lstmc
     from lstmc import _core, _threads
 
+    cap = _core.thread_cap()
     rows = [
         ("lstmc", lstmc.__version__),
         ("python", platform.python_version()),
@@ -36,7 +37,7 @@ def info():
         ("build flags", _core.build_flags()),
         ("OpenMP", "yes" if lstmc.openmp_enabled() else "no (serial build)"),
         ("threads", f"{lstmc.get_num_threads()} ({_threads.num_threads_source()})"
-         + (f"; {_core.thread_cap()} while cores are contended" if _core.thread_cap() else "")),
+         + (f"; {cap} while cores are contended" if cap else "")),
         ("BLAS (scipy's)", _threads.blas_library() or "not identified"),
         ("CPU", platform.processor() or platform.machine()),
         ("vector features", " ".join(_cpu_features()) or "unknown"),

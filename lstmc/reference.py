@@ -1010,12 +1010,11 @@ def quantize_int8(a):
     """
     a = np.asarray(a, dtype=np.float32)
     finite = np.isfinite(a).all(axis=-1)
-    peak = np.where(finite, np.abs(np.where(np.isfinite(a), a, 0)).max(axis=-1, initial=0), 0)
-    peak = peak.astype(np.float32)
+    kept = np.where(finite[..., None], a, np.float32(0))     # a non-finite row as zeros
+    peak = np.abs(kept).max(axis=-1, initial=0)
     limit = np.float32(INT8_LIMIT)
-    with np.errstate(divide="ignore"):
-        inv = np.where(peak > 0, limit / np.where(peak > 0, peak, 1), 0).astype(np.float32)
-    q = np.rint(np.where(finite[..., None], a, 0) * inv[..., None])
+    inv = np.where(peak > 0, limit / np.where(peak > 0, peak, 1), 0).astype(np.float32)
+    q = np.rint(kept * inv[..., None])
     q = np.clip(q, -INT8_LIMIT, INT8_LIMIT).astype(np.int8)
     scale = np.where(finite, peak / limit, np.nan).astype(np.float32)
     return q, scale
