@@ -80,6 +80,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import sys
 import time
@@ -336,10 +337,12 @@ def measure(runners, cfg, reps=None, max_reps=None):
         samples[lib] = []
     live = [lib for lib in runners if lib in probe]
     rounds = max(1, min(cfg["rounds"], min([nreps[lib] for lib in live] or [1])))
+    order = random.Random(0)
     for r in range(rounds):
-        # each round starts one library later, so that none always follows the same other
-        # one (and inherits what its pool leaves behind)
-        for lib in live[r % len(live):] + live[:r % len(live)]:
+        # each round in its own order, so that no library always follows the same other one
+        # and inherits what its pool leaves behind (a rotation keeps every library's
+        # predecessor)
+        for lib in order.sample(live, len(live)):
             n = nreps[lib] // rounds + (1 if r < nreps[lib] % rounds else 0)
             gc.collect()
             # Settle for WARM_S before timing: the other libraries' worker threads (OpenBLAS
