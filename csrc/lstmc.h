@@ -263,6 +263,37 @@ int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams
                            const double *dcn, const double *x, const double *masks,
                            const double *params, double *scratch, const lstmc_seq *s);
 
+/*
+ * int8 products (quant.c; the arithmetic of lstmc/reference.py quantize_int8 / int8_product):
+ * C[j, col] = ((float)sum_k q_a[j, k] q_w[n, k] * a_scale[j]) * w_scale[n], exact int32 sums,
+ * for the gate units n = g H + u of the gate blocks [g0, g1) and units [u0, u1), col as in
+ * the float packed kernels (g * gstep + (b - u0) * bscale + l). Weights: int8 in [-127, 127]
+ * per row (G H, K) with float32 scales, packed by lstmc_q8_pack_gates (its layout in
+ * quant.c); activations: rows of lstmc_q8_row_bytes(K) bytes, q + 128, from
+ * lstmc_q8_quantize_rows. K at most LSTMC_Q8_MAX_K (the sums stay in int32).
+ */
+#define LSTMC_Q8_MAX_K (1 << 17)
+enum {
+    LSTMC_Q8_AUTO = 0,
+    LSTMC_Q8_C = 1,                 /* the portable kernel */
+    LSTMC_Q8_AVX2 = 2,              /* 8 lanes, VPMADDUBSW / VPMADDWD on signed bytes */
+    LSTMC_Q8_AVX512VNNI = 3         /* 16 lanes, VPDPBUSD */
+};
+void lstmc_set_q8_kernel(int kernel);   /* out-of-range values mean AUTO */
+int lstmc_get_q8_kernel(void);
+int lstmc_q8_kernel_for(void);          /* the kernel that runs here: forced ones fall back */
+int lstmc_q8_vnni_supported(void);
+int lstmc_q8_row_bytes(int K);
+size_t lstmc_q8_strip_bytes(int K);
+size_t lstmc_q8_pack_bytes(int H, int K, int G);
+void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
+                         int g0, int g1, int u0, int u1);
+void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda, int n,
+                            int K);
+void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale, int K,
+                   const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
+                   float *C, int ldc);
+
 #ifdef __cplusplus
 }
 #endif

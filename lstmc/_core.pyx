@@ -601,3 +601,123 @@ cdef class Seq:
         finally:
             _release_sigint(hooked)
         _raise_status(status)
+
+
+# ---- int8 products (csrc/quant.c): the kernels of quantized inference, and their tests ----
+
+cdef extern from "lstmc.h" nogil:
+    ctypedef unsigned char uint8_t
+    ctypedef signed char int8_t
+    enum:
+        LSTMC_Q8_MAX_K
+    void lstmc_set_q8_kernel(int kernel)
+    int lstmc_get_q8_kernel()
+    int lstmc_q8_kernel_for()
+    int lstmc_q8_row_bytes(int K)
+    size_t lstmc_q8_pack_bytes(int H, int K, int G)
+    void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
+                             int g0, int g1, int u0, int u1)
+    void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda,
+                                int n, int K)
+    void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
+                       int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                       int u1, float *C, int ldc)
+
+Q8_KERNELS = ("auto", "c", "avx2", "avx512_vnni")   # lstmc.h LSTMC_Q8_*
+Q8_MAX_K = LSTMC_Q8_MAX_K
+
+
+def _set_q8_kernel(str kernel):
+    """Forces the int8 product's kernel process-wide, one of Q8_KERNELS (a kernel this CPU
+    lacks falls back: avx512_vnni to avx2, avx2 to c). For tests and benchmarks."""
+    if kernel not in Q8_KERNELS:
+        raise ValueError(f"kernel must be one of {Q8_KERNELS}, got {kernel!r}")
+    lstmc_set_q8_kernel(Q8_KERNELS.index(kernel))
+
+
+def q8_kernel_for():
+    """The int8 kernel (a name of Q8_KERNELS) that runs on this CPU under the setting."""
+    return Q8_KERNELS[lstmc_q8_kernel_for()]
+
+
+cdef _matrix(a, str name, dtype, Py_ssize_t cols=-1):
+    """`a` as a C-contiguous 2-D array of `dtype` (checked, never converted)."""
+    if not isinstance(a, _ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != 2 or (cols >= 0 and a.shape[1] != cols):
+        raise ValueError(f"{name} must be 2-D" + (f" with {cols} columns" if cols >= 0 else "")
+                         + f", got shape {a.shape}")
+    if a.shape[1] > LSTMC_Q8_MAX_K:
+        raise ValueError(f"{name} has {a.shape[1]} columns, more than {LSTMC_Q8_MAX_K} (2^17, "
+                         "where int32 sums could overflow)")
+    return np.ascontiguousarray(a)
+
+
+def q8_quantize(a):
+    """Rows of float32 `a` (n, K) quantized as reference.quantize_int8 does: (u (n, Kp)
+    uint8 holding q + 128, zero-padded (128) to Kp = K rounded up to 4; scale (n,) float32)."""
+    x = _matrix(a, "a", np.float32)
+    cdef int n = x.shape[0], K = x.shape[1], Kp = lstmc_q8_row_bytes(K)
+    q = np.empty((n, Kp), np.uint8)
+    scale = np.empty(n, np.float32)
+    cdef float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] qv = q
+    cdef float[::1] sv = scale
+    if n:
+        with nogil:
+            lstmc_q8_quantize_rows(&qv[0, 0], Kp, &sv[0], &xv[0, 0] if K else NULL, K, n, K)
+    return q, scale
+
+
+def q8_pack(wq, w_scale, int H, int G):
+    """int8 weights (G H, K) in [-127, 127] and their float32 row scales (G H,) packed for
+    q8_product (64-byte aligned uint8, lstmc_q8_pack_bytes(H, K, G) bytes)."""
+    if H < 1 or G < 1:
+        raise ValueError(f"H and G must be positive, got {H} and {G}")
+    w = _matrix(wq, "wq", np.int8)
+    if w.shape[0] != G * H:
+        raise ValueError(f"wq must have {G} * {H} rows, got {w.shape[0]}")
+    if w.shape[1] < 1:
+        raise ValueError("wq must have at least one column")
+    if (w == -128).any():
+        raise ValueError("wq holds -128: int8 weights must lie in [-127, 127]")
+    s = np.ascontiguousarray(w_scale, dtype=np.float32)
+    if s.shape != (G * H,):
+        raise ValueError(f"w_scale must have shape {(G * H,)}, got {s.shape}")
+    cdef int K = w.shape[1]
+    packed = empty_aligned(lstmc_q8_pack_bytes(H, K, G), np.uint8)
+    cdef int8_t[:, ::1] wv = w
+    cdef float[::1] sv = s
+    cdef uint8_t[::1] pv = packed
+    with nogil:
+        lstmc_q8_pack_gates(&pv[0], &wv[0, 0], &sv[0], H, K, 0, G, 0, H)
+    return packed
+
+
+def q8_product(aq, a_scale, packed, int K, int H, int G):
+    """The dequantised product of q8_quantize rows and q8_pack weights: float32 (n, G H),
+    ((sum_k q_a q_w) * a_scale) * w_scale, on the kernel q8_kernel_for() names."""
+    a = _matrix(aq, "aq", np.uint8, lstmc_q8_row_bytes(K))
+    if H < 1 or G < 1 or K < 1:
+        raise ValueError(f"K, H and G must be positive, got {K}, {H} and {G}")
+    s = np.ascontiguousarray(a_scale, dtype=np.float32)
+    if s.shape != (a.shape[0],):
+        raise ValueError(f"a_scale must have shape {(a.shape[0],)}, got {s.shape}")
+    if not isinstance(packed, _ndarray) or packed.dtype != np.uint8 or packed.ndim != 1 \
+            or <size_t>packed.size != lstmc_q8_pack_bytes(H, K, G):
+        raise ValueError(f"packed must be q8_pack's uint8 array of "
+                         f"{lstmc_q8_pack_bytes(H, K, G)} bytes for K={K}, H={H}, G={G}")
+    cdef int n = a.shape[0], kernel = lstmc_q8_kernel_for()
+    out = np.empty((n, G * H), np.float32)
+    if n == 0:
+        return out
+    cdef uint8_t[:, ::1] av = a
+    cdef float[::1] sv = s
+    cdef const uint8_t[::1] pv = packed
+    cdef float[:, ::1] ov = out
+    with nogil:
+        lstmc_q8_gemm(kernel, n, &av[0, 0], av.shape[1], &sv[0], K, &pv[0], 0, G, H, 1, 0, H,
+                      &ov[0, 0], G * H)
+    return out

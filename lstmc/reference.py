@@ -84,6 +84,7 @@ __all__ = [
     "rnn_forward",
     "rnn_backward",
     "INT8_LIMIT",
+    "INT8_TINY",
     "quantize_int8",
     "int8_product",
     "bf16_round",
@@ -988,6 +989,7 @@ def rnn_backward(cache, dout, dh_n=None):
 # kernel, whatever its ISA, gives these bits. float32 throughout, as the kernels compute.
 
 INT8_LIMIT = 127    # int8 values stay in [-127, 127]: never -128, so negation is exact
+INT8_TINY = np.float32(2.0 ** -120)   # rows peaking below this quantize as zeros
 
 
 def quantize_int8(a):
@@ -995,8 +997,10 @@ def quantize_int8(a):
 
     ``scale[r] = float32(max |a[r]|) / 127`` and ``q = rint(a * (127 / max |a[r]|))`` in
     float32 (the reciprocal once per row, then a multiply; round half to even), clamped to
-    [-127, 127]. A row of zeros has scale 0 and q 0; a row holding a NaN or an infinity has
-    scale NaN (its products come out NaN, as float32 ones would) and q 0.
+    [-127, 127]. A row of zeros has scale 0 and q 0, and so has a row whose largest magnitude
+    is below INT8_TINY = 2^-120 (127 / peak would overflow float32 below about 3.7e-37); a
+    row holding a NaN or an infinity has scale NaN (its products come out NaN, as float32
+    ones would) and q 0.
 
     Parameters
     ----------
@@ -1012,6 +1016,7 @@ def quantize_int8(a):
     finite = np.isfinite(a).all(axis=-1)
     kept = np.where(finite[..., None], a, np.float32(0))     # a non-finite row as zeros
     peak = np.abs(kept).max(axis=-1, initial=0)
+    peak = np.where(peak >= INT8_TINY, peak, np.float32(0))   # a tiny row counts as zeros
     limit = np.float32(INT8_LIMIT)
     inv = np.where(peak > 0, limit / np.where(peak > 0, peak, 1), 0).astype(np.float32)
     q = np.rint(kept * inv[..., None])

@@ -1,0 +1,353 @@
+/*
+ * quant.c - int8 products for inference: weights quantized per row (one scale per gate
+ * unit), packed once into strips; activations quantized per row at run time; exact int32
+ * sums, dequantized as the tile stores them. The arithmetic is lstmc/reference.py's
+ * quantize_int8 and int8_product, bit for bit, on every kernel.
+ *
+ * Activation rows are stored as u8 = q + 128 (q in [-127, 127]): AVX-512 VNNI's VPDPBUSD
+ * multiplies unsigned bytes by signed ones. Since sum_k (q_k + 128) w_k = sum_k q_k w_k +
+ * 128 sum_k w_k, each accumulator starts at -comp[n], comp[n] = 128 sum_k w[n, k], kept in the
+ * strip beside the weights, and every kernel ends on the signed sum sum_k q_k w_k. Every
+ * partial sum stays within 128 * 127 * K in magnitude: K <= LSTMC_Q8_MAX_K = 2^17 keeps it in
+ * int32. The AVX2 kernel multiplies signed bytes with VPMADDUBSW on |w| and sign(w) * q
+ * (|.| <= 127 on both sides, so a pair's sum, at most 2 * 127 * 127 = 32258, never
+ * saturates) and adds the pairs with VPMADDWD; it subtracts the same 128 from its u8 rows.
+ *
+ * Packed layout of a gate set [g0, g1) (Wg = g1 - g0 blocks), K columns, Kp = K rounded up to
+ * a multiple of 4: per block of U = LSTMC_PACK_UNITS units b0 .. b0 + U - 1 (units past H:
+ * zero weights, comp 0, scale 0), Wg strips of lstmc_q8_strip_bytes(K) bytes, strip v of the
+ * block at set + (b0 / U * Wg + v) * strip bytes:
+ *     int32 comp[U]; float scale[U];                       (128 bytes)
+ *     int8 w[Kp / 4][U][4]: w[g][l][i] = W[(g0 + v) H + b0 + l][4 g + i], zeros past K
+ * A group of 4 k is one 64-byte vector whose 32-bit lane l holds unit l's four weights:
+ * VPDPBUSD's operand as it is. Set g0 starts at pack + lstmc_q8_pack_bytes(H, K, g0).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "internal.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(LSTMC_NO_DISPATCH)
+#define LSTMC_HAVE_Q8_AVX2 1
+#include <immintrin.h>
+#else
+#define LSTMC_HAVE_Q8_AVX2 0
+#endif
+#if LSTMC_HAVE_Q8_AVX2 && !defined(LSTMC_MAX_ISA_V3)
+#define LSTMC_HAVE_Q8_VNNI 1
+#else
+#define LSTMC_HAVE_Q8_VNNI 0
+#endif
+
+#define U LSTMC_PACK_UNITS
+#define HEADER_BYTES (U * 8)            /* comp and scale */
+
+int lstmc_q8_row_bytes(int K) { return (K + 3) / 4 * 4; }
+
+size_t lstmc_q8_strip_bytes(int K) { return HEADER_BYTES + (size_t)U * lstmc_q8_row_bytes(K); }
+
+size_t lstmc_q8_pack_bytes(int H, int K, int G)
+{
+    return ((size_t)H + U - 1) / U * (size_t)G * lstmc_q8_strip_bytes(K);
+}
+
+static uint8_t *strip_at(uint8_t *set, int b0, int v, int Wg, int K)
+{
+    return set + ((size_t)(b0 / U) * Wg + v) * lstmc_q8_strip_bytes(K);
+}
+
+void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
+                         int g0, int g1, int u0, int u1)
+{
+    const int Wg = g1 - g0, Kp = lstmc_q8_row_bytes(K);
+    for (int b0 = u0; b0 < u1; b0 += U) {
+        const int cnt = u1 - b0 < U ? u1 - b0 : U;
+        for (int v = 0; v < Wg; v++) {
+            uint8_t *strip = strip_at(set, b0, v, Wg, K);
+            int32_t comp[U];
+            float sc[U];
+            int8_t *w = (int8_t *)(strip + HEADER_BYTES);
+            for (int l = 0; l < U; l++) {
+                const size_t n = (size_t)(g0 + v) * H + b0 + l;
+                int32_t sum = 0;
+                for (int k = 0; k < Kp; k++) {
+                    const int8_t q = l < cnt && k < K ? Wq[n * K + k] : 0;
+                    w[(size_t)(k / 4) * U * 4 + l * 4 + k % 4] = q;
+                    sum += q;
+                }
+                comp[l] = 128 * sum;
+                sc[l] = l < cnt ? scale[n] : 0;
+            }
+            memcpy(strip, comp, sizeof comp);
+            memcpy(strip + sizeof comp, sc, sizeof sc);
+        }
+    }
+}
+
+/* reference.quantize_int8, a row at a time: the peak |a| (0 if a value is not finite, or if
+ * the peak is below 2^-120), the float32 reciprocal 127 / peak once, then rint(a * inv)
+ * clamped to [-127, 127] */
+void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda, int n,
+                            int K)
+{
+    const int Kp = lstmc_q8_row_bytes(K);
+    for (int r = 0; r < n; r++) {
+        const float *x = a + (size_t)r * lda;
+        uint8_t *out = q + (size_t)r * ldq;
+        float peak = 0;
+        int finite = 1;
+        for (int k = 0; k < K; k++) {
+            const float m = fabsf(x[k]);
+            finite &= m <= FLT_MAX;                     /* NaN fails too */
+            peak = m > peak ? m : peak;
+        }
+        if (!finite || peak < 0x1p-120f)    /* reference.INT8_TINY: 127 / peak overflows */
+            peak = 0;
+        const float inv = peak > 0 ? 127.f / peak : 0.f;
+        for (int k = 0; k < K; k++) {
+            float v = peak > 0 ? rintf(x[k] * inv) : 0.f;
+            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+            out[k] = (uint8_t)((int)v + 128);
+        }
+        for (int k = K; k < Kp; k++)
+            out[k] = 128;
+        scale[r] = finite ? peak / 127.f : NAN;
+    }
+}
+
+/* The portable kernel, and the obviously correct one: per row and strip, U sums over k */
+static void q8_gemm_c(int n, const uint8_t *A, int lda, const float *a_scale, int K,
+                      const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
+                      float *C, int ldc)
+{
+    const int Wg = g1 - g0, Kp = lstmc_q8_row_bytes(K);
+    for (int j = 0; j < n; j++)
+        for (int b0 = u0; b0 < u1; b0 += U) {
+            const int cnt = u1 - b0 < U ? u1 - b0 : U;
+            const uint8_t *a = A + (size_t)j * lda;
+            for (int v = 0; v < Wg; v++) {
+                const uint8_t *strip = strip_at((uint8_t *)set, b0, v, Wg, K);
+                const int8_t *w = (const int8_t *)(strip + HEADER_BYTES);
+                int32_t comp[U];
+                float sc[U];
+                memcpy(comp, strip, sizeof comp);
+                memcpy(sc, strip + sizeof comp, sizeof sc);
+                float *dst = C + (size_t)j * ldc + (size_t)(g0 + v) * gstep +
+                             (size_t)(b0 - u0) * bscale;
+                for (int l = 0; l < cnt; l++) {
+                    int32_t acc = -comp[l];
+                    for (int k = 0; k < Kp; k++)
+                        acc += (int32_t)a[k] * w[(size_t)(k / 4) * U * 4 + l * 4 + k % 4];
+                    dst[l] = ((float)acc * a_scale[j]) * sc[l];
+                }
+            }
+        }
+}
+
+#if LSTMC_HAVE_Q8_AVX2
+/* Where tile s of a tile writes: C + dst[s] (row stride ldc), its first cnt[s] units */
+typedef struct {
+    const uint8_t *strip[8];
+    int dst[8], cnt[8];
+} q8_tile_args;
+
+/* AVX2, 8 lanes: a strip's group of 4 k is two 32-byte halves (units 0-7, 8-15). Per row and
+ * group, the row's four bytes broadcast and turned back into q (xor 0x80), signed by each
+ * weight: VPMADDUBSW (|w| unsigned x sign(w) q signed) and VPMADDWD with ones give each unit's
+ * 4-term sum of q w, so the accumulators start at 0 (no comp). R rows x S strips, 2 R S
+ * accumulators. */
+#define Q8_AVX2_TILE(R, S)                                                                     \
+    __attribute__((target("avx2,fma"))) static void q8_tile_avx2_##R##_##S(                   \
+        int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
+        float *C, int ldc)                                                                     \
+    {                                                                                          \
+        __m256i acc[R][2 * S];                                                                 \
+        const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);       \
+        _Pragma("GCC unroll 16") for (int s = 0; s < 2 * S; s++)                              \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+                acc[r][s] = _mm256_setzero_si256();                                            \
+        for (int g = 0; g < groups; g++) {                                                     \
+            __m256i qa[R];                                                                     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                int32_t four;                                                                  \
+                memcpy(&four, A + (size_t)r * lda + 4 * (size_t)g, 4);                         \
+                qa[r] = _mm256_xor_si256(_mm256_set1_epi32(four), bias);                       \
+            }                                                                                  \
+            _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                              \
+                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                          \
+                    const __m256i w = _mm256_loadu_si256(                                      \
+                        (const __m256i *)(t->strip[s] + HEADER_BYTES + (size_t)g * 64) + h);   \
+                    const __m256i aw = _mm256_sign_epi8(w, w);                                 \
+                    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                      \
+                        const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qa[r], w)); \
+                        acc[r][2 * s + h] =                                                    \
+                            _mm256_add_epi32(acc[r][2 * s + h], _mm256_madd_epi16(p, ones));   \
+                    }                                                                          \
+                }                                                                              \
+        }                                                                                      \
+        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                  \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                              \
+                const __m256 sc = _mm256_loadu_ps((const float *)(t->strip[s] + U * 4) + 8 * h); \
+                const int n8 = t->cnt[s] - 8 * h;                                              \
+                const __m256i mask = _mm256_cmpgt_epi32(                                       \
+                    _mm256_set1_epi32(n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));         \
+                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                          \
+                    __m256 f = _mm256_cvtepi32_ps(acc[r][2 * s + h]);                          \
+                    f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(a_scale[r])), sc);      \
+                    if (n8 > 0)                                                                \
+                        _mm256_maskstore_ps(C + (size_t)r * ldc + t->dst[s] + 8 * h, mask, f); \
+                }                                                                              \
+            }                                                                                  \
+    }
+/* accumulators, broadcast rows and a strip's w, |w| and product within the 16 ymm registers */
+Q8_AVX2_TILE(1, 4)
+Q8_AVX2_TILE(2, 2)
+Q8_AVX2_TILE(3, 1)
+Q8_AVX2_TILE(4, 1)
+#endif
+
+#if LSTMC_HAVE_Q8_VNNI
+/* AVX-512 VNNI, 16 lanes: a strip's group of 4 k is one vector, VPDPBUSD adds each lane's four
+ * u8 x s8 products. R rows x S strips (at most 24 of the 32 zmm registers). */
+#define Q8_VNNI_TILE(R, S)                                                                     \
+    __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void q8_tile_vnni_##R##_##S( \
+        int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
+        float *C, int ldc)                                                                     \
+    {                                                                                          \
+        __m512i acc[R][S];                                                                     \
+        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \
+            const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(),                         \
+                                               _mm512_loadu_si512(t->strip[s]));               \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+                acc[r][s] = c;                                                                 \
+        }                                                                                      \
+        for (int g = 0; g < groups; g++) {                                                     \
+            __m512i w[S];                                                                      \
+            _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                               \
+                w[s] = _mm512_loadu_si512(t->strip[s] + HEADER_BYTES + (size_t)g * 64);        \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                int32_t four;                                                                  \
+                memcpy(&four, A + (size_t)r * lda + 4 * (size_t)g, 4);                         \
+                const __m512i a = _mm512_set1_epi32(four);                                     \
+                _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                           \
+                    acc[r][s] = _mm512_dpbusd_epi32(acc[r][s], a, w[s]);                       \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \
+            const __m512 sc = _mm512_loadu_ps((const float *)(t->strip[s] + U * 4));           \
+            const __mmask16 mask = (__mmask16)((1u << t->cnt[s]) - 1);                        \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                __m512 f = _mm512_cvtepi32_ps(acc[r][s]);                                      \
+                f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(a_scale[r])), sc);          \
+                _mm512_mask_storeu_ps(C + (size_t)r * ldc + t->dst[s], mask, f);               \
+            }                                                                                  \
+        }                                                                                      \
+    }
+Q8_VNNI_TILE(1, 8)
+Q8_VNNI_TILE(2, 4)
+Q8_VNNI_TILE(3, 4)
+Q8_VNNI_TILE(4, 4)
+Q8_VNNI_TILE(5, 4)
+Q8_VNNI_TILE(6, 4)
+#endif
+
+#if LSTMC_HAVE_Q8_AVX2
+typedef void (*q8_tile_fn)(int, const uint8_t *, int, const float *, const q8_tile_args *,
+                           float *, int);
+typedef struct {
+    int rows;                   /* the most rows a tile takes */
+    int strips[9];              /* strips of the tile of r rows */
+    q8_tile_fn run[9];
+} q8_tiling;
+
+static const q8_tiling Q8_AVX2 = {4,
+                                  {0, 4, 2, 1, 1},
+                                  {NULL, q8_tile_avx2_1_4, q8_tile_avx2_2_2, q8_tile_avx2_3_1,
+                                   q8_tile_avx2_4_1}};
+#if LSTMC_HAVE_Q8_VNNI
+static const q8_tiling Q8_VNNI = {6,
+                                  {0, 8, 4, 4, 4, 4, 4},
+                                  {NULL, q8_tile_vnni_1_8, q8_tile_vnni_2_4, q8_tile_vnni_3_4,
+                                   q8_tile_vnni_4_4, q8_tile_vnni_5_4, q8_tile_vnni_6_4}};
+#endif
+
+/* Rows in chunks of the tiling's most, each over every strip (block by block, gates within a
+ * block) in tiles of its width; a tile past the last strip repeats it without storing. */
+static void q8_gemm_tiles(const q8_tiling *tl, int n, const uint8_t *A, int lda,
+                          const float *a_scale, int K, const uint8_t *set, int g0, int g1,
+                          int gstep, int bscale, int u0, int u1, float *C, int ldc)
+{
+    const int Wg = g1 - g0, nstrips = (u1 - u0 + U - 1) / U * Wg;
+    const int groups = lstmc_q8_row_bytes(K) / 4;
+    for (int r0 = 0; r0 < n;) {
+        const int R = n - r0 < tl->rows ? n - r0 : tl->rows, S = tl->strips[R];
+        for (int q0 = 0; q0 < nstrips; q0 += S) {
+            q8_tile_args t;
+            for (int s = 0; s < S; s++) {
+                const int q = q0 + s < nstrips ? q0 + s : nstrips - 1;
+                const int b0 = u0 + q / Wg * U, v = q % Wg;
+                t.strip[s] = strip_at((uint8_t *)set, b0, v, Wg, K);
+                t.dst[s] = (g0 + v) * gstep + (b0 - u0) * bscale;
+                t.cnt[s] = q0 + s >= nstrips ? 0 : u1 - b0 < U ? u1 - b0 : U;
+            }
+            tl->run[R](groups, A + (size_t)r0 * lda, lda, a_scale + r0, &t,
+                       C + (size_t)r0 * ldc, ldc);
+        }
+        r0 += R;
+    }
+}
+#endif
+
+int lstmc_q8_vnni_supported(void)
+{
+#if LSTMC_HAVE_Q8_VNNI
+    __builtin_cpu_init();
+    return lstmc_avx512_supported() && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+static int q8_kernel = LSTMC_Q8_AUTO;
+
+void lstmc_set_q8_kernel(int kernel)
+{
+    q8_kernel = kernel >= LSTMC_Q8_AUTO && kernel <= LSTMC_Q8_AVX512VNNI ? kernel : LSTMC_Q8_AUTO;
+}
+
+int lstmc_get_q8_kernel(void) { return q8_kernel; }
+
+int lstmc_q8_kernel_for(void)
+{
+    const int vnni = lstmc_q8_vnni_supported(), avx2 = lstmc_avx2_supported();
+    switch (q8_kernel) {
+    case LSTMC_Q8_C: return LSTMC_Q8_C;
+    case LSTMC_Q8_AVX2: return avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
+    case LSTMC_Q8_AVX512VNNI: return vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
+    default: return vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
+    }
+}
+
+void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale, int K,
+                   const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
+                   float *C, int ldc)
+{
+#if LSTMC_HAVE_Q8_VNNI
+    if (kernel == LSTMC_Q8_AVX512VNNI && lstmc_q8_vnni_supported()) {
+        q8_gemm_tiles(&Q8_VNNI, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
+                      ldc);
+        return;
+    }
+#endif
+#if LSTMC_HAVE_Q8_AVX2
+    if (kernel >= LSTMC_Q8_AVX2 && lstmc_avx2_supported()) {
+        q8_gemm_tiles(&Q8_AVX2, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
+                      ldc);
+        return;
+    }
+#endif
+    (void)kernel;
+    q8_gemm_c(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+}
