@@ -273,6 +273,23 @@ int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams
  * lstmc_q8_quantize_rows. K at most LSTMC_Q8_MAX_K (the sums stay in int32).
  */
 #define LSTMC_Q8_MAX_K (1 << 17)
+/*
+ * An int8 forward (inference): lstmc_seq_forward_f32's y, hn, cn, x, h0, c0 and params (its
+ * biases; its W_ih and W_hh are not read) with the weights from q8, lstmc_seq_q8_size(s)
+ * bytes: per layer and direction W_ih (K = I_l) and W_hh (K = Hout), each packed by
+ * lstmc_q8_pack_gates as one set of all G gate blocks at lstmc_seq_q8_offset(s, l, d,
+ * LSTMC_W_IH or LSTMC_W_HH). Layer inputs are quantized per row; h with the static scale
+ * 1/127, so only cells whose h stays within [-1, 1] run (LSTM without projection, GRU
+ * reset-after, RNN-tanh, default activations) from a finite h0 within [-1, 1] (clamped
+ * there; a NaN reads as 0); LSTMC_ERR_ARG for others. scratch: lstmc_seq_scratch_size_q8(s)
+ * floats.
+ */
+size_t lstmc_seq_q8_size(const lstmc_seq *s);
+size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which);
+size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s);
+int lstmc_seq_forward_q8(float *y, float *hn, float *cn, const float *x, const float *h0,
+                         const float *c0, const float *params, const uint8_t *q8,
+                         float *scratch, const lstmc_seq *s);
 enum {
     LSTMC_Q8_AUTO = 0,
     LSTMC_Q8_C = 1,                 /* the portable kernel */

@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE /* sched_getcpu, sched_setaffinity (unstack) */
 #include <limits.h>
+#include <math.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
@@ -256,6 +257,7 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 
 typedef struct {
     size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, pack, dir1, ybuf0, ybuf1; /* forward */
+    size_t hq, hs, xq, xs;                                                    /* int8 forward */
     size_t bpack, ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1; /* backward */
     size_t total;
 } scratch_layout;
@@ -285,7 +287,21 @@ static int splittable(const lstmc_seq *s, int train)
  * buffer while slower threads may still read the other, so one barrier per step suffices.
  * The forward's per-direction buffers (bias_i to pack) are one run; a splittable call has
  * a second such run, dir1 elements on, for the direction the second thread runs. */
-static scratch_layout scratch_of(const lstmc_seq *s, int train)
+/* int8 rows of a layer's input (lstmc_q8_quantize_rows): the widest layer's bytes a row */
+static int q8_input_bytes(const lstmc_seq *s)
+{
+    int most = 0;
+    for (int l = 0; l < s->layers; l++) {
+        const int b = lstmc_q8_row_bytes((int)input_of(s, l));
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+/* An int8 forward (q8) adds, per direction, h quantized (double-buffered, u8 rows of Hout
+ * rounded up to 4 bytes) and its rows' scales, and the layer input quantized, rows and
+ * scales; it packs nothing per call. */
+static scratch_layout scratch_of(const lstmc_seq *s, int train, int q8)
 {
     const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch;
     const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
@@ -304,12 +320,16 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
     TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
-    TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS
+    TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !q8
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
+    TAKE(hq, q8 ? 2 * B * (size_t)lstmc_q8_row_bytes((int)Hout) / 4 : 0);
+    TAKE(hs, q8 ? B : 0);
     w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
     at += w.dir1;
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
+    TAKE(xq, q8 ? N * (size_t)q8_input_bytes(s) / 4 : 0);
+    TAKE(xs, q8 ? N : 0);
     /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
     TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
                     ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16
@@ -330,7 +350,44 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train)
     return w;
 }
 
-size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train) { return scratch_of(s, train).total; }
+size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train)
+{
+    return scratch_of(s, train, 0).total;
+}
+
+size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s) { return scratch_of(s, 0, 1).total; }
+
+/* ---- int8 weights (lstmc_seq_forward_q8) --------------------------------------------------
+ * Per layer l and direction d, in the flat buffer's order: W_ih as one gate set of all G
+ * blocks with K = I_l, then W_hh likewise with K = Hout (quant.c's layout); `which` is
+ * LSTMC_W_IH or LSTMC_W_HH; past the last layer, the total, in bytes. */
+static size_t q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+{
+    const int G = gates_of(s->cell);
+    size_t at = 0;
+    for (int l = 0; l < s->layers; l++)
+        for (int d = 0; d < s->dirs; d++) {
+            const size_t ih = lstmc_q8_pack_bytes(s->hidden, (int)input_of(s, l), G);
+            if (l == layer && d == dir)
+                return which == LSTMC_W_IH ? at : at + ih;
+            at += ih + lstmc_q8_pack_bytes(s->hidden, (int)hout_of(s), G);
+        }
+    return at;
+}
+
+size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+{
+    return q8_offset(s, layer, dir, which);
+}
+
+size_t lstmc_seq_q8_size(const lstmc_seq *s) { return q8_offset(s, s->layers, 0, LSTMC_W_IH); }
+
+/* Whether an int8 forward runs `s`: float32 h bounded by 1 (its static scale 1/127: LSTM
+ * without projection, GRU reset-after, RNN-tanh, default activations) */
+static int q8_runs(const lstmc_seq *s)
+{
+    return !s->proj && !two_phase(s) && s->cell != LSTMC_CELL_RNN_RELU && !options_of(s);
+}
 
 /* ---- packed weights (lstmc_seq_pack_*) ---------------------------------------------------
  * Per layer l and direction d, in the flat buffer's order: W_ih packed as one set of all G
@@ -452,7 +509,7 @@ typedef struct {
 } seq_plan;
 
 static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int masks,
-                        int threads, team_sync *sync)
+                        int threads, int q8, team_sync *sync)
 {
     const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
     const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
@@ -471,6 +528,10 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
              (long)gates_of(s->cell) * s->hidden * hout_of(s) <= LSTMC_ROWS_SPLIT_MAX_WEIGHTS;
     p.panels = !train && packed && p.team > 1 && !p.split && !p.rows;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
+    if (q8) {           /* int8: its own kernels on its own packed copy (any batch), no BLAS */
+        p.kernel = p.proj_kernel = lstmc_q8_kernel_for();
+        p.own_pack = p.blas = 0;
+    }
     p.sync = sync;
     return p;
 }

@@ -15,6 +15,7 @@ import numpy as np
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport int8_t, uint8_t
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cdef extern from "lstmc.h" nogil:
@@ -97,6 +98,29 @@ cdef extern from "lstmc.h" nogil:
                                const double *reserve, const double *dy, const double *dhn,
                                const double *dcn, const double *x, const double *masks,
                                const double *params, double *scratch, const lstmc_seq *s)
+
+
+cdef extern from "lstmc.h" nogil:
+    enum:
+        LSTMC_Q8_MAX_K
+    void lstmc_set_q8_kernel(int kernel)
+    int lstmc_get_q8_kernel()
+    int lstmc_q8_kernel_for()
+    int lstmc_q8_row_bytes(int K)
+    size_t lstmc_q8_pack_bytes(int H, int K, int G)
+    void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
+                             int g0, int g1, int u0, int u1)
+    void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda,
+                                int n, int K)
+    void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
+                       int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                       int u1, float *C, int ldc)
+    size_t lstmc_seq_q8_size(const lstmc_seq *s)
+    size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+    size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s)
+    int lstmc_seq_forward_q8(float *y, float *hn, float *cn, const float *x, const float *h0,
+                             const float *c0, const float *params, const uint8_t *q8,
+                             float *scratch, const lstmc_seq *s)
 
 
 cdef void *_blas_function(dict capi, str name, int int_arg) except NULL:
@@ -555,6 +579,61 @@ cdef class Seq:
             _release_sigint(hooked)
         _raise_status(status)
 
+    @property
+    def q8_size(self):
+        """Bytes of the int8 weights of forward_q8 (each W_ih / W_hh at q8_offset)."""
+        return lstmc_seq_q8_size(&self.s)
+
+    def q8_offset(self, int layer, int direction, int which):
+        """Byte offset of W_ih (which = 0) or W_hh (1) of a layer and direction in the int8
+        weights, each a q8_pack of all G gate blocks (K = the layer's input, or Hout)."""
+        if not (0 <= layer < self.s.layers and 0 <= direction < self.s.dirs and which in (0, 1)):
+            raise ValueError(f"no int8 weights at layer {layer}, direction {direction}, "
+                             f"which {which}")
+        return lstmc_seq_q8_offset(&self.s, layer, direction,
+                                   LSTMC_W_IH if which == 0 else LSTMC_W_HH)
+
+    @property
+    def scratch_size_q8(self):
+        return lstmc_seq_scratch_size_q8(&self.s)
+
+    def forward_q8(self, y, hn, cn, x, h0, c0, params, q8, scratch):
+        """An int8 inference forward (lstmc.h lstmc_seq_forward_q8): forward's float32 arrays
+        (params: only the biases are read) and the int8 weights q8 (q8_size bytes, uint8)."""
+        cdef _Counts n = self._counts(False)
+        dt = _F32
+        cdef void *py = _addr(y, "y", dt, n.y, True, False)
+        cdef void *phn = _addr(hn, "hn", dt, n.h, True, False)
+        cdef void *pcn = _addr(cn, "cn", dt, n.c, True, not n.has_c)
+        cdef void *px = _addr(x, "x", dt, n.x, False, False)
+        cdef void *ph0 = _addr(h0, "h0", dt, n.h, False, True)
+        cdef void *pc0 = _addr(c0, "c0", dt, n.c, False, True)
+        cdef void *pp = _addr(params, "params", dt, n.params, False, False)
+        cdef void *pw = _addr(scratch, "scratch", dt, lstmc_seq_scratch_size_q8(&self.s), True,
+                              False, True)
+        if not isinstance(q8, _ndarray) or q8.dtype != np.uint8 or not q8.flags.c_contiguous \
+                or <size_t>q8.size != lstmc_seq_q8_size(&self.s):
+            raise ValueError(f"q8 must be a contiguous uint8 array of {lstmc_seq_q8_size(&self.s)} "
+                             "bytes (q8_size)")
+        cdef const uint8_t[::1] qv = q8
+        cdef const uint8_t *pq = &qv[0]
+        cdef int status
+        cdef lstmc_seq s = self.s
+        cdef bint hooked = _catch_sigint(&s)
+        try:
+            with nogil:
+                status = lstmc_seq_forward_q8(<float *>py, <float *>phn, <float *>pcn,
+                                              <const float *>px, <const float *>ph0,
+                                              <const float *>pc0, <const float *>pp, pq,
+                                              <float *>pw, &s)
+        finally:
+            _release_sigint(hooked)
+        if status == LSTMC_ERR_ARG:
+            raise ValueError("this sequence has no int8 forward: only LSTM without projection, "
+                             "GRU reset-after and RNN-tanh with their default activations run "
+                             "on int8 weights")
+        _raise_status(status)
+
     def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
         """Backward through time after a training forward; dparams accumulates.
 
@@ -604,24 +683,6 @@ cdef class Seq:
 
 
 # ---- int8 products (csrc/quant.c): the kernels of quantized inference, and their tests ----
-
-cdef extern from "lstmc.h" nogil:
-    ctypedef unsigned char uint8_t
-    ctypedef signed char int8_t
-    enum:
-        LSTMC_Q8_MAX_K
-    void lstmc_set_q8_kernel(int kernel)
-    int lstmc_get_q8_kernel()
-    int lstmc_q8_kernel_for()
-    int lstmc_q8_row_bytes(int K)
-    size_t lstmc_q8_pack_bytes(int H, int K, int G)
-    void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
-                             int g0, int g1, int u0, int u1)
-    void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda,
-                                int n, int K)
-    void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
-                       int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
-                       int u1, float *C, int ldc)
 
 Q8_KERNELS = ("auto", "c", "avx2", "avx512_vnni")   # lstmc.h LSTMC_Q8_*
 Q8_MAX_K = LSTMC_Q8_MAX_K
