@@ -220,15 +220,16 @@ def make_torch(torch, c, data, sd):
     return runner, check
 
 
-def openvino_session(model, threads):
+def openvino_session(model, threads, precision="f32"):
     """An OpenVINO CPU compiled model of an onnx.ModelProto, as run(names, feed) -> list:
     float32 inference (INFERENCE_PRECISION_HINT f32: by default OpenVINO runs bf16 on CPUs
-    that have it, about 3e-3 off), `threads` inference threads, one stream, latency hint."""
+    that have it, about 3e-3 off; precision="bf16" asks for that), `threads` inference
+    threads, one stream, latency hint."""
     import openvino as ov
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 

@@ -87,9 +87,10 @@ void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int
 
 /* reference.quantize_int8, a row at a time: the peak |a| (0 if a value is not finite, or if
  * the peak is below 2^-120), the float32 reciprocal 127 / peak once, then rint(a * inv)
- * clamped to [-127, 127] */
-void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda, int n,
-                            int K)
+ * clamped to [-127, 127]; cloned per x86 level, as the cell kernels are (internal.h), for
+ * the baseline's rintf is a scalar sequence */
+LSTMC_DISPATCH void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a,
+                                           int lda, int n, int K)
 {
     const int Kp = lstmc_q8_row_bytes(K);
     for (int r = 0; r < n; r++) {
@@ -104,10 +105,12 @@ void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, i
         }
         if (!finite || peak < 0x1p-120f)    /* reference.INT8_TINY: 127 / peak overflows */
             peak = 0;
+        /* inv 0 (a zero, tiny or non-finite row) makes every q 0: no branch in the loop,
+         * which so vectorises (on a non-finite row, x * 0 may be NaN: the select takes 0) */
         const float inv = peak > 0 ? 127.f / peak : 0.f;
         for (int k = 0; k < K; k++) {
-            float v = peak > 0 ? rintf(x[k] * inv) : 0.f;
-            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+            float v = rintf(x[k] * inv);
+            v = v > 127.f ? 127.f : v < -127.f ? -127.f : v == v ? v : 0.f;
             out[k] = (uint8_t)((int)v + 128);
         }
         for (int k = K; k < Kp; k++)
@@ -210,6 +213,10 @@ Q8_AVX2_TILE(4, 1)
 #if LSTMC_HAVE_Q8_VNNI
 /* AVX-512 VNNI, 16 lanes: a strip's group of 4 k is one vector, VPDPBUSD adds each lane's four
  * u8 x s8 products. R rows x S strips (at most 24 of the 32 zmm registers). */
+/* acc += the u8 x s8 products of a and w, as _mm512_dpbusd_epi32, written in place: with
+ * the intrinsic GCC 12 copied the 24 accumulators of a 6 x 4 tile through one register and
+ * spilled them (I = H = 512, B64 T25, one thread: the tile at 64 % of the time) */
+#define DPBUSD(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
 #define Q8_VNNI_TILE(R, S)                                                                     \
     __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void q8_tile_vnni_##R##_##S( \
         int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
@@ -231,7 +238,7 @@ Q8_AVX2_TILE(4, 1)
                 memcpy(&four, A + (size_t)r * lda + 4 * (size_t)g, 4);                         \
                 const __m512i a = _mm512_set1_epi32(four);                                     \
                 _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                           \
-                    acc[r][s] = _mm512_dpbusd_epi32(acc[r][s], a, w[s]);                       \
+                    DPBUSD(acc[r][s], a, w[s]);                                                \
             }                                                                                  \
         }                                                                                      \
         _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \

@@ -32,11 +32,12 @@ from lstmc.nn._engine import empty_cache  # noqa: E402
 from lstmc import keras  # noqa: E402
 from lstmc import callbacks, layers, losses, models, optimizers  # noqa: E402
 from lstmc.io import load, save  # noqa: E402
+from lstmc._quantize import quantize  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "reference", "keras", "layers", "models", "optimizers", "losses",
            "callbacks", "save", "load", "manual_seed", "openmp_enabled",
-           "set_num_threads", "get_num_threads", "empty_cache", "__version__"]
+           "set_num_threads", "get_num_threads", "empty_cache", "quantize", "__version__"]
 
 
 def __getattr__(name):

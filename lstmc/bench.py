@@ -1004,6 +1004,10 @@ def add_arguments(ap):
                          "idle, beside a busy process and after another library's threaded "
                          "call (benchmarks/bench_contention.py of a source checkout; --rows: "
                          "its rows; --quick: fewer calls)")
+    ap.add_argument("--quantized", action="store_true",
+                    help="instead of the grids: lstmc int8 beside lstmc float32 and the peers' "
+                         "float32, int8 and bf16 runtimes (benchmarks/bench_quantized.py of a "
+                         "source checkout; --rows: its rows; --quick: fewer calls)")
 
 
 def choose_peers(args, error):
@@ -1028,19 +1032,20 @@ def choose_peers(args, error):
     return {p: known[p] for p in wanted}, module is None and args.peers is None
 
 
-def run_contention(args, error):
-    """The contention section: benchmarks/bench_contention.py beside the peers module."""
+def run_section(args, error, flag, script, quick):
+    """A section of its own (--contention, --quantized): `script` of benchmarks/ beside the
+    peers module, with --rows, and `quick` (its arguments) under --quick."""
     peers = load_peers(args.peers_from)
-    path = Path(peers.__file__).with_name("bench_contention.py") if peers else None
+    path = Path(peers.__file__).with_name(script) if peers else None
     if path is None or not path.is_file():
-        error("--contention needs benchmarks/bench_contention.py of a source checkout of "
-              "lstmc: run lstmc from the checkout or pass --peers-from <checkout>/benchmarks")
-    spec = importlib.util.spec_from_file_location("lstmc_bench_contention", path)
+        error("%s needs benchmarks/%s of a source checkout of lstmc: run lstmc from the "
+              "checkout or pass --peers-from <checkout>/benchmarks" % (flag, script))
+    spec = importlib.util.spec_from_file_location("lstmc_" + path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ap = argparse.ArgumentParser()
     mod.add_arguments(ap)
-    argv = ["--rounds", "2", "--calls", "4", "--quiet", "0.1"] if args.quick else []
+    argv = list(quick) if args.quick else []
     if args.rows:
         argv += ["--rows", args.rows]
     mod.run(ap.parse_args(argv))
@@ -1053,7 +1058,11 @@ def run(args, error=None):
         def error(msg):
             raise SystemExit("lstmc bench: " + msg)
     if args.contention:
-        return run_contention(args, error)
+        return run_section(args, error, "--contention", "bench_contention.py",
+                           ["--rounds", "2", "--calls", "4", "--quiet", "0.1"])
+    if args.quantized:
+        return run_section(args, error, "--quantized", "bench_quantized.py",
+                           ["--rounds", "2", "--calls", "3"])
     cases, cells, grid_paths = select_cases(args, error)
     if args.list:
         for c in cases:

@@ -591,3 +591,26 @@ def test_bench_contention_section(capsys):
     for ln in lines:
         one, two = (float(v) for v in ln.split("|")[3:5])
         assert one > 0 and two > 0
+
+
+def test_bench_quantized_section(capsys):
+    """`python -m lstmc bench --quantized` runs benchmarks/bench_quantized.py: a row at 1 and 2
+    threads, lstmc float32 and int8 (and the peers installed), with each column's error
+    against lstmc float32 within what int8 costs"""
+    from lstmc import bench
+
+    ap = argparse.ArgumentParser()
+    bench.add_arguments(ap)
+    row = "lstm_h64_b1_t50"
+    assert bench.run(ap.parse_args(["--quantized", "--quick", "--rows", row])) == 0
+    out = capsys.readouterr().out
+    head = [ln for ln in out.splitlines() if ln.startswith("| row |")][0]
+    columns = [c.strip() for c in head.split("|")[1:-1]]
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"| {row} |")]
+    assert [ln.split("|")[2].strip() for ln in lines] == ["1", "2"]
+    for ln in lines:
+        cells = dict(zip(columns, (c.strip() for c in ln.split("|")[1:-1])))
+        assert float(cells["lstmc f32 ms (err)"]) > 0
+        ms, err = cells["lstmc int8 ms (err)"].split()
+        assert float(ms) > 0 and 0 < float(err.strip("()")) < 0.05
+        assert float(cells["int8 / lstmc f32"]) > 0

@@ -230,6 +230,44 @@ class PackedWeights:
             self._flat.flags.writeable = False
 
 
+class QuantizedWeights:
+    """One module's weights in int8 (lstmc.quantize): per layer and direction W_ih and W_hh
+    quantized per row (gate unit) by the kernels' quantizer (reference.quantize_int8's
+    arithmetic) and packed for them (csrc/quant.c), read-only; biases stay in the module's
+    float32 flat buffer. The h the kernels quantize with the static scale 1/127 must stay
+    within [-1, 1]: check_state refuses initial states past it."""
+
+    __slots__ = ("dtype", "buffer")
+
+    def __init__(self, spec, flat, G):
+        """spec, flat: the module's (lstmc.nn.rnn _RNNBase); G: its gate blocks."""
+        layout = spec.layout()
+        buf = np.zeros(layout.q8_size, np.uint8)
+        for l in range(spec.num_layers):
+            for d in range(spec.directions):
+                for which, kind in ((0, _core.W_IH), (1, _core.W_HH)):
+                    off = layout.param_offset(l, d, kind)
+                    K = (spec.input_size if l == 0 else spec.directions * spec.hout) \
+                        if which == 0 else spec.hout
+                    w = np.asarray(flat[off:off + G * spec.hidden_size * K],
+                                   np.float32).reshape(G * spec.hidden_size, K)
+                    u, scale = _core.q8_quantize(w)
+                    q = (u[:, :K].astype(np.int16) - 128).astype(np.int8)
+                    packed = _core.q8_pack(q, scale, spec.hidden_size, G)
+                    at = layout.q8_offset(l, d, which)
+                    buf[at:at + packed.size] = packed
+        buf.flags.writeable = False
+        self.dtype, self.buffer = "int8", buf
+
+    @staticmethod
+    def check_state(h0, name):
+        """An initial h for the static 1/127 scale: finite and within [-1, 1]."""
+        if h0 is not None and not (np.abs(h0) <= 1).all():
+            raise ValueError(f"{name}: an int8-quantized module takes initial states within "
+                             "[-1, 1] (its h is quantized with the fixed scale 1/127); got "
+                             "values outside it, or not finite")
+
+
 def _flat(a):
     return None if a is None else a.reshape(-1)
 
@@ -266,7 +304,7 @@ class Engine:
     TRIM_EVERY = 64   # calls between two Workspace.trim of the idle workspaces
 
     __slots__ = ("spec", "name", "flat", "flat_grad", "weights", "lock", "saved", "_plans",
-                 "_idle", "_calls", "_training", "__weakref__")
+                 "_idle", "_calls", "_training", "q8", "__weakref__")
 
     def __init__(self, spec, flat, flat_grad, params, name):
         """name: the module, as error messages name it."""
@@ -279,6 +317,7 @@ class Engine:
         self._idle = []    # Workspaces no call is using; list.pop / append are atomic
         self._calls = 0
         self._training = threading.Lock()   # held by the running training forward / backward
+        self.q8 = None      # QuantizedWeights of an int8-quantized module (lstmc.quantize)
         _ENGINES.add(self)
 
     def stepper(self, batch_size):
@@ -362,15 +401,24 @@ class Engine:
         y = np.empty((plan.N, Y), dtype=spec.dtype)
         hn, cn = self._new_states(plan.B)
         seq = plan.seq
+        if self.q8 is not None:
+            if train:
+                raise RuntimeError(self.quantized_refusal("a training-mode forward"))
+            QuantizedWeights.check_state(h0, "h0")
         if train:
             self.claim()
         ws = self.workspace()
         try:
-            packed = None if train else self.weights.get()
-            reserve = ws.get("reserve", seq.reserve_size) if train else None
-            seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
-                        _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
-                        self.flat, ws.get("scratch", seq.scratch_size(train)), packed)
+            if self.q8 is not None:
+                seq.forward_q8(y.reshape(-1), hn.reshape(-1), _flat(cn), xp.reshape(-1),
+                               _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), self.flat,
+                               self.q8.buffer, ws.get("scratch", seq.scratch_size_q8))
+            else:
+                packed = None if train else self.weights.get()
+                reserve = ws.get("reserve", seq.reserve_size) if train else None
+                seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
+                            _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
+                            self.flat, ws.get("scratch", seq.scratch_size(train)), packed)
             if train:
                 self.saved = Saved(plan, xp, masks, reserve, unbatched, threading.get_ident())
             else:
@@ -386,6 +434,8 @@ class Engine:
         """The kernels' backward of the forward that saved `saved` (still the last one, or
         RuntimeError). dy (T, B, D*H_out); dhn, dcn (L*D, B, .) or None. Adds the parameter
         gradients to flat_grad; returns dx (T, B, I), dh0, dc0 (dc0 None without c)."""
+        if self.q8 is not None:
+            raise RuntimeError(self.quantized_refusal("backward"))
         spec, plan = self.spec, saved.plan
         dyp = plan.pack(dy)
         dx = np.empty((plan.N, spec.input_size), dtype=spec.dtype)
@@ -407,6 +457,10 @@ class Engine:
         return plan.unpack(dx, spec.input_size), plan.from_sorted(dh0), \
             None if dc0 is None else plan.from_sorted(dc0)
 
+    def quantized_refusal(self, what):
+        return (f"{self.name} is quantized ({self.q8.dtype}): inference only, so no {what}; "
+                "train the float model and quantize it again")
+
     def _new_states(self, B):
         """Empty h (L*D, B, H_out) and c (L*D, B, H) (None without c)."""
         spec = self.spec
@@ -427,7 +481,8 @@ class Stepper:
         spec = engine.spec
         self.batch_size = B
         self.seq = spec.seq(1, B, np.ones(B, dtype=np.intc))
-        self.scratch_size = self.seq.scratch_size(False)
+        self.scratch_size = self.seq.scratch_size_q8 if engine.q8 is not None \
+            else self.seq.scratch_size(False)
         self.y_shape = (B, spec.hout)   # the last layer's output
         self._engine = engine
         self._has_c = spec.has_c
@@ -451,8 +506,13 @@ class Stepper:
         try:
             # y repeats the last layer's h' (the kernels write both): workspace, not output
             y = ws.get("y", self.y_shape[0] * self.y_shape[1])
-            self.seq.forward(y, hn, cn, None, x, h0, c0, None, engine.flat,
-                             ws.get("scratch", self.scratch_size), engine.weights.get())
+            if engine.q8 is not None:
+                QuantizedWeights.check_state(h0, "h")
+                self.seq.forward_q8(y, hn, cn, x, h0, c0, engine.flat, engine.q8.buffer,
+                                    ws.get("scratch", self.scratch_size))
+            else:
+                self.seq.forward(y, hn, cn, None, x, h0, c0, None, engine.flat,
+                                 ws.get("scratch", self.scratch_size), engine.weights.get())
         finally:
             engine.give_back(ws)
         return hn, cn

@@ -1,0 +1,88 @@
+"""`lstmc.quantize`: an inference copy of a model whose recurrent weights are int8.
+
+The scheme (lstmc/reference.py is its spec, docs/spec.md section 9): W_ih and W_hh of each
+layer and direction symmetric int8 per row (gate unit), packed once for the int8 kernels
+(csrc/quant.c); each layer's input quantized per row (each position its own scale) at run
+time; h with the fixed scale 1/127 (the cells quantized here keep |h| <= 1); exact int32
+sums, dequantised as the kernels store them; biases, activations and the cell state in
+float32.
+"""
+import copy
+
+import numpy as np
+
+from lstmc import _core
+from lstmc.nn._engine import QuantizedWeights
+from lstmc.nn.module import Module
+from lstmc.nn.rnn import _RNNBase
+
+DTYPES = ("int8", "bf16")
+
+
+def quantize(model, dtype="int8"):
+    """An inference copy of `model` with its LSTM, GRU and RNN layers on int8 weights.
+
+    Parameters
+    ----------
+    model : lstmc.nn.Module (an LSTM / GRU / RNN, or a module holding them, such as
+        nn.Sequential or your own Module; cells (nn.LSTMCell, ...) hold one too)
+    dtype : "int8"
+
+    Returns a deep copy in eval mode; `model` is not changed. The copy runs forward, `step`
+    and the cells' calls as the float model does, on the int8 kernels; `train()` and
+    `backward` raise RuntimeError. In this version Linear and Embedding layers stay float32,
+    "bf16" is not available yet, and a quantized model is not saved as such (save the float
+    model and quantize after loading).
+
+    Raises ValueError for a dtype other than "int8" and "bf16" (NotImplementedError for
+    "bf16"), TypeError for a model that is not an lstmc.nn Module, and ValueError naming
+    the layer for one the int8 kernels cannot run: float64 layers, RNN with ReLU, LSTM with
+    proj_size, GRU with reset_after=False, non-default activations or other cell options
+    (their h is not bounded by 1, or their kernels have no int8 path yet), or an input wider
+    than 2^17.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype == "bf16":
+        raise NotImplementedError("bf16 quantization is not available yet; use dtype='int8'")
+    if not isinstance(model, Module):
+        raise TypeError(f"quantize takes an lstmc.nn Module, got {type(model).__name__} "
+                        "(the Keras face and ONNX sessions come later)")
+    layers = [(name, m) for name, m in _recurrent(model)]
+    for name, m in layers:
+        _check(name, m)
+    out = copy.deepcopy(model).eval()
+    for name, m in _recurrent(out):
+        if m.__dict__.get("_q8") is not None:
+            raise ValueError(f"{name or type(m).__name__} is quantized already")
+        q8 = QuantizedWeights(m._spec(), m._flat, m._gates)
+        object.__setattr__(m, "_q8", q8)
+        m._engine.q8 = q8
+        m._engine.weights.release()   # the float packed copy is not used
+    return out
+
+
+def _recurrent(model):
+    """(name, module) of every recurrent layer in `model`, cells' included"""
+    for name, m in model.named_modules():
+        if isinstance(m, _RNNBase):
+            yield name, m
+        seq = m.__dict__.get("_seq")           # a cell's own one-layer module
+        if isinstance(seq, _RNNBase):
+            yield (name + "." if name else "") + "_seq", seq
+
+
+def _check(name, m):
+    label = f"{name or type(m).__name__} ({type(m).__name__}({m.extra_repr()}))"
+    if m.dtype != np.float32:
+        raise ValueError(f"{label}: int8 quantization takes float32 layers, got {m.dtype}")
+    if m._cell not in (_core.CELL_LSTM, _core.CELL_GRU, _core.CELL_RNN_TANH):
+        raise ValueError(f"{label}: int8 runs LSTM, GRU with reset_after=True and RNN with "
+                         "tanh (whose h stays within [-1, 1])")
+    if m._proj:
+        raise ValueError(f"{label}: int8 has no path for proj_size yet")
+    if m._options() is not None:
+        raise ValueError(f"{label}: int8 runs the default cells (no activations, cell_clip, "
+                         "input_forget or peepholes)")
+    if max(m.input_size, m._D * m._hout) > _core.Q8_MAX_K:
+        raise ValueError(f"{label}: inputs wider than 2^17 could overflow the int32 sums")

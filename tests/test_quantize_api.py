@@ -1,0 +1,122 @@
+"""lstmc.quantize(model, "int8") on the PyTorch face: the copy runs forward, step and the
+cells on int8 weights (the quantized model of lstmc.reference), leaves the float model as
+it was, survives copies, and refuses training, unbounded initial states and the layers its
+kernels cannot run."""
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import lstmc
+from lstmc import nn
+from lstmc import reference as R
+
+FORWARD = {nn.LSTM: R.lstm_forward, nn.GRU: R.gru_forward, nn.RNN: R.rnn_forward}
+
+
+def _reference(m, x, hx=None, lengths=None):
+    params = R.quantized_params({k: np.asarray(v, np.float64)
+                                 for k, v in m.state_dict().items()}, "int8")
+    return FORWARD[type(m)](x.astype(np.float64), params, num_layers=m.num_layers,
+                            bidirectional=m.bidirectional, hx=hx, lengths=lengths,
+                            quantize=R.activation_quantizer("int8", True))
+
+
+def _close(got, want):
+    """float32 rounding of the float64 reference, but for rare rint(127 h) flips"""
+    err = np.abs(np.asarray(got) - want)
+    assert np.median(err) < 1e-6 and err.max() < 5e-3
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_a_quantized_module_computes_the_reference_int8_model(cls):
+    lstmc.manual_seed(0)
+    m = cls(12, 40, num_layers=2, bidirectional=True, batch_first=True).eval()
+    before = {k: np.array(v) for k, v in m.state_dict().items()}
+    q = lstmc.quantize(m)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 6, 12)).astype(np.float32)
+    lengths = np.array([6, 2, 4])
+    out, state = q(x, lengths=lengths)
+    want = _reference(m, x.transpose(1, 0, 2), lengths=lengths)
+    _close(out.transpose(1, 0, 2), want[0])
+    _close(state[0] if cls is nn.LSTM else state, want[1][0] if cls is nn.LSTM else want[1])
+    # the float model is as it was, and trains
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), before[k])
+    assert np.abs(np.asarray(m(x, lengths=lengths)[0]) - out).max() < 0.05
+    m.train()
+
+
+def test_step_and_cells_run_int8_too():
+    lstmc.manual_seed(1)
+    m = nn.GRU(8, 24, num_layers=2).eval()
+    q = lstmc.quantize(m)
+    x = np.random.default_rng(1).standard_normal((7, 2, 8)).astype(np.float32)
+    y, _ = q(x)
+    state = q.initial_state(2)
+    for t in range(7):
+        y_t, state = q.step(x[t], state)
+    np.testing.assert_array_equal(y_t, y[-1])
+    cell = nn.LSTMCell(8, 16)
+    qc = lstmc.quantize(cell)
+    h, c = qc(x[0])
+    want = _reference(cell._seq, x[:1])
+    _close(h, want[0][0])
+
+
+def test_containers_copies_and_threads():
+    lstmc.manual_seed(2)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.LSTM(16, 32, batch_first=True))
+    q = lstmc.quantize(model)
+    ids = np.random.default_rng(2).integers(0, 50, (4, 9))
+    out = q(ids)[0]
+    assert np.abs(out - model.eval()(ids)[0]).max() < 0.05
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        np.testing.assert_array_equal(other(ids)[0], out)
+        with pytest.raises(RuntimeError, match="quantized"):
+            other.train()
+    results = [None] * 6
+
+    def call(k):
+        results[k] = q(ids)[0]
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, out)
+
+
+def test_refusals_name_what_is_wrong():
+    q = lstmc.quantize(nn.LSTM(4, 8))
+    with pytest.raises(RuntimeError, match="quantized"):
+        q.train()
+    with pytest.raises(RuntimeError):
+        q.backward(np.zeros((2, 1, 8), np.float32))
+    x = np.zeros((2, 1, 4), np.float32)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        q(x, (np.full((1, 1, 8), 1.5, np.float32), None))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        q(x, (np.full((1, 1, 8), np.nan, np.float32), None))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        q.initial_state(1, h0=np.full((1, 1, 8), -2, np.float32))
+    q(x, (np.full((1, 1, 8), -1, np.float32), np.full((1, 1, 8), 5, np.float32)))  # c: any
+    with pytest.raises(ValueError, match="already"):
+        lstmc.quantize(q)
+    for bad, match in ((nn.RNN(4, 8, nonlinearity="relu"), "tanh"),
+                       (nn.LSTM(4, 8, proj_size=2), "proj_size"),
+                       (nn.GRU(4, 8, reset_after=False), "reset_after"),
+                       (nn.LSTM(4, 8, cell_clip=3.0), "default cells"),
+                       (nn.LSTM(4, 8, dtype=np.float64), "float32")):
+        with pytest.raises(ValueError, match=match):
+            lstmc.quantize(bad)
+    with pytest.raises(TypeError, match="Module"):
+        lstmc.quantize(object())
+    with pytest.raises(ValueError, match="dtype"):
+        lstmc.quantize(nn.LSTM(4, 8), dtype="int4")
+    with pytest.raises(NotImplementedError, match="bf16"):
+        lstmc.quantize(nn.LSTM(4, 8), dtype="bf16")
