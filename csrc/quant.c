@@ -22,6 +22,9 @@
  * A group of 4 k is one 64-byte vector whose 32-bit lane l holds unit l's four weights:
  * VPDPBUSD's operand as it is. Set g0 starts at pack + lstmc_q8_pack_bytes(H, K, g0).
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* syscall (AMX's permission) under -std=c99 */
+#endif
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -38,6 +41,14 @@
 #define LSTMC_HAVE_Q8_VNNI 1
 #else
 #define LSTMC_HAVE_Q8_VNNI 0
+#endif
+#if LSTMC_HAVE_Q8_VNNI && defined(__linux__)
+#define LSTMC_HAVE_Q8_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define LSTMC_HAVE_Q8_AMX 0
 #endif
 
 #define U LSTMC_PACK_UNITS
@@ -259,6 +270,125 @@ Q8_VNNI_TILE(5, 4)
 Q8_VNNI_TILE(6, 4)
 #endif
 
+#if LSTMC_HAVE_Q8_AMX
+/* AMX (TDPBUSD): C (M x 16 units, int32) += A (M rows x 64 bytes of u8) . B (16 groups of 4 k
+ * x 16 units, s8), which is a strip's run of 16 groups as it lies (64-byte rows): a strip
+ * needs no repacking. Tiles: tmm0-3 the sums of four strips, tmm4 / tmm5 A's 64-k blocks in
+ * turn, tmm6 / tmm7 B's; the groups past the last whole block go through VPDPBUSD on the
+ * stored sums. Sums start at 0 and run over u8 = q + 128; the strip's comp comes off at the
+ * end (wrapping, as VPADDD does: the sum of u8 products may pass 2^31 at large K, the
+ * difference, the exact signed sum, never does), so the result is every other kernel's bit
+ * for bit. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+#define XFEATURE_XTILEDATA 18
+#define ARCH_REQ_XCOMP_PERM 0x1023
+
+/* The CPU has AMX-INT8 and the kernel lets this process use it (once per process) */
+static int amx_usable(void)
+{
+    static int state;               /* 0 unknown, 1 yes, -1 no; a race is harmless */
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (!s) {
+        unsigned a, b, c, d;
+        const int cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) &&
+                        (d >> 25 & 1) && lstmc_q8_vnni_supported();
+        s = cpu && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1
+                                                                                        : -1;
+        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    }
+    return s > 0;
+}
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni"))) static void
+q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const uint8_t *set,
+            int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc)
+{
+    const int Wg = g1 - g0, nstrips = (u1 - u0 + U - 1) / U * Wg, Kp = lstmc_q8_row_bytes(K);
+    const int blocks = Kp / 64, tail = (Kp % 64) / 4;      /* 64-k blocks; groups past them */
+    int32_t sums[4][16][16];
+    for (int r0 = 0; r0 < n; r0 += 16) {
+        const int M = n - r0 < 16 ? n - r0 : 16;
+        amx_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 6; t++)         /* sums 0-3, A's 64-k blocks 4 and 5 in turn */
+            cfg.rows[t] = (uint8_t)M, cfg.colsb[t] = 64;
+        cfg.rows[6] = cfg.rows[7] = 16, cfg.colsb[6] = cfg.colsb[7] = 64;   /* B, in turn */
+        _tile_loadconfig(&cfg);
+        const uint8_t *a = A + (size_t)r0 * lda;
+        for (int q0 = 0; q0 < nstrips; q0 += 4) {
+            const int S = nstrips - q0 < 4 ? nstrips - q0 : 4;
+            const uint8_t *w[4];
+            for (int s = 0; s < 4; s++) {
+                const int q = q0 + (s < S ? s : S - 1);
+                w[s] = strip_at((uint8_t *)set, u0 + q / Wg * U, q % Wg, Wg, K) + HEADER_BYTES;
+            }
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            /* a block: A into tile TA, then the four strips through B tiles 6 and 7 in turn,
+             * so that one strip's load overlaps the other's product (a strip past the last
+             * repeats it, its sums unused) */
+#define AMX_BLOCK(TA, kb)                                                                      \
+    do {                                                                                       \
+        const size_t at = (size_t)(kb) * 16 * 64;                                              \
+        _tile_loadd(TA, a + (size_t)(kb) * 64, lda);                                           \
+        _tile_loadd(6, w[0] + at, 64);                                                         \
+        _tile_loadd(7, w[1] + at, 64);                                                         \
+        _tile_dpbusd(0, TA, 6);                                                                \
+        _tile_dpbusd(1, TA, 7);                                                                \
+        _tile_loadd(6, w[2] + at, 64);                                                         \
+        _tile_loadd(7, w[3] + at, 64);                                                         \
+        _tile_dpbusd(2, TA, 6);                                                                \
+        _tile_dpbusd(3, TA, 7);                                                                \
+    } while (0)
+            int kb = 0;
+            for (; kb + 1 < blocks; kb += 2) {
+                AMX_BLOCK(4, kb);
+                AMX_BLOCK(5, kb + 1);
+            }
+            if (kb < blocks)
+                AMX_BLOCK(4, kb);
+#undef AMX_BLOCK
+            _tile_stored(0, sums[0], 64);
+            _tile_stored(1, sums[1], 64);
+            _tile_stored(2, sums[2], 64);
+            _tile_stored(3, sums[3], 64);
+            for (int s = 0; s < S; s++) {
+                const int q = q0 + s, b0 = u0 + q / Wg * U, v = q % Wg;
+                const uint8_t *strip = w[s] - HEADER_BYTES;
+                const int cnt = u1 - b0 < U ? u1 - b0 : U;
+                const __mmask16 mask = (__mmask16)((1u << cnt) - 1);
+                const __m512i comp = _mm512_loadu_si512(strip);
+                const __m512 sc = _mm512_loadu_ps((const float *)(strip + U * 4));
+                float *dst = C + (size_t)r0 * ldc + (size_t)(g0 + v) * gstep +
+                             (size_t)(b0 - u0) * bscale;
+                for (int r = 0; r < M; r++) {
+                    __m512i acc = _mm512_loadu_si512(sums[s][r]);
+                    for (int g = 0; g < tail; g++) {    /* the groups past the blocks */
+                        int32_t four;
+                        memcpy(&four, a + (size_t)r * lda + (size_t)(blocks * 16 + g) * 4, 4);
+                        const __m512i wg =
+                            _mm512_loadu_si512(w[s] + (size_t)(blocks * 16 + g) * 64);
+                        DPBUSD(acc, _mm512_set1_epi32(four), wg);
+                    }
+                    __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp));
+                    f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(a_scale[r0 + r])), sc);
+                    _mm512_mask_storeu_ps(dst + (size_t)r * ldc, mask, f);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+#endif
+
 #if LSTMC_HAVE_Q8_AVX2
 typedef void (*q8_tile_fn)(int, const uint8_t *, int, const float *, const q8_tile_args *,
                            float *, int);
@@ -318,22 +448,35 @@ int lstmc_q8_vnni_supported(void)
 }
 
 static int q8_kernel = LSTMC_Q8_AUTO;
+#ifndef LSTMC_Q8_AMX_MIN_ROWS
+#define LSTMC_Q8_AMX_MIN_ROWS 4
+#endif
 
 void lstmc_set_q8_kernel(int kernel)
 {
-    q8_kernel = kernel >= LSTMC_Q8_AUTO && kernel <= LSTMC_Q8_AVX512VNNI ? kernel : LSTMC_Q8_AUTO;
+    q8_kernel = kernel >= LSTMC_Q8_AUTO && kernel <= LSTMC_Q8_AMX ? kernel : LSTMC_Q8_AUTO;
 }
 
 int lstmc_get_q8_kernel(void) { return q8_kernel; }
 
+int lstmc_q8_amx_supported(void)
+{
+#if LSTMC_HAVE_Q8_AMX
+    return amx_usable();
+#else
+    return 0;
+#endif
+}
+
 int lstmc_q8_kernel_for(void)
 {
     const int vnni = lstmc_q8_vnni_supported(), avx2 = lstmc_avx2_supported();
+    const int widest = vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
     switch (q8_kernel) {
     case LSTMC_Q8_C: return LSTMC_Q8_C;
     case LSTMC_Q8_AVX2: return avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
-    case LSTMC_Q8_AVX512VNNI: return vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
-    default: return vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
+    case LSTMC_Q8_AVX512VNNI: return widest;
+    default: return lstmc_q8_amx_supported() ? LSTMC_Q8_AMX : widest;
     }
 }
 
@@ -341,8 +484,15 @@ void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_
                    const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
                    float *C, int ldc)
 {
+#if LSTMC_HAVE_Q8_AMX
+    /* AMX from LSTMC_Q8_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
+    if (kernel == LSTMC_Q8_AMX && n >= LSTMC_Q8_AMX_MIN_ROWS && amx_usable()) {
+        q8_gemm_amx(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+        return;
+    }
+#endif
 #if LSTMC_HAVE_Q8_VNNI
-    if (kernel == LSTMC_Q8_AVX512VNNI && lstmc_q8_vnni_supported()) {
+    if (kernel >= LSTMC_Q8_AVX512VNNI && lstmc_q8_vnni_supported()) {
         q8_gemm_tiles(&Q8_VNNI, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
                       ldc);
         return;

@@ -124,7 +124,7 @@ def test_same_bits_on_every_kernel_and_thread_count(cell, I, H, B, T, bi, seed):
     x = np.random.default_rng(seed).standard_normal((T, B, I)).astype(np.float32)
     outs, before = [], lstmc.get_num_threads()
     try:
-        for kernel in ("c", "avx2", "avx512_vnni"):
+        for kernel in ("c", "avx2", "avx512_vnni", "amx"):
             _core._set_q8_kernel(kernel)
             for threads in (1, 2):
                 lstmc.set_num_threads(threads)

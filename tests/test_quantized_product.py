@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from lstmc import _core
 from lstmc import reference as R
 
-KERNELS = ("c", "avx2", "avx512_vnni")
+KERNELS = ("c", "avx2", "avx512_vnni", "amx")   # amx: from 4 rows on (VNNI below)
 
 
 def _runnable():
@@ -115,14 +115,15 @@ def test_saturation_full_range_weights_and_activations(kernel, sign):
 
 def test_the_largest_k_keeps_int32_sums(kernel):
     """K = 2^17 with every product at 127 * 127: the sum, 2.11e9, and the VNNI kernel's
-    compensated start, -128 * 127 * K = -2.13e9, both within int32"""
+    compensated start, -128 * 127 * K = -2.13e9, both within int32; AMX's sum of u8 products,
+    255 * 127 * K, wraps and comes back exact (four rows: AMX's)"""
     K = _core.Q8_MAX_K
     w = np.full((1, K), 127, np.int8)
+    packed = _core.q8_pack(w, np.ones(1, np.float32), 1, 1)
     for value in (127, -127):
-        u = np.full((1, K), value + 128, np.uint8)
-        packed = _core.q8_pack(w, np.ones(1, np.float32), 1, 1)
-        got = _core.q8_product(u, np.ones(1, np.float32), packed, K, 1, 1)
-        assert got[0, 0] == np.float32(value * 127 * K)
+        u = np.full((4, K), value + 128, np.uint8)
+        got = _core.q8_product(u, np.ones(4, np.float32), packed, K, 1, 1)
+        assert (got == np.float32(value * 127 * K)).all()
 
 
 def test_quantizer_rows_zero_non_finite_ties_and_padding():
