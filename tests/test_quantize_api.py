@@ -120,3 +120,13 @@ def test_refusals_name_what_is_wrong():
         lstmc.quantize(nn.LSTM(4, 8), dtype="int4")
     with pytest.raises(NotImplementedError, match="bf16"):
         lstmc.quantize(nn.LSTM(4, 8), dtype="bf16")
+
+
+def test_info_names_the_int8_kernel(capsys):
+    from lstmc import _core
+    from lstmc.__main__ import info
+
+    info()
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("int8 kernel")]
+    assert len(line) == 1 and line[0].split()[2] == _core.q8_kernel_for()
+    assert _core.q8_kernel_for() in _core.Q8_KERNELS[1:]
