@@ -55,10 +55,9 @@ def quantize(model, dtype="int8"):
     for name, m in _recurrent(out):
         if m.__dict__.get("_q8") is not None:
             raise ValueError(f"{name or type(m).__name__} is quantized already")
-        q8 = QuantizedWeights(m._spec(), m._flat, m._gates)
-        object.__setattr__(m, "_q8", q8)
-        m._engine.q8 = q8
         m._engine.weights.release()   # the float packed copy is not used
+        object.__setattr__(m, "_q8", QuantizedWeights(m._spec(), m._flat, m._gates))
+        m.__dict__.update(m._afresh())   # an engine on the int8 weights; parameters frozen
     return out
 
 

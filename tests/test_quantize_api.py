@@ -107,6 +107,14 @@ def test_refusals_name_what_is_wrong():
     q(x, (np.full((1, 1, 8), -1, np.float32), np.full((1, 1, 8), 5, np.float32)))  # c: any
     with pytest.raises(ValueError, match="already"):
         lstmc.quantize(q)
+    # its float parameters cannot change under the int8 copy (which would go stale)
+    for module in (q, copy.deepcopy(q)):
+        with pytest.raises(RuntimeError, match="quantized"):
+            module.load_state_dict(nn.LSTM(4, 8).state_dict())
+        with pytest.raises(RuntimeError, match="quantized"):
+            lstmc.optim.SGD(module.parameters(), lr=0.1).step()
+        with pytest.raises(ValueError, match="read-only"):
+            module.weight_hh_l0.data[0, 0] = 1.0
     for bad, match in ((nn.RNN(4, 8, nonlinearity="relu"), "tanh"),
                        (nn.LSTM(4, 8, proj_size=2), "proj_size"),
                        (nn.GRU(4, 8, reset_after=False), "reset_after"),

@@ -260,6 +260,17 @@ class QuantizedWeights:
         self.dtype, self.buffer = "int8", buf
 
     @staticmethod
+    def freeze(flat, params, message):
+        """The float parameters the int8 copy came from, read-only for good: a write (an
+        optimizer's step, load_state_dict, set_weights, which release first) raises
+        RuntimeError(message) instead of leaving the int8 copy stale."""
+        def refuse():
+            raise RuntimeError(message)
+        for p in params:
+            p._hold(refuse)
+        flat.flags.writeable = False
+
+    @staticmethod
     def check_state(h0, name):
         """An initial h for the static 1/127 scale: finite and within [-1, 1]."""
         if h0 is not None and not (np.abs(h0) <= 1).all():

@@ -165,6 +165,9 @@ class _RNNBase(Streaming, Module):
         engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values(),
                         f"{type(self).__name__}({self.extra_repr()})")
         engine.q8 = self.__dict__.get("_q8")       # a quantized module's (lstmc.quantize)
+        if engine.q8 is not None:
+            engine.q8.freeze(self._flat, self._parameters.values(),
+                             engine.quantized_refusal("writing its parameters"))
         return dict(_engine=engine, _last_dropout_masks=[])
 
     def _spec(self):
