@@ -310,6 +310,7 @@ void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int
                          int g0, int g1, int u0, int u1);
 void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, int lda, int n,
                             int K);
+/* kernel: as lstmc_q8_kernel_for chose it (the CPU runs it; not checked again per call) */
 void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale, int K,
                    const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
                    float *C, int ldc);

@@ -486,20 +486,20 @@ void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_
 {
 #if LSTMC_HAVE_Q8_AMX
     /* AMX from LSTMC_Q8_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
-    if (kernel == LSTMC_Q8_AMX && n >= LSTMC_Q8_AMX_MIN_ROWS && amx_usable()) {
+    if (kernel == LSTMC_Q8_AMX && n >= LSTMC_Q8_AMX_MIN_ROWS) {
         q8_gemm_amx(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
         return;
     }
 #endif
 #if LSTMC_HAVE_Q8_VNNI
-    if (kernel >= LSTMC_Q8_AVX512VNNI && lstmc_q8_vnni_supported()) {
+    if (kernel >= LSTMC_Q8_AVX512VNNI) {
         q8_gemm_tiles(&Q8_VNNI, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
                       ldc);
         return;
     }
 #endif
 #if LSTMC_HAVE_Q8_AVX2
-    if (kernel >= LSTMC_Q8_AVX2 && lstmc_avx2_supported()) {
+    if (kernel >= LSTMC_Q8_AVX2) {
         q8_gemm_tiles(&Q8_AVX2, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
                       ldc);
         return;

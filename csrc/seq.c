@@ -361,7 +361,7 @@ size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s) { return scratch_of(s, 0, 1
  * Per layer l and direction d, in the flat buffer's order: W_ih as one gate set of all G
  * blocks with K = I_l, then W_hh likewise with K = Hout (quant.c's layout); `which` is
  * LSTMC_W_IH or LSTMC_W_HH; past the last layer, the total, in bytes. */
-static size_t q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
 {
     const int G = gates_of(s->cell);
     size_t at = 0;
@@ -375,12 +375,10 @@ static size_t q8_offset(const lstmc_seq *s, int layer, int dir, int which)
     return at;
 }
 
-size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+size_t lstmc_seq_q8_size(const lstmc_seq *s)
 {
-    return q8_offset(s, layer, dir, which);
+    return lstmc_seq_q8_offset(s, s->layers, 0, LSTMC_W_IH);
 }
-
-size_t lstmc_seq_q8_size(const lstmc_seq *s) { return q8_offset(s, s->layers, 0, LSTMC_W_IH); }
 
 /* Whether an int8 forward runs `s`: float32 h bounded by 1 (its static scale 1/127: LSTM
  * without projection, GRU reset-after, RNN-tanh, default activations) */
@@ -609,9 +607,10 @@ static inline int this_cpu(void)
  * barrier, for as long as the call lasts (LSTM I80 H320 B1 T200 eval, two threads: 10-12 ms
  * instead of 2.2). So a thread that has waited past its spins notes its CPU (only then:
  * no system call on the barrier's fast path), and one that finds a lower-numbered mate noted
- * on its own CPU moves to an allowed CPU that no mate was on: bound to it for a moment, then given its own mask back, so that the kernel may still
- * move it. Only the higher-numbered of two moves (when both did, they chased each other).
- * Not when the user binds OpenMP's threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
+ * on its own CPU moves to an allowed CPU that no mate was on: bound to it for a moment, then
+ * given its own mask back, so that the kernel may still move it. Only the higher-numbered of
+ * two moves (when both did, they chased each other). Not when the user binds OpenMP's
+ * threads (OMP_PROC_BIND, GOMP_CPU_AFFINITY). */
 static void unstack(team_sync *b, int n, int me)
 {
 #ifdef __linux__
