@@ -238,6 +238,8 @@ size_t lstmc_pack_size(int H, int K, int G);   /* elements of a packed W_hh, all
 #define LSTMC_PACKED_PROJ_MAX_ROWS 1024
 int lstmc_avx2_supported(void);
 int lstmc_avx512_supported(void);   /* AVX-512F (and AVX2/FMA) */
+/* The kernel lets this process use AMX's tile data (quant.c; asked once, on Linux) */
+int lstmc_amx_permitted(void);
 /* kernel is one of the SIMD packed kernels (whose f32 packing transposes in registers) */
 #define LSTMC_RECUR_SIMD(kernel) ((kernel) >= LSTMC_RECUR_PACKED_AVX2)
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed

@@ -274,22 +274,25 @@ int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams
  */
 #define LSTMC_Q8_MAX_K (1 << 17)
 /*
- * An int8 forward (inference): lstmc_seq_forward_f32's y, hn, cn, x, h0, c0 and params (its
- * biases; its W_ih and W_hh are not read) with the weights from q8, lstmc_seq_q8_size(s)
- * bytes: per layer and direction W_ih (K = I_l) and W_hh (K = Hout), each packed by
- * lstmc_q8_pack_gates as one set of all G gate blocks at lstmc_seq_q8_offset(s, l, d,
- * LSTMC_W_IH or LSTMC_W_HH). Layer inputs are quantized per row; h with the static scale
- * 1/127, so only cells whose h stays within [-1, 1] run (LSTM without projection, GRU
- * reset-after, RNN-tanh, default activations) from a finite h0 within [-1, 1] (clamped
- * there; a NaN reads as 0); LSTMC_ERR_ARG for others. scratch: lstmc_seq_scratch_size_q8(s)
+ * A quantized forward (inference), qtype LSTMC_QT_INT8 or LSTMC_QT_BF16:
+ * lstmc_seq_forward_f32's y, hn, cn, x, h0, c0 and params (its biases; its W_ih and W_hh are
+ * not read) with the weights from qw, lstmc_seq_qsize(s, qtype) bytes: per layer and
+ * direction W_ih (K = I_l) and W_hh (K = Hout), each packed (lstmc_q8_pack_gates or
+ * lstmc_bf16_pack_gates) as one set of all G gate blocks at lstmc_seq_qoffset(s, qtype, l, d,
+ * LSTMC_W_IH or LSTMC_W_HH). Layer inputs are quantized per row (int8) or rounded to bf16;
+ * h likewise after every step, int8 with the static scale 1/127, so int8 runs only cells
+ * whose h stays within [-1, 1] (LSTM without projection, GRU reset-after, RNN-tanh, default
+ * activations) from a finite h0 within [-1, 1] (clamped there; a NaN reads as 0); bf16
+ * also runs RNN-ReLU. LSTMC_ERR_ARG for others. scratch: lstmc_seq_scratch_size_q(s, qtype)
  * floats.
  */
-size_t lstmc_seq_q8_size(const lstmc_seq *s);
-size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which);
-size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s);
-int lstmc_seq_forward_q8(float *y, float *hn, float *cn, const float *x, const float *h0,
-                         const float *c0, const float *params, const uint8_t *q8,
-                         float *scratch, const lstmc_seq *s);
+enum { LSTMC_QT_INT8 = 1, LSTMC_QT_BF16 = 2 };
+size_t lstmc_seq_qsize(const lstmc_seq *s, int qtype);
+size_t lstmc_seq_qoffset(const lstmc_seq *s, int qtype, int layer, int dir, int which);
+size_t lstmc_seq_scratch_size_q(const lstmc_seq *s, int qtype);
+int lstmc_seq_forward_q(float *y, float *hn, float *cn, const float *x, const float *h0,
+                        const float *c0, const float *params, const uint8_t *qw, int qtype,
+                        float *scratch, const lstmc_seq *s);
 enum {
     LSTMC_Q8_AUTO = 0,
     LSTMC_Q8_C = 1,                 /* the portable kernel */
@@ -314,6 +317,35 @@ void lstmc_q8_quantize_rows(uint8_t *q, int ldq, float *scale, const float *a, i
 void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale, int K,
                    const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
                    float *C, int ldc);
+
+/*
+ * bfloat16 products (quant_bf16.c; the arithmetic of lstmc/reference.py to_bf16 /
+ * bf16_product): C[j, col] = sum_k a[j, k] w[n, k] in float32 over bfloat16 operands, n and
+ * col as in lstmc_q8_gemm. Weights: bfloat16 bits (G H, K) packed by lstmc_bf16_pack_gates;
+ * activations: rows of lstmc_bf16_row_elems(K) bfloat16 from lstmc_bf16_round_rows.
+ */
+enum {
+    LSTMC_BF16_AUTO = 0,
+    LSTMC_BF16_C = 1,               /* the portable kernel */
+    LSTMC_BF16_AVX2 = 2,            /* 8 lanes, widened to float32, FMA */
+    LSTMC_BF16_AVX512 = 3,          /* 16 lanes, VDPBF16PS (AVX-512 BF16) */
+    LSTMC_BF16_AMX = 4              /* AMX tiles (TDPBF16PS) for products of several rows, the
+                                       AVX-512 BF16 kernel for the others */
+};
+void lstmc_set_bf16_kernel(int kernel);   /* out-of-range values mean AUTO */
+int lstmc_bf16_kernel_for(void);          /* the kernel that runs here: forced ones fall back */
+int lstmc_bf16_avx512_supported(void);
+int lstmc_bf16_amx_supported(void);       /* and usable: the kernel granted the tile data */
+int lstmc_bf16_row_elems(int K);
+size_t lstmc_bf16_strip_bytes(int K);
+size_t lstmc_bf16_pack_bytes(int H, int K, int G);
+void lstmc_bf16_pack_gates(uint8_t *set, const uint16_t *Wb, int H, int K, int g0, int g1,
+                           int u0, int u1);
+void lstmc_bf16_round(uint16_t *q, int ldq, const float *a, int lda, int n, int c0, int c1);
+void lstmc_bf16_round_rows(uint16_t *q, int ldq, const float *a, int lda, int n, int K);
+/* kernel: as lstmc_bf16_kernel_for chose it (the CPU runs it; not checked again per call) */
+void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K, const uint8_t *set,
+                     int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc);
 
 #ifdef __cplusplus
 }

@@ -288,17 +288,31 @@ typedef struct {
 #define XFEATURE_XTILEDATA 18
 #define ARCH_REQ_XCOMP_PERM 0x1023
 
-/* The CPU has AMX-INT8 and the kernel lets this process use it (once per process) */
+/* The kernel lets this process use the AMX tile data (asked once per process; quant_bf16.c's
+ * AMX kernel asks here too) */
+int lstmc_amx_permitted(void)
+{
+    static int state;               /* 0 unknown, 1 yes, -1 no; a race is harmless */
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (!s) {
+        s = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -1;
+        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    }
+    return s > 0;
+}
+
+/* The CPU has AMX-INT8 and the kernel lets this process use it (found once: CPUID exits a
+ * virtual machine) */
 static int amx_usable(void)
 {
     static int state;               /* 0 unknown, 1 yes, -1 no; a race is harmless */
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
     if (!s) {
         unsigned a, b, c, d;
-        const int cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) &&
-                        (d >> 25 & 1) && lstmc_q8_vnni_supported();
-        s = cpu && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1
-                                                                                        : -1;
+        s = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) &&
+                    lstmc_q8_vnni_supported() && lstmc_amx_permitted()
+                ? 1
+                : -1;
         __atomic_store_n(&state, s, __ATOMIC_RELAXED);
     }
     return s > 0;

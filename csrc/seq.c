@@ -287,21 +287,56 @@ static int splittable(const lstmc_seq *s, int train)
  * buffer while slower threads may still read the other, so one barrier per step suffices.
  * The forward's per-direction buffers (bias_i to pack) are one run; a splittable call has
  * a second such run, dir1 elements on, for the direction the second thread runs. */
-/* int8 rows of a layer's input (lstmc_q8_quantize_rows): the widest layer's bytes a row */
-static int q8_input_bytes(const lstmc_seq *s)
+/* ---- quantized operands (lstmc_seq_forward_q): int8 (quant.c) or bfloat16 (quant_bf16.c) -- */
+/* Bytes of one quantized row of K values: int8 q + 128 rounded up to 4, or bfloat16 pairs */
+static int q_row_bytes(int qtype, int K)
+{
+    return qtype == LSTMC_QT_BF16 ? 2 * lstmc_bf16_row_elems(K) : lstmc_q8_row_bytes(K);
+}
+
+static size_t q_pack_bytes(int qtype, int H, int K, int G)
+{
+    return qtype == LSTMC_QT_BF16 ? lstmc_bf16_pack_bytes(H, K, G) : lstmc_q8_pack_bytes(H, K, G);
+}
+
+/* Rows of a (n, K) quantized into q (ldq bytes a row, padded): int8 with their scales, or
+ * bfloat16 (no scale) */
+static void q_rows(int qtype, uint8_t *q, int ldq, float *scale, const float *a, int lda, int n,
+                   int K)
+{
+    if (qtype == LSTMC_QT_BF16)
+        lstmc_bf16_round_rows((uint16_t *)q, ldq / 2, a, lda, n, K);
+    else
+        lstmc_q8_quantize_rows(q, ldq, scale, a, lda, n, K);
+}
+
+/* lstmc_q8_gemm or lstmc_bf16_gemm on rows A of lda bytes (a_scale: int8's row scales) */
+static void q_gemm(int qtype, int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
+                   int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                   int u1, float *C, int ldc)
+{
+    if (qtype == LSTMC_QT_BF16)
+        lstmc_bf16_gemm(kernel, n, (const uint16_t *)A, lda / 2, K, set, g0, g1, gstep, bscale,
+                        u0, u1, C, ldc);
+    else
+        lstmc_q8_gemm(kernel, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+}
+
+/* Quantized rows of a layer's input: the widest layer's bytes a row */
+static int q_input_bytes(const lstmc_seq *s, int qtype)
 {
     int most = 0;
     for (int l = 0; l < s->layers; l++) {
-        const int b = lstmc_q8_row_bytes((int)input_of(s, l));
+        const int b = q_row_bytes(qtype, (int)input_of(s, l));
         most = b > most ? b : most;
     }
     return most;
 }
 
-/* An int8 forward (q8) adds, per direction, h quantized (double-buffered, u8 rows of Hout
- * rounded up to 4 bytes) and its rows' scales, and the layer input quantized, rows and
+/* A quantized forward (qtype, else 0) adds, per direction, h quantized (double-buffered,
+ * rows of q_row_bytes(Hout)) and its rows' scales, and the layer input quantized, rows and
  * scales; it packs nothing per call. */
-static scratch_layout scratch_of(const lstmc_seq *s, int train, int q8)
+static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
 {
     const size_t N = lstmc_seq_rows(s), B = (size_t)s->batch;
     const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
@@ -320,16 +355,16 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int q8)
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
     TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
-    TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !q8
+    TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !qtype
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
-    TAKE(hq, q8 ? 2 * B * (size_t)lstmc_q8_row_bytes((int)Hout) / 4 : 0);
-    TAKE(hs, q8 ? B : 0);
+    TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 : 0);
+    TAKE(hs, qtype ? B : 0);
     w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
     at += w.dir1;
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
-    TAKE(xq, q8 ? N * (size_t)q8_input_bytes(s) / 4 : 0);
-    TAKE(xs, q8 ? N : 0);
+    TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 : 0);
+    TAKE(xs, qtype ? N : 0);
     /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
     TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
                     ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16
@@ -355,36 +390,41 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train)
     return scratch_of(s, train, 0).total;
 }
 
-size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s) { return scratch_of(s, 0, 1).total; }
+size_t lstmc_seq_scratch_size_q(const lstmc_seq *s, int qtype)
+{
+    return scratch_of(s, 0, qtype).total;
+}
 
-/* ---- int8 weights (lstmc_seq_forward_q8) --------------------------------------------------
+/* ---- quantized weights (lstmc_seq_forward_q) ---------------------------------------------
  * Per layer l and direction d, in the flat buffer's order: W_ih as one gate set of all G
- * blocks with K = I_l, then W_hh likewise with K = Hout (quant.c's layout); `which` is
- * LSTMC_W_IH or LSTMC_W_HH; past the last layer, the total, in bytes. */
-size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
+ * blocks with K = I_l, then W_hh likewise with K = Hout (quant.c's or quant_bf16.c's
+ * layout); `which` is LSTMC_W_IH or LSTMC_W_HH; past the last layer, the total, in bytes. */
+size_t lstmc_seq_qoffset(const lstmc_seq *s, int qtype, int layer, int dir, int which)
 {
     const int G = gates_of(s->cell);
     size_t at = 0;
     for (int l = 0; l < s->layers; l++)
         for (int d = 0; d < s->dirs; d++) {
-            const size_t ih = lstmc_q8_pack_bytes(s->hidden, (int)input_of(s, l), G);
+            const size_t ih = q_pack_bytes(qtype, s->hidden, (int)input_of(s, l), G);
             if (l == layer && d == dir)
                 return which == LSTMC_W_IH ? at : at + ih;
-            at += ih + lstmc_q8_pack_bytes(s->hidden, (int)hout_of(s), G);
+            at += ih + q_pack_bytes(qtype, s->hidden, (int)hout_of(s), G);
         }
     return at;
 }
 
-size_t lstmc_seq_q8_size(const lstmc_seq *s)
+size_t lstmc_seq_qsize(const lstmc_seq *s, int qtype)
 {
-    return lstmc_seq_q8_offset(s, s->layers, 0, LSTMC_W_IH);
+    return lstmc_seq_qoffset(s, qtype, s->layers, 0, LSTMC_W_IH);
 }
 
-/* Whether an int8 forward runs `s`: float32 h bounded by 1 (its static scale 1/127: LSTM
- * without projection, GRU reset-after, RNN-tanh, default activations) */
-static int q8_runs(const lstmc_seq *s)
+/* Whether a quantized forward runs `s`: the default activations, one recurrent product a
+ * step on h (no projection, no GRU reset-before); int8 needs h bounded by 1 (its static
+ * scale 1/127), which RNN-ReLU's is not */
+static int q_runs(const lstmc_seq *s, int qtype)
 {
-    return !s->proj && !two_phase(s) && s->cell != LSTMC_CELL_RNN_RELU && !options_of(s);
+    return (qtype == LSTMC_QT_INT8 || qtype == LSTMC_QT_BF16) && !s->proj && !two_phase(s) &&
+           !options_of(s) && (qtype == LSTMC_QT_BF16 || s->cell != LSTMC_CELL_RNN_RELU);
 }
 
 /* ---- packed weights (lstmc_seq_pack_*) ---------------------------------------------------
@@ -507,7 +547,7 @@ typedef struct {
 } seq_plan;
 
 static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int masks,
-                        int threads, int q8, team_sync *sync)
+                        int threads, int qtype, team_sync *sync)
 {
     const long work = (long)gates_of(s->cell) * s->hidden * (long)hout_of(s) * s->batch;
     const int units = (s->hidden + LSTMC_UNIT_ALIGN - 1) / LSTMC_UNIT_ALIGN;
@@ -526,8 +566,9 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
              (long)gates_of(s->cell) * s->hidden * hout_of(s) <= LSTMC_ROWS_SPLIT_MAX_WEIGHTS;
     p.panels = !train && packed && p.team > 1 && !p.split && !p.rows;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
-    if (q8) {           /* int8: its own kernels on its own packed copy (any batch), no BLAS */
-        p.kernel = p.proj_kernel = lstmc_q8_kernel_for();
+    if (qtype) {        /* quantized: its own kernels on its own packed copy (any batch), no BLAS */
+        p.kernel = p.proj_kernel =
+            qtype == LSTMC_QT_BF16 ? lstmc_bf16_kernel_for() : lstmc_q8_kernel_for();
         p.own_pack = p.blas = 0;
     }
     p.sync = sync;

@@ -44,6 +44,7 @@ def info():
         ("recurrent kernel", _core.recurrent_kernel_for("float32", 1, 1 << 20, True)
          + " (float32, batch <= 128)"),
         ("int8 kernel", _core.q8_kernel_for() + " (lstmc.quantize)"),
+        ("bf16 kernel", _core.bf16_kernel_for() + " (lstmc.quantize)"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -15,7 +15,7 @@ import numpy as np
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport int8_t, uint8_t
+from libc.stdint cimport int8_t, uint8_t, uint16_t
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cdef extern from "lstmc.h" nogil:
@@ -115,12 +115,25 @@ cdef extern from "lstmc.h" nogil:
     void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
                        int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
                        int u1, float *C, int ldc)
-    size_t lstmc_seq_q8_size(const lstmc_seq *s)
-    size_t lstmc_seq_q8_offset(const lstmc_seq *s, int layer, int dir, int which)
-    size_t lstmc_seq_scratch_size_q8(const lstmc_seq *s)
-    int lstmc_seq_forward_q8(float *y, float *hn, float *cn, const float *x, const float *h0,
-                             const float *c0, const float *params, const uint8_t *q8,
-                             float *scratch, const lstmc_seq *s)
+    enum:
+        LSTMC_QT_INT8
+        LSTMC_QT_BF16
+    size_t lstmc_seq_qsize(const lstmc_seq *s, int qtype)
+    size_t lstmc_seq_qoffset(const lstmc_seq *s, int qtype, int layer, int dir, int which)
+    size_t lstmc_seq_scratch_size_q(const lstmc_seq *s, int qtype)
+    int lstmc_seq_forward_q(float *y, float *hn, float *cn, const float *x, const float *h0,
+                            const float *c0, const float *params, const uint8_t *qw, int qtype,
+                            float *scratch, const lstmc_seq *s)
+    void lstmc_set_bf16_kernel(int kernel)
+    int lstmc_bf16_kernel_for()
+    int lstmc_bf16_row_elems(int K)
+    size_t lstmc_bf16_pack_bytes(int H, int K, int G)
+    void lstmc_bf16_pack_gates(uint8_t *set, const uint16_t *Wb, int H, int K, int g0, int g1,
+                               int u0, int u1)
+    void lstmc_bf16_round_rows(uint16_t *q, int ldq, const float *a, int lda, int n, int K)
+    void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K,
+                         const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                         int u1, float *C, int ldc)
 
 
 cdef void *_blas_function(dict capi, str name, int int_arg) except NULL:
@@ -579,27 +592,30 @@ cdef class Seq:
             _release_sigint(hooked)
         _raise_status(status)
 
-    @property
-    def q8_size(self):
-        """Bytes of the int8 weights of forward_q8 (each W_ih / W_hh at q8_offset)."""
-        return lstmc_seq_q8_size(&self.s)
+    def qsize(self, str dtype):
+        """Bytes of the quantized weights of forward_q (each W_ih / W_hh at qoffset); dtype
+        one of QTYPES."""
+        return lstmc_seq_qsize(&self.s, _qtype(dtype))
 
-    def q8_offset(self, int layer, int direction, int which):
-        """Byte offset of W_ih (which = 0) or W_hh (1) of a layer and direction in the int8
-        weights, each a q8_pack of all G gate blocks (K = the layer's input, or Hout)."""
+    def qoffset(self, str dtype, int layer, int direction, int which):
+        """Byte offset of W_ih (which = 0) or W_hh (1) of a layer and direction in the
+        quantized weights, each a q8_pack / bf16_pack of all G gate blocks (K = the layer's
+        input, or Hout)."""
+        cdef int qtype = _qtype(dtype)
         if not (0 <= layer < self.s.layers and 0 <= direction < self.s.dirs and which in (0, 1)):
-            raise ValueError(f"no int8 weights at layer {layer}, direction {direction}, "
+            raise ValueError(f"no {dtype} weights at layer {layer}, direction {direction}, "
                              f"which {which}")
-        return lstmc_seq_q8_offset(&self.s, layer, direction,
-                                   LSTMC_W_IH if which == 0 else LSTMC_W_HH)
+        return lstmc_seq_qoffset(&self.s, qtype, layer, direction,
+                                 LSTMC_W_IH if which == 0 else LSTMC_W_HH)
 
-    @property
-    def scratch_size_q8(self):
-        return lstmc_seq_scratch_size_q8(&self.s)
+    def scratch_size_q(self, str dtype):
+        return lstmc_seq_scratch_size_q(&self.s, _qtype(dtype))
 
-    def forward_q8(self, y, hn, cn, x, h0, c0, params, q8, scratch):
-        """An int8 inference forward (lstmc.h lstmc_seq_forward_q8): forward's float32 arrays
-        (params: only the biases are read) and the int8 weights q8 (q8_size bytes, uint8)."""
+    def forward_q(self, y, hn, cn, x, h0, c0, params, qw, str dtype, scratch):
+        """A quantized inference forward (lstmc.h lstmc_seq_forward_q): forward's float32
+        arrays (params: only the biases are read) and the packed weights qw (qsize(dtype)
+        bytes, uint8) of dtype, one of QTYPES."""
+        cdef int qtype = _qtype(dtype)
         cdef _Counts n = self._counts(False)
         dt = _F32
         cdef void *py = _addr(y, "y", dt, n.y, True, False)
@@ -609,29 +625,30 @@ cdef class Seq:
         cdef void *ph0 = _addr(h0, "h0", dt, n.h, False, True)
         cdef void *pc0 = _addr(c0, "c0", dt, n.c, False, True)
         cdef void *pp = _addr(params, "params", dt, n.params, False, False)
-        cdef void *pw = _addr(scratch, "scratch", dt, lstmc_seq_scratch_size_q8(&self.s), True,
-                              False, True)
-        if not isinstance(q8, _ndarray) or q8.dtype != np.uint8 or not q8.flags.c_contiguous \
-                or <size_t>q8.size != lstmc_seq_q8_size(&self.s):
-            raise ValueError(f"q8 must be a contiguous uint8 array of {lstmc_seq_q8_size(&self.s)} "
-                             "bytes (q8_size)")
-        cdef const uint8_t[::1] qv = q8
+        cdef void *pw = _addr(scratch, "scratch", dt, lstmc_seq_scratch_size_q(&self.s, qtype),
+                              True, False, True)
+        cdef size_t size = lstmc_seq_qsize(&self.s, qtype)
+        if not isinstance(qw, _ndarray) or qw.dtype != np.uint8 or not qw.flags.c_contiguous \
+                or <size_t>qw.size != size:
+            raise ValueError(f"qw must be a contiguous uint8 array of {size} bytes "
+                             f"(qsize({dtype!r}))")
+        cdef const uint8_t[::1] qv = qw
         cdef const uint8_t *pq = &qv[0]
         cdef int status
         cdef lstmc_seq s = self.s
         cdef bint hooked = _catch_sigint(&s)
         try:
             with nogil:
-                status = lstmc_seq_forward_q8(<float *>py, <float *>phn, <float *>pcn,
-                                              <const float *>px, <const float *>ph0,
-                                              <const float *>pc0, <const float *>pp, pq,
-                                              <float *>pw, &s)
+                status = lstmc_seq_forward_q(<float *>py, <float *>phn, <float *>pcn,
+                                             <const float *>px, <const float *>ph0,
+                                             <const float *>pc0, <const float *>pp, pq, qtype,
+                                             <float *>pw, &s)
         finally:
             _release_sigint(hooked)
         if status == LSTMC_ERR_ARG:
-            raise ValueError("this sequence has no int8 forward: only LSTM without projection, "
-                             "GRU reset-after and RNN-tanh with their default activations run "
-                             "on int8 weights")
+            raise ValueError(f"this sequence has no {dtype} forward: only LSTM without "
+                             "projection, GRU reset-after and RNN-tanh (bf16: RNN-ReLU too) "
+                             "with their default activations run on quantized weights")
         _raise_status(status)
 
     def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
@@ -686,6 +703,15 @@ cdef class Seq:
 
 Q8_KERNELS = ("auto", "c", "avx2", "avx512_vnni", "amx")   # lstmc.h LSTMC_Q8_*
 Q8_MAX_K = LSTMC_Q8_MAX_K
+
+
+QTYPES = {"int8": LSTMC_QT_INT8, "bf16": LSTMC_QT_BF16}   # lstmc.h LSTMC_QT_*
+
+
+cdef int _qtype(str dtype) except -1:
+    if dtype not in QTYPES:
+        raise ValueError(f"dtype must be one of {tuple(QTYPES)}, got {dtype!r}")
+    return QTYPES[dtype]
 
 
 def _set_q8_kernel(str kernel):
@@ -782,4 +808,79 @@ def q8_product(aq, a_scale, packed, int K, int H, int G):
     with nogil:
         lstmc_q8_gemm(kernel, n, &av[0, 0], av.shape[1], &sv[0], K, &pv[0], 0, G, H, 1, 0, H,
                       &ov[0, 0], G * H)
+    return out
+
+
+BF16_KERNELS = ("auto", "c", "avx2", "avx512_bf16", "amx")   # lstmc.h LSTMC_BF16_*
+
+
+def _set_bf16_kernel(str kernel):
+    """Forces the bfloat16 product's kernel process-wide, one of BF16_KERNELS (a kernel this
+    CPU lacks falls back: amx to avx512_bf16, that to avx2, avx2 to c). For tests and
+    benchmarks."""
+    if kernel not in BF16_KERNELS:
+        raise ValueError(f"kernel must be one of {BF16_KERNELS}, got {kernel!r}")
+    lstmc_set_bf16_kernel(BF16_KERNELS.index(kernel))
+
+
+def bf16_kernel_for():
+    """The bfloat16 kernel (a name of BF16_KERNELS) that runs on this CPU under the setting."""
+    return BF16_KERNELS[lstmc_bf16_kernel_for()]
+
+
+def bf16_round(a):
+    """Rows of float32 `a` (n, K) rounded to bfloat16 as reference.to_bf16 does: uint16 bits
+    (n, Kp), zero-padded to Kp = K rounded up to even."""
+    x = _matrix(a, "a", np.float32)
+    cdef int n = x.shape[0], K = x.shape[1], Kp = lstmc_bf16_row_elems(K)
+    q = np.empty((n, Kp), np.uint16)
+    cdef float[:, ::1] xv = x
+    cdef uint16_t[:, ::1] qv = q
+    if n and K:
+        with nogil:
+            lstmc_bf16_round_rows(&qv[0, 0], Kp, &xv[0, 0], K, n, K)
+    elif n:
+        q[:] = 0
+    return q
+
+
+def bf16_pack(wb, int H, int G):
+    """bfloat16 weights (G H, K) as uint16 bits packed for bf16_product (64-byte aligned
+    uint8, lstmc_bf16_pack_bytes(H, K, G) bytes)."""
+    if H < 1 or G < 1:
+        raise ValueError(f"H and G must be positive, got {H} and {G}")
+    w = _matrix(wb, "wb", np.uint16)
+    if w.shape[0] != G * H:
+        raise ValueError(f"wb must have {G} * {H} rows, got {w.shape[0]}")
+    if w.shape[1] < 1:
+        raise ValueError("wb must have at least one column")
+    cdef int K = w.shape[1]
+    packed = empty_aligned(lstmc_bf16_pack_bytes(H, K, G), np.uint8)
+    cdef uint16_t[:, ::1] wv = w
+    cdef uint8_t[::1] pv = packed
+    with nogil:
+        lstmc_bf16_pack_gates(&pv[0], &wv[0, 0], H, K, 0, G, 0, H)
+    return packed
+
+
+def bf16_product(ab, packed, int K, int H, int G):
+    """The product of bf16_round rows and bf16_pack weights: float32 (n, G H), float32 sums of
+    the bfloat16 operands' products, on the kernel bf16_kernel_for() names."""
+    a = _matrix(ab, "ab", np.uint16, lstmc_bf16_row_elems(K))
+    if H < 1 or G < 1 or K < 1:
+        raise ValueError(f"K, H and G must be positive, got {K}, {H} and {G}")
+    if not isinstance(packed, _ndarray) or packed.dtype != np.uint8 or packed.ndim != 1 \
+            or <size_t>packed.size != lstmc_bf16_pack_bytes(H, K, G):
+        raise ValueError(f"packed must be bf16_pack's uint8 array of "
+                         f"{lstmc_bf16_pack_bytes(H, K, G)} bytes for K={K}, H={H}, G={G}")
+    cdef int n = a.shape[0], kernel = lstmc_bf16_kernel_for()
+    out = np.empty((n, G * H), np.float32)
+    if n == 0:
+        return out
+    cdef uint16_t[:, ::1] av = a
+    cdef const uint8_t[::1] pv = packed
+    cdef float[:, ::1] ov = out
+    with nogil:
+        lstmc_bf16_gemm(kernel, n, &av[0, 0], av.shape[1], K, &pv[0], 0, G, H, 1, 0, H,
+                        &ov[0, 0], G * H)
     return out

@@ -1,11 +1,15 @@
-"""`lstmc.quantize`: an inference copy of a model whose recurrent weights are int8.
+"""`lstmc.quantize`: an inference copy of a model whose recurrent weights are int8 or
+bfloat16.
 
-The scheme (lstmc/reference.py is its spec, docs/spec.md section 9): W_ih and W_hh of each
-layer and direction symmetric int8 per row (gate unit), packed once for the int8 kernels
-(csrc/quant.c); each layer's input quantized per row (each position its own scale) at run
-time; h with the fixed scale 1/127 (the cells quantized here keep |h| <= 1); exact int32
-sums, dequantised as the kernels store them; biases, activations and the cell state in
-float32.
+The schemes (lstmc/reference.py is their spec, docs/spec.md section 9):
+- int8: W_ih and W_hh of each layer and direction symmetric int8 per row (gate unit), packed
+  once for the int8 kernels (csrc/quant.c); each layer's input quantized per row (each
+  position its own scale) at run time; h with the fixed scale 1/127 (the cells quantized here
+  keep |h| <= 1); exact int32 sums, dequantised as the kernels store them.
+- bf16: W_ih and W_hh rounded to bfloat16 once, packed for the bf16 kernels
+  (csrc/quant_bf16.c); each layer's input and h rounded to bfloat16 at run time; products
+  summed in float32.
+Biases, activations and the cell state stay float32.
 """
 import copy
 
@@ -20,43 +24,41 @@ DTYPES = ("int8", "bf16")
 
 
 def quantize(model, dtype="int8"):
-    """An inference copy of `model` with its LSTM, GRU and RNN layers on int8 weights.
+    """An inference copy of `model` with its LSTM, GRU and RNN layers on int8 or bfloat16
+    weights.
 
     Parameters
     ----------
     model : lstmc.nn.Module (an LSTM / GRU / RNN, or a module holding them, such as
         nn.Sequential or your own Module; cells (nn.LSTMCell, ...) hold one too)
-    dtype : "int8"
+    dtype : "int8" or "bf16"
 
     Returns a deep copy in eval mode; `model` is not changed. The copy runs forward, `step`
-    and the cells' calls as the float model does, on the int8 kernels; `train()` and
-    `backward` raise RuntimeError. In this version Linear and Embedding layers stay float32,
-    "bf16" is not available yet, and a quantized model is not saved as such (save the float
-    model and quantize after loading).
+    and the cells' calls as the float model does, on the int8 or bf16 kernels; `train()` and
+    `backward` raise RuntimeError. In this version Linear and Embedding layers stay float32
+    and a quantized model is not saved as such (save the float model and quantize after
+    loading).
 
-    Raises ValueError for a dtype other than "int8" and "bf16" (NotImplementedError for
-    "bf16"), TypeError for a model that is not an lstmc.nn Module, and ValueError naming
-    the layer for one the int8 kernels cannot run: float64 layers, RNN with ReLU, LSTM with
-    proj_size, GRU with reset_after=False, non-default activations or other cell options
-    (their h is not bounded by 1, or their kernels have no int8 path yet), or an input wider
-    than 2^17.
+    Raises ValueError for a dtype other than "int8" and "bf16", TypeError for a model that
+    is not an lstmc.nn Module, and ValueError naming the layer for one the kernels cannot
+    run: float64 layers, LSTM with proj_size, GRU with reset_after=False, non-default
+    activations or other cell options (no quantized path yet), for int8 also RNN with ReLU
+    (its h is not bounded by 1) and an input wider than 2^17.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype == "bf16":
-        raise NotImplementedError("bf16 quantization is not available yet; use dtype='int8'")
     if not isinstance(model, Module):
         raise TypeError(f"quantize takes an lstmc.nn Module, got {type(model).__name__} "
                         "(the Keras face and ONNX sessions come later)")
     layers = [(name, m) for name, m in _recurrent(model)]
     for name, m in layers:
-        _check(name, m)
+        _check(name, m, dtype)
     out = copy.deepcopy(model).eval()
     for name, m in _recurrent(out):
-        if m.__dict__.get("_q8") is not None:
+        if m.__dict__.get("_quant") is not None:
             raise ValueError(f"{name or type(m).__name__} is quantized already")
         m._engine.weights.release()   # the float packed copy is not used
-        object.__setattr__(m, "_q8", QuantizedWeights(m._spec(), m._flat, m._gates))
+        object.__setattr__(m, "_quant", QuantizedWeights(m._spec(), m._flat, m._gates, dtype))
         m.__dict__.update(m._afresh())   # an engine on the int8 weights; parameters frozen
     return out
 
@@ -71,17 +73,20 @@ def _recurrent(model):
             yield (name + "." if name else "") + "_seq", seq
 
 
-def _check(name, m):
+def _check(name, m, dtype):
     label = f"{name or type(m).__name__} ({type(m).__name__}({m.extra_repr()}))"
     if m.dtype != np.float32:
-        raise ValueError(f"{label}: int8 quantization takes float32 layers, got {m.dtype}")
-    if m._cell not in (_core.CELL_LSTM, _core.CELL_GRU, _core.CELL_RNN_TANH):
-        raise ValueError(f"{label}: int8 runs LSTM, GRU with reset_after=True and RNN with "
-                         "tanh (whose h stays within [-1, 1])")
+        raise ValueError(f"{label}: {dtype} quantization takes float32 layers, got {m.dtype}")
+    cells = (_core.CELL_LSTM, _core.CELL_GRU, _core.CELL_RNN_TANH) + \
+        ((_core.CELL_RNN_RELU,) if dtype == "bf16" else ())
+    if m._cell not in cells:
+        raise ValueError(f"{label}: {dtype} runs LSTM, GRU with reset_after=True and RNN with "
+                         + ("tanh or relu" if dtype == "bf16"
+                            else "tanh (whose h stays within [-1, 1])"))
     if m._proj:
-        raise ValueError(f"{label}: int8 has no path for proj_size yet")
+        raise ValueError(f"{label}: {dtype} has no path for proj_size yet")
     if m._options() is not None:
-        raise ValueError(f"{label}: int8 runs the default cells (no activations, cell_clip, "
-                         "input_forget or peepholes)")
-    if max(m.input_size, m._D * m._hout) > _core.Q8_MAX_K:
+        raise ValueError(f"{label}: {dtype} runs the default cells (no activations, "
+                         "cell_clip, input_forget or peepholes)")
+    if dtype == "int8" and max(m.input_size, m._D * m._hout) > _core.Q8_MAX_K:
         raise ValueError(f"{label}: inputs wider than 2^17 could overflow the int32 sums")

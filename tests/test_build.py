@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-SOURCES = ["blas.c", "seq.c", "lstm.c", "gru.c", "rnn.c", "recur.c", "quant.c"]
+SOURCES = ["blas.c", "seq.c", "lstm.c", "gru.c", "rnn.c", "recur.c", "quant.c", "quant_bf16.c"]
 FLAGS = ["-std=c99", "-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion",
          "-Wno-sign-conversion", "-Werror", "-c"]
 

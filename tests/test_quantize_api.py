@@ -1,7 +1,7 @@
-"""lstmc.quantize(model, "int8") on the PyTorch face: the copy runs forward, step and the
-cells on int8 weights (the quantized model of lstmc.reference), leaves the float model as
-it was, survives copies, and refuses training, unbounded initial states and the layers its
-kernels cannot run."""
+"""lstmc.quantize(model, "int8" | "bf16") on the PyTorch face: the copy runs forward, step
+and the cells on int8 or bfloat16 weights (the quantized model of lstmc.reference), leaves
+the float model as it was, survives copies, and refuses training, unbounded initial states
+(int8) and the layers its kernels cannot run."""
 import copy
 import pickle
 import threading
@@ -16,31 +16,34 @@ from lstmc import reference as R
 FORWARD = {nn.LSTM: R.lstm_forward, nn.GRU: R.gru_forward, nn.RNN: R.rnn_forward}
 
 
-def _reference(m, x, hx=None, lengths=None):
+def _reference(m, x, hx=None, lengths=None, dtype="int8"):
     params = R.quantized_params({k: np.asarray(v, np.float64)
-                                 for k, v in m.state_dict().items()}, "int8")
+                                 for k, v in m.state_dict().items()}, dtype)
+    kw = {"nonlinearity": m.nonlinearity} if type(m) is nn.RNN else {}
     return FORWARD[type(m)](x.astype(np.float64), params, num_layers=m.num_layers,
                             bidirectional=m.bidirectional, hx=hx, lengths=lengths,
-                            quantize=R.activation_quantizer("int8", True))
+                            quantize=R.activation_quantizer(dtype, True), **kw)
 
 
 def _close(got, want):
-    """float32 rounding of the float64 reference, but for rare rint(127 h) flips"""
+    """float32 rounding of the float64 reference, but for rare flips of rint(127 h) or of
+    bfloat16 rounding"""
     err = np.abs(np.asarray(got) - want)
     assert np.median(err) < 1e-6 and err.max() < 5e-3
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
-def test_a_quantized_module_computes_the_reference_int8_model(cls):
+def test_a_quantized_module_computes_the_reference_quantized_model(cls, dtype):
     lstmc.manual_seed(0)
     m = cls(12, 40, num_layers=2, bidirectional=True, batch_first=True).eval()
     before = {k: np.array(v) for k, v in m.state_dict().items()}
-    q = lstmc.quantize(m)
+    q = lstmc.quantize(m, dtype)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, 12)).astype(np.float32)
     lengths = np.array([6, 2, 4])
     out, state = q(x, lengths=lengths)
-    want = _reference(m, x.transpose(1, 0, 2), lengths=lengths)
+    want = _reference(m, x.transpose(1, 0, 2), lengths=lengths, dtype=dtype)
     _close(out.transpose(1, 0, 2), want[0])
     _close(state[0] if cls is nn.LSTM else state, want[1][0] if cls is nn.LSTM else want[1])
     # the float model is as it was, and trains
@@ -50,10 +53,11 @@ def test_a_quantized_module_computes_the_reference_int8_model(cls):
     m.train()
 
 
-def test_step_and_cells_run_int8_too():
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_step_and_cells_run_quantized_too(dtype):
     lstmc.manual_seed(1)
     m = nn.GRU(8, 24, num_layers=2).eval()
-    q = lstmc.quantize(m)
+    q = lstmc.quantize(m, dtype)
     x = np.random.default_rng(1).standard_normal((7, 2, 8)).astype(np.float32)
     y, _ = q(x)
     state = q.initial_state(2)
@@ -61,10 +65,25 @@ def test_step_and_cells_run_int8_too():
         y_t, state = q.step(x[t], state)
     np.testing.assert_array_equal(y_t, y[-1])
     cell = nn.LSTMCell(8, 16)
-    qc = lstmc.quantize(cell)
+    qc = lstmc.quantize(cell, dtype)
     h, c = qc(x[0])
-    want = _reference(cell._seq, x[:1])
+    want = _reference(cell._seq, x[:1], dtype=dtype)
     _close(h, want[0][0])
+
+
+def test_bf16_takes_rnn_relu_and_any_initial_state():
+    """bfloat16 keeps no static h scale: RNN-ReLU and initial states past [-1, 1] run"""
+    lstmc.manual_seed(2)
+    m = nn.RNN(6, 20, nonlinearity="relu").eval()
+    q = lstmc.quantize(m, "bf16")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 3, 6)).astype(np.float32)
+    h0 = rng.uniform(-3, 3, (1, 3, 20)).astype(np.float32)
+    out, hn = q(x, h0)
+    want = _reference(m, x, h0, dtype="bf16")
+    _close(out, want[0])
+    _close(hn, want[1])
+    assert q._engine.quant.dtype == "bf16"
 
 
 def test_containers_copies_and_threads():
@@ -126,15 +145,24 @@ def test_refusals_name_what_is_wrong():
         lstmc.quantize(object())
     with pytest.raises(ValueError, match="dtype"):
         lstmc.quantize(nn.LSTM(4, 8), dtype="int4")
-    with pytest.raises(NotImplementedError, match="bf16"):
-        lstmc.quantize(nn.LSTM(4, 8), dtype="bf16")
+    for bad, match in ((nn.LSTM(4, 8, proj_size=2), "proj_size"),
+                       (nn.GRU(4, 8, reset_after=False), "reset_after")):
+        with pytest.raises(ValueError, match=match):
+            lstmc.quantize(bad, "bf16")
+    with pytest.raises(ValueError, match="already"):
+        lstmc.quantize(lstmc.quantize(nn.GRU(4, 8), "bf16"), "int8")
+    with pytest.raises(RuntimeError, match=r"quantized \(bf16\)"):
+        lstmc.quantize(nn.GRU(4, 8), "bf16").train()
 
 
-def test_info_names_the_int8_kernel(capsys):
+def test_info_names_the_quantized_kernels(capsys):
     from lstmc import _core
     from lstmc.__main__ import info
 
     info()
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("int8 kernel")]
-    assert len(line) == 1 and line[0].split()[2] == _core.q8_kernel_for()
-    assert _core.q8_kernel_for() in _core.Q8_KERNELS[1:]
+    out = capsys.readouterr().out.splitlines()
+    for dtype, kernel_for, names in (("int8", _core.q8_kernel_for, _core.Q8_KERNELS),
+                                     ("bf16", _core.bf16_kernel_for, _core.BF16_KERNELS)):
+        line = [ln for ln in out if ln.startswith(dtype + " kernel")]
+        assert len(line) == 1 and line[0].split()[2] == kernel_for()
+        assert kernel_for() in names[1:]

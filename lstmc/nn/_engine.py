@@ -231,18 +231,20 @@ class PackedWeights:
 
 
 class QuantizedWeights:
-    """One module's weights in int8 (lstmc.quantize): per layer and direction W_ih and W_hh
-    quantized per row (gate unit) by the kernels' quantizer (reference.quantize_int8's
-    arithmetic) and packed for them (csrc/quant.c), read-only; biases stay in the module's
-    float32 flat buffer. The h the kernels quantize with the static scale 1/127 must stay
-    within [-1, 1]: check_state refuses initial states past it."""
+    """One module's weights in int8 or bfloat16 (lstmc.quantize): per layer and direction
+    W_ih and W_hh quantized per row (gate unit) by the kernels' quantizer
+    (reference.quantize_int8's arithmetic) or rounded to bfloat16 (reference.bf16_round), and
+    packed for the kernels (csrc/quant.c, csrc/quant_bf16.c), read-only; biases stay in the
+    module's float32 flat buffer. int8's h, which the kernels quantize with the static scale
+    1/127, must stay within [-1, 1]: check_state refuses initial states past it."""
 
     __slots__ = ("dtype", "buffer")
 
-    def __init__(self, spec, flat, G):
-        """spec, flat: the module's (lstmc.nn.rnn _RNNBase); G: its gate blocks."""
+    def __init__(self, spec, flat, G, dtype="int8"):
+        """spec, flat: the module's (lstmc.nn.rnn _RNNBase); G: its gate blocks; dtype "int8"
+        or "bf16"."""
         layout = spec.layout()
-        buf = np.zeros(layout.q8_size, np.uint8)
+        buf = np.zeros(layout.qsize(dtype), np.uint8)
         for l in range(spec.num_layers):
             for d in range(spec.directions):
                 for which, kind in ((0, _core.W_IH), (1, _core.W_HH)):
@@ -251,13 +253,17 @@ class QuantizedWeights:
                         if which == 0 else spec.hout
                     w = np.asarray(flat[off:off + G * spec.hidden_size * K],
                                    np.float32).reshape(G * spec.hidden_size, K)
-                    u, scale = _core.q8_quantize(w)
-                    q = (u[:, :K].astype(np.int16) - 128).astype(np.int8)
-                    packed = _core.q8_pack(q, scale, spec.hidden_size, G)
-                    at = layout.q8_offset(l, d, which)
+                    if dtype == "bf16":
+                        b = np.ascontiguousarray(_core.bf16_round(w)[:, :K])
+                        packed = _core.bf16_pack(b, spec.hidden_size, G)
+                    else:
+                        u, scale = _core.q8_quantize(w)
+                        q = (u[:, :K].astype(np.int16) - 128).astype(np.int8)
+                        packed = _core.q8_pack(q, scale, spec.hidden_size, G)
+                    at = layout.qoffset(dtype, l, d, which)
                     buf[at:at + packed.size] = packed
         buf.flags.writeable = False
-        self.dtype, self.buffer = "int8", buf
+        self.dtype, self.buffer = dtype, buf
 
     @staticmethod
     def freeze(flat, params, message):
@@ -270,10 +276,9 @@ class QuantizedWeights:
             p._hold(refuse)
         flat.flags.writeable = False
 
-    @staticmethod
-    def check_state(h0, name):
-        """An initial h for the static 1/127 scale: finite and within [-1, 1]."""
-        if h0 is not None and not (np.abs(h0) <= 1).all():
+    def check_state(self, h0, name):
+        """int8: an initial h for the static 1/127 scale, finite and within [-1, 1]."""
+        if self.dtype == "int8" and h0 is not None and not (np.abs(h0) <= 1).all():
             raise ValueError(f"{name}: an int8-quantized module takes initial states within "
                              "[-1, 1] (its h is quantized with the fixed scale 1/127); got "
                              "values outside it, or not finite")
@@ -315,7 +320,7 @@ class Engine:
     TRIM_EVERY = 64   # calls between two Workspace.trim of the idle workspaces
 
     __slots__ = ("spec", "name", "flat", "flat_grad", "weights", "lock", "saved", "_plans",
-                 "_idle", "_calls", "_training", "q8", "__weakref__")
+                 "_idle", "_calls", "_training", "quant", "__weakref__")
 
     def __init__(self, spec, flat, flat_grad, params, name):
         """name: the module, as error messages name it."""
@@ -328,7 +333,7 @@ class Engine:
         self._idle = []    # Workspaces no call is using; list.pop / append are atomic
         self._calls = 0
         self._training = threading.Lock()   # held by the running training forward / backward
-        self.q8 = None      # QuantizedWeights of an int8-quantized module (lstmc.quantize)
+        self.quant = None   # QuantizedWeights of a quantized module (lstmc.quantize)
         _ENGINES.add(self)
 
     def stepper(self, batch_size):
@@ -412,18 +417,19 @@ class Engine:
         y = np.empty((plan.N, Y), dtype=spec.dtype)
         hn, cn = self._new_states(plan.B)
         seq = plan.seq
-        if self.q8 is not None:
+        if self.quant is not None:
             if train:
                 raise RuntimeError(self.quantized_refusal("a training-mode forward"))
-            QuantizedWeights.check_state(h0, "h0")
+            self.quant.check_state(h0, "h0")
         if train:
             self.claim()
         ws = self.workspace()
         try:
-            if self.q8 is not None:
-                seq.forward_q8(y.reshape(-1), hn.reshape(-1), _flat(cn), xp.reshape(-1),
-                               _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), self.flat,
-                               self.q8.buffer, ws.get("scratch", seq.scratch_size_q8))
+            if self.quant is not None:
+                q = self.quant
+                seq.forward_q(y.reshape(-1), hn.reshape(-1), _flat(cn), xp.reshape(-1),
+                              _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), self.flat,
+                              q.buffer, q.dtype, ws.get("scratch", seq.scratch_size_q(q.dtype)))
             else:
                 packed = None if train else self.weights.get()
                 reserve = ws.get("reserve", seq.reserve_size) if train else None
@@ -445,7 +451,7 @@ class Engine:
         """The kernels' backward of the forward that saved `saved` (still the last one, or
         RuntimeError). dy (T, B, D*H_out); dhn, dcn (L*D, B, .) or None. Adds the parameter
         gradients to flat_grad; returns dx (T, B, I), dh0, dc0 (dc0 None without c)."""
-        if self.q8 is not None:
+        if self.quant is not None:
             raise RuntimeError(self.quantized_refusal("backward"))
         spec, plan = self.spec, saved.plan
         dyp = plan.pack(dy)
@@ -469,7 +475,7 @@ class Engine:
             None if dc0 is None else plan.from_sorted(dc0)
 
     def quantized_refusal(self, what):
-        return (f"{self.name} is quantized ({self.q8.dtype}): inference only, so no {what}; "
+        return (f"{self.name} is quantized ({self.quant.dtype}): inference only, so no {what}; "
                 "train the float model and quantize it again")
 
     def _new_states(self, B):
@@ -492,8 +498,8 @@ class Stepper:
         spec = engine.spec
         self.batch_size = B
         self.seq = spec.seq(1, B, np.ones(B, dtype=np.intc))
-        self.scratch_size = self.seq.scratch_size_q8 if engine.q8 is not None \
-            else self.seq.scratch_size(False)
+        self.scratch_size = self.seq.scratch_size_q(engine.quant.dtype) \
+            if engine.quant is not None else self.seq.scratch_size(False)
         self.y_shape = (B, spec.hout)   # the last layer's output
         self._engine = engine
         self._has_c = spec.has_c
@@ -517,10 +523,11 @@ class Stepper:
         try:
             # y repeats the last layer's h' (the kernels write both): workspace, not output
             y = ws.get("y", self.y_shape[0] * self.y_shape[1])
-            if engine.q8 is not None:
-                QuantizedWeights.check_state(h0, "h")
-                self.seq.forward_q8(y, hn, cn, x, h0, c0, engine.flat, engine.q8.buffer,
-                                    ws.get("scratch", self.scratch_size))
+            q = engine.quant
+            if q is not None:
+                q.check_state(h0, "h")
+                self.seq.forward_q(y, hn, cn, x, h0, c0, engine.flat, q.buffer, q.dtype,
+                                   ws.get("scratch", self.scratch_size))
             else:
                 self.seq.forward(y, hn, cn, None, x, h0, c0, None, engine.flat,
                                  ws.get("scratch", self.scratch_size), engine.weights.get())

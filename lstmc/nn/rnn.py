@@ -164,9 +164,9 @@ class _RNNBase(Streaming, Module):
         module's flat buffers, and no dropout masks."""
         engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values(),
                         f"{type(self).__name__}({self.extra_repr()})")
-        engine.q8 = self.__dict__.get("_q8")       # a quantized module's (lstmc.quantize)
-        if engine.q8 is not None:
-            engine.q8.freeze(self._flat, self._parameters.values(),
+        engine.quant = self.__dict__.get("_quant")     # a quantized module's (lstmc.quantize)
+        if engine.quant is not None:
+            engine.quant.freeze(self._flat, self._parameters.values(),
                              engine.quantized_refusal("writing its parameters"))
         return dict(_engine=engine, _last_dropout_masks=[])
 
@@ -236,7 +236,7 @@ class _RNNBase(Streaming, Module):
         """Training mode (see Module.train); drops the packed eval-mode weights
         (lstmc.nn._engine.PackedWeights)."""
         if mode:
-            if self._engine.q8 is not None:
+            if self._engine.quant is not None:
                 raise RuntimeError(self._engine.quantized_refusal("training mode"))
             self._engine.weights.release()
         return super().train(mode)

@@ -45,8 +45,8 @@ class Streaming:
                 arr = as_float(value, name, self.dtype)
                 check_shape(arr, name, target.shape)
                 np.copyto(target, arr)
-        if self._engine.q8 is not None:
-            self._engine.q8.check_state(state.h, "h0")
+        if self._engine.quant is not None:
+            self._engine.quant.check_state(state.h, "h0")
         return state
 
     def step(self, x_t, state, out=None):
@@ -88,14 +88,14 @@ class Streaming:
             # h0/c0 and hn/cn are the same arrays: the driver copies each layer's h0/c0 into
             # its own buffers before it writes that layer's hn/cn, each thread its own columns
             # (csrc/seq.inc), so the state is updated in place; tests/test_streaming.py holds it
-            q8 = self._engine.q8
-            if q8 is None:
+            q = self._engine.quant
+            if q is None:
                 state._seq.forward(y, state.h, state.c, None, x, state.h, state.c, None,
                                    self._flat, state._scratch,
                                    None if self.training else self._engine.weights.get())
             else:   # int8: h stays within [-1, 1] (initial_state checked the user's)
-                state._seq.forward_q8(y, state.h, state.c, x, state.h, state.c, self._flat,
-                                      q8.buffer, state._scratch)
+                state._seq.forward_q(y, state.h, state.c, x, state.h, state.c, self._flat,
+                                     q.buffer, q.dtype, state._scratch)
         finally:
             state._busy.release()
         return y, state
