@@ -1,10 +1,10 @@
-"""lstmc's int8 inference beside float32 and the peers' reduced-precision runtimes:
+"""lstmc's int8 and bf16 inference beside float32 and the peers' reduced-precision runtimes:
 `python benchmarks/bench_quantized.py` (also `python -m lstmc bench --quantized`).
 
 Per row (an eval-mode forward of one layer) and thread count, medians of interleaved blocks
 of calls, in ms:
 
-* lstmc f32: lstmc.nn's module; lstmc int8: `lstmc.quantize(module)` of it;
+* lstmc f32: lstmc.nn's module; lstmc int8 / bf16: `lstmc.quantize(module, dtype)` of it;
 * torch f32, and `torch.ao.quantization.quantize_dynamic` of it with qint8 and float16;
 * ORT f32 on the ONNX model of the same weights (peers.onnx_model), and ORT int8: that file
   through `onnxruntime.quantization.quantize_dynamic` (QInt8 weights, per channel;
@@ -15,7 +15,8 @@ of calls, in ms:
 Each column's error is max |y - y_lstmc_f32| over the row's output. The issue's goals
 (issue 21): at batch <= 4 with W_hh >= 1 MB, int8 <= 0.45x lstmc f32, <= 0.5x the best float32
 peer, <= 0.6x the best int8 peer; at batch 16-64 and at hidden sizes 32-128, int8 never
-slower than lstmc f32.
+slower than lstmc f32; bf16 <= 0.65x lstmc f32 at batch <= 4 with W_hh >= 1 MB and never
+slower than OpenVINO's bf16 (on CPUs with BF16) at batch 1 to 32.
 """
 import argparse
 import logging
@@ -45,7 +46,7 @@ ROWS = {  # name: (cell, I, H, B, T)
     "lstm_h64_b1_t50": ("lstm", 64, 64, 1, 50),
     "lstm_h128_b4_t50": ("lstm", 128, 128, 4, 50),
 }
-COLUMNS = ("lstmc f32", "lstmc int8", "torch f32", "torch qint8", "torch fp16", "ORT f32",
+COLUMNS = ("lstmc f32", "lstmc int8", "lstmc bf16", "torch f32", "torch qint8", "torch fp16", "ORT f32",
            "ORT int8", "OpenVINO bf16")
 INT8 = ("torch qint8", "ORT int8")
 F32 = ("torch f32", "ORT f32")
@@ -71,11 +72,13 @@ def build(cell, I, H, B, T, threads, tmp):
 
     lstmc.manual_seed(0)
     m = getattr(lstmc.nn, cell.upper())(I, H).eval()
-    q = lstmc.quantize(m)
+    q = lstmc.quantize(m, "int8")
+    qb = lstmc.quantize(m, "bf16")
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     lstmc_threads = lambda: lstmc.set_num_threads(threads)  # noqa: E731
     runners = {"lstmc f32": (lstmc_threads, lambda: m(x)[0]),
-               "lstmc int8": (lstmc_threads, lambda: q(x)[0])}
+               "lstmc int8": (lstmc_threads, lambda: q(x)[0]),
+               "lstmc bf16": (lstmc_threads, lambda: qb(x)[0])}
     sd = {k: np.asarray(v) for k, v in m.state_dict().items()}
     if _has("torch"):
         import torch
@@ -158,8 +161,9 @@ def measure(row, threads, rounds, calls, quiet):
 
 def table(results):
     lines = ["| row | thr | " + " | ".join(f"{c} ms (err)" for c in COLUMNS)
-             + " | int8 / lstmc f32 | int8 / best f32 peer | int8 / best int8 peer |",
-             "|---|---:|" + "---:|" * (len(COLUMNS) + 3)]
+             + " | int8 / lstmc f32 | int8 / best f32 peer | int8 / best int8 peer "
+             "| bf16 / lstmc f32 | bf16 / OpenVINO bf16 |",
+             "|---|---:|" + "---:|" * (len(COLUMNS) + 5)]
     for (row, threads), r in results.items():
         cells = []
         for c in COLUMNS:
@@ -170,11 +174,14 @@ def table(results):
                 cells.append("—")
         mine = r["lstmc int8"][0]
         ratio = lambda names: min((r[n][0] for n in names if n in r), default=None)  # noqa
-        f32, int8 = ratio(F32), ratio(INT8)
+        f32, int8, ov = ratio(F32), ratio(INT8), ratio(("OpenVINO bf16",))
+        bf16 = r["lstmc bf16"][0]
         lines.append(f"| {row} | {threads} | " + " | ".join(cells) + " | "
                      f"{mine / r['lstmc f32'][0]:.2f} | "
                      f"{'—' if f32 is None else f'{mine / f32:.2f}'} | "
-                     f"{'—' if int8 is None else f'{mine / int8:.2f}'} |")
+                     f"{'—' if int8 is None else f'{mine / int8:.2f}'} | "
+                     f"{bf16 / r['lstmc f32'][0]:.2f} | "
+                     f"{'—' if ov is None else f'{bf16 / ov:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -197,7 +204,8 @@ def run(args):
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"lstmc {lstmc.__version__}, int8 kernel {_core.q8_kernel_for()}; "
+    print(f"lstmc {lstmc.__version__}, int8 kernel {_core.q8_kernel_for()}, bf16 kernel "
+          f"{_core.bf16_kernel_for()}; "
           f"{os.cpu_count()} CPUs; bf16 CPU: {_bf16_cpu()}; load average before: "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     results = {}

@@ -292,16 +292,30 @@ bf16_gemm_amx(int n, const uint16_t *A, int lda, int K, const uint8_t *set, int 
             if (kb < blocks)
                 AMX_BLOCK(4, kb);
 #undef AMX_BLOCK
+            /* whole strips without tail pairs go straight to C; the others through sums */
+            int direct = !tail;
+            float *dst[4];
+            for (int s = 0; s < S; s++) {
+                const int b0 = u0 + (q0 + s) / Wg * U, v = (q0 + s) % Wg;
+                dst[s] = C + (size_t)r0 * ldc + (size_t)(g0 + v) * gstep +
+                         (size_t)(b0 - u0) * bscale;
+                direct &= u1 - b0 >= U;
+            }
+            if (direct && S == 4) {
+                _tile_stored(0, dst[0], 4 * (size_t)ldc);
+                _tile_stored(1, dst[1], 4 * (size_t)ldc);
+                _tile_stored(2, dst[2], 4 * (size_t)ldc);
+                _tile_stored(3, dst[3], 4 * (size_t)ldc);
+                continue;
+            }
             _tile_stored(0, sums[0], 64);
             _tile_stored(1, sums[1], 64);
             _tile_stored(2, sums[2], 64);
             _tile_stored(3, sums[3], 64);
             for (int s = 0; s < S; s++) {
-                const int q = q0 + s, b0 = u0 + q / Wg * U, v = q % Wg;
+                const int b0 = u0 + (q0 + s) / Wg * U;
                 const int cnt = u1 - b0 < U ? u1 - b0 : U;
                 const __mmask16 mask = (__mmask16)((1u << cnt) - 1);
-                float *dst = C + (size_t)r0 * ldc + (size_t)(g0 + v) * gstep +
-                             (size_t)(b0 - u0) * bscale;
                 for (int r = 0; r < M; r++) {
                     __m512 acc = _mm512_loadu_ps(sums[s][r]);
                     for (int p = 0; p < tail; p++) {    /* the pairs past the blocks */
@@ -311,7 +325,7 @@ bf16_gemm_amx(int n, const uint16_t *A, int lda, int K, const uint8_t *set, int 
                             _mm512_loadu_si512(w[s] + (size_t)(blocks * 16 + p) * 64);
                         DPBF16(acc, _mm512_set1_epi32(two), wp);
                     }
-                    _mm512_mask_storeu_ps(dst + (size_t)r * ldc, mask, acc);
+                    _mm512_mask_storeu_ps(dst[s] + (size_t)r * ldc, mask, acc);
                 }
             }
         }
