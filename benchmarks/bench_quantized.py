@@ -1,8 +1,10 @@
 """lstmc's int8 and bf16 inference beside float32 and the peers' reduced-precision runtimes:
 `python benchmarks/bench_quantized.py` (also `python -m lstmc bench --quantized`).
 
-Per row (an eval-mode forward of one layer) and thread count, medians of interleaved blocks
-of calls, in ms:
+Per row (an eval-mode forward of one layer; a "step_" row: a stream of batch 1 stepped one
+timestep a call, in ms per step, each library's own streaming call: lstmc's `step`, torch's
+module on (x_t, state), ONNX Runtime's and OpenVINO's one-step graph with its state fed back)
+and thread count, medians of interleaved blocks of calls, in ms:
 
 * lstmc f32: lstmc.nn's module; lstmc int8 / bf16: `lstmc.quantize(module, dtype)` of it;
 * torch f32, and `torch.ao.quantization.quantize_dynamic` of it with qint8 and float16;
@@ -45,6 +47,9 @@ ROWS = {  # name: (cell, I, H, B, T)
     "lstm_i128_h256_b32_t100": ("lstm", 128, 256, 32, 100),
     "lstm_h64_b1_t50": ("lstm", 64, 64, 1, 50),
     "lstm_h128_b4_t50": ("lstm", 128, 128, 4, 50),
+    "step_lstm_h512_b1": ("lstm", 512, 512, 1, 50),     # T: the steps of one timed block
+    "step_lstm_h1024_b1": ("lstm", 1024, 1024, 1, 20),
+    "step_gru_h512_b1": ("gru", 512, 512, 1, 50),
 }
 COLUMNS = ("lstmc f32", "lstmc int8", "lstmc bf16", "torch f32", "torch qint8", "torch fp16", "ORT f32",
            "ORT int8", "OpenVINO bf16")
@@ -65,8 +70,16 @@ def _bf16_cpu():
         return False
 
 
-def build(cell, I, H, B, T, threads, tmp):
-    """{column: (set_threads, call -> y (T, B, H))} for one row at `threads` threads."""
+def _stepped(step, T):
+    """A call that streams x's T steps through step(x_t) from a fresh state: y (T, B, H)"""
+    def call():
+        return np.stack([np.asarray(y) for y in step()])
+    return call
+
+
+def build(cell, I, H, B, T, threads, tmp, stream=False):
+    """{column: (set_threads, call -> y (T, B, H))} for one row at `threads` threads; with
+    `stream`, each call steps through the T timesteps one call at a time."""
     import lstmc
     from peers import onnx_model, openvino_session, ort_session
 
@@ -76,9 +89,19 @@ def build(cell, I, H, B, T, threads, tmp):
     qb = lstmc.quantize(m, "bf16")
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     lstmc_threads = lambda: lstmc.set_num_threads(threads)  # noqa: E731
-    runners = {"lstmc f32": (lstmc_threads, lambda: m(x)[0]),
-               "lstmc int8": (lstmc_threads, lambda: q(x)[0]),
-               "lstmc bf16": (lstmc_threads, lambda: qb(x)[0])}
+
+    def lstmc_call(mod):
+        if not stream:
+            return lambda: mod(x)[0]
+
+        def steps():
+            state = mod.initial_state(B)
+            # step's y is the state's own buffer, rewritten by the next step
+            return [mod.step(x[t], state)[0].copy() for t in range(T)]
+        return _stepped(steps, T)
+    runners = {"lstmc f32": (lstmc_threads, lstmc_call(m)),
+               "lstmc int8": (lstmc_threads, lstmc_call(q)),
+               "lstmc bf16": (lstmc_threads, lstmc_call(qb))}
     sd = {k: np.asarray(v) for k, v in m.state_dict().items()}
     if _has("torch"):
         import torch
@@ -99,15 +122,41 @@ def build(cell, I, H, B, T, threads, tmp):
             def call():
                 with torch.no_grad():
                     return mod(xt)[0].numpy()
-            return call
+            if not stream:
+                return call
+            layer = mod[0] if isinstance(mod, torch.nn.Sequential) else mod
+
+            def steps():
+                out, state = [], None
+                with torch.no_grad():
+                    for t in range(T):
+                        y, state = layer(xt[t:t + 1], state)
+                        out.append(y[0].numpy())
+                return out
+            return _stepped(steps, T)
         for name, mod in models.items():
             runners[name] = (lambda: torch.set_num_threads(threads), torch_call(mod))
     if _has("onnx"):
-        model = onnx_model(cell, sd, I, H)
+        model = onnx_model(cell, sd, I, H, with_state=stream)
         feed = {"x": x}
+        names = ("h0_l0", "c0_l0") if cell == "lstm" else ("h0_l0",)
+        outs = ["y", "h_n"] + (["c_n"] if cell == "lstm" else [])
+
+        def onnx_call(run):
+            if not stream:
+                return lambda: run(["y"], feed)[0]
+
+            def steps():
+                state = [np.zeros((1, B, H), np.float32) for _ in names]
+                out = []
+                for t in range(T):
+                    y, *state = run(outs, {"x": x[t:t + 1], **dict(zip(names, state))})
+                    out.append(y[0])
+                return out
+            return _stepped(steps, T)
         if _has("onnxruntime"):
             f32 = ort_session(model, threads)
-            runners["ORT f32"] = (None, lambda: f32.run(["y"], feed)[0])
+            runners["ORT f32"] = (None, onnx_call(f32.run))
             if cell == "lstm":
                 import onnx
                 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -122,17 +171,18 @@ def build(cell, I, H, B, T, threads, tmp):
                 finally:
                     root.setLevel(level)
                 int8 = ort_session(onnx.load(dst), threads)
-                runners["ORT int8"] = (None, lambda: int8.run(["y"], feed)[0])
+                runners["ORT int8"] = (None, onnx_call(int8.run))
         if _has("openvino"):
             ov = openvino_session(model, threads, "bf16" if _bf16_cpu() else "f32")
-            runners["OpenVINO bf16"] = (None, lambda: ov(["y"], feed)[0])
+            runners["OpenVINO bf16"] = (None, onnx_call(ov))
     return runners
 
 
 def measure(row, threads, rounds, calls, quiet):
     """{column: (median ms, max |y - y_lstmc_f32|)} of one row at `threads` threads."""
+    per = ROWS[row][4] if row.startswith("step_") else 1    # a step row: ms per step
     with tempfile.TemporaryDirectory() as tmp:
-        runners = build(*ROWS[row], threads, tmp)
+        runners = build(*ROWS[row], threads, tmp, stream=per > 1)
         ref = None
         errors = {}
         for name, (set_threads, fn) in runners.items():      # warm up, and the outputs
@@ -156,7 +206,7 @@ def measure(row, threads, rounds, calls, quiet):
                     t0 = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t0)
-    return {k: (float(np.median(v)) * 1e3, errors[k]) for k, v in times.items()}
+    return {k: (float(np.median(v)) * 1e3 / per, errors[k]) for k, v in times.items()}
 
 
 def table(results):

@@ -595,8 +595,8 @@ def test_bench_contention_section(capsys):
 
 def test_bench_quantized_section(capsys):
     """`python -m lstmc bench --quantized` runs benchmarks/bench_quantized.py: a row at 1 and 2
-    threads, lstmc float32 and int8 (and the peers installed), with each column's error
-    against lstmc float32 within what int8 costs"""
+    threads, lstmc float32, int8 and bf16 (and the peers installed), with each column's error
+    against lstmc float32 within what int8 costs; and a streaming row, in ms per step"""
     from lstmc import bench
 
     ap = argparse.ArgumentParser()
@@ -611,6 +611,24 @@ def test_bench_quantized_section(capsys):
     for ln in lines:
         cells = dict(zip(columns, (c.strip() for c in ln.split("|")[1:-1])))
         assert float(cells["lstmc f32 ms (err)"]) > 0
-        ms, err = cells["lstmc int8 ms (err)"].split()
-        assert float(ms) > 0 and 0 < float(err.strip("()")) < 0.05
+        for dtype in ("int8", "bf16"):
+            ms, err = cells[f"lstmc {dtype} ms (err)"].split()
+            assert float(ms) > 0 and 0 < float(err.strip("()")) < 0.05
         assert float(cells["int8 / lstmc f32"]) > 0
+
+
+def test_bench_quantized_streaming_rows_agree_with_the_forward():
+    """A "step_" row streams the same inputs one call a step: every library's stepped output
+    is its own forward's (lstmc's step returns its state's buffer, which the row copies)"""
+    import tempfile
+
+    sys.path.insert(0, str(PEERS_DIR))
+    import bench_quantized as bq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stepped = bq.build("lstm", 8, 16, 2, 5, 1, tmp, stream=True)
+        whole = bq.build("lstm", 8, 16, 2, 5, 1, tmp, stream=False)
+        for name, (_, call) in stepped.items():
+            np.testing.assert_allclose(np.asarray(call()).reshape(5, 2, 16),
+                                       np.asarray(whole[name][1]()).reshape(5, 2, 16),
+                                       rtol=0, atol=2e-5 if name.startswith("lstmc") else 5e-3)
