@@ -106,7 +106,8 @@ def test_every_kernel_gives_the_reference(n, K, H, G, seed):
 
 @pytest.mark.parametrize("n,K,H,G", [(1, 1, 1, 1), (6, 2, 16, 4), (7, 5, 17, 3), (13, 65, 33, 4),
                                      (17, 64, 16, 1), (33, 96, 70, 4), (4, 129, 20, 3),
-                                     (16, 512, 48, 4)])
+                                     (16, 512, 48, 4), (32, 64, 16, 4), (75, 128, 33, 3),
+                                     (64, 96, 70, 1)])
 def test_shapes_past_a_tile(kernel, n, K, H, G):
     rng = np.random.default_rng(n * 1000 + K)
     x = rng.standard_normal((n, K)).astype(np.float32)
