@@ -30,7 +30,9 @@ def quantize(model, dtype="int8"):
     Parameters
     ----------
     model : lstmc.nn.Module (an LSTM / GRU / RNN, or a module holding them, such as
-        nn.Sequential or your own Module; cells (nn.LSTMCell, ...) hold one too)
+        nn.Sequential or your own Module; cells (nn.LSTMCell, ...) hold one too), or an
+        lstmc.onnx Session (its LSTM / GRU / RNN nodes with constant weights; other
+        operators stay float32)
     dtype : "int8" or "bf16"
 
     Returns a deep copy in eval mode; `model` is not changed. The copy runs forward, `step`
@@ -47,6 +49,9 @@ def quantize(model, dtype="int8"):
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    session = _onnx_session(model)
+    if session is not None:
+        return _quantize_session(session, dtype)
     if not isinstance(model, Module):
         raise TypeError(f"quantize takes an lstmc.nn Module, got {type(model).__name__} "
                         "(the Keras face and ONNX sessions come later)")
@@ -90,3 +95,32 @@ def _check(name, m, dtype):
                          "cell_clip, input_forget or peepholes)")
     if dtype == "int8" and max(m.input_size, m._D * m._hout) > _core.Q8_MAX_K:
         raise ValueError(f"{label}: inputs wider than 2^17 could overflow the int32 sums")
+
+
+def _onnx_session(model):
+    """`model` if it is an lstmc.onnx Session (which exists only once lstmc.onnx is imported)"""
+    import sys
+    session = sys.modules.get("lstmc.onnx._session")
+    return model if session is not None and isinstance(model, session.Session) else None
+
+
+def _quantize_session(session, dtype):
+    """A copy of an lstmc.onnx Session whose LSTM / GRU / RNN nodes run on `dtype` weights:
+    each node's module (built at load from its constant W, R, B) quantized as quantize does
+    an lstmc.nn one; the other operators as they were (MatMul / Gemm stay float32)."""
+    from lstmc.onnx._rnn import _RecurrentNode
+
+    nodes = [(i, step) for i, step in enumerate(session._graph.steps)
+             if isinstance(step.kernel, _RecurrentNode)]
+    if not nodes:
+        raise ValueError("the ONNX model has no LSTM, GRU or RNN node to quantize")
+    for _, step in nodes:
+        if step.kernel.fixed is None:
+            raise ValueError(f"{step.node}: its weights (W, R, B or P) are fed at run time; "
+                             "quantize needs them as initializers or constants")
+        _check(str(step.node), step.kernel.fixed, dtype)
+    out = copy.deepcopy(session)
+    for i, _ in nodes:
+        kernel = out._graph.steps[i].kernel
+        kernel.fixed = quantize(kernel.fixed, dtype)
+    return out
