@@ -418,13 +418,20 @@ size_t lstmc_seq_qsize(const lstmc_seq *s, int qtype)
     return lstmc_seq_qoffset(s, qtype, s->layers, 0, LSTMC_W_IH);
 }
 
-/* Whether a quantized forward runs `s`: the default activations, one recurrent product a
- * step on h (no projection, no GRU reset-before); int8 needs h bounded by 1 (its static
- * scale 1/127), which RNN-ReLU's is not */
+/* Whether a quantized forward runs `s`: the default activations and one recurrent product a
+ * step on h (no GRU reset-before) */
 static int q_runs(const lstmc_seq *s, int qtype)
 {
-    return (qtype == LSTMC_QT_INT8 || qtype == LSTMC_QT_BF16) && !s->proj && !two_phase(s) &&
-           !options_of(s) && (qtype == LSTMC_QT_BF16 || s->cell != LSTMC_CELL_RNN_RELU);
+    return (qtype == LSTMC_QT_INT8 || qtype == LSTMC_QT_BF16) && !two_phase(s) &&
+           !options_of(s);
+}
+
+/* int8 with h quantized per row and step, each row its own scale (reference
+ * activation_quantizer with static_h False): where |h| <= 1 does not hold, RNN-ReLU's h and
+ * a projection's W_hr r */
+static int q_dynamic_h(const lstmc_seq *s, int qtype)
+{
+    return qtype == LSTMC_QT_INT8 && (s->proj || s->cell == LSTMC_CELL_RNN_RELU);
 }
 
 /* ---- packed weights (lstmc_seq_pack_*) ---------------------------------------------------
@@ -569,7 +576,8 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
     if (qtype) {        /* quantized: its own kernels on its own packed copy (any batch), no BLAS */
         p.kernel = p.proj_kernel =
             qtype == LSTMC_QT_BF16 ? lstmc_bf16_kernel_for() : lstmc_q8_kernel_for();
-        p.own_pack = p.blas = 0;
+        p.own_pack = 0;
+        p.blas = s->proj != 0;          /* W_hr stays float32 */
     }
     p.sync = sync;
     return p;

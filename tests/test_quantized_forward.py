@@ -46,6 +46,7 @@ def _forward_q(m, x, dtype, h0=None, c0=None, lengths=None):
     rows sorted longest first as the kernels take them (callers pass sorted lengths)."""
     T, B, _ = x.shape
     L, D, H = m.num_layers, 2 if m.bidirectional else 1, m.hidden_size
+    Hout = getattr(m, "proj_size", 0) or H
     lens = [T] * B if lengths is None else list(lengths)
     assert lens == sorted(lens, reverse=True)
     seq = m._engine.spec.seq(T, B, lens)
@@ -53,31 +54,36 @@ def _forward_q(m, x, dtype, h0=None, c0=None, lengths=None):
     # packed rows: step t's running rows, one after another
     xp = np.concatenate([x[t, :sum(1 for n in lens if n > t)] for t in range(T)])
     N = len(xp)
-    y = np.empty(N * D * H, np.float32)
-    hn = np.empty(L * D * B * H, np.float32)
+    y = np.empty(N * D * Hout, np.float32)
+    hn = np.empty(L * D * B * Hout, np.float32)
     cn = np.empty(L * D * B * H, np.float32) if isinstance(m, nn.LSTM) else None
     # NaN in every float of the workspace: a value read before it is written shows
     scratch = np.full(seq.scratch_size_q(dtype), np.nan, np.float32)
     flat = lambda a: None if a is None else np.ascontiguousarray(a, np.float32).reshape(-1)
     seq.forward_q(y, hn, cn, flat(xp), flat(h0), flat(c0), m._flat, qw, dtype, scratch)
-    out = np.zeros((T, B, D * H), np.float32)
-    y = y.reshape(N, D * H)
+    out = np.zeros((T, B, D * Hout), np.float32)
+    y = y.reshape(N, D * Hout)
     at = 0
     for t in range(T):
         n = sum(1 for v in lens if v > t)
         out[t, :n] = y[at:at + n]
         at += n
-    return out, hn.reshape(L * D, B, H)
+    return out, hn.reshape(L * D, B, Hout)
 
 
 def _reference(m, x, dtype, hx=None, lengths=None):
+    """The reference's quantized model; int8's h with the static scale 1/127 for the cells
+    whose h stays within [-1, 1], per row and step for RNN-ReLU and projections"""
     cell = type(m).__name__.lower()
     params = R.quantized_params({k: np.asarray(v, np.float64)
                                  for k, v in m.state_dict().items()}, dtype)
     kw = {"nonlinearity": m.nonlinearity} if cell == "rnn" else {}
+    if getattr(m, "proj_size", 0):
+        kw["proj_size"] = m.proj_size
+    static_h = "proj_size" not in kw and kw.get("nonlinearity") != "relu"
     y, hn = CELLS[cell][2](x.astype(np.float64), params, num_layers=m.num_layers,
                            bidirectional=m.bidirectional, hx=hx, lengths=lengths,
-                           quantize=R.activation_quantizer(dtype, True), **kw)[:2]
+                           quantize=R.activation_quantizer(dtype, static_h), **kw)[:2]
     return y, (hn[0] if cell == "lstm" else hn)
 
 
@@ -106,15 +112,39 @@ def test_matches_the_quantized_reference(cell, shape, dtype, bound):
     assert np.abs(got - np.asarray(m(x)[0])).max() < bound
 
 
-def test_bf16_runs_rnn_relu():
-    """bfloat16 has no static h scale to outgrow: RNN-ReLU's unbounded h runs too"""
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("make", [
+    lambda: nn.RNN(12, 30, num_layers=2, nonlinearity="relu"),
+    lambda: nn.LSTM(12, 24, proj_size=9, num_layers=2, bidirectional=True)])
+def test_unbounded_h_runs_with_a_scale_per_row_and_step(make, dtype):
+    """RNN-ReLU's h and a projection's W_hr r are not bounded by 1: int8 quantizes h per row
+    at every step (bf16 has no scale to outgrow), on one thread and on two (where a row's
+    scale needs every thread's columns), from zeros and from a large h0"""
     lstmc.manual_seed(0)
-    m = nn.RNN(12, 30, num_layers=2, nonlinearity="relu").eval()
-    x = np.random.default_rng(5).standard_normal((9, 3, 12)).astype(np.float32)
-    got, hn = _forward_q(m, x, "bf16")
-    want, want_hn = _reference(m, x, "bf16")
-    _close_to_reference(got, want)
-    _close_to_reference(hn, want_hn)
+    m = make().eval()
+    rng = np.random.default_rng(5)
+    x = (3 * rng.standard_normal((9, 3, 12))).astype(np.float32)
+    L, D = m.num_layers, 2 if m.bidirectional else 1
+    Hout = getattr(m, "proj_size", 0) or m.hidden_size
+    h0 = rng.uniform(-4, 4, (L * D, 3, Hout)).astype(np.float32)
+    c0 = rng.standard_normal((L * D, 3, m.hidden_size)).astype(np.float32) \
+        if isinstance(m, nn.LSTM) else None
+    before = lstmc.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            lstmc.set_num_threads(threads)
+            for start in (None, h0):
+                got, hn = _forward_q(m, x, dtype, start, None if start is None else c0)
+                hx = None if start is None else (start, c0) if c0 is not None else start
+                want, want_hn = _reference(m, x, dtype, hx)
+                _close_to_reference(got, want)
+                _close_to_reference(hn, want_hn)
+                outs.append(got)
+    finally:
+        lstmc.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[2])
+    np.testing.assert_array_equal(outs[1], outs[3])
 
 
 @pytest.mark.parametrize("dtype", ["int8", "bf16"])
@@ -198,8 +228,6 @@ def test_a_nan_input_row_gives_nan_not_a_number_of_the_other_rows(dtype):
 
 
 @pytest.mark.parametrize("dtype, make", [
-    ("int8", lambda: nn.RNN(4, 8, nonlinearity="relu")),
-    ("int8", lambda: nn.LSTM(4, 8, proj_size=3)), ("bf16", lambda: nn.LSTM(4, 8, proj_size=3)),
     ("int8", lambda: nn.GRU(4, 8, reset_after=False)),
     ("bf16", lambda: nn.GRU(4, 8, reset_after=False))])
 def test_cells_without_a_quantized_path_are_refused(dtype, make):
@@ -233,3 +261,26 @@ def test_bad_quantized_buffers_are_refused(dtype):
         seq.forward_q(*args, np.zeros(size, np.uint8), "int4", scratch)
     with pytest.raises(ValueError):
         seq.qoffset(dtype, 1, 0, 0)
+
+
+@pytest.mark.parametrize("make, B", [(lambda: nn.RNN(64, 512, nonlinearity="relu"), 4),
+                                     (lambda: nn.RNN(64, 256, nonlinearity="relu"), 32),
+                                     (lambda: nn.LSTM(64, 512, proj_size=200), 2)])
+def test_a_scale_per_row_and_step_gives_one_threads_bits_on_a_team(make, B):
+    """Large enough for two threads to share the units (panels), or the rows: each row's
+    scale is still its whole row's"""
+    lstmc.manual_seed(4)
+    m = make().eval()
+    x = np.random.default_rng(6).standard_normal((5, B, 64)).astype(np.float32)
+    before = lstmc.get_num_threads()
+    try:
+        lstmc.set_num_threads(1)
+        one = _forward_q(m, x, "int8")
+        lstmc.set_num_threads(2)
+        two = _forward_q(m, x, "int8")
+    finally:
+        lstmc.set_num_threads(before)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    want, _ = _reference(m, x, "int8")
+    _close_to_reference(one[0], want)
