@@ -1,11 +1,14 @@
-"""`lstmc.quantize`: an inference copy of a model whose recurrent weights are int8.
+"""`lstmc.quantize`: an inference copy of a model whose weights are int8.
 
-The scheme (lstmc/reference.py is its spec, docs/spec.md section 9): W_ih and W_hh of each
-layer and direction symmetric int8 per row (gate unit), packed once for the int8 kernels
-(csrc/quant.c); each layer's input quantized per row (each position its own scale) at run
-time; h with the fixed scale 1/127 (the cells quantized here keep |h| <= 1); exact int32
-sums, dequantised as the kernels store them; biases, activations and the cell state in
-float32.
+The scheme (lstmc/reference.py is its spec, docs/spec.md section 9): every weight matrix
+symmetric int8 per row (a gate unit of W_ih / W_hh, an output of a Linear, a row of an
+Embedding's table), with one float32 scale per row; the recurrent and Linear matrices packed
+once for the int8 kernels (csrc/quant.c). At run time each layer's input is quantized per
+row (each position its own scale), h with the fixed scale 1/127 (the cells quantized here
+keep |h| <= 1); the int32 sums are exact and dequantised as the kernels store them; biases,
+activations and the cell state stay float32. An Embedding dequantises the rows it looks up.
+The int8 state of each kind of module is one class (lstmc.nn._int8, QuantizedWeights in
+lstmc.nn._engine); this file only finds the layers, checks them and attaches the states.
 """
 import copy
 
@@ -13,6 +16,8 @@ import numpy as np
 
 from lstmc import _core
 from lstmc.nn._engine import QuantizedWeights
+from lstmc.nn._int8 import QuantizedEmbedding, QuantizedLinear
+from lstmc.nn.layers import Embedding, Linear
 from lstmc.nn.module import Module
 from lstmc.nn.rnn import _RNNBase
 
@@ -20,61 +25,115 @@ DTYPES = ("int8", "bf16")
 
 
 def quantize(model, dtype="int8"):
-    """An inference copy of `model` with its LSTM, GRU and RNN layers on int8 weights.
+    """An inference copy of `model` whose LSTM, GRU, RNN, Linear and Embedding layers run on
+    int8 weights.
 
     Parameters
     ----------
-    model : lstmc.nn.Module (an LSTM / GRU / RNN, or a module holding them, such as
-        nn.Sequential or your own Module; cells (nn.LSTMCell, ...) hold one too)
+    model : lstmc.nn.Module or lstmc.models.Sequential
+        An lstmc.nn model: an LSTM / GRU / RNN, a cell (nn.LSTMCell, ...), a Linear, an
+        Embedding, or a module holding them (nn.Sequential, your own Module). Or a built
+        Keras-face Sequential: its LSTM / GRU / SimpleRNN (Bidirectional too), Dense and
+        Embedding layers are quantized (Dropout has no weights; Dense's activation stays
+        float32).
     dtype : "int8"
 
-    Returns a deep copy in eval mode; `model` is not changed. The copy runs forward, `step`
-    and the cells' calls as the float model does, on the int8 kernels; `train()` and
-    `backward` raise RuntimeError. In this version Linear and Embedding layers stay float32,
-    "bf16" is not available yet, and a quantized model is not saved as such (save the float
-    model and quantize after loading).
+    Returns
+    -------
+    A deep copy in eval mode; `model` is not changed. The copy runs as the float model does
+    (forward, `step`, the cells' calls; the Keras face's predict, __call__ and evaluate) on
+    the int8 kernels:
 
-    Raises ValueError for a dtype other than "int8" and "bf16" (NotImplementedError for
-    "bf16"), TypeError for a model that is not an lstmc.nn Module, and ValueError naming
-    the layer for one the int8 kernels cannot run: float64 layers, RNN with ReLU, LSTM with
-    proj_size, GRU with reset_after=False, non-default activations or other cell options
-    (their h is not bounded by 1, or their kernels have no int8 path yet), or an input wider
-    than 2^17.
+    - LSTM / GRU / RNN: W_ih and W_hh int8 per gate unit (row); inputs quantized per row at
+      run time, h with the fixed scale 1/127 (initial states must lie within [-1, 1]);
+    - Linear (Dense): weight (out, in) int8 per output row; each input row (float32, n x in)
+      quantized at call time; y = dequantised exact int32 product + float32 bias (the
+      arithmetic of reference.int8_product);
+    - Embedding: the table (num, dim) int8 per row with a float32 scale per row; a lookup
+      returns float32 q[idx] * scale[idx].
+
+    Training is refused: `train()`, `backward`, the Keras face's fit / train_on_batch, an
+    optimizer's step, set_weights and float load_state_dict raise RuntimeError naming the
+    layer (inference only: train the float model and quantize it again). The float
+    parameters of the copy hold the dequantised weights, read-only.
+
+    `state_dict()` gives the int8 weights in their stored form (`name` int8 and
+    `name_scale` float32 per quantized matrix, float32 biases) and `load_state_dict` takes
+    it back bit for bit: `q.load_state_dict(lstmc.load(path))` on a quantized copy of a
+    model of the same shapes (its float weights do not matter) runs the saved int8 weights.
+    The Keras face's `save("m.lstmc")` / `lstmc.models.load_model` keep them too.
+
+    Raises
+    ------
+    ValueError
+        dtype other than "int8" and "bf16"; a model already quantized; a Keras-face layer
+        not built yet; and, naming the layer, one the int8 kernels cannot run: float64
+        layers, RNN / SimpleRNN with ReLU, LSTM with proj_size, GRU with
+        reset_after=False, non-default activations or other cell options (their h is not
+        bounded by 1, or their kernels have no int8 path yet), an input wider than 2^17.
+    NotImplementedError
+        "bf16" (not available yet).
+    TypeError
+        `model` is not an lstmc.nn Module or a Keras-face model.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if dtype == "bf16":
         raise NotImplementedError("bf16 quantization is not available yet; use dtype='int8'")
     if not isinstance(model, Module):
-        raise TypeError(f"quantize takes an lstmc.nn Module, got {type(model).__name__} "
-                        "(the Keras face and ONNX sessions come later)")
-    layers = [(name, m) for name, m in _recurrent(model)]
-    for name, m in layers:
-        _check(name, m)
+        raise TypeError(f"quantize takes an lstmc.nn Module or an lstmc.models.Sequential, "
+                        f"got {type(model).__name__} (ONNX sessions come later)")
+    for label, m in _layers(model):
+        _check(label, m)
     out = copy.deepcopy(model).eval()
-    for name, m in _recurrent(out):
-        if m.__dict__.get("_q8") is not None:
-            raise ValueError(f"{name or type(m).__name__} is quantized already")
-        m._engine.weights.release()   # the float packed copy is not used
-        object.__setattr__(m, "_q8", QuantizedWeights(m._spec(), m._flat, m._gates))
-        m.__dict__.update(m._afresh())   # an engine on the int8 weights; parameters frozen
+    for _, m in list(_layers(out)):
+        state = _STATES[_kind(m)].of(m)
+        if isinstance(m, _RNNBase):
+            m._engine.weights.release()      # the float packed copy is not used
+        object.__setattr__(m, "_q8", state)
+        if isinstance(m, _RNNBase):
+            m.__dict__.update(m._afresh())   # an engine on the int8 weights
+        state.attach()                       # parameters dequantised and frozen
     return out
 
 
-def _recurrent(model):
-    """(name, module) of every recurrent layer in `model`, cells' included"""
+# the kinds quantized and their int8 state
+_STATES = {_RNNBase: QuantizedWeights, Linear: QuantizedLinear, Embedding: QuantizedEmbedding}
+
+
+def _kind(m):
+    return next((kind for kind in _STATES if isinstance(m, kind)), None)
+
+
+def _layers(model):
+    """(label, module) of every module of `model` to quantize: the recurrent, Linear and
+    Embedding modules of its tree and those its modules run unregistered (a cell's, a Keras
+    layer's: Module._inner_modules), labelled with the name of the module that runs them."""
     for name, m in model.named_modules():
-        if isinstance(m, _RNNBase):
-            yield name, m
-        seq = m.__dict__.get("_seq")           # a cell's own one-layer module
-        if isinstance(seq, _RNNBase):
-            yield (name + "." if name else "") + "_seq", seq
+        if getattr(m, "built", True) is False:
+            raise ValueError(f"{name or type(m).__name__} is not built yet: quantize needs "
+                             "its weights (call the model on a batch, or give input_shape=)")
+        if m.quantized is not None:
+            raise ValueError(f"{name or type(m).__name__} is quantized already")
+        if _kind(m) is not None:
+            yield f"{name or type(m).__name__} ({type(m).__name__}({m.extra_repr()}))", m
+        for inner in m._inner_modules():
+            if inner.quantized is not None:
+                raise ValueError(f"{name or type(m).__name__} is quantized already")
+            if _kind(inner) is not None:
+                yield (f"{name or type(m).__name__} ({type(m).__name__} on "
+                       f"{type(inner).__name__}({inner.extra_repr()}))"), inner
 
 
-def _check(name, m):
-    label = f"{name or type(m).__name__} ({type(m).__name__}({m.extra_repr()}))"
+def _check(label, m):
     if m.dtype != np.float32:
         raise ValueError(f"{label}: int8 quantization takes float32 layers, got {m.dtype}")
+    if isinstance(m, Linear):
+        if m.in_features > _core.Q8_MAX_K:
+            raise ValueError(f"{label}: inputs wider than 2^17 could overflow the int32 sums")
+        return
+    if isinstance(m, Embedding):
+        return
     if m._cell not in (_core.CELL_LSTM, _core.CELL_GRU, _core.CELL_RNN_TANH):
         raise ValueError(f"{label}: int8 runs LSTM, GRU with reset_after=True and RNN with "
                          "tanh (whose h stays within [-1, 1])")
