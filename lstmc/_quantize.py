@@ -109,10 +109,12 @@ def _layers(model):
     """(label, module) of every module of `model` to quantize: the recurrent, Linear and
     Embedding modules of its tree and those its modules run unregistered (a cell's, a Keras
     layer's: Module._inner_modules), labelled with the name of the module that runs them."""
+    unbuilt = [name or type(m).__name__ for name, m in model.named_modules()
+               if getattr(m, "built", True) is False]   # Keras-face layers build lazily
+    if unbuilt:   # the last one: a layer rather than the model holding it
+        raise ValueError(f"{unbuilt[-1]} is not built yet: quantize needs its weights (call "
+                         "the model on a batch, or give input_shape=)")
     for name, m in model.named_modules():
-        if getattr(m, "built", True) is False:
-            raise ValueError(f"{name or type(m).__name__} is not built yet: quantize needs "
-                             "its weights (call the model on a batch, or give input_shape=)")
         if m.quantized is not None:
             raise ValueError(f"{name or type(m).__name__} is quantized already")
         if _kind(m) is not None:
