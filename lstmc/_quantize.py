@@ -97,6 +97,16 @@ def quantize(model, dtype="int8"):
     return out
 
 
+def quantized_dtype(model):
+    """The dtype name ("int8") of the quantized weights in `model` (an lstmc.nn Module or a
+    Keras-face model, lstmc.quantize's result), or None if it has none."""
+    # the states themselves: Sequential.quantized (the Keras face's) asks this function
+    states = [inner.__dict__.get("_q8") for _, m in model.named_modules()
+              for inner in (m,) + tuple(m._inner_modules())]
+    dtypes = {state.dtype for state in states if state is not None}
+    return min(dtypes) if dtypes else None
+
+
 # the kinds quantized and their int8 state
 _STATES = {_RNNBase: QuantizedWeights, Linear: QuantizedLinear, Embedding: QuantizedEmbedding}
 

@@ -683,6 +683,8 @@ class _RNN(Layer):
             drop = (generator().random((B, 1, x.shape[2])) < keep).astype(self.dtype) / keep
             x = x * drop
         xs = steps.gather(x)
+        if training:
+            self._refuse_if_quantized("training")   # naming this layer, not its module
         self._module.train(training)
         out, states = self._split(self._module(xs, self._hx(self._initial(initial_state, B)),
                                                lengths=steps.lengths))

@@ -331,9 +331,8 @@ class Sequential(Module):
     def quantized(self):
         """The dtype name of the layers' quantized weights ("int8"; lstmc.quantize), or None
         for a float model."""
-        dtypes = {m.quantized for layer in self._layers for m in layer._inner_modules()}
-        dtypes.discard(None)
-        return dtypes.pop() if dtypes else None
+        from lstmc._quantize import quantized_dtype   # lstmc._quantize imports lstmc.nn
+        return quantized_dtype(self)
 
     def _config(self):
         return {"name": self.name,
