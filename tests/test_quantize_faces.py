@@ -109,9 +109,11 @@ def test_a_tagger_quantized_whole_matches_its_float_model():
     assert q.emb.quantized == q.rnn.quantized == q.fc.quantized == "int8"
     assert net.fc.quantized is None                    # the float model is untouched
     # int8 weights and activations through two bidirectional layers and a Linear: the
-    # logits (|logit| ~ 0.3) move by a few 1e-3
+    # logits (mean |logit| ~0.08) moved by at most 1.2e-3 over seeds 5-7; padded positions
+    # (the bias alone) not at all
     diff = np.abs(q(ids, lengths) - net(ids, lengths))
-    assert diff.max() < 0.03 and np.median(diff) < 5e-3, diff.max()
+    assert diff.max() < 0.01, diff.max()
+    np.testing.assert_array_equal(diff[1, 3:], 0)
 
 
 def test_linear_and_embedding_refuse_training():
@@ -251,7 +253,8 @@ def test_a_keras_model_runs_int8_and_refuses_training():
         assert all(m.quantized == "int8" for m in layer._inner_modules()
                    if not isinstance(m, nn.Dropout))
     p_float, p_q = model.predict(x), q.predict(x)
-    # softmax outputs of four int8 layers: within 0.02 of the float model's
+    # softmax outputs of four int8 layers: within 0.02 of the float model's (4e-3 to 6e-3
+    # measured over seeds 11-13)
     assert np.abs(p_q - p_float).max() < 0.02, np.abs(p_q - p_float).max()
     np.testing.assert_array_equal(q(x[:5]), p_q[:5])
     loss, accuracy = q.evaluate(x, y, verbose=0)
