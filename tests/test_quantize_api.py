@@ -134,9 +134,7 @@ def test_refusals_name_what_is_wrong():
             lstmc.optim.SGD(module.parameters(), lr=0.1).step()
         with pytest.raises(ValueError, match="read-only"):
             module.weight_hh_l0.data[0, 0] = 1.0
-    for bad, match in ((nn.RNN(4, 8, nonlinearity="relu"), "tanh"),
-                       (nn.LSTM(4, 8, proj_size=2), "proj_size"),
-                       (nn.GRU(4, 8, reset_after=False), "reset_after"),
+    for bad, match in ((nn.GRU(4, 8, reset_after=False), "reset_after"),
                        (nn.LSTM(4, 8, cell_clip=3.0), "default cells"),
                        (nn.LSTM(4, 8, dtype=np.float64), "float32")):
         with pytest.raises(ValueError, match=match):
@@ -145,10 +143,8 @@ def test_refusals_name_what_is_wrong():
         lstmc.quantize(object())
     with pytest.raises(ValueError, match="dtype"):
         lstmc.quantize(nn.LSTM(4, 8), dtype="int4")
-    for bad, match in ((nn.LSTM(4, 8, proj_size=2), "proj_size"),
-                       (nn.GRU(4, 8, reset_after=False), "reset_after")):
-        with pytest.raises(ValueError, match=match):
-            lstmc.quantize(bad, "bf16")
+    with pytest.raises(ValueError, match="reset_after"):
+        lstmc.quantize(nn.GRU(4, 8, reset_after=False), "bf16")
     with pytest.raises(ValueError, match="already"):
         lstmc.quantize(lstmc.quantize(nn.GRU(4, 8), "bf16"), "int8")
     with pytest.raises(RuntimeError, match=r"quantized \(bf16\)"):

@@ -126,7 +126,23 @@ class Layer(Module):
     # training would honour (recurrent_dropout, regularizers, ...)
     training_unsupported = None
 
+    def _inner_modules(self):
+        """The lstmc.nn module this layer runs (built layers with weights and Dropout)."""
+        module = self.__dict__.get("_module")
+        return () if module is None else (module,)
+
+    def _refuse_if_quantized(self, what):
+        """RuntimeError naming this layer if its weights are quantized (lstmc.quantize)."""
+        for module in self._inner_modules():
+            if module.quantized:
+                raise RuntimeError(
+                    f"{self.name} is quantized ({module.quantized}): the model runs inference "
+                    f"only (predict, evaluate, calling it), so no {what}; train the float "
+                    "model and quantize it again")
+
     def train(self, mode=True):
+        if mode:
+            self._refuse_if_quantized("training (fit, train_on_batch)")
         if mode and self.training_unsupported:
             raise ValueError(f"{self.name} cannot be trained: lstmc lacks its "
                              f"{self.training_unsupported} (inference ignores them, as "
@@ -191,6 +207,7 @@ class Layer(Module):
         """`weights` against the list of expected shapes -> list of arrays of our dtype."""
         weights = [to_numpy(w) for w in weights]
         self._require_built()
+        self._refuse_if_quantized("set_weights")
         if len(weights) != len(expected):
             raise ValueError(f"{self.name}: set_weights expects {len(expected)} arrays with "
                              f"shapes {expected}, got {len(weights)}")
@@ -287,6 +304,7 @@ class Embedding(Layer):
 
     def set_weights(self, weights):
         (w,) = self._check_weights(weights, [self.embeddings.shape])
+        self.embeddings.release()   # a quantized layer's refuses: see lstmc.nn._quantized
         self.embeddings.data[...] = w
 
     def get_config(self):
@@ -358,6 +376,8 @@ class Dense(Layer):
         expected = [(self.built_shape[-1], self.units)]
         expected += [(self.units,)] if self.use_bias else []
         ws = self._check_weights(weights, expected)
+        for p in m.parameters():
+            p.release()   # a quantized layer's refuses: see lstmc.nn._quantized
         m.weight.data[...] = ws[0].T
         if self.use_bias:
             m.bias.data[...] = ws[1]
@@ -663,6 +683,8 @@ class _RNN(Layer):
             drop = (generator().random((B, 1, x.shape[2])) < keep).astype(self.dtype) / keep
             x = x * drop
         xs = steps.gather(x)
+        if training:
+            self._refuse_if_quantized("training")   # naming this layer, not its module
         self._module.train(training)
         out, states = self._split(self._module(xs, self._hx(self._initial(initial_state, B)),
                                                lengths=steps.lengths))
@@ -852,6 +874,9 @@ class Bidirectional(Layer):
         self.layer.build(input_shape)
         for name, p in self.layer.named_parameters():
             setattr(self, name, p)
+
+    def _inner_modules(self):
+        return self.layer._inner_modules()
 
     def forward(self, x, mask=None, training=False):
         x = _float_input(x, self)

@@ -225,6 +225,7 @@ class Sequential(Module):
         cb = callbacks_module.CallbackList(cbs, self)
         if not self.compiled:
             raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        self.train()   # a layer that cannot train (quantized, ...) says so before any callback
         self.stop_training = False
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
@@ -326,6 +327,13 @@ class Sequential(Module):
         print_fn("\n".join(lines))
 
     # ---- saving -------------------------------------------------------------------------
+    @property
+    def quantized(self):
+        """The dtype name of the layers' quantized weights ("int8"; lstmc.quantize), or None
+        for a float model."""
+        from lstmc._quantize import quantized_dtype   # lstmc._quantize imports lstmc.nn
+        return quantized_dtype(self)
+
     def _config(self):
         return {"name": self.name,
                 "input_shape": None if self._input_shape is None else list(self._input_shape),
@@ -335,9 +343,27 @@ class Sequential(Module):
 
     def save(self, filepath):
         """One file (lstmc.io format) with the architecture, the weights, and — once compiled
-        — the loss, metrics and optimizer with its state. Written atomically."""
+        — the loss, metrics and optimizer with its state. Written atomically.
+
+        A quantized model (lstmc.quantize) keeps its quantized weights bit for bit: the
+        config records their dtype ("quantized": {"dtype": "int8"}) and each layer's lstmc.nn
+        module's stored form is saved under quantized/<layer name>/<name> (int8 matrices
+        with float32 row scales, float32 biases; see lstmc.nn._quantized) instead of the Keras
+        weight list; the optimizer's state is not saved (it cannot train). Such a model is
+        saved only in lstmc's format: a .keras / .h5 name raises ValueError, as Keras could
+        not read it."""
+        quantized = self.quantized
         config = {"model": self._config()}
-        arrays = _weight_arrays(self.get_weights())
+        if quantized is None:
+            arrays = _weight_arrays(self.get_weights())
+        else:
+            if os.fspath(filepath).lower().endswith((".keras", ".h5", ".hdf5")):
+                raise ValueError(f"{self.name} is quantized ({quantized}): its weights are "
+                                 "saved only in lstmc's own format (a .lstmc name), which "
+                                 "lstmc.models.load_model reads back; Keras has no reader "
+                                 "for them (save the float model for Keras)")
+            config["model"]["quantized"] = {"dtype": quantized}
+            arrays = _quantized_arrays(self)
         if self.compiled:
             opt = self.optimizer
             config["compile"] = {
@@ -345,7 +371,7 @@ class Sequential(Module):
                 "loss": {"class_name": type(self.loss).__name__,
                          "config": self.loss.get_config()},
                 "metrics": self._metric_names}
-            if opt.built:
+            if opt.built and quantized is None:
                 config["compile"]["optimizer_state"] = io.encode(opt.state_dict(), arrays)
         io.write(filepath, _KIND, config, arrays)
 
@@ -381,7 +407,10 @@ def load_model(filepath, compile=True):
             model.add(layer)
         if mc["input_shape"] is not None:
             model.build((None,) + tuple(mc["input_shape"]))
-        model.set_weights(_weights_of(arrays))
+        if mc.get("quantized") is None:
+            model.set_weights(_weights_of(arrays))
+        else:
+            model = _load_quantized(model, mc["quantized"], arrays)
         cc = config.get("compile")
         if compile and cc is not None:
             opt = optimizers_module.deserialize(cc["optimizer"]["class_name"],
@@ -395,6 +424,36 @@ def load_model(filepath, compile=True):
     except (KeyError, TypeError, ValueError) as e:
         raise io.FormatError(f"{filepath}: the saved model does not fit together: {e}") \
             from e
+    return model
+
+
+def _quantized_arrays(model):
+    """A quantized model's weights as named file arrays: the stored form of each layer's
+    lstmc.nn module (its state_dict) under quantized/<layer name>/."""
+    return {f"quantized/{layer.name}/{key}": value for layer in model._layers
+            for module in layer._inner_modules() for key, value in module.state_dict().items()}
+
+
+def _load_quantized(model, spec, arrays):
+    """The quantized copy of the float `model` built from a file's config, running the
+    stored int8 weights of `arrays` (what _quantized_arrays wrote)."""
+    from lstmc._quantize import quantize
+    if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str):
+        raise ValueError(f"config field quantized must be {{'dtype': name}}, got {spec!r}")
+    model = quantize(model, spec["dtype"])
+    listed = {name for name in arrays if name.startswith("quantized/")}
+    for layer in model._layers:
+        for module in layer._inner_modules():
+            prefix = f"quantized/{layer.name}/"
+            state = {name[len(prefix):]: arrays[name] for name in arrays
+                     if name.startswith(prefix)}
+            try:
+                module.load_state_dict(state)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"layer {layer.name!r} (arrays {prefix}*): {e}") from None
+            listed -= {prefix + key for key in state}
+    if listed:
+        raise ValueError(f"arrays of no layer: {sorted(listed)}")
     return model
 
 

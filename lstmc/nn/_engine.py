@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lstmc import _core
+from lstmc.nn._quantized import QuantizedState
 
 
 class Spec:
@@ -230,58 +231,45 @@ class PackedWeights:
             self._flat.flags.writeable = False
 
 
-class QuantizedWeights:
-    """One module's weights in int8 or bfloat16 (lstmc.quantize): per layer and direction
-    W_ih and W_hh quantized per row (gate unit) by the kernels' quantizer
-    (reference.quantize_int8's arithmetic) or rounded to bfloat16 (reference.bf16_round), and
-    packed for the kernels (csrc/quant.c, csrc/quant_bf16.c), read-only; biases stay in the
+class QuantizedWeights(QuantizedState):
+    """One recurrent module's weights in int8 or bfloat16 (lstmc.quantize): per layer and
+    direction W_ih and W_hh symmetric int8 per row (gate unit) or rounded to bfloat16
+    (`rows`, the canonical form, by parameter name), packed for the kernels (csrc/quant.c,
+    csrc/quant_bf16.c) into one read-only buffer at the layout's qoffset; biases stay in the
     module's float32 flat buffer. int8's h, which the kernels quantize with the static scale
-    1/127, must stay within [-1, 1]: check_state refuses initial states past it."""
-
-    __slots__ = ("dtype", "buffer")
-
-    def __init__(self, spec, flat, G, dtype="int8"):
-        """spec, flat: the module's (lstmc.nn.rnn _RNNBase); G: its gate blocks; dtype "int8"
-        or "bf16"."""
-        layout = spec.layout()
-        buf = np.zeros(layout.qsize(dtype), np.uint8)
-        for l in range(spec.num_layers):
-            for d in range(spec.directions):
-                for which, kind in ((0, _core.W_IH), (1, _core.W_HH)):
-                    off = layout.param_offset(l, d, kind)
-                    K = (spec.input_size if l == 0 else spec.directions * spec.hout) \
-                        if which == 0 else spec.hout
-                    w = np.asarray(flat[off:off + G * spec.hidden_size * K],
-                                   np.float32).reshape(G * spec.hidden_size, K)
-                    if dtype == "bf16":
-                        b = np.ascontiguousarray(_core.bf16_round(w)[:, :K])
-                        packed = _core.bf16_pack(b, spec.hidden_size, G)
-                    else:
-                        u, scale = _core.q8_quantize(w)
-                        q = (u[:, :K].astype(np.int16) - 128).astype(np.int8)
-                        packed = _core.q8_pack(q, scale, spec.hidden_size, G)
-                    at = layout.qoffset(dtype, l, d, which)
-                    buf[at:at + packed.size] = packed
-        buf.flags.writeable = False
-        self.dtype, self.buffer = dtype, buf
+    1/127 in the cells whose h stays within [-1, 1], must start there: check_state refuses
+    initial states past it. Freezing, the stored form and loading are QuantizedState's."""
 
     @staticmethod
-    def freeze(flat, params, message):
-        """The float parameters the int8 copy came from, read-only for good: a write (an
-        optimizer's step, load_state_dict, set_weights, which release first) raises
-        RuntimeError(message) instead of leaving the int8 copy stale."""
-        def refuse():
-            raise RuntimeError(message)
-        for p in params:
-            p._hold(refuse)
-        flat.flags.writeable = False
+    def quantized_names(module):
+        return tuple(name for name, *_ in _matrices(module))
+
+    def _repack(self):
+        m = self.module
+        layout = m._layout()
+        buf = np.zeros(layout.qsize(self.dtype), np.uint8)
+        for name, l, d, which in _matrices(m):
+            packed = self.rows[name].packed(m.hidden_size, m._gates)
+            at = layout.qoffset(self.dtype, l, d, which)
+            buf[at:at + packed.size] = packed
+        buf.flags.writeable = False
+        self.buffer = buf   # one assignment: a call running reads the old buffer or the new
 
     def check_state(self, h0, name):
-        """int8: an initial h for the static 1/127 scale, finite and within [-1, 1]."""
-        if self.dtype == "int8" and h0 is not None and not (np.abs(h0) <= 1).all():
+        """int8 with the static 1/127 scale: an initial h finite and within [-1, 1]."""
+        m = self.module
+        static = self.dtype == "int8" and not m._proj and m._cell != _core.CELL_RNN_RELU
+        if static and h0 is not None and not (np.abs(h0) <= 1).all():
             raise ValueError(f"{name}: an int8-quantized module takes initial states within "
                              "[-1, 1] (its h is quantized with the fixed scale 1/127); got "
                              "values outside it, or not finite")
+
+
+def _matrices(module):
+    """(name, layer, direction, which) of a recurrent module's W_ih (which 0) and W_hh (1)."""
+    for name, l, d, kind, _ in module._param_names():
+        if kind in (_core.W_IH, _core.W_HH):
+            yield name, l, d, 0 if kind == _core.W_IH else 1
 
 
 def _flat(a):
@@ -475,8 +463,7 @@ class Engine:
             None if dc0 is None else plan.from_sorted(dc0)
 
     def quantized_refusal(self, what):
-        return (f"{self.name} is quantized ({self.quant.dtype}): inference only, so no {what}; "
-                "train the float model and quantize it again")
+        return self.quant.refusal(what)
 
     def _new_states(self, B):
         """Empty h (L*D, B, H_out) and c (L*D, B, H) (None without c)."""

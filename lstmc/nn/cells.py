@@ -26,6 +26,9 @@ class _CellBase(Module):
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dtype={self.dtype}"
 
+    def _inner_modules(self):
+        return (self._seq,)
+
     def train(self, mode=True):
         self._seq.train(mode)
         return super().train(mode)

@@ -36,7 +36,9 @@ def _saved(module, name):
 
 class Linear(Module):
     """y = x W^T + b, as torch.nn.Linear: weight (out_features, in_features), bias
-    (out_features,), both initialised from U(-1/sqrt(in), 1/sqrt(in)). x (..., in_features)."""
+    (out_features,), both initialised from U(-1/sqrt(in), 1/sqrt(in)). x (..., in_features).
+    Quantized (lstmc.quantize): x W^T is the int8 product (lstmc.nn._quantized.QuantizedLinear),
+    the bias float32."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
         super().__init__()
@@ -62,14 +64,17 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features on its last axis, got "
                              f"shape {x.shape}")
-        self._x = x
+        quantized = self.__dict__.get("_quant")   # lstmc.nn._quantized.QuantizedLinear
+        self._x = x if quantized is None else None   # inference only: nothing to keep
         # as 2-D products: numpy's stacked 3-D matmul can be 10x slower here
-        y = x.reshape(-1, self.in_features) @ self.weight.data.T
+        x2 = x.reshape(-1, self.in_features)
+        y = x2 @ self.weight.data.T if quantized is None else quantized.product(x2)
         if self.bias is not None:
             y += self.bias.data
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dy):
+        self.refuse_if_quantized("backward")
         x = _saved(self, "_x")
         dy = as_float(dy, "dy", self.dtype)
         expected = x.shape[:-1] + (self.out_features,)
@@ -85,7 +90,9 @@ class Linear(Module):
 class Embedding(Module):
     """Lookup table, as torch.nn.Embedding: weight (num_embeddings, embedding_dim) from N(0, 1);
     the row `padding_idx` is zero and receives no gradient. Input: integer array of any shape;
-    output: that shape + (embedding_dim,). backward returns None (indices have no gradient)."""
+    output: that shape + (embedding_dim,). backward returns None (indices have no gradient).
+    Quantized (lstmc.quantize): rows of an int8 table dequantised on lookup
+    (lstmc.nn._quantized.QuantizedEmbedding)."""
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32):
         super().__init__()
@@ -116,10 +123,15 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             raise ValueError(f"idx must lie in [0, {self.num_embeddings}), got min {idx.min()} "
                              f"and max {idx.max()}")
+        quantized = self.__dict__.get("_quant")   # lstmc.nn._quantized.QuantizedEmbedding
+        if quantized is not None:
+            self._idx = None   # inference only: nothing to keep
+            return quantized.lookup(idx)
         self._idx = idx
         return self.weight.data[idx]
 
     def backward(self, dy):
+        self.refuse_if_quantized("backward")
         idx = _saved(self, "_idx")
         dy = as_float(dy, "dy", self.dtype)
         expected = idx.shape + (self.embedding_dim,)

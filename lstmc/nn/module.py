@@ -20,12 +20,15 @@ import numpy as np
 class Parameter:
     """A named tensor of a module: `data` and `grad`, numpy arrays of the same shape."""
 
-    __slots__ = ("data", "grad", "_release")
+    __slots__ = ("data", "grad", "_release", "_quantized")
 
     def __init__(self, data, grad=None):
         self.data = data
         self.grad = np.zeros_like(data) if grad is None else grad
         self._release = None   # set by _hold while a module keeps a copy derived from data
+        # (state, key) while a quantized module's state (lstmc.nn._quantized.QuantizedState)
+        # holds this parameter: its stored form is the state's, under the key `key`
+        self._quantized = None
 
     def release(self):
         """Makes `data` writable: a module that keeps a copy derived from it (a recurrent
@@ -45,7 +48,7 @@ class Parameter:
 
     def __setstate__(self, state):
         self.data, self.grad = state
-        self._release = None
+        self._release = self._quantized = None
 
     @property
     def shape(self):
@@ -100,6 +103,26 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
+    def _inner_modules(self):
+        """The lstmc.nn modules this one runs but does not register as children (their
+        parameters are registered here, under names of its own): a cell's sequence module,
+        a Keras layer's. lstmc.quantize reaches them through this."""
+        return ()
+
+    @property
+    def quantized(self):
+        """The dtype name of this module's quantized weights ("int8"; lstmc.quantize), or
+        None for a float module."""
+        state = self.__dict__.get("_quant")
+        return None if state is None else state.dtype
+
+    def refuse_if_quantized(self, what):
+        """RuntimeError naming `what` (training mode, backward) if this module is quantized:
+        quantized modules run inference only."""
+        state = self.__dict__.get("_quant")
+        if state is not None:
+            raise RuntimeError(state.refusal(what))
+
     def backward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
@@ -133,7 +156,11 @@ class Module:
 
     # ---- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (dropout on, forward saves what backward needs). Returns self."""
+        """Training mode (dropout on, forward saves what backward needs). Returns self.
+        RuntimeError, before any mode changes, if a module of the tree is quantized."""
+        if mode:
+            for _, m in self.named_modules():
+                m.refuse_if_quantized("training mode")
         object.__setattr__(self, "training", bool(mode))
         for child in self._modules.values():
             child.train(mode)
@@ -149,31 +176,62 @@ class Module:
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self):
-        """OrderedDict name -> copy of the parameter's array (PyTorch names and shapes)."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """OrderedDict name -> copy of the parameter's array (PyTorch names and shapes).
+
+        A quantized module's (lstmc.quantize) parameters are in their stored form
+        (lstmc.nn._quantized): a matrix `name` as `name` (int8, its shape) and `name_scale`
+        (float32, one per row), biases as float32 arrays."""
+        out = OrderedDict()
+        for name, p in self.named_parameters():
+            if p._quantized is None:
+                out[name] = p.data.copy()
+            else:
+                state, key = p._quantized
+                for suffix, value in state.stored_form(key):
+                    out[name + suffix] = value
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copies arrays (numpy, CPU torch tensors, anything np.asarray takes) into the
         parameters of the same name. With strict, missing or unexpected names are an error;
-        a shape mismatch always is."""
+        a shape mismatch always is.
+
+        A quantized module takes its stored form (what its state_dict gives: int8 matrices
+        with their float32 row scales, float32 biases; dtypes, shapes and the int8 range
+        checked, the error naming the array) and runs the loaded int8 weights; float
+        weights for it raise RuntimeError (load them into the float model and quantize)."""
         params = OrderedDict(self.named_parameters())
-        missing = [k for k in params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in params]
-        if strict and (missing or unexpected):
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                             f"{unexpected}")
-        values = {}
+        keys = OrderedDict()   # state_dict key -> parameter name
+        for name, p in params.items():
+            for suffix in ("",) if p._quantized is None else \
+                    p._quantized[0].suffixes(p._quantized[1]):
+                keys[name + suffix] = name
+        values, quantized = {}, {}   # all checked before anything is written
         for name, p in params.items():
             if name not in state_dict:
+                continue
+            if p._quantized is not None:
+                state, key = p._quantized
+                given = {s: state_dict[name + s] for s in state.suffixes(key)
+                         if name + s in state_dict}
+                quantized.setdefault(id(state), (state, {}))[1][key] = \
+                    state.checked(key, given, name)
                 continue
             value = to_numpy(state_dict[name])
             if value.shape != p.shape:
                 raise ValueError(f"load_state_dict: {name} must have shape {p.shape}, got "
                                  f"{value.shape}")
             values[name] = value
-        for name, value in values.items():   # all checked before anything is written
+        missing = [k for k in keys if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in keys]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        for name, value in values.items():
             params[name].release()   # before writing: see lstmc.nn._engine.PackedWeights
             params[name].data[...] = value
+        for state, loaded in quantized.values():
+            state.load(loaded)
         return missing, unexpected
 
     # ---- copies (copy.deepcopy, pickle) --------------------------------------------------
@@ -208,6 +266,9 @@ class Module:
                 p.data = self._flat[at:at + p.data.size].reshape(p.data.shape)
             if at_grad is not None:
                 p.grad = self._flat_grad[at_grad:at_grad + p.grad.size].reshape(p.grad.shape)
+        quantized = self.__dict__.get("_quant")
+        if quantized is not None:   # a copy's parameters are new: freeze and link them
+            quantized.attach()
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"

@@ -164,10 +164,9 @@ class _RNNBase(Streaming, Module):
         module's flat buffers, and no dropout masks."""
         engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values(),
                         f"{type(self).__name__}({self.extra_repr()})")
-        engine.quant = self.__dict__.get("_quant")     # a quantized module's (lstmc.quantize)
-        if engine.quant is not None:
-            engine.quant.freeze(self._flat, self._parameters.values(),
-                             engine.quantized_refusal("writing its parameters"))
+        # a quantized module's int8 state (lstmc.quantize), attached to its parameters by
+        # quantize and again by Module.__setstate__ after a copy
+        engine.quant = self.__dict__.get("_quant")
         return dict(_engine=engine, _last_dropout_masks=[])
 
     def _spec(self):
@@ -236,8 +235,7 @@ class _RNNBase(Streaming, Module):
         """Training mode (see Module.train); drops the packed eval-mode weights
         (lstmc.nn._engine.PackedWeights)."""
         if mode:
-            if self._engine.quant is not None:
-                raise RuntimeError(self._engine.quantized_refusal("training mode"))
+            self.refuse_if_quantized("training mode")
             self._engine.weights.release()
         return super().train(mode)
 
@@ -344,6 +342,7 @@ class _RNNBase(Streaming, Module):
 
     def _run_backward(self, dout, dhn, dcn):
         """Backward; returns (dx, dh0, dc0) in the user's layout."""
+        self.refuse_if_quantized("backward")
         self._check_trainable()
         saved = self._saved()
         T, B, unbatched = saved.plan.T, saved.plan.B, saved.unbatched

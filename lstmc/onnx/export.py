@@ -436,6 +436,12 @@ def export(model, path, *, dynamic_batch=True, opset=17, states=False, lengths=F
     from lstmc.nn import Module
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ValueError(f"opset must be an int >= 14 (LSTM / GRU with layout), got {opset!r}")
+    if isinstance(model, Module):
+        from lstmc._quantize import quantized_dtype
+        if quantized_dtype(model) is not None:
+            raise ValueError(f"the model is quantized ({quantized_dtype(model)}, "
+                             "lstmc.quantize): export writes float models, and quantized "
+                             "ONNX export is not available yet; export the float model")
     if isinstance(model, KerasSequential):
         if lengths:
             raise ValueError("lengths=True is for lstmc.nn models: a Keras-face model takes its "
