@@ -142,16 +142,18 @@ def evaluate(model, sentences, vocab, tag_index):
 
 
 def logit_error(model, quantized, sentences, vocab, tag_index):
-    """(max |logit - float32 logit|, largest |float32 logit|) of `quantized` against `model`
-    over the tokens of `sentences` (padding left out)."""
+    """(max |logit - float32 logit|, largest |float32 logit|, tokens whose best tag differs)
+    of `quantized` against `model` over the tokens of `sentences` (padding left out)."""
     err = largest = 0.0
+    flips = 0
     pairs = zip(held_out_logits(model, sentences, vocab, tag_index),
                 held_out_logits(quantized, sentences, vocab, tag_index))
     for (want, lengths), (got, _) in pairs:
         tokens = np.arange(want.shape[1]) < lengths[:, None]
         err = max(err, float(np.abs(got - want)[tokens].max()))
         largest = max(largest, float(np.abs(want[tokens]).max()))
-    return err, largest
+        flips += int((got.argmax(-1) != want.argmax(-1))[tokens].sum())
+    return err, largest, flips
 
 
 def train_epoch(model, optimizer, loss_fn, sentences, vocab, tag_index, rng, progress, label,
@@ -232,11 +234,12 @@ def main():
     if args.quantize:
         quantized = lstmc.quantize(model, args.quantize)
         _, _, f1_q, acc_q = evaluate(quantized, held, vocab, tag_index)
-        err, largest = logit_error(model, quantized, held, vocab, tag_index)
+        err, largest, flips = logit_error(model, quantized, held, vocab, tag_index)
         print(f"{args.quantize} (lstmc.quantize): held-out entity F1 {f1_q:.4f}, float32 "
               f"{f1:.4f}, difference {100 * (f1_q - f1):+.2f} points; token accuracy "
               f"{acc_q:.4f}, float32 {acc:.4f}; max |logit - float32 logit| {err:.3g} over "
-              f"{sum(len(t) for t, _ in held)} held-out tokens (largest |logit| {largest:.3g})")
+              f"{sum(len(t) for t, _ in held)} held-out tokens (largest |logit| {largest:.3g}); "
+              f"best tag changed on {flips} tokens")
     print(f"training and held-out scoring {train_time:.1f} s, total time "
           f"{time.time() - t_start:.1f} s")
 

@@ -88,11 +88,12 @@ def main():
     if args.quantize:
         quantized = lstmc.quantize(model, args.quantize)
         bpc_q = evaluate(quantized, held, seq, batch=32, windows=windows)
-        err, largest = logit_error(model, quantized, held, seq, batch=32, windows=windows)
+        err, largest, flips = logit_error(model, quantized, held, seq, batch=32,
+                                          windows=windows)
         print(f"{args.quantize} (lstmc.quantize): held-out {bpc_q:.4f} bits per character, "
-              f"float32 {bpc:.4f}, difference {bpc_q - bpc:+.4f} bits; max |logit - float32 "
+              f"float32 {bpc:.4f}, difference {bpc_q - bpc:+.5f} bits; max |logit - float32 "
               f"logit| {err:.3g} over {windows * 32 * seq:,} held-out characters (largest "
-              f"|logit| {largest:.3g})")
+              f"|logit| {largest:.3g}); most likely next character changed at {flips}")
     text = sample(model, vocab, "ROMEO:\n", 100 if args.smoke else 400, 0.8, args.seed)
     print("sample (temperature 0.8, prime 'ROMEO:\\n'):")
     print("-" * 60)
@@ -105,19 +106,22 @@ def main():
 
 
 def logit_error(model, quantized, data, steps, batch, windows, seed=1):
-    """(max |logit - float32 logit|, largest |float32 logit|) of `quantized` against `model`
-    over the windows lstmc.charlm.evaluate scores with the same seed."""
+    """(max |logit - float32 logit|, largest |float32 logit|, characters whose most likely
+    successor differs) of `quantized` against `model` over the windows lstmc.charlm.evaluate
+    scores with the same seed."""
     training = model.training
     model.eval()
     rng = np.random.default_rng(seed)
     err = largest = 0.0
+    flips = 0
     for _ in range(windows):
         x, _ = random_windows(rng, data, batch, steps)
-        want = model(x)
-        err = max(err, float(np.abs(quantized(x) - want).max()))
+        want, got = model(x), quantized(x)
+        err = max(err, float(np.abs(got - want).max()))
         largest = max(largest, float(np.abs(want).max()))
+        flips += int((got.argmax(-1) != want.argmax(-1)).sum())
     model.train(training)
-    return err, largest
+    return err, largest, flips
 
 
 if __name__ == "__main__":
