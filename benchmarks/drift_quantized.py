@@ -26,7 +26,7 @@ A third stream tells the model's part from the kernels': float32 on the int8 wei
 dequantised (reference.quantized_params), the weight rounding alone. Its gap to float32
 (column |h_w - h_f|) is how far this model moves for a change of its weights of that size;
 when it grows as the int8 gap does, the drift is the model's sensitivity, not the int8
-arithmetic adding up.
+arithmetic adding up (whose own part, |h_q - h_w|, the summary lines give too).
 """
 import argparse
 import copy
@@ -47,9 +47,9 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "
 
 
 def stream_gap(module, inputs, readout=None):
-    """(T, 4 + k) float64 rows, one a step of `inputs` (T, I): max |h_q - h_f|, max |c_q - c_f|
-    (0 without c), max |c_f| (|h_f| without c), max |h_w - h_f|, then the k values of
-    `readout(t, h_f, h_q)` if given. h_q, c_q are the states of lstmc.quantize(module)'s
+    """(T, 5 + k) float64 rows, one a step of `inputs` (T, I): max |h_q - h_f|, max |c_q - c_f|
+    (0 without c), max |c_f| (|h_f| without c), max |h_w - h_f|, max |h_q - h_w|, then the k
+    values of `readout(t, h_f, h_q)` if given. h_q, c_q are the states of lstmc.quantize(module)'s
     stream, h_f, c_f of module's, h_w of module on its int8 weights dequantised."""
     quantized = lstmc.quantize(module, "int8")
     module.eval()
@@ -66,7 +66,7 @@ def stream_gap(module, inputs, readout=None):
         row = [np.abs(sq.h - sf.h).max(),
                0.0 if sf.c is None else np.abs(sq.c - sf.c).max(),
                np.abs(sf.h if sf.c is None else sf.c).max(),
-               np.abs(sw.h - sf.h).max()]
+               np.abs(sw.h - sf.h).max(), np.abs(sq.h - sw.h).max()]
         if readout is not None:
             row += readout(t, sf.h[-1], sq.h[-1])
         rows.append(row)
@@ -138,7 +138,7 @@ def charlm_stream(model, ids, steps):
 def report(name, rows, window):
     n = len(rows) // window
     w = rows[:n * window].reshape(n, window, -1).max(axis=1)
-    has_c, has_logits = rows[:, 1].any(), rows.shape[1] > 4
+    has_c, has_logits = rows[:, 1].any(), rows.shape[1] > 5
     print(f"\n{name}: {len(rows)} steps, {n} windows of {window}")
     print("window      max|h_q-h_f|" + ("  max|c_q-c_f|  max|c_f|" if has_c else "  max|h_f|")
           + "  max|h_w-h_f|" + ("  max|logit_q-logit_f|" if has_logits else ""))
@@ -147,12 +147,13 @@ def report(name, rows, window):
         line = f"{k * window:5d}-{(k + 1) * window - 1:<5d}  {w[k, 0]:12.2e}"
         line += f"  {w[k, 1]:12.2e}" if has_c else ""
         line += f"  {w[k, 2]:8.2f}  {w[k, 3]:12.2e}"
-        line += f"  {w[k, 4]:20.2e}" if has_logits else ""
+        line += f"  {w[k, 5]:20.2e}" if has_logits else ""
         print(line)
         if k == min(3, n) - 1 and n > 6:
             print("  ...")
     for label, a in (("h", w[:, 0]),) + ((("c", w[:, 1]),) if has_c else ()) + \
-            (("|h_w - h_f| (the weight rounding alone)", w[:, 3]),):
+            (("|h_w - h_f| (the weight rounding alone)", w[:, 3]),
+             ("|h_q - h_w| (the int8 arithmetic beyond it)", w[:, 4])):
         k = int(a.argmax())
         # first and last: the mean of 3 windows, so one unlucky window does not decide it
         ratio = a[-3:].mean() / a[:3].mean()
@@ -160,8 +161,8 @@ def report(name, rows, window):
         print(f"max {what} over the stream {a.max():.2e} (window {k * window}-"
               f"{(k + 1) * window - 1}); last 3 windows / first 3: {ratio:.2f}")
     if has_logits:
-        bits_f, bits_q = rows[:, 5].mean(), rows[:, 6].mean()
-        print(f"max |logit_q - logit_f| {w[:, 4].max():.2e}; bits per character over the "
+        bits_f, bits_q = rows[:, 6].mean(), rows[:, 7].mean()
+        print(f"max |logit_q - logit_f| {w[:, 5].max():.2e}; bits per character over the "
               f"stream: float32 {bits_f:.4f}, int8 {bits_q:.4f} ({bits_q - bits_f:+.4f})")
 
 
