@@ -158,7 +158,8 @@ def report(name, rows, window):
         # first and last: the mean of 3 windows, so one unlucky window does not decide it
         ratio = a[-3:].mean() / a[:3].mean()
         what = label if " " in label else f"|{label}_q - {label}_f|"
-        print(f"max {what} over the stream {a.max():.2e} (window {k * window}-"
+        scale = f" (largest |c_f| {w[:, 2].max():.3g})" if label == "c" else ""
+        print(f"max {what} over the stream {a.max():.2e}{scale} (window {k * window}-"
               f"{(k + 1) * window - 1}); last 3 windows / first 3: {ratio:.2f}")
     if has_logits:
         bits_f, bits_q = rows[:, 6].mean(), rows[:, 7].mean()
