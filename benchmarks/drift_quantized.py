@@ -46,17 +46,17 @@ from lstmc.charlm import (CharLM, byte_vocab, encode, load_model, random_windows
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples")
 
 
-def stream_gap(module, inputs, readout=None):
+def stream_gap(module, inputs, readout=None, dtype="int8"):
     """(T, 5 + k) float64 rows, one a step of `inputs` (T, I): max |h_q - h_f|, max |c_q - c_f|
     (0 without c), max |c_f| (|h_f| without c), max |h_w - h_f|, max |h_q - h_w|, then the k
     values of `readout(t, h_f, h_q)` if given. h_q, c_q are the states of lstmc.quantize(module)'s
     stream, h_f, c_f of module's, h_w of module on its int8 weights dequantised."""
-    quantized = lstmc.quantize(module, "int8")
+    quantized = lstmc.quantize(module, dtype)
     module.eval()
     rounded = copy.deepcopy(module)
     rounded.load_state_dict({k: v.astype(np.float32) for k, v in R.quantized_params(
         {k: np.asarray(v, np.float64) for k, v in module.state_dict().items()},
-        "int8").items()})
+        dtype).items()})
     sf, sq, sw = module.initial_state(1), quantized.initial_state(1), rounded.initial_state(1)
     rows = []
     for t, x_t in enumerate(inputs):
@@ -73,7 +73,7 @@ def stream_gap(module, inputs, readout=None):
     return np.array(rows, dtype=np.float64)
 
 
-def random_stream(cell, H, steps, seed, forget_bias=0.0):
+def random_stream(cell, H, steps, seed, forget_bias=0.0, dtype="int8"):
     lstmc.manual_seed(seed)
     module = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](H, H)
     if forget_bias:
@@ -81,7 +81,7 @@ def random_stream(cell, H, steps, seed, forget_bias=0.0):
         sd["bias_ih_l0"][H:2 * H] += forget_bias          # gates i, f, g, o
         module.load_state_dict(sd)
     x = np.random.default_rng(seed).standard_normal((steps, H)).astype(np.float32)
-    return stream_gap(module, x)
+    return stream_gap(module, x, dtype=dtype)
 
 
 def shakespeare_text():
@@ -118,11 +118,11 @@ def charlm(path, train_steps, seed):
     return model, vocab, encode(held_text, vocab), made
 
 
-def charlm_stream(model, ids, steps):
+def charlm_stream(model, ids, steps, dtype="int8"):
     """The char-LM's stream: its LSTM stepped on the embeddings of `ids`; the logits' gap and
     the log2-probability each model gives the next character, per step."""
     model.eval()
-    quantized = lstmc.quantize(model, "int8")
+    quantized = lstmc.quantize(model, dtype)
     ids = ids[:steps + 1]
     x = model.embedding(ids[None, :-1])[0]      # Embedding stays float32 in both models
 
@@ -132,7 +132,7 @@ def charlm_stream(model, ids, steps):
               for z in (zf.astype(np.float64), zq.astype(np.float64))]
         return [np.abs(zq - zf).max(), -lp[0] / math.log(2), -lp[1] / math.log(2)]
 
-    return stream_gap(model.lstm, x, readout)
+    return stream_gap(model.lstm, x, readout, dtype)
 
 
 def report(name, rows, window):
@@ -177,11 +177,14 @@ def main():
                    help="without --model: train a char-LM this many steps")
     p.add_argument("--streams", default="charlm,lstm,lstm-f3,gru")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["int8", "bf16"], default="int8",
+                   help="the quantized copy's weights (lstmc.quantize); the figures' _q")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
         lstmc.set_num_threads(args.threads)
-    print(f"lstmc {lstmc.__version__}, int8 kernel {lstmc._core.q8_kernel_for()}, "
+    print(f"lstmc {lstmc.__version__}, {args.dtype}, int8 kernel {lstmc._core.q8_kernel_for()}, "
+          f"bf16 kernel {lstmc._core.bf16_kernel_for()}, "
           f"{lstmc.get_num_threads()} threads; {args.steps} steps of step() at batch 1")
     for name in args.streams.split(","):
         t0 = time.time()
@@ -189,11 +192,11 @@ def main():
             model, vocab, held, made = charlm(args.model, args.charlm_steps, args.seed)
             label = (f"charlm: LSTM({model.lstm.input_size}, {model.lstm.hidden_size}) of "
                      f"{made}, fed the held-out plays")
-            rows = charlm_stream(model, held, args.steps)
+            rows = charlm_stream(model, held, args.steps, args.dtype)
         elif name in ("lstm", "gru", "lstm-f3"):
             cell = name.split("-")[0]
             rows = random_stream(cell, args.hidden, args.steps, args.seed,
-                                 3.0 if name == "lstm-f3" else 0.0)
+                                 3.0 if name == "lstm-f3" else 0.0, args.dtype)
             label = (f"{name}: random {cell.upper()}({args.hidden}, {args.hidden})"
                      f"{', forget-gate biases +3' if name == 'lstm-f3' else ''}, "
                      f"N(0, 1) inputs, seed {args.seed}")
