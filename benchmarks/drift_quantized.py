@@ -135,7 +135,7 @@ def charlm_stream(model, ids, steps, dtype="int8"):
     return stream_gap(model.lstm, x, readout, dtype)
 
 
-def report(name, rows, window):
+def report(name, rows, window, dtype="int8"):
     n = len(rows) // window
     w = rows[:n * window].reshape(n, window, -1).max(axis=1)
     has_c, has_logits = rows[:, 1].any(), rows.shape[1] > 5
@@ -153,7 +153,7 @@ def report(name, rows, window):
             print("  ...")
     for label, a in (("h", w[:, 0]),) + ((("c", w[:, 1]),) if has_c else ()) + \
             (("|h_w - h_f| (the weight rounding alone)", w[:, 3]),
-             ("|h_q - h_w| (the int8 arithmetic beyond it)", w[:, 4])):
+             (f"|h_q - h_w| (the {dtype} arithmetic beyond it)", w[:, 4])):
         k = int(a.argmax())
         # first and last: the mean of 3 windows, so one unlucky window does not decide it
         ratio = a[-3:].mean() / a[:3].mean()
@@ -164,7 +164,7 @@ def report(name, rows, window):
     if has_logits:
         bits_f, bits_q = rows[:, 6].mean(), rows[:, 7].mean()
         print(f"max |logit_q - logit_f| {w[:, 5].max():.2e}; bits per character over the "
-              f"stream: float32 {bits_f:.4f}, int8 {bits_q:.4f} ({bits_q - bits_f:+.4f})")
+              f"stream: float32 {bits_f:.4f}, {dtype} {bits_q:.4f} ({bits_q - bits_f:+.4f})")
 
 
 def main():
@@ -202,7 +202,7 @@ def main():
                      f"N(0, 1) inputs, seed {args.seed}")
         else:
             raise SystemExit(f"unknown stream {name!r}: charlm, lstm, lstm-f3, gru")
-        report(f"{label} ({time.time() - t0:.1f} s)", rows, args.window)
+        report(f"{label} ({time.time() - t0:.1f} s)", rows, args.window, args.dtype)
 
 
 if __name__ == "__main__":
