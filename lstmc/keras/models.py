@@ -329,8 +329,8 @@ class Sequential(Module):
     # ---- saving -------------------------------------------------------------------------
     @property
     def quantized(self):
-        """The dtype name of the layers' quantized weights ("int8"; lstmc.quantize), or None
-        for a float model."""
+        """The dtype name of the layers' quantized weights ("int8" or "bf16";
+        lstmc.quantize), or None for a float model."""
         from lstmc._quantize import quantized_dtype   # lstmc._quantize imports lstmc.nn
         return quantized_dtype(self)
 
@@ -346,12 +346,12 @@ class Sequential(Module):
         — the loss, metrics and optimizer with its state. Written atomically.
 
         A quantized model (lstmc.quantize) keeps its quantized weights bit for bit: the
-        config records their dtype ("quantized": {"dtype": "int8"}) and each layer's lstmc.nn
-        module's stored form is saved under quantized/<layer name>/<name> (int8 matrices
-        with float32 row scales, float32 biases; see lstmc.nn._quantized) instead of the Keras
-        weight list; the optimizer's state is not saved (it cannot train). Such a model is
-        saved only in lstmc's format: a .keras / .h5 name raises ValueError, as Keras could
-        not read it."""
+        config records their dtype ("quantized": {"dtype": "int8" or "bf16"}) and each
+        layer's lstmc.nn module's stored form is saved under quantized/<layer name>/<name>
+        (int8 matrices with float32 row scales or bf16 bits, float32 biases; see
+        lstmc.nn._quantized) instead of the Keras weight list; the optimizer's state is not
+        saved (it cannot train). Such a model is saved only in lstmc's format: a .keras /
+        .h5 name raises ValueError, as Keras could not read it."""
         quantized = self.quantized
         config = {"model": self._config()}
         if quantized is None:
@@ -436,7 +436,7 @@ def _quantized_arrays(model):
 
 def _load_quantized(model, spec, arrays):
     """The quantized copy of the float `model` built from a file's config, running the
-    stored int8 weights of `arrays` (what _quantized_arrays wrote)."""
+    stored quantized weights of `arrays` (what _quantized_arrays wrote)."""
     from lstmc._quantize import quantize
     if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str):
         raise ValueError(f"config field quantized must be {{'dtype': name}}, got {spec!r}")

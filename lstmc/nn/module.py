@@ -111,8 +111,8 @@ class Module:
 
     @property
     def quantized(self):
-        """The dtype name of this module's quantized weights ("int8"; lstmc.quantize), or
-        None for a float module."""
+        """The dtype name of this module's quantized weights ("int8" or "bf16";
+        lstmc.quantize), or None for a float module."""
         state = self.__dict__.get("_quant")
         return None if state is None else state.dtype
 
@@ -180,7 +180,8 @@ class Module:
 
         A quantized module's (lstmc.quantize) parameters are in their stored form
         (lstmc.nn._quantized): a matrix `name` as `name` (int8, its shape) and `name_scale`
-        (float32, one per row), biases as float32 arrays."""
+        (float32, one per row), or in bf16 as `name` (uint16 bfloat16 bits); biases as
+        float32 arrays."""
         out = OrderedDict()
         for name, p in self.named_parameters():
             if p._quantized is None:
@@ -197,8 +198,8 @@ class Module:
         a shape mismatch always is.
 
         A quantized module takes its stored form (what its state_dict gives: int8 matrices
-        with their float32 row scales, float32 biases; dtypes, shapes and the int8 range
-        checked, the error naming the array) and runs the loaded int8 weights; float
+        with their float32 row scales or bf16 bits, float32 biases; dtypes, shapes and the
+        int8 range checked, the error naming the array) and runs the loaded weights; float
         weights for it raise RuntimeError (load them into the float model and quantize)."""
         params = OrderedDict(self.named_parameters())
         keys = OrderedDict()   # state_dict key -> parameter name
