@@ -297,14 +297,16 @@ enum {
     LSTMC_Q8_AUTO = 0,
     LSTMC_Q8_C = 1,                 /* the portable kernel */
     LSTMC_Q8_AVX2 = 2,              /* 8 lanes, VPMADDUBSW / VPMADDWD on signed bytes */
-    LSTMC_Q8_AVX512VNNI = 3,        /* 16 lanes, VPDPBUSD */
-    LSTMC_Q8_AMX = 4                /* AMX tiles (TDPBUSD) for products of several rows, the
+    LSTMC_Q8_AVXVNNI = 3,           /* 8 lanes, VEX VPDPBUSD (AVX-VNNI without AVX-512) */
+    LSTMC_Q8_AVX512VNNI = 4,        /* 16 lanes, VPDPBUSD */
+    LSTMC_Q8_AMX = 5                /* AMX tiles (TDPBUSD) for products of several rows, the
                                        AVX-512 VNNI kernel for the others */
 };
 void lstmc_set_q8_kernel(int kernel);   /* out-of-range values mean AUTO */
 int lstmc_get_q8_kernel(void);
 int lstmc_q8_kernel_for(void);          /* the kernel that runs here: forced ones fall back */
 int lstmc_q8_vnni_supported(void);
+int lstmc_q8_avxvnni_supported(void);
 int lstmc_q8_amx_supported(void);       /* and usable: the kernel granted the tile data */
 int lstmc_q8_row_bytes(int K);
 size_t lstmc_q8_strip_bytes(int K);

@@ -701,7 +701,7 @@ cdef class Seq:
 
 # ---- int8 products (csrc/quant.c): the kernels of quantized inference, and their tests ----
 
-Q8_KERNELS = ("auto", "c", "avx2", "avx512_vnni", "amx")   # lstmc.h LSTMC_Q8_*
+Q8_KERNELS = ("auto", "c", "avx2", "avx_vnni", "avx512_vnni", "amx")   # lstmc.h LSTMC_Q8_*
 Q8_MAX_K = LSTMC_Q8_MAX_K
 
 
@@ -716,8 +716,8 @@ cdef int _qtype(str dtype) except -1:
 
 def _set_q8_kernel(str kernel):
     """Forces the int8 product's kernel process-wide, one of Q8_KERNELS (a kernel this CPU
-    lacks falls back: amx to avx512_vnni, that to avx2, avx2 to c). For tests and
-    benchmarks."""
+    lacks falls back: amx to avx512_vnni, that to avx_vnni, that to avx2, avx2 to c). For
+    tests and benchmarks."""
     if kernel not in Q8_KERNELS:
         raise ValueError(f"kernel must be one of {Q8_KERNELS}, got {kernel!r}")
     lstmc_set_q8_kernel(Q8_KERNELS.index(kernel))
