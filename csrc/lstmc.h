@@ -299,8 +299,9 @@ enum {
     LSTMC_Q8_AVX2 = 2,              /* 8 lanes, VPMADDUBSW / VPMADDWD on signed bytes */
     LSTMC_Q8_AVXVNNI = 3,           /* 8 lanes, VEX VPDPBUSD (AVX-VNNI without AVX-512) */
     LSTMC_Q8_AVX512VNNI = 4,        /* 16 lanes, VPDPBUSD */
-    LSTMC_Q8_AMX = 5                /* AMX tiles (TDPBUSD) for products of several rows, the
+    LSTMC_Q8_AMX = 5,               /* AMX tiles (TDPBUSD) for products of several rows, the
                                        AVX-512 VNNI kernel for the others */
+    LSTMC_Q8_WIDE_AVX2 = 6          /* the AVX-512 VNNI tiles built for AVX2 (tests only) */
 };
 void lstmc_set_q8_kernel(int kernel);   /* out-of-range values mean AUTO */
 int lstmc_get_q8_kernel(void);
@@ -331,8 +332,9 @@ enum {
     LSTMC_BF16_C = 1,               /* the portable kernel */
     LSTMC_BF16_AVX2 = 2,            /* 8 lanes, widened to float32, FMA */
     LSTMC_BF16_AVX512 = 3,          /* 16 lanes, VDPBF16PS (AVX-512 BF16) */
-    LSTMC_BF16_AMX = 4              /* AMX tiles (TDPBF16PS) for products of several rows, the
+    LSTMC_BF16_AMX = 4,             /* AMX tiles (TDPBF16PS) for products of several rows, the
                                        AVX-512 BF16 kernel for the others */
+    LSTMC_BF16_WIDE_AVX2 = 5        /* the AVX-512 BF16 tiles built for AVX2 (tests only) */
 };
 void lstmc_set_bf16_kernel(int kernel);   /* out-of-range values mean AUTO */
 int lstmc_bf16_kernel_for(void);          /* the kernel that runs here: forced ones fall back */

@@ -279,53 +279,79 @@ Q8_AVXVNNI_TILE(3, 2)
 Q8_AVXVNNI_TILE(4, 1)
 #endif
 
-#if LSTMC_HAVE_Q8_VNNI
-/* AVX-512 VNNI, 16 lanes: a strip's group of 4 k is one vector, VPDPBUSD adds each lane's four
- * u8 x s8 products. R rows x S strips (at most 24 of the 32 zmm registers). */
-/* acc += the u8 x s8 products of a and w, as _mm512_dpbusd_epi32, written in place: with
- * the intrinsic GCC 12 copied the 24 accumulators of a 6 x 4 tile through one register and
- * spilled them (I = H = 512, B64 T25, one thread: the tile at 64 % of the time) */
-#define DPBUSD(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
-#define Q8_VNNI_TILE(R, S)                                                                     \
-    __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void q8_tile_vnni_##R##_##S( \
+#if LSTMC_HAVE_Q8_AVX2
+/* The 16-lane tiles: a strip's group of 4 k is one vector, whose lane l gets the four u8 x s8
+ * products of the row's four bytes (as stored, q + 128) and unit l's weights, from -comp.
+ * Written once in GCC's vector extensions with the dot product as a parameter: VPDPBUSD for
+ * AVX-512 VNNI, and a plain-C twin for the same tile built for AVX2 (LSTMC_Q8_WIDE_AVX2: the
+ * wide tile's tests on CPUs without AVX-512; slow, never chosen automatically). R rows x S
+ * strips (at most 24 of the 32 zmm registers). */
+typedef int32_t q8_vec __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float q8_fvec __attribute__((vector_size(64), aligned(4), may_alias));
+/* acc += VPDPBUSD's sums in plain C: per lane the four products, exact in int */
+#define DPBUSD_C(acc, a, w)                                                                    \
+    do {                                                                                       \
+        uint8_t a_[64];                                                                        \
+        int8_t w_[64];                                                                         \
+        memcpy(a_, &(a), 64);                                                                  \
+        memcpy(w_, &(w), 64);                                                                  \
+        for (int l_ = 0; l_ < 16; l_++)                                                        \
+            (acc)[l_] += a_[4 * l_] * w_[4 * l_] + a_[4 * l_ + 1] * w_[4 * l_ + 1] +           \
+                         a_[4 * l_ + 2] * w_[4 * l_ + 2] + a_[4 * l_ + 3] * w_[4 * l_ + 3];    \
+    } while (0)
+#define Q8_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                   \
+    __attribute__((target(TARGET))) static void q8_tile_##ISA##_##R##_##S(                     \
         int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
         float *C, int ldc)                                                                     \
     {                                                                                          \
-        __m512i acc[R][S];                                                                     \
+        q8_vec acc[R][S];                                                                      \
         _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \
-            const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(),                         \
-                                               _mm512_loadu_si512(t->strip[s]));               \
+            const q8_vec c = -*(const q8_vec *)t->strip[s];                                    \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
                 acc[r][s] = c;                                                                 \
         }                                                                                      \
         for (int g = 0; g < groups; g++) {                                                     \
-            __m512i w[S];                                                                      \
+            q8_vec w[S];                                                                       \
             _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                               \
-                w[s] = _mm512_loadu_si512(t->strip[s] + HEADER_BYTES + (size_t)g * 64);        \
+                w[s] = *(const q8_vec *)(t->strip[s] + HEADER_BYTES + (size_t)g * 64);         \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
                 int32_t four;                                                                  \
                 memcpy(&four, A + (size_t)r * lda + 4 * (size_t)g, 4);                         \
-                const __m512i a = _mm512_set1_epi32(four);                                     \
+                const q8_vec a = (q8_vec){0} + four;                                           \
                 _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                           \
-                    DPBUSD(acc[r][s], a, w[s]);                                                \
+                    DOT(acc[r][s], a, w[s]);                                                   \
             }                                                                                  \
         }                                                                                      \
         _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \
-            const __m512 sc = _mm512_loadu_ps((const float *)(t->strip[s] + U * 4));           \
-            const __mmask16 mask = (__mmask16)((1u << t->cnt[s]) - 1);                        \
+            const q8_fvec sc = *(const q8_fvec *)(t->strip[s] + U * 4);                        \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
-                __m512 f = _mm512_cvtepi32_ps(acc[r][s]);                                      \
-                f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(a_scale[r])), sc);          \
-                _mm512_mask_storeu_ps(C + (size_t)r * ldc + t->dst[s], mask, f);               \
+                q8_fvec f = __builtin_convertvector(acc[r][s], q8_fvec) * a_scale[r];          \
+                f = f * sc;                                                                    \
+                float *to = C + (size_t)r * ldc + t->dst[s];                                   \
+                if (t->cnt[s] == U)                                                            \
+                    *(q8_fvec *)to = f;                                                        \
+                else                                                                           \
+                    for (int l = 0; l < t->cnt[s]; l++)                                        \
+                        to[l] = f[l];                                                          \
             }                                                                                  \
         }                                                                                      \
     }
-Q8_VNNI_TILE(1, 8)
-Q8_VNNI_TILE(2, 4)
-Q8_VNNI_TILE(3, 4)
-Q8_VNNI_TILE(4, 4)
-Q8_VNNI_TILE(5, 4)
-Q8_VNNI_TILE(6, 4)
+#define Q8_WIDE_TILES(ISA, TARGET, DOT)                                                        \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 1, 8)                                                       \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 2, 4)                                                       \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 3, 4)                                                       \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 4, 4)                                                       \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 5, 4)                                                       \
+    Q8_WIDE_TILE(ISA, TARGET, DOT, 6, 4)
+Q8_WIDE_TILES(wide_avx2, "avx2,fma", DPBUSD_C)
+#endif
+
+#if LSTMC_HAVE_Q8_VNNI
+/* acc += the u8 x s8 products of a and w, VPDPBUSD written in place: with the intrinsic
+ * GCC 12 copied the 24 accumulators of a 6 x 4 tile through one register and spilled them
+ * (I = H = 512, B64 T25, one thread: the tile at 64 % of the time) */
+#define DPBUSD(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
+Q8_WIDE_TILES(vnni, "avx512f,avx512bw,avx512vnni", DPBUSD)
 #endif
 
 #if LSTMC_HAVE_Q8_AMX
@@ -474,6 +500,11 @@ static const q8_tiling Q8_AVX2 = {4,
                                   {0, 4, 2, 1, 1},
                                   {NULL, q8_tile_avx2_1_4, q8_tile_avx2_2_2, q8_tile_avx2_3_1,
                                    q8_tile_avx2_4_1}};
+static const q8_tiling Q8_WIDE_AVX2 = {6,
+                                       {0, 8, 4, 4, 4, 4, 4},
+                                       {NULL, q8_tile_wide_avx2_1_8, q8_tile_wide_avx2_2_4,
+                                        q8_tile_wide_avx2_3_4, q8_tile_wide_avx2_4_4,
+                                        q8_tile_wide_avx2_5_4, q8_tile_wide_avx2_6_4}};
 #if LSTMC_HAVE_Q8_VNNI
 static const q8_tiling Q8_AVXVNNI = {4,
                                      {0, 4, 3, 2, 1},
@@ -540,7 +571,7 @@ static int q8_kernel = LSTMC_Q8_AUTO;
 
 void lstmc_set_q8_kernel(int kernel)
 {
-    q8_kernel = kernel >= LSTMC_Q8_AUTO && kernel <= LSTMC_Q8_AMX ? kernel : LSTMC_Q8_AUTO;
+    q8_kernel = kernel >= LSTMC_Q8_AUTO && kernel <= LSTMC_Q8_WIDE_AVX2 ? kernel : LSTMC_Q8_AUTO;
 }
 
 int lstmc_get_q8_kernel(void) { return q8_kernel; }
@@ -564,7 +595,10 @@ int lstmc_q8_kernel_for(void)
     case LSTMC_Q8_C: return LSTMC_Q8_C;
     case LSTMC_Q8_AVX2: return avx2 ? LSTMC_Q8_AVX2 : LSTMC_Q8_C;
     case LSTMC_Q8_AVXVNNI: return narrow;
-    case LSTMC_Q8_AVX512VNNI: return widest;
+    /* the 16-lane tiles: where the CPU lacks AVX-512 VNNI, their build for AVX2 */
+    case LSTMC_Q8_AVX512VNNI:
+        return vnni ? LSTMC_Q8_AVX512VNNI : avx2 ? LSTMC_Q8_WIDE_AVX2 : LSTMC_Q8_C;
+    case LSTMC_Q8_WIDE_AVX2: return avx2 ? LSTMC_Q8_WIDE_AVX2 : LSTMC_Q8_C;
     default: return lstmc_q8_amx_supported() ? LSTMC_Q8_AMX : widest;
     }
 }
@@ -577,6 +611,13 @@ void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_
     /* AMX from LSTMC_Q8_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
     if (kernel == LSTMC_Q8_AMX && n >= LSTMC_Q8_AMX_MIN_ROWS) {
         q8_gemm_amx(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+        return;
+    }
+#endif
+#if LSTMC_HAVE_Q8_AVX2
+    if (kernel == LSTMC_Q8_WIDE_AVX2) {
+        q8_gemm_tiles(&Q8_WIDE_AVX2, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1,
+                      C, ldc);
         return;
     }
 #endif

@@ -190,44 +190,72 @@ BF16_AVX2_TILE(2, 2)
 BF16_AVX2_TILE(3, 1)
 #endif
 
-#if LSTMC_HAVE_BF16_AVX512
-/* AVX-512 BF16, 16 lanes: a strip's pair of k is one vector, VDPBF16PS adds each lane's two
- * products. R rows x S strips (at most 24 of the 32 zmm registers). Written in place, as
- * quant.c's DPBUSD, so that GCC keeps the accumulators in their registers. */
-#define DPBF16(acc, a, w) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
-#define BF16_AVX512_TILE(R, S)                                                                 \
-    __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void                        \
-        bf16_tile_avx512_##R##_##S(int pairs, const uint16_t *A, int lda,                     \
-                                   const bf16_tile_args *t, float *C, int ldc)                 \
+#if LSTMC_HAVE_BF16_AVX2
+/* The 16-lane tiles: a strip's pair of k is one vector, whose lane l adds the row's pair
+ * times unit l's, the odd product first. Written once in GCC's vector extensions with the
+ * dot product as a parameter: VDPBF16PS for AVX-512 BF16, and a plain-C twin (the same
+ * order, the products exact) for the same tile built for AVX2 (LSTMC_BF16_WIDE_AVX2: the
+ * wide tile's tests on CPUs without AVX-512 BF16; slow, never chosen automatically). R rows
+ * x S strips (at most 24 of the 32 zmm registers). */
+typedef int32_t bf16_vec __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float bf16_fvec __attribute__((vector_size(64), aligned(4), may_alias));
+#define DPBF16_C(acc, a, w)                                                                    \
+    do {                                                                                       \
+        uint16_t a_[32], w_[32];                                                               \
+        memcpy(a_, &(a), 64);                                                                  \
+        memcpy(w_, &(w), 64);                                                                  \
+        for (int l_ = 0; l_ < 16; l_++) {                                                      \
+            (acc)[l_] += f32_of(a_[2 * l_ + 1]) * f32_of(w_[2 * l_ + 1]);                      \
+            (acc)[l_] += f32_of(a_[2 * l_]) * f32_of(w_[2 * l_]);                              \
+        }                                                                                      \
+    } while (0)
+#define BF16_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                 \
+    __attribute__((target(TARGET))) static void bf16_tile_##ISA##_##R##_##S(                   \
+        int pairs, const uint16_t *A, int lda, const bf16_tile_args *t, float *C, int ldc)     \
     {                                                                                          \
-        __m512 acc[R][S];                                                                      \
+        bf16_fvec acc[R][S];                                                                   \
         _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                   \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
-                acc[r][s] = _mm512_setzero_ps();                                               \
+                acc[r][s] = (bf16_fvec){0};                                                    \
         for (int p = 0; p < pairs; p++) {                                                      \
-            __m512i w[S];                                                                      \
+            bf16_vec w[S];                                                                     \
             _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                               \
-                w[s] = _mm512_loadu_si512(t->strip[s] + (size_t)p * 64);                       \
+                w[s] = *(const bf16_vec *)(t->strip[s] + (size_t)p * 64);                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
                 int32_t two;                                                                   \
                 memcpy(&two, A + (size_t)r * lda + 2 * (size_t)p, 4);                          \
-                const __m512i a = _mm512_set1_epi32(two);                                      \
+                const bf16_vec a = (bf16_vec){0} + two;                                        \
                 _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                           \
-                    DPBF16(acc[r][s], a, w[s]);                                                \
+                    DOT(acc[r][s], a, w[s]);                                                   \
             }                                                                                  \
         }                                                                                      \
-        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++) {                                 \
-            const __mmask16 mask = (__mmask16)((1u << t->cnt[s]) - 1);                        \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
-                _mm512_mask_storeu_ps(C + (size_t)r * ldc + t->dst[s], mask, acc[r][s]);       \
-        }                                                                                      \
+        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                   \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                /* a copy: indexing acc itself would keep every accumulator in memory */      \
+                const bf16_fvec v = acc[r][s];                                                 \
+                float *to = C + (size_t)r * ldc + t->dst[s];                                   \
+                if (t->cnt[s] == U)                                                            \
+                    *(bf16_fvec *)to = v;                                                      \
+                else                                                                           \
+                    for (int l = 0; l < t->cnt[s]; l++)                                        \
+                        to[l] = v[l];                                                          \
+            }                                                                                  \
     }
-BF16_AVX512_TILE(1, 8)
-BF16_AVX512_TILE(2, 4)
-BF16_AVX512_TILE(3, 4)
-BF16_AVX512_TILE(4, 4)
-BF16_AVX512_TILE(5, 4)
-BF16_AVX512_TILE(6, 4)
+#define BF16_WIDE_TILES(ISA, TARGET, DOT)                                                      \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 1, 8)                                                     \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 2, 4)                                                     \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 3, 4)                                                     \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 4, 4)                                                     \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 5, 4)                                                     \
+    BF16_WIDE_TILE(ISA, TARGET, DOT, 6, 4)
+BF16_WIDE_TILES(wide_avx2, "avx2,fma", DPBF16_C)
+#endif
+
+#if LSTMC_HAVE_BF16_AVX512
+/* VDPBF16PS written in place, as quant.c's VPDPBUSD, so that GCC keeps the accumulators in
+ * their registers */
+#define DPBF16(acc, a, w) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
+BF16_WIDE_TILES(avx512, "avx512f,avx512bw,avx512bf16", DPBF16)
 #endif
 
 #if LSTMC_HAVE_BF16_AMX
@@ -425,6 +453,11 @@ typedef struct {
 
 static const bf16_tiling BF16_AVX2 = {
     3, {0, 4, 2, 1}, {NULL, bf16_tile_avx2_1_4, bf16_tile_avx2_2_2, bf16_tile_avx2_3_1}};
+static const bf16_tiling BF16_WIDE_AVX2 = {
+    6,
+    {0, 8, 4, 4, 4, 4, 4},
+    {NULL, bf16_tile_wide_avx2_1_8, bf16_tile_wide_avx2_2_4, bf16_tile_wide_avx2_3_4,
+     bf16_tile_wide_avx2_4_4, bf16_tile_wide_avx2_5_4, bf16_tile_wide_avx2_6_4}};
 #if LSTMC_HAVE_BF16_AVX512
 static const bf16_tiling BF16_AVX512 = {
     6,
@@ -497,7 +530,8 @@ static int bf16_kernel = LSTMC_BF16_AUTO;
 
 void lstmc_set_bf16_kernel(int kernel)
 {
-    bf16_kernel = kernel >= LSTMC_BF16_AUTO && kernel <= LSTMC_BF16_AMX ? kernel : LSTMC_BF16_AUTO;
+    bf16_kernel =
+        kernel >= LSTMC_BF16_AUTO && kernel <= LSTMC_BF16_WIDE_AVX2 ? kernel : LSTMC_BF16_AUTO;
 }
 
 int lstmc_bf16_kernel_for(void)
@@ -507,7 +541,10 @@ int lstmc_bf16_kernel_for(void)
     switch (bf16_kernel) {
     case LSTMC_BF16_C: return LSTMC_BF16_C;
     case LSTMC_BF16_AVX2: return avx2 ? LSTMC_BF16_AVX2 : LSTMC_BF16_C;
-    case LSTMC_BF16_AVX512: return widest;
+    /* the 16-lane tiles: where the CPU lacks AVX-512 BF16, their build for AVX2 */
+    case LSTMC_BF16_AVX512:
+        return wide ? LSTMC_BF16_AVX512 : avx2 ? LSTMC_BF16_WIDE_AVX2 : LSTMC_BF16_C;
+    case LSTMC_BF16_WIDE_AVX2: return avx2 ? LSTMC_BF16_WIDE_AVX2 : LSTMC_BF16_C;
     default: return lstmc_bf16_amx_supported() ? LSTMC_BF16_AMX : widest;
     }
 }
@@ -519,6 +556,13 @@ void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K, const
     /* AMX from LSTMC_BF16_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
     if (kernel == LSTMC_BF16_AMX && n >= LSTMC_BF16_AMX_MIN_ROWS) {
         bf16_gemm_amx(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+        return;
+    }
+#endif
+#if LSTMC_HAVE_BF16_AVX2
+    if (kernel == LSTMC_BF16_WIDE_AVX2) {
+        bf16_gemm_tiles(&BF16_WIDE_AVX2, n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C,
+                        ldc);
         return;
     }
 #endif

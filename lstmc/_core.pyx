@@ -701,7 +701,8 @@ cdef class Seq:
 
 # ---- int8 products (csrc/quant.c): the kernels of quantized inference, and their tests ----
 
-Q8_KERNELS = ("auto", "c", "avx2", "avx_vnni", "avx512_vnni", "amx")   # lstmc.h LSTMC_Q8_*
+# lstmc.h LSTMC_Q8_*; wide_avx2: the AVX-512 VNNI tiles built for AVX2 (tests)
+Q8_KERNELS = ("auto", "c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")
 Q8_MAX_K = LSTMC_Q8_MAX_K
 
 
@@ -716,8 +717,8 @@ cdef int _qtype(str dtype) except -1:
 
 def _set_q8_kernel(str kernel):
     """Forces the int8 product's kernel process-wide, one of Q8_KERNELS (a kernel this CPU
-    lacks falls back: amx to avx512_vnni, that to avx_vnni, that to avx2, avx2 to c). For
-    tests and benchmarks."""
+    lacks falls back: amx to the widest it has, avx512_vnni to its tiles built for AVX2
+    (wide_avx2), avx_vnni to avx2, avx2 to c). For tests and benchmarks."""
     if kernel not in Q8_KERNELS:
         raise ValueError(f"kernel must be one of {Q8_KERNELS}, got {kernel!r}")
     lstmc_set_q8_kernel(Q8_KERNELS.index(kernel))
@@ -811,13 +812,14 @@ def q8_product(aq, a_scale, packed, int K, int H, int G):
     return out
 
 
-BF16_KERNELS = ("auto", "c", "avx2", "avx512_bf16", "amx")   # lstmc.h LSTMC_BF16_*
+# lstmc.h LSTMC_BF16_*; wide_avx2: the AVX-512 BF16 tiles built for AVX2 (tests)
+BF16_KERNELS = ("auto", "c", "avx2", "avx512_bf16", "amx", "wide_avx2")
 
 
 def _set_bf16_kernel(str kernel):
     """Forces the bfloat16 product's kernel process-wide, one of BF16_KERNELS (a kernel this
-    CPU lacks falls back: amx to avx512_bf16, that to avx2, avx2 to c). For tests and
-    benchmarks."""
+    CPU lacks falls back: amx to the widest it has, avx512_bf16 to its tiles built for AVX2
+    (wide_avx2), avx2 to c). For tests and benchmarks."""
     if kernel not in BF16_KERNELS:
         raise ValueError(f"kernel must be one of {BF16_KERNELS}, got {kernel!r}")
     lstmc_set_bf16_kernel(BF16_KERNELS.index(kernel))

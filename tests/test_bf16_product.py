@@ -1,8 +1,9 @@
 """The bfloat16 product kernels (csrc/quant_bf16.c through lstmc._core.bf16_*) against the
 arithmetic of lstmc.reference (bf16_round, bf16_product): the rounding and every kernel this
-CPU runs, each forced. The portable, AVX2 and AVX-512 BF16 kernels sum in the reference's
-order and give its bits; AMX sums a 32-k block its own way, so it is held to float32
-accumulation error of the exact sum of the rounded operands."""
+CPU runs, each forced. The portable, AVX2 and AVX-512 BF16 kernels (and the AVX-512 BF16
+tiles built for AVX2) sum in the reference's order and give its bits; AMX sums a 32-k block
+its own way, so it is held to float32 accumulation error of the exact sum of the rounded
+operands."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from lstmc import _core
 from lstmc import reference as R
 
-KERNELS = ("c", "avx2", "avx512_bf16", "amx")   # amx: from 4 rows on (AVX-512 BF16 below)
-EXACT = ("c", "avx2", "avx512_bf16")
+KERNELS = ("c", "avx2", "avx512_bf16", "amx", "wide_avx2")   # amx: from 4 rows on
+EXACT = ("c", "avx2", "avx512_bf16", "wide_avx2")
 
 
 def _runnable():

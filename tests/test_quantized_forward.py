@@ -176,8 +176,9 @@ def test_same_bits_on_every_kernel_and_thread_count(cell, I, H, B, T, bi, seed):
     x = np.random.default_rng(seed).standard_normal((T, B, I)).astype(np.float32)
     before = lstmc.get_num_threads()
     for dtype, force, kernels in (("int8", _core._set_q8_kernel,
-                                   ("c", "avx2", "avx_vnni", "avx512_vnni", "amx")),
-                                  ("bf16", _core._set_bf16_kernel, ("c", "avx2", "avx512_bf16"))):
+                                   ("c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")),
+                                  ("bf16", _core._set_bf16_kernel,
+                                   ("c", "avx2", "avx512_bf16", "wide_avx2"))):
         outs = []
         try:
             for kernel in kernels:

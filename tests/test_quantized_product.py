@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from lstmc import _core
 from lstmc import reference as R
 
-KERNELS = ("c", "avx2", "avx_vnni", "avx512_vnni", "amx")   # amx: from 4 rows on (VNNI below)
+KERNELS = ("c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")   # amx: from 4 rows
 
 
 def _runnable():
