@@ -288,17 +288,23 @@ Q8_AVXVNNI_TILE(4, 1)
  * strips (at most 24 of the 32 zmm registers). */
 typedef int32_t q8_vec __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float q8_fvec __attribute__((vector_size(64), aligned(4), may_alias));
-/* acc += VPDPBUSD's sums in plain C: per lane the four products, exact in int */
-#define DPBUSD_C(acc, a, w)                                                                    \
-    do {                                                                                       \
-        uint8_t a_[64];                                                                        \
-        int8_t w_[64];                                                                         \
-        memcpy(a_, &(a), 64);                                                                  \
-        memcpy(w_, &(w), 64);                                                                  \
-        for (int l_ = 0; l_ < 16; l_++)                                                        \
-            (acc)[l_] += a_[4 * l_] * w_[4 * l_] + a_[4 * l_ + 1] * w_[4 * l_ + 1] +           \
-                         a_[4 * l_ + 2] * w_[4 * l_ + 2] + a_[4 * l_ + 3] * w_[4 * l_ + 3];    \
-    } while (0)
+/* acc += VPDPBUSD's sums in plain C: per lane the four products, exact in int (a call
+ * through memory: the test build needs no speed, and inlined into every tile it made them
+ * too large for GCC's debug-info tracking) */
+__attribute__((noinline)) static void dpbusd_c(void *acc, const void *a, const void *w)
+{
+    int32_t s[16];
+    uint8_t ab[64];
+    int8_t wb[64];
+    memcpy(s, acc, 64);
+    memcpy(ab, a, 64);
+    memcpy(wb, w, 64);
+    for (int l = 0; l < 16; l++)
+        for (int i = 0; i < 4; i++)
+            s[l] += ab[4 * l + i] * wb[4 * l + i];
+    memcpy(acc, s, 64);
+}
+#define DPBUSD_C(acc, a, w) dpbusd_c(&(acc), &(a), &(w))
 #define Q8_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                   \
     __attribute__((target(TARGET))) static void q8_tile_##ISA##_##R##_##S(                     \
         int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \

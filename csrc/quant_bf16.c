@@ -199,16 +199,21 @@ BF16_AVX2_TILE(3, 1)
  * x S strips (at most 24 of the 32 zmm registers). */
 typedef int32_t bf16_vec __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float bf16_fvec __attribute__((vector_size(64), aligned(4), may_alias));
-#define DPBF16_C(acc, a, w)                                                                    \
-    do {                                                                                       \
-        uint16_t a_[32], w_[32];                                                               \
-        memcpy(a_, &(a), 64);                                                                  \
-        memcpy(w_, &(w), 64);                                                                  \
-        for (int l_ = 0; l_ < 16; l_++) {                                                      \
-            (acc)[l_] += f32_of(a_[2 * l_ + 1]) * f32_of(w_[2 * l_ + 1]);                      \
-            (acc)[l_] += f32_of(a_[2 * l_]) * f32_of(w_[2 * l_]);                              \
-        }                                                                                      \
-    } while (0)
+/* acc += VDPBF16PS's sums in plain C (a call through memory, as quant.c's dpbusd_c) */
+__attribute__((noinline)) static void dpbf16_c(void *acc, const void *a, const void *w)
+{
+    float s[16];
+    uint16_t ab[32], wb[32];
+    memcpy(s, acc, 64);
+    memcpy(ab, a, 64);
+    memcpy(wb, w, 64);
+    for (int l = 0; l < 16; l++) {
+        s[l] += f32_of(ab[2 * l + 1]) * f32_of(wb[2 * l + 1]);
+        s[l] += f32_of(ab[2 * l]) * f32_of(wb[2 * l]);
+    }
+    memcpy(acc, s, 64);
+}
+#define DPBF16_C(acc, a, w) dpbf16_c(&(acc), &(a), &(w))
 #define BF16_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                 \
     __attribute__((target(TARGET))) static void bf16_tile_##ISA##_##R##_##S(                   \
         int pairs, const uint16_t *A, int lda, const bf16_tile_args *t, float *C, int ldc)     \
