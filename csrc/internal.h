@@ -240,6 +240,29 @@ int lstmc_avx2_supported(void);
 int lstmc_avx512_supported(void);   /* AVX-512F (and AVX2/FMA) */
 /* The kernel lets this process use AMX's tile data (quant.c; asked once, on Linux) */
 int lstmc_amx_permitted(void);
+/* AMX's tile configuration of quant.c's and quant_bf16.c's products: tmm0-5 (sums, A) M rows
+ * of 64 bytes, tmm6-7 (B) 16 rows of 64 bytes */
+void lstmc_amx_configure(int M);
+
+/* The quantized products' register tiles (quant.c, quant_bf16.c). A tile takes R rows of A
+ * (lda bytes a row; int8 rows with their scales a_scale, bf16 rows with a_scale unused) over
+ * `steps` 4-byte steps of k (int8: 4 k, bf16: a pair) against S strips, and writes strip s to
+ * C + dst[s] (row stride ldc), its first cnt[s] units. */
+typedef struct {
+    const uint8_t *strip[8];
+    int dst[8], cnt[8];
+} lstmc_qtile_args;
+typedef void (*lstmc_qtile_fn)(int steps, const uint8_t *A, int lda, const float *a_scale,
+                               const lstmc_qtile_args *t, float *C, int ldc);
+typedef struct {
+    int rows;                   /* the most rows a tile takes */
+    int strips[7];              /* strips of the tile of r rows */
+    lstmc_qtile_fn run[7];
+} lstmc_qtiling;
+/* The tiles' walk over a gate set of strips of strip_bytes each (a_scale may be NULL) */
+void lstmc_qgemm_tiles(const lstmc_qtiling *tl, size_t strip_bytes, int steps, int n,
+                       const uint8_t *A, int lda, const float *a_scale, const uint8_t *set,
+                       int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc);
 /* kernel is one of the SIMD packed kernels (whose f32 packing transposes in registers) */
 #define LSTMC_RECUR_SIMD(kernel) ((kernel) >= LSTMC_RECUR_PACKED_AVX2)
 /* The gate set [g0, g1) of a packed W_hh of gate blocks of H rows and K columns. The packed

@@ -160,12 +160,6 @@ static void q8_gemm_c(int n, const uint8_t *A, int lda, const float *a_scale, in
 }
 
 #if LSTMC_HAVE_Q8_AVX2
-/* Where tile s of a tile writes: C + dst[s] (row stride ldc), its first cnt[s] units */
-typedef struct {
-    const uint8_t *strip[8];
-    int dst[8], cnt[8];
-} q8_tile_args;
-
 /* AVX2, 8 lanes: a strip's group of 4 k is two 32-byte halves (units 0-7, 8-15). Per row and
  * group, the row's four bytes broadcast and turned back into q (xor 0x80), signed by each
  * weight: VPMADDUBSW (|w| unsigned x sign(w) q signed) and VPMADDWD with ones give each unit's
@@ -173,7 +167,7 @@ typedef struct {
  * accumulators. */
 #define Q8_AVX2_TILE(R, S)                                                                     \
     __attribute__((target("avx2,fma"))) static void q8_tile_avx2_##R##_##S(                   \
-        int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
+        int groups, const uint8_t *A, int lda, const float *a_scale, const lstmc_qtile_args *t,    \
         float *C, int ldc)                                                                     \
     {                                                                                          \
         __m256i acc[R][2 * S];                                                                 \
@@ -231,7 +225,7 @@ Q8_AVX2_TILE(4, 1)
 #define DPBUSD_VEX(acc, a, w) __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w))
 #define Q8_AVXVNNI_TILE(R, S)                                                                  \
     __attribute__((target("avx2,fma,avxvnni"))) static void q8_tile_avxvnni_##R##_##S(        \
-        int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
+        int groups, const uint8_t *A, int lda, const float *a_scale, const lstmc_qtile_args *t,    \
         float *C, int ldc)                                                                     \
     {                                                                                          \
         __m256i acc[R][2 * S];                                                                 \
@@ -307,7 +301,7 @@ __attribute__((noinline)) static void dpbusd_c(void *acc, const void *a, const v
 #define DPBUSD_C(acc, a, w) dpbusd_c(&(acc), &(a), &(w))
 #define Q8_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                   \
     __attribute__((target(TARGET))) static void q8_tile_##ISA##_##R##_##S(                     \
-        int groups, const uint8_t *A, int lda, const float *a_scale, const q8_tile_args *t,    \
+        int groups, const uint8_t *A, int lda, const float *a_scale, const lstmc_qtile_args *t,    \
         float *C, int ldc)                                                                     \
     {                                                                                          \
         q8_vec acc[R][S];                                                                      \
@@ -375,6 +369,19 @@ typedef struct {
     uint8_t rows[16];
 } amx_config;
 
+__attribute__((target("amx-tile"))) void lstmc_amx_configure(int M)
+{
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++)
+        cfg.rows[t] = (uint8_t)(t < 6 ? M : 16), cfg.colsb[t] = 64;
+    /* GCC 12 takes LDTILECFG to read only cfg's first bytes and drops the other stores (its
+     * code here once loaded palette 1 with no tile): cfg escapes first, all 64 bytes kept */
+    __asm__ volatile("" : : "r"(&cfg) : "memory");
+    _tile_loadconfig(&cfg);
+}
+
 #define XFEATURE_XTILEDATA 18
 #define ARCH_REQ_XCOMP_PERM 0x1023
 
@@ -417,13 +424,7 @@ q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const
     int32_t sums[4][16][16];
     for (int r0 = 0; r0 < n; r0 += 16) {
         const int M = n - r0 < 16 ? n - r0 : 16;
-        amx_config cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int t = 0; t < 6; t++)         /* sums 0-3, A's 64-k blocks 4 and 5 in turn */
-            cfg.rows[t] = (uint8_t)M, cfg.colsb[t] = 64;
-        cfg.rows[6] = cfg.rows[7] = 16, cfg.colsb[6] = cfg.colsb[7] = 64;   /* B, in turn */
-        _tile_loadconfig(&cfg);
+        lstmc_amx_configure(M);    /* sums 0-3, A's 64-k blocks 4 and 5, B 6 and 7 in turn */
         const uint8_t *a = A + (size_t)r0 * lda;
         for (int q0 = 0; q0 < nstrips; q0 += 4) {
             const int S = nstrips - q0 < 4 ? nstrips - q0 : 4;
@@ -494,58 +495,61 @@ q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const
 #endif
 
 #if LSTMC_HAVE_Q8_AVX2
-typedef void (*q8_tile_fn)(int, const uint8_t *, int, const float *, const q8_tile_args *,
-                           float *, int);
-typedef struct {
-    int rows;                   /* the most rows a tile takes */
-    int strips[9];              /* strips of the tile of r rows */
-    q8_tile_fn run[9];
-} q8_tiling;
-
-static const q8_tiling Q8_AVX2 = {4,
-                                  {0, 4, 2, 1, 1},
-                                  {NULL, q8_tile_avx2_1_4, q8_tile_avx2_2_2, q8_tile_avx2_3_1,
-                                   q8_tile_avx2_4_1}};
-static const q8_tiling Q8_WIDE_AVX2 = {6,
-                                       {0, 8, 4, 4, 4, 4, 4},
-                                       {NULL, q8_tile_wide_avx2_1_8, q8_tile_wide_avx2_2_4,
-                                        q8_tile_wide_avx2_3_4, q8_tile_wide_avx2_4_4,
-                                        q8_tile_wide_avx2_5_4, q8_tile_wide_avx2_6_4}};
+static const lstmc_qtiling Q8_AVX2 = {4,
+                                      {0, 4, 2, 1, 1},
+                                      {NULL, q8_tile_avx2_1_4, q8_tile_avx2_2_2,
+                                       q8_tile_avx2_3_1, q8_tile_avx2_4_1}};
+static const lstmc_qtiling Q8_WIDE_AVX2 = {6,
+                                           {0, 8, 4, 4, 4, 4, 4},
+                                           {NULL, q8_tile_wide_avx2_1_8, q8_tile_wide_avx2_2_4,
+                                            q8_tile_wide_avx2_3_4, q8_tile_wide_avx2_4_4,
+                                            q8_tile_wide_avx2_5_4, q8_tile_wide_avx2_6_4}};
 #if LSTMC_HAVE_Q8_VNNI
-static const q8_tiling Q8_AVXVNNI = {4,
-                                     {0, 4, 3, 2, 1},
-                                     {NULL, q8_tile_avxvnni_1_4, q8_tile_avxvnni_2_3,
-                                      q8_tile_avxvnni_3_2, q8_tile_avxvnni_4_1}};
-static const q8_tiling Q8_VNNI = {6,
-                                  {0, 8, 4, 4, 4, 4, 4},
-                                  {NULL, q8_tile_vnni_1_8, q8_tile_vnni_2_4, q8_tile_vnni_3_4,
-                                   q8_tile_vnni_4_4, q8_tile_vnni_5_4, q8_tile_vnni_6_4}};
+static const lstmc_qtiling Q8_AVXVNNI = {4,
+                                         {0, 4, 3, 2, 1},
+                                         {NULL, q8_tile_avxvnni_1_4, q8_tile_avxvnni_2_3,
+                                          q8_tile_avxvnni_3_2, q8_tile_avxvnni_4_1}};
+static const lstmc_qtiling Q8_VNNI = {6,
+                                      {0, 8, 4, 4, 4, 4, 4},
+                                      {NULL, q8_tile_vnni_1_8, q8_tile_vnni_2_4, q8_tile_vnni_3_4,
+                                       q8_tile_vnni_4_4, q8_tile_vnni_5_4, q8_tile_vnni_6_4}};
+#endif
 #endif
 
 /* Rows in chunks of the tiling's most, each over every strip (block by block, gates within a
- * block) in tiles of its width; a tile past the last strip repeats it without storing. */
-static void q8_gemm_tiles(const q8_tiling *tl, int n, const uint8_t *A, int lda,
-                          const float *a_scale, int K, const uint8_t *set, int g0, int g1,
-                          int gstep, int bscale, int u0, int u1, float *C, int ldc)
+ * block) in tiles of its width; a tile past the last strip repeats it without storing. The
+ * walk of int8's tiles here and of bf16's (quant_bf16.c). */
+void lstmc_qgemm_tiles(const lstmc_qtiling *tl, size_t strip_bytes, int steps, int n,
+                       const uint8_t *A, int lda, const float *a_scale, const uint8_t *set,
+                       int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc)
 {
     const int Wg = g1 - g0, nstrips = (u1 - u0 + U - 1) / U * Wg;
-    const int groups = lstmc_q8_row_bytes(K) / 4;
     for (int r0 = 0; r0 < n;) {
         const int R = n - r0 < tl->rows ? n - r0 : tl->rows, S = tl->strips[R];
         for (int q0 = 0; q0 < nstrips; q0 += S) {
-            q8_tile_args t;
+            lstmc_qtile_args t;
             for (int s = 0; s < S; s++) {
                 const int q = q0 + s < nstrips ? q0 + s : nstrips - 1;
                 const int b0 = u0 + q / Wg * U, v = q % Wg;
-                t.strip[s] = strip_at((uint8_t *)set, b0, v, Wg, K);
+                t.strip[s] = set + ((size_t)(b0 / U) * Wg + v) * strip_bytes;
                 t.dst[s] = (g0 + v) * gstep + (b0 - u0) * bscale;
                 t.cnt[s] = q0 + s >= nstrips ? 0 : u1 - b0 < U ? u1 - b0 : U;
             }
-            tl->run[R](groups, A + (size_t)r0 * lda, lda, a_scale + r0, &t,
+            tl->run[R](steps, A + (size_t)r0 * lda, lda, a_scale ? a_scale + r0 : NULL, &t,
                        C + (size_t)r0 * ldc, ldc);
         }
         r0 += R;
     }
+}
+
+#if LSTMC_HAVE_Q8_AVX2
+/* lstmc_qgemm_tiles on int8 strips */
+static void q8_gemm_tiles(const lstmc_qtiling *tl, int n, const uint8_t *A, int lda,
+                          const float *a_scale, int K, const uint8_t *set, int g0, int g1,
+                          int gstep, int bscale, int u0, int u1, float *C, int ldc)
+{
+    lstmc_qgemm_tiles(tl, lstmc_q8_strip_bytes(K), lstmc_q8_row_bytes(K) / 4, n, A, lda,
+                      a_scale, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
 }
 #endif
 

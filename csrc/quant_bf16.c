@@ -133,21 +133,17 @@ static void bf16_gemm_c(int n, const uint16_t *A, int lda, int K, const uint8_t 
 }
 
 #if LSTMC_HAVE_BF16_AVX2
-/* Where tile s of a tile writes: C + dst[s] (row stride ldc), its first cnt[s] units */
-typedef struct {
-    const uint8_t *strip[8];
-    int dst[8], cnt[8];
-} bf16_tile_args;
-
 /* AVX2, 8 lanes: a strip's pair of k is two 32-byte halves (units 0-7, 8-15). A bfloat16 is
  * the high half of its float32, so each 32-bit lane widens by a shift (the even k) or a mask
  * (the odd k), the row's pair likewise once per row: two FMAs per half and row. R rows x S
  * strips, 2 R S accumulators, 2 R widened row values. */
 #define BF16_AVX2_TILE(R, S)                                                                   \
     __attribute__((target("avx2,fma"))) static void bf16_tile_avx2_##R##_##S(                 \
-        int pairs, const uint16_t *A, int lda, const bf16_tile_args *t, float *C, int ldc)     \
+        int pairs, const uint8_t *A, int lda, const float *a_scale, const lstmc_qtile_args *t, \
+        float *C, int ldc)                                                                     \
     {                                                                                          \
         __m256 acc[R][2 * S];                                                                  \
+        (void)a_scale;                                                                         \
         const __m256i high = _mm256_set1_epi32((int)0xffff0000u);                             \
         _Pragma("GCC unroll 16") for (int s = 0; s < 2 * S; s++)                              \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
@@ -156,7 +152,7 @@ typedef struct {
             __m256 ae[R], ao[R];                                                               \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
                 int32_t two;                                                                   \
-                memcpy(&two, A + (size_t)r * lda + 2 * (size_t)p, 4);                          \
+                memcpy(&two, A + (size_t)r * lda + 4 * (size_t)p, 4);                          \
                 const __m256i a = _mm256_set1_epi32(two);                                      \
                 ae[r] = _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));                         \
                 ao[r] = _mm256_castsi256_ps(_mm256_and_si256(a, high));                        \
@@ -216,9 +212,11 @@ __attribute__((noinline)) static void dpbf16_c(void *acc, const void *a, const v
 #define DPBF16_C(acc, a, w) dpbf16_c(&(acc), &(a), &(w))
 #define BF16_WIDE_TILE(ISA, TARGET, DOT, R, S)                                                 \
     __attribute__((target(TARGET))) static void bf16_tile_##ISA##_##R##_##S(                   \
-        int pairs, const uint16_t *A, int lda, const bf16_tile_args *t, float *C, int ldc)     \
+        int pairs, const uint8_t *A, int lda, const float *a_scale, const lstmc_qtile_args *t, \
+        float *C, int ldc)                                                                     \
     {                                                                                          \
         bf16_fvec acc[R][S];                                                                   \
+        (void)a_scale;                                                                         \
         _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                   \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
                 acc[r][s] = (bf16_fvec){0};                                                    \
@@ -228,7 +226,7 @@ __attribute__((noinline)) static void dpbf16_c(void *acc, const void *a, const v
                 w[s] = *(const bf16_vec *)(t->strip[s] + (size_t)p * 64);                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
                 int32_t two;                                                                   \
-                memcpy(&two, A + (size_t)r * lda + 2 * (size_t)p, 4);                          \
+                memcpy(&two, A + (size_t)r * lda + 4 * (size_t)p, 4);                          \
                 const bf16_vec a = (bf16_vec){0} + two;                                        \
                 _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                           \
                     DOT(acc[r][s], a, w[s]);                                                   \
@@ -268,11 +266,6 @@ BF16_WIDE_TILES(avx512, "avx512f,avx512bw,avx512bf16", DPBF16)
  * x 16 units), which is a strip's run of 16 pairs as it lies. Tiles: tmm0-3 the sums of
  * four strips, tmm4 / tmm5 A's 32-k blocks in turn, tmm6 / tmm7 B's; the pairs past the last
  * whole block go through VDPBF16PS on the stored sums. */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_config;
 
 /* Tile t's 16 x 16 sums into C at dst (16 rows, row stride ldc), the first cnt units */
 __attribute__((target("amx-tile,amx-bf16,avx512f"))) static void
@@ -352,25 +345,14 @@ bf16_gemm_amx(int n, const uint16_t *A, int lda, int K, const uint8_t *set, int 
     float sums[4][16][16];
     int r0 = 0;
     if (!tail && n >= 32) {
-        amx_config cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int t = 0; t < 8; t++)
-            cfg.rows[t] = 16, cfg.colsb[t] = 64;
-        _tile_loadconfig(&cfg);
+        lstmc_amx_configure(16);
         for (; r0 + 32 <= n; r0 += 32)
             bf16_amx_32(A + (size_t)r0 * lda, lda, blocks, set, K, nstrips, g0, Wg, gstep,
                         bscale, u0, u1, C + (size_t)r0 * ldc, ldc);
     }
     for (; r0 < n; r0 += 16) {
         const int M = n - r0 < 16 ? n - r0 : 16;
-        amx_config cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int t = 0; t < 6; t++)         /* sums 0-3, A's 32-k blocks 4 and 5 in turn */
-            cfg.rows[t] = (uint8_t)M, cfg.colsb[t] = 64;
-        cfg.rows[6] = cfg.rows[7] = 16, cfg.colsb[6] = cfg.colsb[7] = 64;   /* B, in turn */
-        _tile_loadconfig(&cfg);
+        lstmc_amx_configure(M);    /* sums 0-3, A's 32-k blocks 4 and 5, B 6 and 7 in turn */
         const uint16_t *a = A + (size_t)r0 * lda;
         for (int q0 = 0; q0 < nstrips; q0 += 4) {
             const int S = nstrips - q0 < 4 ? nstrips - q0 : 4;
@@ -449,51 +431,29 @@ bf16_gemm_amx(int n, const uint16_t *A, int lda, int K, const uint8_t *set, int 
 #endif
 
 #if LSTMC_HAVE_BF16_AVX2
-typedef void (*bf16_tile_fn)(int, const uint16_t *, int, const bf16_tile_args *, float *, int);
-typedef struct {
-    int rows;                   /* the most rows a tile takes */
-    int strips[7];              /* strips of the tile of r rows */
-    bf16_tile_fn run[7];
-} bf16_tiling;
-
-static const bf16_tiling BF16_AVX2 = {
+static const lstmc_qtiling BF16_AVX2 = {
     3, {0, 4, 2, 1}, {NULL, bf16_tile_avx2_1_4, bf16_tile_avx2_2_2, bf16_tile_avx2_3_1}};
-static const bf16_tiling BF16_WIDE_AVX2 = {
+static const lstmc_qtiling BF16_WIDE_AVX2 = {
     6,
     {0, 8, 4, 4, 4, 4, 4},
     {NULL, bf16_tile_wide_avx2_1_8, bf16_tile_wide_avx2_2_4, bf16_tile_wide_avx2_3_4,
      bf16_tile_wide_avx2_4_4, bf16_tile_wide_avx2_5_4, bf16_tile_wide_avx2_6_4}};
 #if LSTMC_HAVE_BF16_AVX512
-static const bf16_tiling BF16_AVX512 = {
+static const lstmc_qtiling BF16_AVX512 = {
     6,
     {0, 8, 4, 4, 4, 4, 4},
     {NULL, bf16_tile_avx512_1_8, bf16_tile_avx512_2_4, bf16_tile_avx512_3_4,
      bf16_tile_avx512_4_4, bf16_tile_avx512_5_4, bf16_tile_avx512_6_4}};
 #endif
 
-/* Rows in chunks of the tiling's most, each over every strip (block by block, gates within a
- * block) in tiles of its width; a tile past the last strip repeats it without storing. */
-static void bf16_gemm_tiles(const bf16_tiling *tl, int n, const uint16_t *A, int lda, int K,
+/* quant.c's lstmc_qgemm_tiles on bf16 strips (lda in elements) */
+static void bf16_gemm_tiles(const lstmc_qtiling *tl, int n, const uint16_t *A, int lda, int K,
                             const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
                             int u1, float *C, int ldc)
 {
-    const int Wg = g1 - g0, nstrips = (u1 - u0 + U - 1) / U * Wg;
-    const int pairs = lstmc_bf16_row_elems(K) / 2;
-    for (int r0 = 0; r0 < n;) {
-        const int R = n - r0 < tl->rows ? n - r0 : tl->rows, S = tl->strips[R];
-        for (int q0 = 0; q0 < nstrips; q0 += S) {
-            bf16_tile_args t;
-            for (int s = 0; s < S; s++) {
-                const int q = q0 + s < nstrips ? q0 + s : nstrips - 1;
-                const int b0 = u0 + q / Wg * U, v = q % Wg;
-                t.strip[s] = strip_at(set, b0, v, Wg, K);
-                t.dst[s] = (g0 + v) * gstep + (b0 - u0) * bscale;
-                t.cnt[s] = q0 + s >= nstrips ? 0 : u1 - b0 < U ? u1 - b0 : U;
-            }
-            tl->run[R](pairs, A + (size_t)r0 * lda, lda, &t, C + (size_t)r0 * ldc, ldc);
-        }
-        r0 += R;
-    }
+    lstmc_qgemm_tiles(tl, lstmc_bf16_strip_bytes(K), lstmc_bf16_row_elems(K) / 2, n,
+                      (const uint8_t *)A, 2 * lda, NULL, set, g0, g1, gstep, bscale, u0, u1, C,
+                      ldc);
 }
 #endif
 
