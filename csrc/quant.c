@@ -160,6 +160,23 @@ static void q8_gemm_c(int n, const uint8_t *A, int lda, const float *a_scale, in
 }
 
 #if LSTMC_HAVE_Q8_AVX2
+/* The 8-lane tiles' store: each strip's two halves of exact sums acc[r][2 s + h],
+ * dequantised ((sum * a_scale) * w_scale) into its first cnt units */
+#define Q8_STORE8(R, S)                                                                        \
+        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                  \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                              \
+                const __m256 sc = _mm256_loadu_ps((const float *)(t->strip[s] + U * 4) + 8 * h); \
+                const int n8 = t->cnt[s] - 8 * h;                                              \
+                const __m256i mask = _mm256_cmpgt_epi32(                                       \
+                    _mm256_set1_epi32(n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));         \
+                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                          \
+                    __m256 f = _mm256_cvtepi32_ps(acc[r][2 * s + h]);                          \
+                    f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(a_scale[r])), sc);      \
+                    if (n8 > 0)                                                                \
+                        _mm256_maskstore_ps(C + (size_t)r * ldc + t->dst[s] + 8 * h, mask, f); \
+                }                                                                              \
+            }
+
 /* AVX2, 8 lanes: a strip's group of 4 k is two 32-byte halves (units 0-7, 8-15). Per row and
  * group, the row's four bytes broadcast and turned back into q (xor 0x80), signed by each
  * weight: VPMADDUBSW (|w| unsigned x sign(w) q signed) and VPMADDWD with ones give each unit's
@@ -194,19 +211,7 @@ static void q8_gemm_c(int n, const uint8_t *A, int lda, const float *a_scale, in
                     }                                                                          \
                 }                                                                              \
         }                                                                                      \
-        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                  \
-            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                              \
-                const __m256 sc = _mm256_loadu_ps((const float *)(t->strip[s] + U * 4) + 8 * h); \
-                const int n8 = t->cnt[s] - 8 * h;                                              \
-                const __m256i mask = _mm256_cmpgt_epi32(                                       \
-                    _mm256_set1_epi32(n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));         \
-                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                          \
-                    __m256 f = _mm256_cvtepi32_ps(acc[r][2 * s + h]);                          \
-                    f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(a_scale[r])), sc);      \
-                    if (n8 > 0)                                                                \
-                        _mm256_maskstore_ps(C + (size_t)r * ldc + t->dst[s] + 8 * h, mask, f); \
-                }                                                                              \
-            }                                                                                  \
+        Q8_STORE8(R, S);                                                                       \
     }
 /* accumulators, broadcast rows and a strip's w, |w| and product within the 16 ymm registers */
 Q8_AVX2_TILE(1, 4)
@@ -252,19 +257,7 @@ Q8_AVX2_TILE(4, 1)
                         DPBUSD_VEX(acc[r][2 * s + h], qa[r], w);                               \
                 }                                                                              \
         }                                                                                      \
-        _Pragma("GCC unroll 16") for (int s = 0; s < S; s++)                                  \
-            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                              \
-                const __m256 sc = _mm256_loadu_ps((const float *)(t->strip[s] + U * 4) + 8 * h); \
-                const int n8 = t->cnt[s] - 8 * h;                                              \
-                const __m256i mask = _mm256_cmpgt_epi32(                                       \
-                    _mm256_set1_epi32(n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));         \
-                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                          \
-                    __m256 f = _mm256_cvtepi32_ps(acc[r][2 * s + h]);                          \
-                    f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(a_scale[r])), sc);      \
-                    if (n8 > 0)                                                                \
-                        _mm256_maskstore_ps(C + (size_t)r * ldc + t->dst[s] + 8 * h, mask, f); \
-                }                                                                              \
-            }                                                                                  \
+        Q8_STORE8(R, S);                                                                       \
     }
 /* accumulators, broadcast rows and a strip's w within the 16 ymm registers */
 Q8_AVXVNNI_TILE(1, 4)
