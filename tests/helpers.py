@@ -182,6 +182,19 @@ def cpu_flags():
         return []
 
 
+def runnable_kernels(force, kernel_for, names):
+    """The kernels of `names` this CPU runs: force(name) each in turn and keep those
+    kernel_for() then names (a forced kernel the CPU lacks falls back to another); "auto"
+    again at the end."""
+    out = []
+    for k in names:
+        force(k)
+        if kernel_for() == k:
+            out.append(k)
+    force("auto")
+    return out
+
+
 def make_module(cell, input_size, hidden_size, dtype=np.float32, **kwargs):
     """An lstmc.nn sequence module of ``cell``; ``kwargs`` override the cell's options."""
     c = CELLS[cell]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers import runnable_kernels
 from lstmc import _core
 from lstmc import reference as R
 
@@ -15,18 +16,7 @@ KERNELS = ("c", "avx2", "avx512_bf16", "amx", "wide_avx2")   # amx: from 4 rows 
 EXACT = ("c", "avx2", "avx512_bf16", "wide_avx2")
 
 
-def _runnable():
-    """The kernels this CPU runs (a forced kernel it lacks falls back to another)."""
-    out = []
-    for k in KERNELS:
-        _core._set_bf16_kernel(k)
-        if _core.bf16_kernel_for() == k:
-            out.append(k)
-    _core._set_bf16_kernel("auto")
-    return out
-
-
-RUNNABLE = _runnable()
+RUNNABLE = runnable_kernels(_core._set_bf16_kernel, _core.bf16_kernel_for, KERNELS)
 
 
 @pytest.fixture(params=RUNNABLE)

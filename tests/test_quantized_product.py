@@ -6,24 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers import runnable_kernels
 from lstmc import _core
 from lstmc import reference as R
 
 KERNELS = ("c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")   # amx: from 4 rows
 
 
-def _runnable():
-    """The kernels this CPU runs (a forced kernel it lacks falls back to another)."""
-    out = []
-    for k in KERNELS:
-        _core._set_q8_kernel(k)
-        if _core.q8_kernel_for() == k:
-            out.append(k)
-    _core._set_q8_kernel("auto")
-    return out
-
-
-RUNNABLE = _runnable()
+RUNNABLE = runnable_kernels(_core._set_q8_kernel, _core.q8_kernel_for, KERNELS)
 
 
 @pytest.fixture(params=RUNNABLE)

@@ -164,7 +164,7 @@ class _RNNBase(Streaming, Module):
         module's flat buffers, and no dropout masks."""
         engine = Engine(self._spec(), self._flat, self._flat_grad, self._parameters.values(),
                         f"{type(self).__name__}({self.extra_repr()})")
-        # a quantized module's int8 state (lstmc.quantize), attached to its parameters by
+        # a quantized module's state (lstmc.quantize), attached to its parameters by
         # quantize and again by Module.__setstate__ after a copy
         engine.quant = self.__dict__.get("_quant")
         return dict(_engine=engine, _last_dropout_masks=[])
