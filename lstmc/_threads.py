@@ -227,6 +227,21 @@ def _serial_after_fork():
 os.register_at_fork(after_in_child=_serial_after_fork)
 
 
+def share_among(processes):
+    """Rule 3 or 4's count divided among `processes` processes of one job on this host
+    (lstmc.distributed.init: the ranks of an MPI job on one host), at least one each; for
+    a process where set_num_threads and OMP_NUM_THREADS chose nothing."""
+    global _source
+    if _forked:
+        return
+    n, source = default_num_threads()
+    if processes > 1:
+        n, source = max(1, n // processes), f"{source} shared by {processes} local ranks"
+    _source = source
+    _core.set_num_threads(n)
+    _limit_numpy_blas(n)
+
+
 def num_threads_source():
     """Where get_num_threads' number came from: "lstmc.set_num_threads", "OMP_NUM_THREADS",
     "CPU affinity mask", a cgroup quota ("cgroup cpu.max 100000 100000"), "os.cpu_count()"

@@ -43,8 +43,11 @@ class Loss:
     def __call__(self, y_true, y_pred):
         return self.compute(y_true, y_pred)[0]
 
-    def compute(self, y_true, y_pred, mask=None, logits=False):
-        """Mean loss over the valid positions and its gradient w.r.t. y_pred."""
+    def compute(self, y_true, y_pred, mask=None, logits=False, count=None):
+        """Mean loss over the valid positions and its gradient w.r.t. y_pred. `count`
+        replaces the number of valid positions as the divisor: data-parallel training
+        passes the whole batch's (Sequential.fit(distributed=True)), so each rank's share
+        of the loss and its gradient sum over the ranks to the whole batch's."""
         y_pred = np.asarray(y_pred)
         y_true = self._target(y_true, y_pred)
         values, grad = self._values(y_true, y_pred.astype(np.float64),
@@ -53,10 +56,18 @@ class Loss:
             w = mask.astype(np.float64)
         else:
             w = np.ones(values.shape)
-        count = max(w.sum(), 1.0)
+        count = max(w.sum() if count is None else float(count), 1.0)
         loss = float((values * w).sum() / count)
         grad *= (w / count)[..., None]
         return loss, grad.astype(y_pred.dtype)
+
+    @staticmethod
+    def count(y_pred, mask=None):
+        """The number of valid positions `compute` averages over."""
+        positions = np.shape(y_pred)[:-1]
+        if mask is not None and np.shape(mask) == positions:
+            return int(np.count_nonzero(mask))
+        return int(np.prod(positions))
 
     def _target(self, y_true, y_pred):
         y_true = np.asarray(y_true)

@@ -179,26 +179,53 @@ class Sequential(Module):
             figures.append(total / max(count, 1))
         return figures[0] if len(figures) == 1 else figures
 
-    def _train_step(self, x, y):
-        """One optimizer step on one batch; returns (loss, outputs, mask)."""
+    def _train_step(self, x, y, dp=None):
+        """One optimizer step on one batch; returns (loss, outputs, mask). With `dp` (data
+        parallel, lstmc.distributed.training.DataParallel) the batch is this rank's share of
+        the global batch: the loss is divided by the global batch's number of positions and
+        the gradients are summed over the ranks before the step, so every rank takes the
+        step one process would on the whole batch; the loss returned is this rank's share of
+        the global one."""
         if not self.compiled:
             raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
         fused = self._fused()
+        if dp is not None and len(x) == 0:       # a rank with no share of a short batch
+            self._ensure_optimizer()
+            self.zero_grad()
+            dp.total(0)
+            dp.gradients(self._trainable())
+            self.optimizer.step()
+            return 0.0, None, None
         out, mask = self._forward(x, True, logits=fused)
         self._ensure_optimizer()
-        loss, dout = self.loss.compute(y, out, mask, logits=fused)
+        count = None if dp is None else dp.total(self.loss.count(out, mask))
+        loss, dout = self.loss.compute(y, out, mask, logits=fused, count=count)
         self.zero_grad()
         self._backward(dout, fused)
+        if dp is not None:
+            dp.gradients(self._trainable())
         self.optimizer.step()
         if fused:
             out = layers_module._ACTIVATIONS[self._layers[-1].activation][0](out)
         return loss, out, mask
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            distributed=False):
         """Trains for `epochs` passes over (x, y); returns a History (`.history` holds loss,
         metrics and val_... per epoch). validation_split takes the last fraction of the
-        samples (before shuffling), as Keras; validation_data is (x_val, y_val)."""
+        samples (before shuffling), as Keras; validation_data is (x_val, y_val).
+
+        distributed=True trains data-parallel over the ranks of an MPI job (run under
+        `mpiexec -n N`; lstmc.distributed): every rank passes the same x and y, batch_size
+        is the global batch, and each rank trains on its share of every batch (rank 0's
+        shuffled order). Rank 0's weights and optimizer state are sent to the others first;
+        the gradients are summed over the ranks before each step; the loss, metrics and
+        validation figures are the whole batch's and epoch's on every rank (the validation
+        data shared out too). Only rank 0 shows the progress bar and runs ModelCheckpoint.
+        With one thread per rank and no dropout, the weights equal one process's on the
+        whole batch to float32 rounding (build the model before fit for the same initial
+        weights: an unbuilt one is built before the first epoch's order is drawn)."""
         x, y = _array(x, "x"), _array(y, "y")
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same number of samples, got {len(x)} "
@@ -218,34 +245,53 @@ class Sequential(Module):
         bs = _batch_size(batch_size)
         steps = -(-len(x) // bs)
         verbose = 1 if verbose == "auto" else int(verbose)
+        if not self.compiled:
+            raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        dp = None
+        if distributed:
+            from lstmc.distributed.training import DataParallel
+            dp = DataParallel(self, x)
         history = callbacks_module.History()
         cbs = [history] + list(callbacks or [])
+        if dp is not None and dp.rank != 0:   # files and the progress bar: rank 0's
+            cbs = [c for c in cbs if not isinstance(c, callbacks_module.ModelCheckpoint)]
+            verbose = 0
         if verbose:
             cbs.append(callbacks_module.ProgressBar(steps, epochs, verbose))
         cb = callbacks_module.CallbackList(cbs, self)
-        if not self.compiled:
-            raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
         self.train()   # a layer that cannot train (quantized, ...) says so before any callback
         self.stop_training = False
+        if dp is not None:
+            dp.start()
         cb.on_train_begin()
+        names = ["loss"] + self._metric_names
         for epoch in range(initial_epoch, epochs):
             cb.on_epoch_begin(epoch)
-            order = generator().permutation(len(x)) if shuffle else np.arange(len(x))
+            order = generator().permutation(len(x)) if shuffle and (dp is None or dp.rank == 0) \
+                else np.arange(len(x))
+            if dp is not None and shuffle:
+                order = dp.order(order)
             totals = _Totals()
             for step in range(steps):
                 idx = order[step * bs:(step + 1) * bs]
+                mine = idx if dp is None else dp.share(idx)
                 cb.on_train_batch_begin(step)
-                loss, out, mask = self._train_step(x[idx], y[idx])
-                totals.add("loss", loss * len(idx), len(idx))
-                for name, fn in self._metric_fns(out, y[idx]):
-                    totals.add(name, *fn(y[idx], out, mask))
+                loss, out, mask = self._train_step(x[mine], y[mine], dp)
+                figures = _Totals()
+                if out is not None:
+                    figures.add("loss", loss * len(idx), len(idx))
+                    for name, fn in self._metric_fns(out, y[mine]):
+                        figures.add(name, *fn(y[mine], out, mask))
+                if dp is not None:    # the whole batch's: the ranks' shares summed
+                    figures = dp.sum_totals(figures, names)
+                    figures.counts["loss"] = len(idx)
+                totals.merge(figures)
                 cb.on_train_batch_end(step, totals.logs())
                 if self.stop_training:   # as Keras: a callback stops within the epoch
                     break
             logs = totals.logs()
             if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=bs, verbose=0,
-                                    return_dict=True)
+                val = self._evaluate_totals(*validation_data, bs, dp).logs()
                 logs.update({"val_" + k: v for k, v in val.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -260,11 +306,24 @@ class Sequential(Module):
         metrics...], or a dict with return_dict."""
         if not self.compiled:
             raise RuntimeError("call compile(optimizer, loss) before evaluate")
+        logs = self._evaluate_totals(x, y, _batch_size(batch_size)).logs()
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else list(logs.values())
+
+    def _evaluate_totals(self, x, y, bs, dp=None):
+        """The sums and counts of the loss and metrics over (x, y); with `dp` each rank
+        evaluates its contiguous share and the totals are summed over the ranks."""
         x, y = _array(x, "x"), _array(y, "y")
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"x and y must have the same, non-zero number of samples, got "
                              f"{len(x)} and {len(y)}")
-        bs = _batch_size(batch_size)
+        n = len(x)
+        if dp is not None:
+            mine = dp.share(np.arange(n))
+            x, y = x[mine], y[mine]
         totals = _Totals()
         fused = self._fused()
         for i in range(0, len(x), bs):
@@ -276,12 +335,9 @@ class Sequential(Module):
             totals.add("loss", loss * len(xb), len(xb))
             for name, fn in self._metric_fns(out, yb):
                 totals.add(name, *fn(yb, out, mask))
-        logs = totals.logs()
-        if verbose:
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        if return_dict:
-            return logs
-        return logs["loss"] if len(logs) == 1 else list(logs.values())
+        if dp is not None:
+            totals = dp.sum_totals(totals, ["loss"] + self._metric_names)
+        return totals
 
     def reset_states(self):
         for layer in self._layers:
@@ -477,6 +533,10 @@ class _Totals:
     def add(self, name, total, count):
         self.sums[name] = self.sums.get(name, 0.0) + total
         self.counts[name] = self.counts.get(name, 0) + count
+
+    def merge(self, other):
+        for name in other.sums:
+            self.add(name, other.sums[name], other.counts[name])
 
     def logs(self):
         return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
