@@ -98,6 +98,8 @@ def train_step(model, optimizer, loss_fn, x, y, clip=1.0):
     model.zero_grad()
     loss = loss_fn(model(x), y)
     model.backward(loss_fn.backward())
+    if hasattr(optimizer, "synchronize"):   # data parallel: clip the ranks' mean gradient
+        optimizer.synchronize()
     nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     return loss

@@ -6,6 +6,11 @@ trained with Adam on random windows for a fixed time budget, with a live progres
 then reports held-out bits per character and samples text from a prime; `--save PATH` keeps
 the model, and `python -m lstmc generate PATH` samples from it later. The model and its
 helpers are lstmc.charlm's.
+
+Under `mpiexec -n N` the demo trains data-parallel (lstmc.distributed): every rank draws its
+own windows (`--batch` of them per rank, so the global batch is N times that), the gradients
+are averaged over the ranks before each step, rank 0's clock decides when the budget is
+spent, and only rank 0 reports, evaluates, samples and saves.
 """
 import math
 import os
@@ -37,8 +42,12 @@ def run(args):
         _check_writable(args.save)     # before training, not after
     if args.threads:
         lstmc.set_num_threads(args.threads)
+    dist = _distributed()
+    rank, ranks = (dist.rank(), dist.size()) if dist else (0, 1)
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")   # rank 0 reports
     lstmc.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed if ranks == 1 else [args.seed, rank])
     if args.text:
         with open(args.text, "rb") as f:
             raw = f.read()
@@ -54,6 +63,9 @@ def run(args):
     train, held = data[:split], data[split:]
     model = CharLM(len(vocab), args.embed, args.hidden, args.layers)
     optimizer = lstmc.optim.Adam(model.parameters(), lr=args.lr)
+    if dist:
+        dist.broadcast_parameters(model, root=0)
+        optimizer = dist.DistributedOptimizer(optimizer)
     loss_fn = nn.CrossEntropyLoss()
     n_params = sum(p.size for p in model.parameters())
     print(f"lstmc {lstmc.__version__} demo: character LSTM language model")
@@ -61,23 +73,31 @@ def run(args):
           f"held out: last 5 %")
     print(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, {args.hidden}, "
           f"layers={args.layers}) -> Linear({args.hidden}, {len(vocab)}), {n_params:,} "
-          f"parameters; {lstmc.get_num_threads()} threads")
-    print(f"training for {args.seconds:.0f} s on windows of {args.seq} characters, batch "
-          f"{args.batch}, Adam lr {args.lr}")
+          f"parameters; {lstmc.get_num_threads()} threads"
+          + (f" on each of {ranks} MPI ranks" if dist else ""))
+    batch = f"batch {args.batch}" if ranks == 1 else \
+        f"global batch {args.batch * ranks} ({args.batch} per rank)"
+    print(f"training for {args.seconds:.0f} s on windows of {args.seq} characters, {batch}, "
+          f"Adam lr {args.lr}")
     budget = args.seconds
     t0 = time.time()
     step, chars, loss_avg = 0, 0, None
     tty = sys.stdout.isatty()
-    while time.time() - t0 < budget:
+    running = True
+    while running:
         x, y = random_windows(rng, train, args.batch, args.seq)
         loss = train_step(model, optimizer, loss_fn, x, y)
         step += 1
+        running = time.time() - t0 < budget
+        if dist:   # the ranks' mean loss, and rank 0's clock for all: one small all-reduce
+            shared = dist.sum_in_place(np.array([loss, running and rank == 0]))
+            loss, running = shared[0] / ranks, bool(shared[1])
         if not math.isfinite(loss):   # every later step would be NaN too: stop and say why
             print(flush=True)
             raise SystemExit(f"training stopped at step {step}: the loss is {loss}, not a "
                              f"number the model can learn from (the weights diverged); try a "
                              f"smaller --lr than {args.lr}")
-        chars += x.size
+        chars += x.size * ranks
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         elapsed = time.time() - t0
         if tty:       # a live line on a terminal, a line every 50 steps in a log
@@ -87,6 +107,8 @@ def run(args):
             print(_bar(step, elapsed, budget, loss_avg, chars / elapsed), flush=True)
     train_time = time.time() - t0
     print(("\r" if tty else "") + _bar(step, train_time, budget, loss_avg, chars / train_time))
+    if rank != 0:
+        return None
     bpc = evaluate(model, held, args.seq)
     uniform = math.log2(len(vocab))
     print(f"held-out: {bpc:.3f} bits per character (uniform over the vocabulary: "
@@ -103,6 +125,16 @@ def run(args):
               f"--prime {shlex.quote(args.prime)}")
     print(f"total time {time.time() - t_start:.1f} s")
     return bpc
+
+
+def _distributed():
+    """lstmc.distributed, joined, when mpiexec started this process; else None."""
+    from lstmc.distributed.mpi import started_by_mpiexec
+    if not started_by_mpiexec():
+        return None
+    import lstmc.distributed as dist
+    dist.init()
+    return dist if dist.size() > 1 else None
 
 
 def _check_writable(path):

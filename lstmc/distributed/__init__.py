@@ -21,14 +21,14 @@ from lstmc.distributed.callbacks import (BroadcastGlobalVariablesCallback,
 from lstmc.distributed.mpi import (allgather_object, allreduce, allreduce_gradients, barrier,
                                    broadcast, broadcast_object, broadcast_optimizer_state,
                                    broadcast_parameters, init, is_initialized, local_rank,
-                                   local_size, rank, size)
+                                   local_size, rank, size, started_by_mpiexec, sum_in_place)
 from lstmc.distributed.training import (DistributedOptimizer, DistributedSampler,
                                         load_checkpoint, save_checkpoint)
 
 __all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size", "barrier",
            "allreduce", "broadcast", "broadcast_object", "allgather_object",
            "broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
-           "DistributedOptimizer", "DistributedSampler", "save_checkpoint", "load_checkpoint",
+           "sum_in_place", "started_by_mpiexec", "DistributedOptimizer", "DistributedSampler", "save_checkpoint", "load_checkpoint",
            "BroadcastGlobalVariablesCallback", "MetricAverageCallback",
            "LearningRateWarmupCallback", "predict"]
 

@@ -14,6 +14,7 @@ mpiexec end the others the same way.
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -22,7 +23,8 @@ from lstmc.nn.module import Module
 
 __all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size", "barrier",
            "allreduce", "broadcast", "broadcast_object", "allgather_object",
-           "broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients"]
+           "broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
+           "sum_in_place", "started_by_mpiexec"]
 
 _MPI = None          # mpi4py.MPI once init() ran
 _world = None        # COMM_WORLD
@@ -59,6 +61,9 @@ def _abort_on_exception(previous):
                          f"{kind.__name__}; aborting the whole job\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        # mpiexec forwards a rank's output from a pipe: the abort tears that down, so
+        # give it a moment to carry the traceback (without it, parts were lost)
+        time.sleep(0.5)
         _world.Abort(1)
     hook.lstmc_previous = previous
     return hook
@@ -235,11 +240,13 @@ def broadcast_parameters(model, root=0):
     ok = np.array([theirs == signature], dtype=np.int32)
     _world.Allreduce(_MPI.IN_PLACE, ok, op=_MPI.MIN)
     if not ok[0]:
-        mine = dict((n, s) for n, *s in signature)
-        differ = next((n for n, *s in theirs if mine.get(n) != s), None) \
-            or next(n for n, *_ in signature if n not in {t[0] for t in theirs})
-        raise ValueError(f"broadcast_parameters: the ranks' models differ (first at "
-                         f"parameter {differ!r}); every rank must build the same model")
+        where = next((f"at parameter {a[0]!r}: {a[1]} {a[2]} here, {b[1]} {b[2]} on rank "
+                      f"{root}" for a, b in zip(signature, theirs) if a != b),
+                     f"{len(signature)} parameters here, {len(theirs)} on rank {root}")
+        raise ValueError(f"broadcast_parameters: the ranks' models differ ({where}); every "
+                         "rank must build the same model" if theirs != signature else
+                         "broadcast_parameters: another rank's model differs from rank "
+                         f"{root}'s; every rank must build the same model")
     for _, p in named:
         p.release()   # before writing: see lstmc.nn._engine.PackedWeights
     spans, loose = _buffers([p.data for _, p in named])
@@ -295,10 +302,7 @@ def allreduce_gradients(params, scale=None):
             at += g.size
 
 
-def _environment_rank():
-    """The rank mpiexec gave this process (MPICH's PMI_RANK, Open MPI's
-    OMPI_COMM_WORLD_RANK), None when it was not started by mpiexec; read without MPI."""
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return None
+def started_by_mpiexec():
+    """Whether mpiexec started this process (MPICH's PMI_RANK, Open MPI's
+    OMPI_COMM_WORLD_RANK, PMIx's PMIX_RANK), read without importing MPI."""
+    return any(name in os.environ for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
