@@ -278,3 +278,26 @@ def test_init_shares_the_cpus_among_local_ranks():
     out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=60, env=env, check=True)
     assert [line.split(" ", 2)[1] for line in out.stdout.splitlines()] == ["3", "3"]
+
+
+def test_benchmark_quick_run(tmp_path):
+    """benchmarks/bench_distributed.py --quick: 1 and 2 ranks train, both sweeps run, and
+    the figures it reports are consistent with each other."""
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distributed.py"),
+                           "--quick", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PROJECTION (a model, not a measurement)" in proc.stdout
+    figures = json.loads(out.read_text())
+    one, two = figures["one"], figures["two"]
+    assert one["ranks"] == 1 and two["ranks"] == 2 and one["params"] == 360_544
+    # 3 modules, 3 gradient buffers: Embedding(96, 64), Linear(256, 96), the LSTM
+    assert sorted(figures["one"]["gradient_buffers"]) == [4 * 96 * 64, 4 * (256 * 96 + 96),
+                                                           4 * 4 * 256 * (64 + 256 + 2)]
+    assert figures["speedup"] == pytest.approx(two["samples_per_s"] / one["samples_per_s"])
+    assert all(0 <= r["comm_share"] < 1 for r in (one, two))
+    assert [r["bytes"] for r in figures["sweep_tcp"]] == [r["bytes"] for r in
+                                                           figures["sweep_shm"]]
+    eff = {(p["hosts"], p["gbps"]): p["efficiency"] for p in figures["projection"]}
+    assert eff[8, 25] > eff[8, 10] > eff[32, 10] > 0     # faster links, fewer hosts: better
