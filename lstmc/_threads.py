@@ -232,12 +232,10 @@ def share_among(processes):
     (lstmc.distributed.init: the ranks of an MPI job on one host), at least one each; for
     a process where set_num_threads and OMP_NUM_THREADS chose nothing."""
     global _source
-    if _forked:
+    if _forked or processes <= 1:
         return
     n, source = default_num_threads()
-    if processes > 1:
-        n, source = max(1, n // processes), f"{source} shared by {processes} local ranks"
-    _source = source
+    n, _source = max(1, n // processes), f"{source} shared by {processes} local ranks"
     _core.set_num_threads(n)
     _limit_numpy_blas(n)
 
