@@ -212,10 +212,10 @@ def resume(directory, crash_at="-1", resume_from="", reseed=""):
 
 def fail(how, at_step="2"):
     """Rank 1 raises, or kills itself with SIGKILL, at `at_step` while the others go on
-    into their next all-reduce."""
+    into their next all-reduce; with "none" the job trains until interrupted."""
     model = nn.LSTM(3, 4)
     opt = dist.DistributedOptimizer(lstmc.optim.SGD(model.parameters(), lr=0.1))
-    for step in range(1, 1000):
+    for step in range(1, 10**9 if how == "none" else 1000):
         if step == int(at_step) and RANK == 1:
             if how == "raise":
                 raise RuntimeError("rank 1 fails on purpose")

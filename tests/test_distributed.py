@@ -6,6 +6,7 @@ ranks at every step), faults that must end the whole job, resume from a checkpoi
 sampler and the checkpoint format are also tested in-process. Skipped without mpi4py."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,37 @@ def test_a_failing_rank_ends_the_job(how):
         assert "rank 1 fails on purpose" in proc.stderr
         assert "rank 1 of 2 raised RuntimeError; aborting the whole job" in proc.stderr
     assert found == {}
+
+
+def test_ctrl_c_on_mpiexec_ends_every_rank():
+    """SIGINT to mpiexec (Ctrl-C) reaches the ranks as KeyboardInterrupt, wherever they are
+    (in a kernel or a collective), and the job ends with no rank left behind."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LSTMC_RESULTS="/nonexistent")
+    proc = subprocess.Popen([str(MPIEXEC), "-n", "2", sys.executable, str(JOBS), "fail",
+                             "none", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and time.monotonic() - t0 < 10
+    assert "KeyboardInterrupt" in err
+    assert _processes_running(f"{JOBS}\0fail\0none") == []
+
+
+def _processes_running(args):
+    """PIDs whose command line contains `args` (NUL-separated), from /proc."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and args in (d / "cmdline").read_text():
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
