@@ -256,5 +256,33 @@ def warmup():
     report(lrs=lrs, logs=logs, hash=digest(model))
 
 
+def horovod_keras():
+    """Horovod's recipe on the Keras face: compile(DistributedOptimizer(Adam())), each rank
+    fits its own shard (every SIZE-th sample, unshuffled) with the broadcast and
+    metric-averaging callbacks, batches of 12 // SIZE; alone, plain fit on all the data in
+    batches of 12: the same global batches. Saves and reloads the model."""
+    from lstmc.layers import LSTM, Dense
+    from lstmc.models import Sequential, load_model
+    lstmc.manual_seed(RANK)          # different starts: the broadcast callback evens them
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((24, 5, 3)).astype(np.float32)
+    y = (x.sum(axis=(1, 2)) > 0).astype(np.float32)
+    model = Sequential([LSTM(4, input_shape=(5, 3)), Dense(1, "sigmoid")])
+    opt = lstmc.optimizers.Adam(learning_rate=0.01)
+    model.compile(dist.DistributedOptimizer(opt) if SIZE > 1 else opt, "binary_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x[RANK::SIZE], y[RANK::SIZE], batch_size=12 // SIZE, epochs=2,
+                        shuffle=False, verbose=0,
+                        callbacks=[dist.BroadcastGlobalVariablesCallback(0),
+                                   dist.MetricAverageCallback()])
+    path = os.path.join(os.environ["LSTMC_RESULTS"], f"m{RANK}.lstmc")
+    model.save(path)
+    again = load_model(path)
+    report(hash=digest(model), params=flat(model), history=history.history,
+           reloaded=bool(np.array_equal(again.predict(x), model.predict(x))),
+           optimizer=type(again.optimizer).__name__,
+           refused=expect_error(model.fit, x, y, distributed=True))
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

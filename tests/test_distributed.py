@@ -139,6 +139,23 @@ def test_keras_face_equals_one_process_on_the_whole_batch(ranks, tmp_path):
     assert [found[r]["checkpoint"] for r in range(ranks)] == [True] + [False] * (ranks - 1)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_horovod_recipe_on_the_keras_face(ranks):
+    """compile(DistributedOptimizer(Adam())) with each rank fitting its own shard: the same
+    weights on every rank, equal to one process's fit on the same global batches; the model
+    saves with its plain optimizer; fit(distributed=True) refuses the wrapped optimizer."""
+    one, _, _ = run(0, "horovod_keras")
+    found, _, _ = run(ranks, "horovod_keras")
+    _same_across_ranks(found, "hash")
+    _same_across_ranks(found, "history")         # MetricAverageCallback
+    np.testing.assert_allclose(found[0]["params"], one[0]["params"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(found[0]["history"]["loss"], one[0]["history"]["loss"],
+                               rtol=1e-5)
+    assert found[0]["reloaded"] and found[0]["optimizer"] == "Adam"
+    assert "compile the model with the optimizer the DistributedOptimizer wraps" in \
+        found[0]["refused"]
+
+
 # ---- callbacks --------------------------------------------------------------------------
 def test_horovod_callbacks():
     found, _, _ = run(2, "warmup")

@@ -32,7 +32,12 @@ class DistributedOptimizer(Optimizer):
     The gradients are averaged, so each rank's loss should be the mean over its own share
     of the batch, with equal shares (DistributedSampler gives them); the learning rate that
     suited one process at batch B suits N ranks at a global batch N * B only after the usual
-    scaling (see docs/distributed.md)."""
+    scaling (see docs/distributed.md).
+
+    It wraps a Keras-face optimizer too, for Horovod's recipe: `model.compile(
+    DistributedOptimizer(lstmc.optimizers.Adam()), ...)`, each rank fitting its own shard
+    with BroadcastGlobalVariablesCallback and MetricAverageCallback. (`fit(...,
+    distributed=True)` shares the data out itself and takes the plain optimizer.)"""
 
     def __init__(self, optimizer):   # not Optimizer.__init__: the wrapped one holds the state
         if not isinstance(optimizer, Optimizer):
@@ -41,21 +46,21 @@ class DistributedOptimizer(Optimizer):
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError("the optimizer is already a DistributedOptimizer")
         mpi.init()
-        self.__dict__["optimizer"] = optimizer
+        self.__dict__["wrapped"] = optimizer
         self.__dict__["_synchronized"] = False
 
     # the wrapped optimizer's attributes, read and written through
     def __getattr__(self, name):
-        return getattr(self.__dict__["optimizer"], name)
+        return getattr(self.__dict__["wrapped"], name)
 
     def __setattr__(self, name, value):
-        setattr(self.optimizer, name, value)
+        setattr(self.wrapped, name, value)
 
     def __repr__(self):
-        return f"DistributedOptimizer({self.optimizer!r})"
+        return f"DistributedOptimizer({self.wrapped!r})"
 
     def _params(self):
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
+        return [p for g in self.wrapped.param_groups for p in g["params"]]
 
     def synchronize(self):
         """Averages the gradients over the ranks now (step() then skips it)."""
@@ -67,20 +72,20 @@ class DistributedOptimizer(Optimizer):
         if not self._synchronized:
             mpi.allreduce_gradients(self._params())
         self.__dict__["_synchronized"] = False
-        self.optimizer.step()
+        self.wrapped.step()
         return loss
 
     def zero_grad(self, set_to_none=False):
-        self.optimizer.zero_grad(set_to_none)
+        self.wrapped.zero_grad(set_to_none)
 
     def state_dict(self):
-        return self.optimizer.state_dict()
+        return self.wrapped.state_dict()
 
     def load_state_dict(self, state_dict):
-        self.optimizer.load_state_dict(state_dict)
+        self.wrapped.load_state_dict(state_dict)
 
     def add_param_group(self, param_group):
-        self.optimizer.add_param_group(param_group)
+        self.wrapped.add_param_group(param_group)
 
 
 class DistributedSampler:
@@ -252,6 +257,10 @@ class DataParallel:
         mpi.init()
         self.model = model
         self.rank, self.size = mpi.rank(), mpi.size()
+        if isinstance(model.optimizer, DistributedOptimizer):
+            raise ValueError("fit(distributed=True) shares the data out and sums the "
+                             "gradients itself: compile the model with the optimizer the "
+                             "DistributedOptimizer wraps")
         mpi._agree((len(x),), "fit(distributed=True): the number of samples")
         if not model.built:
             model.build((None,) + tuple(np.shape(x)[1:]))

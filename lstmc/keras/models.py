@@ -252,12 +252,13 @@ class Sequential(Module):
             from lstmc.distributed.training import DataParallel
             dp = DataParallel(self, x)
         history = callbacks_module.History()
-        cbs = [history] + list(callbacks or [])
+        cbs = list(callbacks or [])
         if dp is not None and dp.rank != 0:   # files and the progress bar: rank 0's
             cbs = [c for c in cbs if not isinstance(c, callbacks_module.ModelCheckpoint)]
             verbose = 0
         if verbose:
             cbs.append(callbacks_module.ProgressBar(steps, epochs, verbose))
+        cbs.append(history)   # last, as Keras: it records the logs the callbacks left
         cb = callbacks_module.CallbackList(cbs, self)
         self.train()   # a layer that cannot train (quantized, ...) says so before any callback
         self.stop_training = False
@@ -421,7 +422,7 @@ class Sequential(Module):
             config["model"]["quantized"] = {"dtype": quantized}
             arrays = _quantized_arrays(self)
         if self.compiled:
-            opt = self.optimizer
+            opt = getattr(self.optimizer, "wrapped", self.optimizer)   # a distributed one's
             config["compile"] = {
                 "optimizer": {"class_name": type(opt).__name__, "config": opt.get_config()},
                 "loss": {"class_name": type(self.loss).__name__,

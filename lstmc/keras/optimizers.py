@@ -149,7 +149,8 @@ _BY_NAME = {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop}
 
 
 def get(identifier):
-    """'adam' / 'sgd' / 'rmsprop' (Keras' defaults) or an optimizer instance."""
+    """'adam' / 'sgd' / 'rmsprop' (Keras' defaults) or an optimizer instance (or one wrapped
+    in lstmc.distributed.DistributedOptimizer)."""
     if isinstance(identifier, str):
         cls = _BY_NAME.get(identifier.lower())
         if cls is None:
@@ -157,6 +158,8 @@ def get(identifier):
         return cls()
     if isinstance(identifier, _KerasOptimizer):
         return identifier
+    if isinstance(getattr(identifier, "wrapped", None), _KerasOptimizer):
+        return identifier     # lstmc.distributed.DistributedOptimizer(Adam()), as Horovod's
     raise TypeError(f"optimizer must be a name ({sorted(_BY_NAME)}) or an lstmc.optimizers "
                     f"instance, got {type(identifier).__name__}")
 
