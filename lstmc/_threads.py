@@ -18,6 +18,8 @@ info` prints both):
    A team larger than the CPUs the process may use waits, every time step, for a thread that
    is not running;
 4. os.cpu_count().
+In a rank of an MPI job (lstmc.distributed.init), rules 3-4's count is divided among the
+job's ranks on this host, at least one thread each.
 
 `set_num_threads(n)` also sets numpy's own BLAS (the one numpy.matmul calls: lstmc.nn.Linear,
 the Keras Dense layer) to n threads: through threadpoolctl when it is installed (every BLAS it

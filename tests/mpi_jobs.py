@@ -219,6 +219,8 @@ def fail(how, at_step="2"):
         if step == int(at_step) and RANK == 1:
             if how == "raise":
                 raise RuntimeError("rank 1 fails on purpose")
+            if how == "exit":
+                sys.exit(3)
             os.kill(os.getpid(), signal.SIGKILL)
         out, _ = model(np.ones((2, 1, 3), np.float32))
         model.backward(np.ones_like(out))

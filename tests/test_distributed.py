@@ -178,6 +178,16 @@ def test_a_failing_rank_ends_the_job(how):
     assert found == {}
 
 
+def test_sys_exit_on_one_rank_ends_the_job_under_mpi4py_runner():
+    """docs/distributed.md: sys.exit() on one rank is no exception (no hook runs); started
+    as `python -m mpi4py script.py`, the job still ends at once with the rank's status."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LSTMC_RESULTS="/nonexistent")
+    t0 = time.monotonic()
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(JOBS),
+                           "fail", "exit"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 3 and time.monotonic() - t0 < 30
+
+
 def test_ctrl_c_on_mpiexec_ends_every_rank():
     """SIGINT to mpiexec (Ctrl-C) reaches the ranks as KeyboardInterrupt, wherever they are
     (in a kernel or a collective), and the job ends with no rank left behind."""
