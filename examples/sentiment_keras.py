@@ -51,14 +51,61 @@ def words(text):
     return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[!?]", text.lower())
 
 
+def word_ids(text, vocab):
+    """The ids of the last MAX_WORDS words of `text` (unknown words: UNK)."""
+    return [vocab.get(w, UNK) for w in words(text)][-MAX_WORDS:]
+
+
 def encode(texts, vocab):
     """Word ids, padded (and truncated) at the front to MAX_WORDS, as pad_sequences does."""
     x = np.full((len(texts), MAX_WORDS), PAD, dtype=np.int64)
     for i, text in enumerate(texts):
-        ids = [vocab.get(w, UNK) for w in words(text)][-MAX_WORDS:]
+        ids = word_ids(text, vocab)
         if ids:
             x[i, -len(ids):] = ids
     return x
+
+
+def split(reviews, rng, smoke):
+    """(train, test, vocab): a seeded 20 % of the reviews (of 600 of them with --smoke) for
+    test, the rest for training; the vocabulary is the training split's words seen at least
+    twice, numbered from 2 (0 is padding, 1 unknown)."""
+    order = rng.permutation(len(reviews))
+    if smoke:
+        order = order[:600]
+    n_test = len(order) // 5
+    test = [reviews[i] for i in order[:n_test]]
+    train = [reviews[i] for i in order[n_test:]]
+    counts = Counter(w for text, _ in train for w in words(text))
+    vocab = {w: i + 2 for i, (w, c) in enumerate(counts.most_common()) if c >= 2}
+    return train, test, vocab
+
+
+def arrays(pairs, vocab):
+    """(x (N, MAX_WORDS) int64, y (N,) float32) of (text, label) pairs."""
+    return (encode([t for t, _ in pairs], vocab),
+            np.array([y for _, y in pairs], dtype=np.float32))
+
+
+def build_model(n_words, smoke):
+    """Embedding -> Bidirectional(LSTM) -> Dropout -> Dense(sigmoid), compiled."""
+    units, dim = (16, 16) if smoke else (64, 64)
+    model = Sequential([Embedding(n_words, dim, mask_zero=True),
+                        Bidirectional(LSTM(units)),
+                        Dropout(0.5),
+                        Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def train(model, x_train, y_train, epochs, smoke):
+    """Fits with 10 % held out and EarlyStopping (1 epoch with --smoke); returns seconds."""
+    start = time.perf_counter()
+    model.fit(x_train, y_train, epochs=1 if smoke else epochs, batch_size=32,
+              validation_split=0.1, verbose=1 if smoke else 2,
+              callbacks=[EarlyStopping(monitor="val_loss", patience=1,
+                                       restore_best_weights=True)])
+    return time.perf_counter() - start
 
 
 def main():
@@ -68,33 +115,15 @@ def main():
     args = p.parse_args()
     rng = _data.setup(args)
     reviews = read_reviews()
-    order = rng.permutation(len(reviews))
-    if args.smoke:
-        order = order[:600]
-    n_test = len(order) // 5
-    test = [reviews[i] for i in order[:n_test]]
-    train = [reviews[i] for i in order[n_test:]]
-    counts = Counter(w for text, _ in train for w in words(text))
-    vocab = {w: i + 2 for i, (w, c) in enumerate(counts.most_common()) if c >= 2}
-    x_train = encode([t for t, _ in train], vocab)
-    y_train = np.array([y for _, y in train], dtype=np.float32)
-    x_test = encode([t for t, _ in test], vocab)
-    y_test = np.array([y for _, y in test], dtype=np.float32)
-    print(f"{len(reviews)} reviews ({y_train.mean():.0%} fresh); train {len(train)}, test "
-          f"{len(test)}; vocabulary {len(vocab) + 2} words; {lstmc.get_num_threads()} threads")
+    train_pairs, test, vocab = split(reviews, rng, args.smoke)
+    x_train, y_train = arrays(train_pairs, vocab)
+    x_test, y_test = arrays(test, vocab)
+    print(f"{len(reviews)} reviews ({y_train.mean():.0%} fresh); train {len(train_pairs)}, "
+          f"test {len(test)}; vocabulary {len(vocab) + 2} words; {lstmc.get_num_threads()} "
+          "threads")
 
-    units, dim = (16, 16) if args.smoke else (64, 64)
-    model = Sequential([Embedding(len(vocab) + 2, dim, mask_zero=True),
-                        Bidirectional(LSTM(units)),
-                        Dropout(0.5),
-                        Dense(1, activation="sigmoid")])
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(x_train, y_train, epochs=1 if args.smoke else args.epochs, batch_size=32,
-              validation_split=0.1, verbose=1 if args.smoke else 2,
-              callbacks=[EarlyStopping(monitor="val_loss", patience=1,
-                                       restore_best_weights=True)])
-    seconds = time.perf_counter() - start
+    model = build_model(len(vocab) + 2, args.smoke)
+    seconds = train(model, x_train, y_train, args.epochs, args.smoke)
     model.summary()
     loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
     majority = max(y_test.mean(), 1 - y_test.mean())

