@@ -53,6 +53,8 @@ def collectives():
         max=dist.allreduce(a, op="max").tolist(), int_sum=dist.allreduce(ints, "sum").tolist(),
         int_average=dist.allreduce(ints).tolist(),
         scalar=float(dist.allreduce(float(RANK), op="sum")),
+        bools={op: dist.allreduce(np.array([True, RANK == 0]), op).tolist()
+               for op in ("sum", "average", "min", "max")},
         input_unchanged=a.tolist() == [RANK + 1.0, -RANK, 2.5],
         broadcast=dist.broadcast(np.arange(3.0) + 10 * RANK, root=SIZE - 1).tolist(),
         broadcast_none=dist.broadcast(np.eye(2) if RANK == 0 else None).tolist(),

@@ -74,6 +74,8 @@ def test_collectives(ranks):
         assert f["int_sum"] == ints.tolist()
         np.testing.assert_allclose(f["int_average"], ints / n)
         assert f["scalar"] == sum(range(n))
+        assert f["bools"] == {"sum": [n, 1], "average": [1.0, 1 / n], "min": [True, False],
+                              "max": [True, True]}
         assert f["input_unchanged"]
         assert f["broadcast"] == (np.arange(3.0) + 10 * (n - 1)).tolist()
         assert f["broadcast_none"] == np.eye(2).tolist()

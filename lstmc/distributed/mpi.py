@@ -131,23 +131,25 @@ _SIGNATURE = 3 + 64   # ndim, the shape (numpy allows up to 64 dimensions), dtyp
 def allreduce(array, op="average"):
     """The element-wise sum ("sum"), mean ("average"), minimum or maximum of `array` over
     the ranks, as a new array (the input is not changed). Every rank passes an array of
-    the same shape and dtype (checked: a ValueError on every rank otherwise). An integer
-    "average" is a float64 array."""
+    the same shape and dtype (checked: a ValueError on every rank otherwise). An integer or
+    bool "average" is float64, a bool "sum" int64 (a count), a bool "min" / "max" all / any."""
     init()
     if op not in _OPS:
         raise ValueError(f"op must be one of {_OPS}, got {op!r}")
     a = _numeric(array, "allreduce")
     _agree((a.ndim, *a.shape, a.dtype.num, a.dtype.itemsize), "allreduce")
     out = np.array(a, copy=True, order="C")
-    if op == "average" and out.dtype.kind in "biu":
+    if out.dtype == np.bool_:
+        out = out.astype(np.int64)
+    if op == "average" and out.dtype.kind in "iu":
         out = out.astype(np.float64)
     mpi_op = {"average": _MPI.SUM, "sum": _MPI.SUM, "min": _MPI.MIN, "max": _MPI.MAX}[op]
-    if out.dtype == np.bool_:
-        out = out.astype(np.uint8)
     _world.Allreduce(_MPI.IN_PLACE, out, op=mpi_op)
     if op == "average":
         out /= _world.size
-    return out.astype(a.dtype) if a.dtype == np.bool_ else out
+    if a.dtype == np.bool_ and op in ("min", "max"):
+        out = out.astype(np.bool_)
+    return out
 
 
 def sum_in_place(a):
