@@ -123,7 +123,8 @@ def extensions():
     ext = Extension(
         "lstmc._core",
         sources=["lstmc/_core.pyx", "csrc/blas.c", "csrc/seq.c", "csrc/lstm.c", "csrc/gru.c",
-                 "csrc/rnn.c", "csrc/recur.c", "csrc/quant.c", "csrc/quant_bf16.c"],
+                 "csrc/rnn.c", "csrc/recur.c", "csrc/quant.c", "csrc/quant_bf16.c",
+                 "csrc/decode.c"],
         include_dirs=["csrc"],
         depends=["csrc/lstmc.h", "csrc/internal.h", "csrc/dtype.h", "csrc/vmath.h",
                  "csrc/seq.inc", "csrc/lstm.inc", "csrc/gru.inc", "csrc/rnn.inc",

@@ -351,6 +351,18 @@ void lstmc_bf16_round_rows(uint16_t *q, int ldq, const float *a, int lda, int n,
 void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K, const uint8_t *set,
                      int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc);
 
+/* ---- decoding (decode.c): between two steps of a search over a decoder's outputs ------- */
+/* x (rows, cols) float32 -> log softmax of each row, in place */
+int lstmc_log_softmax_f32(float *x, int rows, int cols);
+/* One step of beam search over B sentences x K beams (N = B*K rows) and V classes; see
+ * decode.c. tokens, parent (N) out; alive, fin_score (B, K) double, fin_ref (B, K),
+ * fin_count (B) int64, done (B) in/out; cand_val, cand_idx (2K) scratch; logp (N, V). */
+int lstmc_beam_step(int64_t *tokens, int64_t *parent, double *alive, double *fin_score,
+                    int64_t *fin_ref, int64_t *fin_count, uint8_t *done,
+                    double *cand_val, int64_t *cand_idx,
+                    const float *logp, int B, int K, int V, int t, int64_t eos,
+                    double length_penalty);
+
 #ifdef __cplusplus
 }
 #endif

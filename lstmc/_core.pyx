@@ -15,7 +15,7 @@ import numpy as np
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport int8_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cdef extern from "lstmc.h" nogil:
@@ -886,3 +886,53 @@ def bf16_product(ab, packed, int K, int H, int G):
         lstmc_bf16_gemm(kernel, n, &av[0, 0], av.shape[1], K, &pv[0], 0, G, H, 1, 0, H,
                         &ov[0, 0], G * H)
     return out
+
+
+# ---- decoding (csrc/decode.c) ----------------------------------------------------------------
+cdef extern from "lstmc.h" nogil:
+    int lstmc_log_softmax_f32(float *x, int rows, int cols)
+    int lstmc_beam_step(int64_t *tokens, int64_t *parent, double *alive, double *fin_score,
+                        int64_t *fin_ref, int64_t *fin_count, uint8_t *done,
+                        double *cand_val, int64_t *cand_idx,
+                        const float *logp, int B, int K, int V, int t, int64_t eos,
+                        double length_penalty)
+
+
+def log_softmax_rows(float[:, ::1] x not None):
+    """Each row of the float32 array x (rows, cols) replaced by its log softmax."""
+    cdef int rows = x.shape[0], cols = x.shape[1]
+    cdef int status
+    if cols < 1:
+        raise ValueError("log_softmax_rows needs at least one column")
+    if rows == 0:
+        return
+    with nogil:
+        status = lstmc_log_softmax_f32(&x[0, 0], rows, cols)
+    _raise_status(status)
+
+
+def beam_step(int64_t[::1] tokens not None, int64_t[::1] parent not None,
+              double[:, ::1] alive not None, double[:, ::1] fin_score not None,
+              int64_t[:, ::1] fin_ref not None, int64_t[::1] fin_count not None,
+              uint8_t[::1] done not None, double[::1] cand_val not None,
+              int64_t[::1] cand_idx not None, const float[:, ::1] logp not None,
+              int t, int64_t eos, double length_penalty):
+    """One step of beam search (csrc/decode.c) over B sentences x K beams: the shapes are
+    those of lstmc.nn.decoding.BeamSearch's buffers, checked here."""
+    cdef int B = alive.shape[0], K = alive.shape[1], V = logp.shape[1]
+    cdef int status
+    if B < 1 or K < 1 or V < 1 or t < 0:
+        raise ValueError(f"beam_step: B, K, V must be positive and t >= 0, got {B}, {K}, "
+                         f"{V}, {t}")
+    if tokens.shape[0] != B * K or parent.shape[0] != B * K or logp.shape[0] != B * K \
+            or fin_score.shape[0] != B or fin_score.shape[1] != K \
+            or fin_ref.shape[0] != B or fin_ref.shape[1] != K or fin_count.shape[0] != B \
+            or done.shape[0] != B or cand_val.shape[0] < 2 * K or cand_idx.shape[0] < 2 * K:
+        raise ValueError("beam_step: the buffers' shapes disagree")
+    if not 0 <= eos < V:
+        raise ValueError(f"beam_step: eos must be a class in 0 .. {V - 1}, got {eos}")
+    with nogil:
+        status = lstmc_beam_step(&tokens[0], &parent[0], &alive[0, 0], &fin_score[0, 0],
+                                 &fin_ref[0, 0], &fin_count[0], &done[0], &cand_val[0],
+                                 &cand_idx[0], &logp[0, 0], B, K, V, t, eos, length_penalty)
+    _raise_status(status)

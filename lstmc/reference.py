@@ -1129,3 +1129,81 @@ def activation_quantizer(dtype, static_h):
         q, scale = quantize_int8(a.reshape(-1, a.shape[-1]))
         return (q.astype(np.float64) * scale.astype(np.float64)[:, None]).reshape(a.shape)
     return quantize
+
+
+# ---- decoding: beam search (csrc/decode.c, lstmc.nn.decoding.BeamSearch) -----------------
+def log_softmax(logits):
+    """log softmax over the last axis, in float64."""
+    z = np.asarray(logits, np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))
+
+
+def beam_search(logits_of, batch_size, beam_width, eos, max_length, length_penalty=1.0):
+    """Beam search, one sentence at a time, as plainly as it can be written.
+
+    logits_of(b, prefix) -> logits (V,) of the class after `prefix` (a tuple of classes,
+    bos not included) in sentence b. Per sentence: a list of alive hypotheses (tokens,
+    summed log-probability), best first, starting from the empty one; each step ranks
+    every extension of every alive hypothesis by its sum (ties: the lower index
+    alive_position * V + class first) and walks the best 2 * beam_width: an extension by
+    eos ranked below beam_width is dropped; one ranked within it finishes with score
+    sum / (t + 1) ** length_penalty (its length counting eos) into at most beam_width
+    finished slots (a better one replaces the first worst); the others become the next alive
+    hypotheses until there are beam_width. The sentence is done when it has no alive
+    hypothesis, or beam_width finished ones and the worst of them scores at least the best
+    alive sum / (t + 1) ** length_penalty. At max_length the alive ones finish (score sum /
+    max_length ** length_penalty, no eos) by the same slot rule. Returns per sentence the
+    best finished (tokens without eos, score); ties: the earlier slot.
+    """
+    results = []
+    for b in range(batch_size):
+        alive = [((), 0.0)]
+        slots = []               # [score, tokens]; ties rank the earlier slot first
+        done = False
+        steps = 0
+        for t in range(max_length):
+            steps = t + 1
+            cands = []
+            for j, (tokens, total) in enumerate(alive):
+                logp = log_softmax(logits_of(b, tokens))
+                V = len(logp)
+                for v in range(V):
+                    cands.append((total + float(logp[v]), j * V + v, j, v))
+            cands.sort(key=lambda c: (-c[0], c[1]))
+            cands = cands[:2 * beam_width]
+            nxt = []
+            for rank, (total, _, j, v) in enumerate(cands):
+                if len(nxt) == beam_width:
+                    break
+                tokens = alive[j][0]
+                if v == eos:
+                    if rank < beam_width:
+                        _keep(slots, total / (t + 1) ** length_penalty, tokens, beam_width)
+                    continue
+                nxt.append((tokens + (v,), total))
+            alive = nxt
+            if not alive:
+                done = True
+            elif len(slots) == beam_width and \
+                    min(s[0] for s in slots) >= alive[0][1] / (t + 1) ** length_penalty:
+                done = True
+            if done:
+                break
+        if not done:
+            for tokens, total in alive:
+                _keep(slots, total / steps ** length_penalty, tokens, beam_width)
+        best = min(range(len(slots)), key=lambda i: (-slots[i][0], i))
+        results.append((list(slots[best][1]), slots[best][0]))
+    return results
+
+
+def _keep(slots, score, tokens, width):
+    """At most `width` finished hypotheses: a new one fills a free slot or replaces the
+    first worst when it is better."""
+    if len(slots) < width:
+        slots.append([score, tokens])
+        return
+    worst = min(range(len(slots)), key=lambda i: (slots[i][0], i))
+    if score > slots[worst][0]:
+        slots[worst] = [score, tokens]

@@ -139,7 +139,7 @@ class StreamState:
     """
 
     __slots__ = ("h", "c", "batch_size", "_owner", "_key", "_seq", "_scratch", "_y", "_y1",
-                 "_x_shapes", "_busy")
+                 "_x_shapes", "_busy", "_moved")
 
     def __init__(self, module, batch_size):
         spec, B = module._spec(), batch_size
@@ -156,6 +156,25 @@ class StreamState:
         self.c = np.zeros((L, B, spec.hidden_size), dtype=dt) if spec.has_c else None
         self._y1 = self._y[0] if B == 1 else None
         self._x_shapes = ((B, spec.input_size),) + (((spec.input_size,),) if B == 1 else ())
+        self._moved = None   # reorder's buffers, made by its first call
+
+    def reorder(self, rows):
+        """Row i of the stream (h, and c) becomes a copy of row rows[i]'s, in place: rows is
+        an int64 array (B,) of rows of this state (repeats allowed), e.g. the surviving
+        hypotheses of a beam search (lstmc.nn.decoding). Allocates nothing after its first
+        call."""
+        if self._moved is None:
+            self._moved = tuple(np.empty_like(a) for a in (self.h, self.c) if a is not None)
+        rows = np.asarray(rows)
+        if rows.shape != (self.batch_size,) or rows.dtype.kind not in "iu":
+            raise ValueError(f"rows must be an integer array of shape ({self.batch_size},), "
+                             f"got {rows.dtype} {rows.shape}")
+        if rows.min() < 0 or rows.max() >= self.batch_size:
+            raise IndexError(f"rows must be rows of this state, 0 .. {self.batch_size - 1}; "
+                             f"got {rows.min()} .. {rows.max()}")
+        for a, moved in zip((self.h, self.c), self._moved):
+            np.take(a, rows, axis=1, out=moved, mode="clip")   # "raise" buffers (allocates)
+            np.copyto(a, moved)
 
     def __copy__(self):
         """A new state of the same module holding copies of h and c (to branch a stream, as
