@@ -1,6 +1,7 @@
 """PyTorch-flavoured modules over lstmc's kernels (numpy arrays in and out)."""
-from lstmc.nn import utils
+from lstmc.nn import decoding, utils
 from lstmc.nn.cells import GRUCell, LSTMCell, RNNCell
+from lstmc.nn.decoding import BeamSearch, GreedySearch
 from lstmc.nn.layers import Dropout, Embedding, Linear, ReLU, Sequential, Sigmoid, Tanh
 from lstmc.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from lstmc.nn.module import Module, Parameter
@@ -8,6 +9,6 @@ from lstmc.nn.rnn import GRU, LSTM, RNN
 from lstmc.nn.streaming import StreamState
 
 __all__ = ["Module", "Parameter", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
-           "StreamState",
+           "StreamState", "GreedySearch", "BeamSearch", "decoding",
            "Linear", "Embedding", "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential", "utils",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
