@@ -297,3 +297,33 @@ def test_predict_dask_without_dask_exits_2():
     res = run_example("predict_dask.py", prelude="import sys\nsys.modules['distributed'] = None")
     assert res.returncode == 2, res.stdout + res.stderr
     assert 'pip install "lstmc[dask]"' in res.stderr
+
+
+def test_own_bleu_on_hand_computed_cases():
+    from _bleu import corpus_bleu
+    assert corpus_bleu(["zweiundvierzig"], ["zweiundvierzig"]) == pytest.approx(100.0)
+    assert corpus_bleu(["xyz"], ["abc"]) == 0.0
+    # every n-gram of "abcd" is in "abcde" (precisions 100 %), shorter by 1 of 5:
+    # brevity penalty exp(1 - 5/4)
+    assert corpus_bleu(["abcd"], ["abcde"]) == pytest.approx(100 * math.exp(-0.25))
+    # corpus level: the counts add up before the ratios are taken
+    assert corpus_bleu(["ab", "cd"], ["ab", "cd"]) == 0.0   # no 3- or 4-grams at all
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        corpus_bleu(["a", "b"], ["a"])
+
+
+def test_own_bleu_equals_sacrebleu():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    import random
+
+    from _bleu import corpus_bleu
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 6)
+        refs = ["".join(rng.choice("abcde ") for _ in range(rng.randint(0, 14)))
+                for _ in range(n)]
+        hyps = [r if rng.random() < 0.3 else
+                "".join(rng.choice("abcde ") for _ in range(rng.randint(0, 14))) for r in refs]
+        for ours, theirs in (("char", "char"), ("space", "none")):
+            want = sacrebleu.metrics.BLEU(tokenize=theirs).corpus_score(hyps, [refs]).score
+            assert corpus_bleu(hyps, refs, ours) == pytest.approx(want, abs=1e-9), (hyps, refs)
