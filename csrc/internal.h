@@ -141,6 +141,9 @@ typedef struct {
     const lstmc_cell_options *opts;   /* NULL: the default cell; else the general step */
     const float *peep;      /* (3, H) LSTM peepholes p_i, p_f, p_o, or NULL */
     float *dpeep;           /* (3, H) backward: their gradient, accumulated, or NULL */
+    const float *hp_n;      /* (B, H) GRU reset-before under recurrent dropout: h times the n
+                               block's mask, what r multiplies; or NULL (hp) */
+    const float *rmask_n;   /* (B, H) backward: that mask, or NULL */
     /* backward only */
     const float *hprev;     /* (N, H) h before each step, as saved by the forward */
     float *dgates;          /* (N, G*H) gradient of the input-side pre-activations */
@@ -164,6 +167,7 @@ typedef struct {
     const lstmc_cell_options *opts;
     const double *peep;
     double *dpeep;
+    const double *hp_n, *rmask_n;
     const double *hprev;
     double *dgates, *dgates_h, *dgates_step;
     const double *dh;
