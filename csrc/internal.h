@@ -65,6 +65,13 @@
 #define LSTMC_ROW_INLINE inline
 #endif
 
+/* Keeps a function out of its callers: training-only paths beside a hot loop */
+#if defined(__GNUC__)
+#define LSTMC_NOINLINE __attribute__((noinline))
+#else
+#define LSTMC_NOINLINE
+#endif
+
 /* A spin-wait hint to the CPU (x86 PAUSE), nothing elsewhere */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define lstmc_pause() __builtin_ia32_pause()
