@@ -636,7 +636,8 @@ class _Cell(NamedTuple):
     """A cell kind as the sequence driver sees it.
 
     ``states`` names the recurrent states the cell carries; ``states[0]`` is h, which is also
-    the layer's output. ``forward(x, states, w) -> (states1, step_cache)`` and
+    the layer's output. ``forward(x, states, w, rmask=None) -> (states1, step_cache)`` (rmask:
+    the step's rows of the recurrent dropout masks, (G, B, H_out)) and
     ``backward(step_cache, dstates1) -> (dx, dstates, grads)`` take and return tuples in
     that order; ``w`` and ``grads`` use the cell functions' argument names (``w_ih`` ...).
     """

@@ -123,7 +123,7 @@ class Layer(Module):
         self.built_shape = None
 
     # why this layer cannot train, if it cannot: options of a loaded Keras file that only
-    # training would honour (recurrent_dropout, regularizers, ...)
+    # training would honour (regularizers, constraints, ...)
     training_unsupported = None
 
     def _inner_modules(self):
