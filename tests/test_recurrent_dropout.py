@@ -413,3 +413,78 @@ def test_keras_layers_config_and_save_keep_recurrent_dropout(tmp_path):
     assert loaded.layers[1].recurrent_dropout == 0.5
     assert loaded.layers[1].get_config()["recurrent_dropout"] == 0.5
     np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_with_cell_options_and_layouts():
+    """The general steps (GRU reset-before with cell_clip, forward; LSTM peepholes with
+    cell_clip, forward and backward), an unbatched call and batch_first with lengths, in
+    float64 against the reference with the call's masks."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 3, 4))
+    chk = Checks("recurrent dropout with cell options and layouts")
+    m = lstmc.nn.GRU(4, 6, reset_after=False, cell_clip=1.5, recurrent_dropout=0.4,
+                     dtype=np.float64, bidirectional=True).train()
+    out, _ = m(x)
+    params = {k: p.data for k, p in m.named_parameters()}
+    want = reference.gru_forward(x, params, bidirectional=True, reset_after=False, clip=1.5,
+                                 recurrent_masks=m._last_recurrent_masks)[0]
+    chk.close("gru reset-before clip: out", out, want, 1e-10, 1e-10)
+    m = lstmc.nn.LSTM(4, 6, peepholes=True, cell_clip=2.0, recurrent_dropout=0.4,
+                      dtype=np.float64, num_layers=2).train()
+    out, _ = m(x)
+    params = {k: p.data for k, p in m.named_parameters()}
+    want, _, cache = reference.lstm_forward(x, params, num_layers=2, clip=2.0,
+                                            recurrent_masks=m._last_recurrent_masks)
+    chk.close("lstm peepholes clip: out", out, want, 1e-10, 1e-10)
+    dy = rng.standard_normal(out.shape)
+    m.zero_grad()
+    dx, _ = m.backward(dy)
+    rdx, _, grads = reference.lstm_backward(cache, dy)
+    chk.close("lstm peepholes clip: dx", dx, rdx, 1e-10, 1e-10)
+    for name, p in m.named_parameters():
+        chk.close(f"lstm peepholes clip: {name}.grad", p.grad, grads[name], 1e-10, 1e-10)
+    m = lstmc.nn.LSTM(4, 6, recurrent_dropout=0.4, dtype=np.float64).train()
+    out, _ = m(x[:, 0])
+    assert m._last_recurrent_masks.shape == (1, 4, 1, 6)
+    params = {k: p.data for k, p in m.named_parameters()}
+    want = reference.lstm_forward(x[:, :1], params,
+                                  recurrent_masks=m._last_recurrent_masks)[0][:, 0]
+    chk.close("unbatched: out", out, want, 1e-10, 1e-10)
+    m = lstmc.nn.GRU(4, 6, recurrent_dropout=0.4, dtype=np.float64, batch_first=True).train()
+    lengths = np.array([2, 5, 0])
+    out, _ = m(x.transpose(1, 0, 2), lengths=lengths)
+    params = {k: p.data for k, p in m.named_parameters()}
+    want = reference.gru_forward(x, params, lengths=lengths,
+                                 recurrent_masks=m._last_recurrent_masks)[0]
+    chk.close("batch_first: out", out, want.transpose(1, 0, 2), 1e-10, 1e-10)
+    chk.raise_if_any()
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_threads_agree_to_float32_rounding(cell, restore_threads):
+    """The same call with the same masks at one and two threads (H = 48: three blocks of
+    units; B = 32: a step big enough for a team, but with a projection of 3), float32:
+    within THREAD_TOL (the per-block products and masked passes are split by units and
+    columns, the weight gradients by output elements)."""
+    from helpers import THREAD_TOL
+    rng = np.random.default_rng(8)
+    m = make_module(cell, 5, 48, num_layers=2, bidirectional=True, recurrent_dropout=0.3)
+    m.train()
+    c = CELLS[cell]
+    Hout = c.options.get("proj_size", 0) or 48
+    masks = _masks(rng, (4, c.gates, 32, Hout), 0.3).astype(np.float32)
+    m._draw_recurrent_masks = lambda B: masks
+    x = rng.standard_normal((9, 32, 5)).astype(np.float32)
+    lengths = rng.integers(0, 10, size=32)
+    dy = rng.standard_normal((9, 32, 2 * Hout)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        lstmc.set_num_threads(threads)
+        m.zero_grad()
+        out, _ = m(x, lengths=lengths)
+        dx, _ = m.backward(dy)
+        results.append([out, dx] + [p.grad.copy() for p in m.parameters()])
+    chk = Checks(f"{cell}: 1 vs 2 threads")
+    for k, (a, b) in enumerate(zip(*results)):
+        chk.close(f"tensor {k}", b, a, 0, THREAD_TOL[np.float32])
+    chk.raise_if_any()
