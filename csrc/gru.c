@@ -15,6 +15,11 @@
  *   reset-after:  dr = dn~ zh_n; the recurrent-side n gradient is dn~ r, the input side dn~
  *   reset-before: d(r*h) = dn~ W_hn (driver GEMM between the phases), dr = d(r*h) h,
  *                 dh_prev (direct) += d(r*h) r
+ *
+ * Recurrent dropout (lstmc.h rmasks) is the driver's: each block's product reads h times its
+ * mask. Here only reset-before's r * h changes, as Keras' GRUCell computes it: r times h
+ * times n's mask (st->hp_n), so dr = d(r*h) h m_n and the direct term d(r*h) r m_n
+ * (st->rmask_n); h' = (1 - z) n + z h keeps the unmasked h, as Keras' does.
  */
 #include <math.h>
 #include "internal.h"

@@ -65,6 +65,13 @@
 #define LSTMC_ROW_INLINE inline
 #endif
 
+/* Keeps a function out of its callers: training-only paths beside a hot loop */
+#if defined(__GNUC__)
+#define LSTMC_NOINLINE __attribute__((noinline))
+#else
+#define LSTMC_NOINLINE
+#endif
+
 /* A spin-wait hint to the CPU (x86 PAUSE), nothing elsewhere */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define lstmc_pause() __builtin_ia32_pause()
@@ -141,6 +148,9 @@ typedef struct {
     const lstmc_cell_options *opts;   /* NULL: the default cell; else the general step */
     const float *peep;      /* (3, H) LSTM peepholes p_i, p_f, p_o, or NULL */
     float *dpeep;           /* (3, H) backward: their gradient, accumulated, or NULL */
+    const float *hp_n;      /* (B, H) GRU reset-before under recurrent dropout: h times the n
+                               block's mask, what r multiplies; or NULL (hp) */
+    const float *rmask_n;   /* (B, H) backward: that mask, or NULL */
     /* backward only */
     const float *hprev;     /* (N, H) h before each step, as saved by the forward */
     float *dgates;          /* (N, G*H) gradient of the input-side pre-activations */
@@ -164,6 +174,7 @@ typedef struct {
     const lstmc_cell_options *opts;
     const double *peep;
     double *dpeep;
+    const double *hp_n, *rmask_n;
     const double *hprev;
     double *dgates, *dgates_h, *dgates_step;
     const double *dh;

@@ -10,6 +10,8 @@
  * reserve a training forward keeps), and a training forward saves c (aux[0]) and c_prev
  * (aux[1]) beside them; derivatives are taken from outputs (sig' = y (1 - y),
  * tanh' = 1 - y^2).
+ * Recurrent dropout (lstmc.h rmasks) changes only what gh reads, h times each block's mask:
+ * the driver's products (seq.inc), not this pass.
  */
 #include <math.h>
 #include <string.h>

@@ -185,6 +185,8 @@ typedef struct {
     const lstmc_cell_options *options;   /* or NULL: the default cell */
     const volatile int *cancel; /* or NULL: once *cancel is nonzero (a signal handler may set
                                    it) the call stops between two steps */
+    int recurrent_dropout;   /* 1: a training call with recurrent dropout: the forward and
+                                backward take `rmasks` (below); 0: none, rmasks unread */
 } lstmc_seq;
 
 /* Checks the descriptor (sizes, monotone batch_sizes consistent with lengths). */
@@ -208,18 +210,27 @@ size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train); /* elements of scr
  *            and cn may be c0 (updated in place: each layer reads its h0/c0 before it
  *            writes its hn/cn; nn.LSTM.step relies on this)
  *   masks    (L-1, N, D*Hout) dropout multipliers for the input of layers 1..L-1, or NULL
+ *   rmasks   (L, D, G, B, Hout) recurrent dropout multipliers (s->recurrent_dropout: a
+ *            training forward only; else NULL): block g of each layer and direction, one
+ *            (B, Hout) mask per gate block in PyTorch order (LSTM i, f, g, o; GRU r, z, n;
+ *            RNN one), rows in the sorted order, the same at every step. Each block's
+ *            recurrent product reads h * rmasks[l, d, g] in place of h (Keras' recurrent
+ *            dropout, implementation 1: LSTM gates i, f, c, o, GRU z, r, h each their own
+ *            mask); GRU reset-before's r * h reads it too, and only the products do: GRU's
+ *            h' = (1 - z) n + z h keeps the unmasked h, as Keras does. The caller's
+ *            `packed` copy is not used with them (its gate sets are not per gate).
  *   params   flat parameters (layout above)
  *   packed   lstmc_seq_pack_*'s copy of params, or NULL (see below)
  *   scratch  lstmc_seq_scratch_size(s, reserve != NULL) elements
  */
 int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve,
                           const float *x, const float *h0, const float *c0, const float *masks,
-                          const float *params, const float *packed, float *scratch,
-                          const lstmc_seq *s);
+                          const float *rmasks, const float *params, const float *packed,
+                          float *scratch, const lstmc_seq *s);
 int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
                           const double *x, const double *h0, const double *c0,
-                          const double *masks, const double *params, const double *packed,
-                          double *scratch, const lstmc_seq *s);
+                          const double *masks, const double *rmasks, const double *params,
+                          const double *packed, double *scratch, const lstmc_seq *s);
 
 /*
  * Packed weights, for callers that run many forwards on the same weights (inference,
@@ -245,7 +256,8 @@ int lstmc_seq_pack_f64(double *packed, const double *params, const lstmc_seq *s)
 int lstmc_seq_packs(int f64);
 
 /*
- * Backward through time after a training forward with the same x, masks, params, reserve.
+ * Backward through time after a training forward with the same x, masks, rmasks, params,
+ * reserve.
  *   dx        (N, I)          written (not accumulated)
  *   dh0, dc0  like h0, c0     written (dc0: LSTM only, NULL otherwise)
  *   dparams   flat gradients  ACCUMULATED
@@ -256,12 +268,13 @@ int lstmc_seq_packs(int f64);
 int lstmc_seq_backward_f32(float *dx, float *dh0, float *dc0, float *dparams,
                            const float *reserve,
                            const float *dy, const float *dhn, const float *dcn,
-                           const float *x, const float *masks, const float *params,
-                           float *scratch, const lstmc_seq *s);
+                           const float *x, const float *masks, const float *rmasks,
+                           const float *params, float *scratch, const lstmc_seq *s);
 int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams,
                            const double *reserve, const double *dy, const double *dhn,
                            const double *dcn, const double *x, const double *masks,
-                           const double *params, double *scratch, const lstmc_seq *s);
+                           const double *rmasks, const double *params, double *scratch,
+                           const lstmc_seq *s);
 
 /*
  * int8 products (quant.c; the arithmetic of lstmc/reference.py quantize_int8 / int8_product):

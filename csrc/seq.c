@@ -140,7 +140,7 @@ int lstmc_seq_check(const lstmc_seq *s)
         return LSTMC_ERR_ARG;
     if (s->cell != LSTMC_CELL_LSTM && s->proj != 0)   /* only the LSTM has a projection */
         return LSTMC_ERR_ARG;
-    if (!options_valid(s))
+    if (!options_valid(s) || s->recurrent_dropout < 0 || s->recurrent_dropout > 1)
         return LSTMC_ERR_ARG;
     for (int t = 0; t < s->steps; t++) {
         const int n = s->batch_sizes[t];
@@ -217,6 +217,13 @@ size_t lstmc_seq_param_count(const lstmc_seq *s)
     return n;
 }
 
+/* Offset of layer l, direction d's recurrent dropout masks in rmasks (lstmc.h): G blocks of
+ * (B, Hout) each */
+static size_t rmask_offset(const lstmc_seq *s, int l, int d)
+{
+    return ((size_t)l * s->dirs + d) * gates_of(s->cell) * s->batch * hout_of(s);
+}
+
 /* ---- workspaces --------------------------------------------------------------------------
  * reserve, per layer l and direction d (training only):
  *   gates (N, G*H)   activated gates          aux (N, aux*H) the cell's extras (LSTM: c, c_prev)
@@ -258,7 +265,9 @@ size_t lstmc_seq_reserve_size(const lstmc_seq *s)
 typedef struct {
     size_t ints, bias_i, bias_h, gh, h, c, step_aux, gx, pack, dir1, ybuf0, ybuf1; /* forward */
     size_t hq, hs, xq, xs;                                                    /* int8 forward */
+    size_t hm;                                         /* forward under recurrent dropout */
     size_t bpack, ones, dgates, dgates_h, dgs, dhc, dc, dht, dstep, dhp, dx0, dx1; /* backward */
+    size_t dhm, hmask;                                /* backward under recurrent dropout */
     size_t total;
 } scratch_layout;
 
@@ -343,6 +352,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     const size_t H = (size_t)s->hidden, Hout = hout_of(s), P = (size_t)s->proj, Y = s->dirs * Hout;
     const size_t inter = s->layers > 1 ? N * Y : 0;   /* a between-layer activation */
     const int c = cell_of(s)->has_c, step_aux = P || two_phase(s);
+    const int rd = train && s->recurrent_dropout;
+    const size_t G = (size_t)gates_of(s->cell);
     scratch_layout w;
     size_t at = 0;
 #define TAKE(field, count) (w.field = at, at += (count))
@@ -365,6 +376,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
     TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 : 0);
     TAKE(xs, qtype ? N : 0);
+    /* h times each gate block's recurrent dropout mask, double-buffered as h is */
+    TAKE(hm, rd ? 2 * G * B * Hout : 0);
     /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
     TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
                     ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16
@@ -380,6 +393,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(dhp, train && P ? N * P : 0);
     TAKE(dx0, train ? inter : 0);
     TAKE(dx1, train && s->layers >= 3 ? inter : 0);
+    TAKE(dhm, rd ? B * Hout : 0);       /* one gate block's dgates W_hh, before its mask */
+    TAKE(hmask, rd ? N * Hout : 0);     /* h_prev times one block's mask, for its dW_hh */
 #undef TAKE
     w.total = at;
     return w;

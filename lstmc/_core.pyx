@@ -71,6 +71,7 @@ cdef extern from "lstmc.h" nogil:
         const int *lengths
         const lstmc_cell_options *options
         const volatile int *cancel
+        int recurrent_dropout
 
     int lstmc_seq_check(const lstmc_seq *s)
     size_t lstmc_seq_rows(const lstmc_seq *s)
@@ -80,12 +81,12 @@ cdef extern from "lstmc.h" nogil:
     size_t lstmc_seq_scratch_size(const lstmc_seq *s, int train)
     int lstmc_seq_forward_f32(float *y, float *hn, float *cn, float *reserve, const float *x,
                               const float *h0, const float *c0, const float *masks,
-                              const float *params, const float *packed, float *scratch,
-                              const lstmc_seq *s)
+                              const float *rmasks, const float *params, const float *packed,
+                              float *scratch, const lstmc_seq *s)
     int lstmc_seq_forward_f64(double *y, double *hn, double *cn, double *reserve,
                               const double *x, const double *h0, const double *c0,
-                              const double *masks, const double *params, const double *packed,
-                              double *scratch, const lstmc_seq *s)
+                              const double *masks, const double *rmasks, const double *params,
+                              const double *packed, double *scratch, const lstmc_seq *s)
     size_t lstmc_seq_packed_size(const lstmc_seq *s)
     int lstmc_seq_pack_f32(float *packed, const float *params, const lstmc_seq *s)
     int lstmc_seq_pack_f64(double *packed, const double *params, const lstmc_seq *s)
@@ -93,11 +94,13 @@ cdef extern from "lstmc.h" nogil:
     int lstmc_seq_backward_f32(float *dx, float *dh0, float *dc0, float *dparams,
                                const float *reserve, const float *dy, const float *dhn,
                                const float *dcn, const float *x, const float *masks,
-                               const float *params, float *scratch, const lstmc_seq *s)
+                               const float *rmasks, const float *params, float *scratch,
+                               const lstmc_seq *s)
     int lstmc_seq_backward_f64(double *dx, double *dh0, double *dc0, double *dparams,
                                const double *reserve, const double *dy, const double *dhn,
                                const double *dcn, const double *x, const double *masks,
-                               const double *params, double *scratch, const lstmc_seq *s)
+                               const double *rmasks, const double *params, double *scratch,
+                               const lstmc_seq *s)
 
 
 cdef extern from "lstmc.h" nogil:
@@ -421,7 +424,7 @@ cdef _raise_status(int status):
 
 cdef struct _Counts:   # elements of each array of a forward / backward call
     bint has_c
-    size_t y, h, c, x, masks, params, reserve, scratch, packed
+    size_t y, h, c, x, masks, rmasks, params, reserve, scratch, packed
 
 
 cdef class Seq:
@@ -442,6 +445,9 @@ cdef class Seq:
         The cell's options (csrc/lstmc.h lstmc_cell_options): acts, alphas, betas D
         sequences of 3 (activation codes, ACTIVATIONS' values, and their alpha / beta), clip
         a float >= 0 (0: none), coupled and peepholes bools. None: the default cell.
+    recurrent_dropout : bool
+        Training calls with recurrent dropout: forward (with a reserve) and backward then take
+        `rmasks` (csrc/lstmc.h), and the scratch holds their buffers.
     """
     cdef lstmc_seq s
     cdef lstmc_cell_options opts
@@ -450,7 +456,7 @@ cdef class Seq:
     cdef readonly object batch_sizes, lengths
 
     def __cinit__(self, int cell, int T, int B, int I, int H, int P, int L, int D, bint bias,
-                  lengths, options=None):
+                  lengths, options=None, bint recurrent_dropout=False):
         lengths = np.ascontiguousarray(lengths, dtype=np.intc)
         if lengths.shape != (B,):
             raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
@@ -467,6 +473,7 @@ cdef class Seq:
         self.s.lengths = &self._lengths[0] if B > 0 else NULL
         self.s.options = NULL
         self.s.cancel = NULL
+        self.s.recurrent_dropout = recurrent_dropout
         if options is not None:
             acts, alphas, betas, clip, coupled, peepholes = options
             for d in range(min(D, 2)):
@@ -479,6 +486,10 @@ cdef class Seq:
         if lstmc_seq_check(&self.s) != LSTMC_OK:
             raise ValueError(f"invalid recurrent problem: cell={cell} T={T} B={B} I={I} H={H} "
                              f"P={P} L={L} D={D}")
+
+    @property
+    def recurrent_dropout(self):
+        return bool(self.s.recurrent_dropout)
 
     @property
     def rows(self):
@@ -540,17 +551,21 @@ cdef class Seq:
         n.has_c = has_c
         n.y, n.h, n.c, n.x = N * Y, LD * B * Hout, LD * B * H, N * self.s.input
         n.masks = (self.s.layers - 1) * N * Y
+        n.rmasks = LD * (4 if has_c else 3 if self.s.cell <= LSTMC_CELL_GRU_RESET_BEFORE
+                         else 1) * B * Hout
         n.params, n.reserve = lstmc_seq_param_count(&self.s), lstmc_seq_reserve_size(&self.s)
         n.scratch, n.packed = lstmc_seq_scratch_size(&self.s, train), lstmc_seq_packed_size(&self.s)
         return n
 
-    def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch, packed=None):
+    def forward(self, y, hn, cn, reserve, x, h0, c0, masks, params, scratch, packed=None,
+                rmasks=None):
         """Whole-sequence forward (all arrays 1-D views, dtype of `params`).
 
         y (N*D*Hout,), hn (L*D*B*Hout,), cn (L*D*B*H,), reserve (reserve_size,) or None for
         inference, x (N*I,), h0/c0 like hn/cn or None, masks ((L-1)*N*D*Hout,) or None,
         params (param_count,), scratch (>= scratch_size(reserve is not None),), packed: a
-        current pack of params (packed_size,) from a Seq of the same cell and sizes, or None.
+        current pack of params (packed_size,) from a Seq of the same cell and sizes, or None;
+        rmasks (L*D*G*B*Hout,): a recurrent_dropout Seq's training call's masks, else None.
         """
         if not isinstance(params, _ndarray) or params.dtype not in SUPPORTED_DTYPES:
             raise TypeError("params must be a float32 or float64 numpy.ndarray")
@@ -565,6 +580,7 @@ cdef class Seq:
         cdef void *ph0 = _addr(h0, "h0", dt, n.h, False, True)
         cdef void *pc0 = _addr(c0, "c0", dt, n.c, False, True)
         cdef void *pm = _addr(masks, "masks", dt, n.masks, False, True)
+        cdef void *prm = self._rmasks_addr(rmasks, dt, n.rmasks, train)
         cdef void *pp = _addr(params, "params", dt, n.params, False, False)
         cdef void *pw = _addr(scratch, "scratch", dt, n.scratch, True, False, True)
         cdef void *pk = _packed_addr(packed, dt, n.packed, False)
@@ -579,15 +595,17 @@ cdef class Seq:
                     status = lstmc_seq_forward_f32(<float *>py, <float *>phn, <float *>pcn,
                                                    <float *>pres, <const float *>px,
                                                    <const float *>ph0, <const float *>pc0,
-                                                   <const float *>pm, <const float *>pp,
-                                                   <const float *>pk, <float *>pw, &s)
+                                                   <const float *>pm, <const float *>prm,
+                                                   <const float *>pp, <const float *>pk,
+                                                   <float *>pw, &s)
             else:
                 with nogil:
                     status = lstmc_seq_forward_f64(<double *>py, <double *>phn, <double *>pcn,
                                                    <double *>pres, <const double *>px,
                                                    <const double *>ph0, <const double *>pc0,
-                                                   <const double *>pm, <const double *>pp,
-                                                   <const double *>pk, <double *>pw, &s)
+                                                   <const double *>pm, <const double *>prm,
+                                                   <const double *>pp, <const double *>pk,
+                                                   <double *>pw, &s)
         finally:
             _release_sigint(hooked)
         _raise_status(status)
@@ -651,11 +669,25 @@ cdef class Seq:
                              "with their default activations run on quantized weights")
         _raise_status(status)
 
-    def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch):
+    cdef void *_rmasks_addr(self, rmasks, dt, size_t count, bint train) except? NULL:
+        """rmasks' address: required by a recurrent_dropout Seq's training calls, refused
+        by every other call."""
+        if not self.s.recurrent_dropout or not train:
+            if rmasks is not None:
+                raise ValueError("rmasks: only a training call of a Seq made with "
+                                 "recurrent_dropout=True takes recurrent dropout masks")
+            return NULL
+        if rmasks is None:
+            raise ValueError("rmasks: a Seq made with recurrent_dropout=True needs its "
+                             "recurrent dropout masks in training calls")
+        return _addr(rmasks, "rmasks", dt, count, False, False)
+
+    def backward(self, dx, dh0, dc0, dparams, reserve, dy, dhn, dcn, x, masks, params, scratch,
+                 rmasks=None):
         """Backward through time after a training forward; dparams accumulates.
 
         dx (N*I,), dh0/dc0 like h0/c0, dparams (param_count,), reserve (reserve_size,),
-        dy (N*D*Hout,), dhn/dcn or None, x, masks, params as in forward,
+        dy (N*D*Hout,), dhn/dcn or None, x, masks, params, rmasks as in forward,
         scratch (>= scratch_size(True),).
         """
         if not isinstance(params, _ndarray) or params.dtype not in SUPPORTED_DTYPES:
@@ -672,6 +704,7 @@ cdef class Seq:
         cdef void *pdcn = _addr(dcn, "dcn", dt, n.c, False, True)
         cdef void *px = _addr(x, "x", dt, n.x, False, False)
         cdef void *pm = _addr(masks, "masks", dt, n.masks, False, True)
+        cdef void *prm = self._rmasks_addr(rmasks, dt, n.rmasks, True)
         cdef void *pp = _addr(params, "params", dt, n.params, False, False)
         cdef void *pw = _addr(scratch, "scratch", dt, n.scratch, True, False, True)
         cdef int status
@@ -684,16 +717,16 @@ cdef class Seq:
                                                     <float *>pdp, <const float *>pres,
                                                     <const float *>pdy, <const float *>pdhn,
                                                     <const float *>pdcn, <const float *>px,
-                                                    <const float *>pm, <const float *>pp,
-                                                    <float *>pw, &s)
+                                                    <const float *>pm, <const float *>prm,
+                                                    <const float *>pp, <float *>pw, &s)
             else:
                 with nogil:
                     status = lstmc_seq_backward_f64(<double *>pdx, <double *>pdh0, <double *>pdc0,
                                                     <double *>pdp, <const double *>pres,
                                                     <const double *>pdy, <const double *>pdhn,
                                                     <const double *>pdcn, <const double *>px,
-                                                    <const double *>pm, <const double *>pp,
-                                                    <double *>pw, &s)
+                                                    <const double *>pm, <const double *>prm,
+                                                    <const double *>pp, <double *>pw, &s)
         finally:
             _release_sigint(hooked)
         _raise_status(status)

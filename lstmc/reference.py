@@ -48,6 +48,21 @@ Cell options (ONNX's LSTM / GRU / RNN attributes; csrc/lstmc.h lstmc_cell_option
 
 The backward covers LSTM peepholes and clip with the default activations.
 
+Recurrent dropout (``recurrent_mask``, Keras' ``recurrent_dropout``): one (B, H_out) mask per
+gate block, (G, B, H_out) in PyTorch block order (LSTM i, f, g, o; GRU r, z, n; RNN one),
+drawn once per sequence and used at every step (already scaled by 1/(1-p)). Block g's
+recurrent product reads ``h * m_g`` in place of h, and nothing else does::
+
+    LSTM   z_k = x W_ik^T + b_ik + (h * m_k) W_hk^T + b_hk       k = i, f, g, o
+    GRU    r, z likewise; n reads h * m_n: r * ((h * m_n) W_hn^T + b_hn) (reset_after) or
+           (r * (h * m_n)) W_hn^T + b_hn (reset before); h' = (1 - z) * n + z * h, unmasked
+    RNN    h' = act(x W_ih^T + b_ih + (h * m) W_hh^T + b_hh)
+
+This is Keras 3's cells exactly (LSTMCell / GRUCell with recurrent_dropout run their
+``implementation=1``: one mask per gate, h_tm1_i .. h_tm1_o; GRU's interpolation uses the
+unmasked h_tm1; SimpleRNNCell one mask on prev_output). The gradient of h so flows through each
+block's mask: dh = sum_k (dz_k W_hk) * m_k (+ GRU's direct terms).
+
 Sequences: all three cells run through one driver (:func:`_sequence_forward`,
 :func:`_sequence_backward`); only the step functions differ. Variable lengths follow PyTorch
 packed sequences: row b uses steps 0..len_b-1, the reverse direction runs over that valid
@@ -209,12 +224,46 @@ def _through(dz, kept):
     return dz if kept is None else dz * kept
 
 
+def _recurrent_reads(h, mask, G, quantize):
+    """What each of the G gate blocks' recurrent products reads of h: G times h, or h times
+    each block's recurrent dropout mask (G, B, H_out)."""
+    if mask is None:
+        return [h] * G
+    mask = _f64(mask)
+    if mask.shape != (G,) + h.shape:
+        raise ValueError(f"recurrent_mask: expected shape {(G,) + h.shape}, got {mask.shape}")
+    if quantize is not None:
+        raise ValueError("recurrent_mask: recurrent dropout is a training option; quantized "
+                         "inference has none")
+    return [h * mask[g] for g in range(G)]
+
+
+def _blocks_product(reads, w):
+    """(B, G*H): block g is reads[g] W_g^T (w: (G*H, K), blocks of H rows)."""
+    H = w.shape[0] // len(reads)
+    return np.concatenate([a @ w[g * H:(g + 1) * H].T for g, a in enumerate(reads)], axis=1)
+
+
+def _blocks_back(dz, w, reads, mask):
+    """Gradients of _blocks_product: (d reads summed into dh, dW): dh = sum_g (dz_g W_g) *
+    m_g, dW_g = dz_g^T reads[g]."""
+    G = len(reads)
+    H = w.shape[0] // G
+    dw = np.concatenate([dz[:, g * H:(g + 1) * H].T @ reads[g] for g in range(G)], axis=0)
+    if mask is None:
+        return dz @ w, dw
+    mask = _f64(mask)
+    dh = sum((dz[:, g * H:(g + 1) * H] @ w[g * H:(g + 1) * H]) * mask[g] for g in range(G))
+    return dh, dw
+
+
 # ----------------------------------------------------------------------------------------------
 # one step
 
 
 def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph=None,
-                      clip=None, input_forget=False, activations=None, quantize=None):
+                      clip=None, input_forget=False, activations=None, quantize=None,
+                      recurrent_mask=None):
     """One LSTM step for a batch.
 
     Parameters
@@ -234,6 +283,8 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph
         activation ``a`` (role "x" for the layer's input, "h" for the recurrent state) in
         quantized inference (:func:`activation_quantizer`); the weights come quantized already
         (:func:`quantized_params`). Forward only.
+    recurrent_mask : None or ndarray, shape (4, B, H_out)
+        Recurrent dropout: gate block k's product reads h * recurrent_mask[k] (i, f, g, o).
 
     Returns
     -------
@@ -252,7 +303,12 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph
     w_ph = None if w_ph is None else _f64(w_ph)
     act_f, act_g, act_h = _slots(activations, ("sigmoid", "tanh", "tanh"))
 
-    z = _q(quantize, x, "x") @ w_ih.T + _q(quantize, h, "h") @ w_hh.T  # (B, 4H) pre-activations
+    if recurrent_mask is None:
+        reads = None
+        z = _q(quantize, x, "x") @ w_ih.T + _q(quantize, h, "h") @ w_hh.T  # (B, 4H) pre-acts
+    else:  # recurrent dropout: each block reads h times its own mask
+        reads = _recurrent_reads(h, recurrent_mask, 4, quantize)
+        z = x @ w_ih.T + _blocks_product(reads, w_hh)
     if b_ih is not None:
         z = z + b_ih
     if b_hh is not None:
@@ -276,6 +332,7 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, w_ph
     h1 = m if w_hr is None else m @ w_hr.T
     cache = dict(x=x, h=h, c=c, c1=c1, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
                  w_ph=w_ph, i=i, f=f, g=g, o=o, tc=tc, m=m, kept=(kept_i, kept_f, kept_g, kept_o),
+                 reads=reads, rmask=recurrent_mask,
                  trainable=not input_forget and _is_default(activations,
                                                             ("sigmoid", "tanh", "tanh")))
     return h1, c1, cache
@@ -340,9 +397,12 @@ def lstm_cell_backward(cache, dh1, dc1):
     dz = np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1)  # (B, 4H)
     # z = x W_ih^T + h W_hh^T + b_ih + b_hh
     dx = dz @ cache["w_ih"]
-    dh = dz @ cache["w_hh"]
+    if cache["reads"] is None:
+        dh = dz @ cache["w_hh"]
+        grads["w_hh"] = dz.T @ h
+    else:  # through each block's recurrent dropout mask
+        dh, grads["w_hh"] = _blocks_back(dz, cache["w_hh"], cache["reads"], cache["rmask"])
     grads["w_ih"] = dz.T @ x
-    grads["w_hh"] = dz.T @ h
     if cache["b_ih"] is not None:
         grads["b_ih"] = dz.sum(axis=0)
     if cache["b_hh"] is not None:
@@ -351,7 +411,7 @@ def lstm_cell_backward(cache, dh1, dc1):
 
 
 def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, clip=None,
-                     activations=None, quantize=None):
+                     activations=None, quantize=None, recurrent_mask=None):
     """One GRU step for a batch.
 
     Parameters
@@ -366,6 +426,9 @@ def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, c
         multiplies ``h`` before the product (Keras reset_after=False).
     clip : float >= 0 or None: the gate pre-activations' clamp (forward only)
     activations : None or 2 (name, alpha, beta): slots f (r, z), g (n) (forward only)
+    recurrent_mask : None or ndarray, shape (3, B, H)
+        Recurrent dropout: block k's product reads h * recurrent_mask[k] (r, z, n; reset
+        before: n's reads r * (h * recurrent_mask[2])); h1's z * h keeps the unmasked h.
 
     Returns
     -------
@@ -383,16 +446,23 @@ def gru_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True, c
     act_f, act_g = _slots(activations, ("sigmoid", "tanh"))
 
     gi = _affine(_q(quantize, x, "x"), w_ih, b_ih)  # (B, 3H) input part of all three blocks
-    gh_rz = _affine(_q(quantize, h, "h"), w_hrz, b_hrz)  # (B, 2H) recurrent part of r and z
+    reads = None if recurrent_mask is None else _recurrent_reads(h, recurrent_mask, 3, quantize)
+    if reads is None:
+        gh_rz = _affine(_q(quantize, h, "h"), w_hrz, b_hrz)  # (B, 2H) recurrent part of r, z
+    else:  # recurrent dropout: r and z read h times their own masks
+        gh_rz = _blocks_product(reads[:2], w_hrz)
+        gh_rz = gh_rz if b_hrz is None else gh_rz + b_hrz
     r = act_f(_clip(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H], clip)[0])
     z = act_f(_clip(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H], clip)[0])
     # the two variants differ only in what the candidate's recurrent product reads
-    hn_in = h if reset_after else r * h  # (B, H)
+    h_n = h if reads is None else reads[2]  # h as n's product reads it
+    hn_in = h_n if reset_after else r * h_n  # (B, H)
     gh_n = _affine(_q(quantize, hn_in, "h"), w_hn, b_hn)  # (B, H)
     n = act_g(_clip(gi[:, 2 * H:3 * H] + (r * gh_n if reset_after else gh_n), clip)[0])
     h1 = (1.0 - z) * n + z * h
     cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, reset_after=reset_after,
-                 r=r, z=z, n=n, hn_in=hn_in, gh_n=gh_n,
+                 r=r, z=z, n=n, hn_in=hn_in, gh_n=gh_n, reads=reads,
+                 rmask=None if recurrent_mask is None else _f64(recurrent_mask),
                  trainable=clip is None and _is_default(activations, ("sigmoid", "tanh")))
     return h1, cache
 
@@ -432,20 +502,29 @@ def gru_cell_backward(cache, dh1):
         dgh_n, dr = dn_pre * r, dn_pre * gh_n
     else:
         dgh_n = dn_pre
-    # gh_n = hn_in W_hn^T + b_hn, with hn_in = h (reset after) or r * h (reset before)
+    # gh_n = hn_in W_hn^T + b_hn, with hn_in = h_n (reset after) or r * h_n (reset before),
+    # h_n = h, or h * m_n under recurrent dropout (whose gradient then goes through m_n)
+    reads, rmask = cache["reads"], cache["rmask"]
+    m_n = 1.0 if reads is None else rmask[2]
     dhn_in = dgh_n @ w_hn
     if cache["reset_after"]:
-        dh = dh + dhn_in
+        dh = dh + dhn_in * m_n
     else:
-        dr, dh = dhn_in * h, dh + dhn_in * r
+        h_n = h if reads is None else reads[2]
+        dr, dh = dhn_in * h_n, dh + dhn_in * r * m_n
     # through the gate sigmoids, from the stored outputs: sigmoid' = y(1-y)
     dgh_rz = np.concatenate([dr * r * (1.0 - r), dz * z * (1.0 - z)], axis=1)  # (B, 2H)
     dgi = np.concatenate([dgh_rz, dn_pre], axis=1)  # (B, 3H)
-    # gi = x W_ih^T + b_ih;  gh_rz = h W_hrz^T + b_hrz
+    # gi = x W_ih^T + b_ih;  gh_rz = h W_hrz^T + b_hrz (block k: h * m_k)
     dx = dgi @ cache["w_ih"]
-    dh = dh + dgh_rz @ w_hrz
     grads["w_ih"] = dgi.T @ x
-    grads["w_hh"] = np.concatenate([dgh_rz.T @ h, dgh_n.T @ hn_in], axis=0)
+    if reads is None:
+        dh = dh + dgh_rz @ w_hrz
+        dw_rz = dgh_rz.T @ h
+    else:
+        dh_rz, dw_rz = _blocks_back(dgh_rz, w_hrz, reads[:2], rmask[:2])
+        dh = dh + dh_rz
+    grads["w_hh"] = np.concatenate([dw_rz, dgh_n.T @ hn_in], axis=0)
     if cache["b_ih"] is not None:
         grads["b_ih"] = dgi.sum(axis=0)
     if cache["b_hh"] is not None:
@@ -462,7 +541,7 @@ def _check_nonlinearity(nonlinearity):
 
 
 def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", clip=None,
-                     activations=None, quantize=None):
+                     activations=None, quantize=None, recurrent_mask=None):
     """One simple (Elman) RNN step for a batch.
 
     Parameters
@@ -475,6 +554,8 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"
     nonlinearity : {"tanh", "relu"}
     clip : float >= 0 or None: the pre-activation's clamp (forward only)
     activations : None or one (name, alpha, beta), in place of `nonlinearity` (forward only)
+    recurrent_mask : None or ndarray, shape (1, B, H)
+        Recurrent dropout: the product reads h * recurrent_mask[0].
 
     Returns
     -------
@@ -487,13 +568,16 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"
     h = np.zeros((x.shape[0], w_hh.shape[1])) if h is None else _f64(h)
     b_ih, b_hh = _f64_or_none(b_ih), _f64_or_none(b_hh)
 
-    a = _affine(_q(quantize, x, "x"), w_ih, b_ih) + _affine(_q(quantize, h, "h"), w_hh, b_hh)
+    reads = None if recurrent_mask is None else _recurrent_reads(h, recurrent_mask, 1, quantize)
+    h_read = _q(quantize, h, "h") if reads is None else reads[0]
+    a = _affine(_q(quantize, x, "x"), w_ih, b_ih) + _affine(h_read, w_hh, b_hh)
     if clip is None and activations is None:
         h1 = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # relu(NaN) = NaN
     else:
         h1 = _slots(activations, (nonlinearity,))[0](_clip(a, clip)[0])
     cache = dict(x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                 nonlinearity=nonlinearity, h1=h1,
+                 nonlinearity=nonlinearity, h1=h1, reads=reads,
+                 rmask=None if recurrent_mask is None else _f64(recurrent_mask),
                  trainable=clip is None and _is_default(activations, (nonlinearity,)))
     return h1, cache
 
@@ -531,9 +615,12 @@ def rnn_cell_backward(cache, dh1):
         da = np.where(h1 <= 0.0, 0.0, dh1)
     # a = x W_ih^T + b_ih + h W_hh^T + b_hh
     dx = da @ cache["w_ih"]
-    dh = da @ cache["w_hh"]
+    if cache["reads"] is None:
+        dh = da @ cache["w_hh"]
+        grads["w_hh"] = da.T @ h
+    else:  # through the recurrent dropout mask
+        dh, grads["w_hh"] = _blocks_back(da, cache["w_hh"], cache["reads"], cache["rmask"])
     grads["w_ih"] = da.T @ x
-    grads["w_hh"] = da.T @ h
     if cache["b_ih"] is not None:
         grads["b_ih"] = da.sum(axis=0)
     if cache["b_hh"] is not None:
@@ -549,7 +636,8 @@ class _Cell(NamedTuple):
     """A cell kind as the sequence driver sees it.
 
     ``states`` names the recurrent states the cell carries; ``states[0]`` is h, which is also
-    the layer's output. ``forward(x, states, w) -> (states1, step_cache)`` and
+    the layer's output. ``forward(x, states, w, rmask=None) -> (states1, step_cache)`` (rmask:
+    the step's rows of the recurrent dropout masks, (G, B, H_out)) and
     ``backward(step_cache, dstates1) -> (dx, dstates, grads)`` take and return tuples in
     that order; ``w`` and ``grads`` use the cell functions' argument names (``w_ih`` ...).
     """
@@ -562,8 +650,8 @@ class _Cell(NamedTuple):
 def _lstm_cell(**options):
     """The LSTM's cell kind; options go to lstm_cell_forward."""
 
-    def forward(x, states, w):
-        h1, c1, cache = lstm_cell_forward(x, *states, **w, **options)
+    def forward(x, states, w, rmask=None):
+        h1, c1, cache = lstm_cell_forward(x, *states, **w, **options, recurrent_mask=rmask)
         return (h1, c1), cache
 
     def backward(cache, dstates):
@@ -576,8 +664,8 @@ def _lstm_cell(**options):
 def _h_only_cell(cell_forward, cell_backward, **options):
     """Cell kind for cells whose only state is h (GRU, RNN); options go to cell_forward."""
 
-    def forward(x, states, w):
-        h1, cache = cell_forward(x, states[0], **w, **options)
+    def forward(x, states, w, rmask=None):
+        h1, cache = cell_forward(x, states[0], **w, **options, recurrent_mask=rmask)
         return (h1,), cache
 
     def backward(cache, dstates):
@@ -612,7 +700,7 @@ def _names(layer, direction):
 
 
 def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, hx, lengths,
-                      dropout_masks):
+                      dropout_masks, recurrent_masks=None):
     """Run ``cell`` over a padded time-major batch: layers, directions, lengths, dropout.
 
     Parameters
@@ -630,6 +718,9 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
         One per state, shape (D*L, B, size); None means zeros. Index = layer * D + direction.
     lengths : None or int array, shape (B,)
     dropout_masks : None or list of L-1 ndarrays, shape (T, B, D*H_out)
+    recurrent_masks : None or ndarray, shape (D*L, G, B, H_out)
+        Recurrent dropout: layer * D + direction's (G, B, H_out) masks, the same at every step
+        (the cells' ``recurrent_mask``; G = gate blocks: LSTM 4, GRU 3, RNN 1).
 
     Returns
     -------
@@ -670,6 +761,13 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
             raise ValueError(f"dropout_masks: expected {L - 1} arrays of shape "
                              f"{(T, B, D * H_out)}, got {[m.shape for m in masks]}")
 
+    rmasks = None
+    if recurrent_masks is not None:
+        rmasks = _f64(recurrent_masks)
+        if rmasks.ndim != 4 or rmasks.shape[0] != D * L or rmasks.shape[2:] != (B, H_out):
+            raise ValueError(f"recurrent_masks: expected shape ({D * L}, G, {B}, {H_out}), "
+                             f"got {rmasks.shape}")
+
     cells = cell if isinstance(cell, list) else [cell] * D
     states_n = tuple(np.empty_like(s) for s in states0)
     tapes = []  # tapes[layer * D + direction] = [(t, rows, step_cache), ...] in execution order
@@ -691,8 +789,9 @@ def _sequence_forward(cell, x, params, num_layers, bidirectional, state_sizes, h
                 rows = np.flatnonzero(t < lengths)
                 if rows.size == 0:
                     continue
-                new, step_cache = cells[direction].forward(layer_in[t, rows],
-                                                           [s[rows] for s in states], w)
+                new, step_cache = cells[direction].forward(
+                    layer_in[t, rows], [s[rows] for s in states], w,
+                    None if rmasks is None else rmasks[k][:, rows])
                 for s, s1 in zip(states, new):
                     s[rows] = s1
                 out[t, rows, direction * H_out:(direction + 1) * H_out] = new[0]
@@ -778,7 +877,7 @@ def _hidden_size(params, gates, kind):
 
 def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=None,
                  lengths=None, dropout_masks=None, clip=None, input_forget=False,
-                 activations=None, quantize=None):
+                 activations=None, quantize=None, recurrent_masks=None):
     """Multi-layer, optionally bidirectional LSTM over a padded time-major batch.
 
     Parameters
@@ -802,6 +901,9 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
         Multiplied into the input of layers 1..L-1 (already scaled by 1/(1-p)).
     clip, input_forget : the cell options of :func:`lstm_cell_forward`
     activations : None, 3 (name, alpha, beta), or D lists of 3 (one per direction)
+    recurrent_masks : None or ndarray, shape (D*L, 4, B, H_out)
+        Recurrent dropout, per layer * D + direction one mask per gate block i, f, g, o
+        (already scaled by 1/(1-p)); see the module docstring.
 
     Returns
     -------
@@ -820,7 +922,8 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, proj_size=0, hx=N
     cells = _per_direction(_lstm_cell, activations, 2 if bidirectional else 1, clip=clip,
                            input_forget=input_forget, quantize=quantize)
     out, (h_n, c_n), cache = _sequence_forward(cells, x, params, num_layers, bidirectional,
-                                               (P or H, H), hx, lengths, dropout_masks)
+                                               (P or H, H), hx, lengths, dropout_masks,
+                                               recurrent_masks)
     return out, (h_n, c_n), cache
 
 
@@ -851,7 +954,7 @@ def lstm_backward(cache, dout, dhx=None):
 
 def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
                 dropout_masks=None, reset_after=True, clip=None, activations=None,
-                quantize=None):
+                quantize=None, recurrent_masks=None):
     """Multi-layer, optionally bidirectional GRU over a padded time-major batch.
 
     Parameters
@@ -873,6 +976,8 @@ def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
         Where the reset gate acts, see :func:`gru_cell_forward`.
     clip : the cell option of :func:`gru_cell_forward`
     activations : None, 2 (name, alpha, beta), or D lists of 2 (one per direction)
+    recurrent_masks : None or ndarray, shape (D*L, 3, B, H)
+        Recurrent dropout, one mask per gate block r, z, n (see :func:`gru_cell_forward`).
 
     Returns
     -------
@@ -888,7 +993,7 @@ def gru_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
                            clip=clip, quantize=quantize)
     out, (h_n,), cache = _sequence_forward(
         cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
-        lengths, dropout_masks)
+        lengths, dropout_masks, recurrent_masks)
     return out, h_n, cache
 
 
@@ -918,7 +1023,7 @@ def gru_backward(cache, dout, dh_n=None):
 
 def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=None,
                 dropout_masks=None, nonlinearity="tanh", clip=None, activations=None,
-                quantize=None):
+                quantize=None, recurrent_masks=None):
     """Multi-layer, optionally bidirectional simple RNN over a padded time-major batch.
 
     Parameters
@@ -939,6 +1044,8 @@ def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
     nonlinearity : {"tanh", "relu"}
     clip : the cell option of :func:`rnn_cell_forward`
     activations : None, 1 (name, alpha, beta), or D lists of 1 (one per direction)
+    recurrent_masks : None or ndarray, shape (D*L, 1, B, H)
+        Recurrent dropout (see :func:`rnn_cell_forward`).
 
     Returns
     -------
@@ -955,7 +1062,7 @@ def rnn_forward(x, params, num_layers=1, bidirectional=False, hx=None, lengths=N
                            clip=clip, quantize=quantize)
     out, (h_n,), cache = _sequence_forward(
         cells, x, params, num_layers, bidirectional, (H,), None if hx is None else (hx,),
-        lengths, dropout_masks)
+        lengths, dropout_masks, recurrent_masks)
     return out, h_n, cache
 
 

@@ -64,7 +64,7 @@ static void run(int T, const float *x, const float *params, float *y)
     lstmc_seq s = {LSTMC_CELL_LSTM, T, 1, I, H, 0, 1, 1, 1, batch_sizes, lengths};
     float hn[H], cn[H];
     float *scratch = aligned_alloc(64, (lstmc_seq_scratch_size(&s, 0) * 4 + 63) / 64 * 64);
-    if (lstmc_seq_forward_f32(y, hn, cn, NULL, x, NULL, NULL, NULL, params, NULL, scratch, &s))
+    if (lstmc_seq_forward_f32(y, hn, cn, NULL, x, NULL, NULL, NULL, NULL, params, NULL, scratch, &s))
         exit(2);
     free(scratch);
 }

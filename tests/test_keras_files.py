@@ -19,6 +19,7 @@ h5py = pytest.importorskip("h5py")
 from lstmc import io  # noqa: E402
 from lstmc.keras.files import UnsupportedModelError  # noqa: E402
 from lstmc.models import load_model  # noqa: E402
+from lstmc.keras import layers as L  # noqa: E402
 
 from helpers import assert_close, scale_of  # noqa: E402
 
@@ -157,12 +158,31 @@ def test_predictions_match_keras(tmp_path, name, ext):
 def test_training_only_options_load_for_inference_and_refuse_training(tmp_path):
     k = _keras()
     path = tmp_path / "m.keras"
-    _save(_recurrent_dropout(k), path)
+    model = k.Sequential([k.Input((T, 3)),
+                          k.layers.LSTM(4, kernel_regularizer=k.regularizers.L2(0.01)),
+                          k.layers.Dense(1)])
+    _save(model, path)
     model = load_model(path)
     model.compile("adam", "mse")
     x = np.zeros((4, T, 3), np.float32)
-    with pytest.raises(ValueError, match="recurrent_dropout"):
+    with pytest.raises(ValueError, match="kernel_regularizer"):
         model.fit(x, np.zeros((4, 1), np.float32), verbose=0)
+
+
+def test_recurrent_dropout_loads_and_trains(tmp_path):
+    """recurrent_dropout is the layers' own now: it round-trips through the file, leaves
+    predict alone and acts in fit."""
+    k = _keras()
+    path = tmp_path / "m.keras"
+    keras_model = _recurrent_dropout(k)
+    _save(keras_model, path)
+    model = load_model(path)
+    lstm = [l for l in model.layers if isinstance(l, L.LSTM)][0]
+    assert lstm.recurrent_dropout == pytest.approx(0.2)
+    x = np.random.default_rng(0).standard_normal((4, T, 3)).astype(np.float32)
+    _check_same(model.predict(x), np.asarray(keras_model.predict(x, verbose=0)))
+    model.compile("adam", "mse")
+    model.fit(x, np.zeros((4, 1), np.float32), epochs=1, verbose=0)
 
 
 # ---- legacy files: Keras 2 / tf.keras's layout, written by hand --------------------------

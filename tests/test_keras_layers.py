@@ -247,7 +247,7 @@ def test_errors_name_the_problem(x):
     with pytest.raises(ValueError, match="expects 3 arrays"):
         layer.set_weights([np.zeros((I, 16))])
     with pytest.raises(ValueError, match="recurrent_dropout"):
-        L.LSTM(4, recurrent_dropout=0.2)
+        L.LSTM(4, recurrent_dropout=1.0)
     with pytest.raises(ValueError, match="activation"):
         L.LSTM(4, activation="relu")
     with pytest.raises(ValueError, match="units"):

@@ -11,7 +11,8 @@ approximation. A damaged or hostile file raises `lstmc.io.FormatError` naming th
 what is wrong, before anything large is allocated: every weight's shape is checked against
 the configuration and against the bytes the file really stores before it is read.
 
-Options that matter only to training (recurrent_dropout, regularizers, constraints,
+`dropout` and `recurrent_dropout` load as the layers' own (they act in training only).
+Options that matter only to training and lstmc does not run (regularizers, constraints,
 trainable=False) do not change a prediction, as in Keras' `predict`: the model loads, and
 training it raises (see `Layer.train`).
 """
@@ -258,7 +259,7 @@ _ARGS = {
     "Embedding": ("input_dim", "output_dim", "mask_zero"),
     "Dropout": ("rate",),
     "LSTM": ("units", "activation", "recurrent_activation", "use_bias", "return_sequences",
-             "return_state", "go_backwards", "stateful", "dropout"),
+             "return_state", "go_backwards", "stateful", "dropout", "recurrent_dropout"),
 }
 _ARGS["GRU"] = _ARGS["LSTM"] + ("reset_after",)
 _ARGS["SimpleRNN"] = tuple(a for a in _ARGS["LSTM"] if a != "recurrent_activation")
@@ -394,8 +395,6 @@ class _Builder:
             if key in kw:
                 kw[key] = self.activation(kw[key], name, key)
         if cls in _RECURRENT:
-            if cfg.get("recurrent_dropout"):
-                notes.append(f"recurrent_dropout={cfg['recurrent_dropout']!r}")
             if cfg.get("zero_output_for_mask") and cfg.get("return_sequences") and not inner:
                 self.fail(name, "zero_output_for_mask=True outside Bidirectional")
         known = set(args) | _INERT | set(_TRAINING_ONLY) | set(_FIXED) | {
@@ -428,7 +427,7 @@ class _Builder:
             # must be that configuration with go_backwards flipped
             bc = back.get("config", {}) if isinstance(back, dict) else {}
             args = [a for a in _ARGS[spec["class_name"]] if a != "go_backwards"]
-            same = lambda c: [c.get(a) for a in args + ["recurrent_dropout"]]
+            same = lambda c: [c.get(a) for a in args]
             if back.get("class_name") != spec["class_name"] or same(bc) != same(forward) \
                     or bool(bc.get("go_backwards")) == bool(forward.get("go_backwards")):
                 self.fail(name, "backward_layer is not layer's configuration reversed")

@@ -123,7 +123,7 @@ class Layer(Module):
         self.built_shape = None
 
     # why this layer cannot train, if it cannot: options of a loaded Keras file that only
-    # training would honour (recurrent_dropout, regularizers, ...)
+    # training would honour (regularizers, constraints, ...)
     training_unsupported = None
 
     def _inner_modules(self):
@@ -521,11 +521,10 @@ class _RNN(Layer):
         self.go_backwards = bool(go_backwards)
         self.stateful = bool(stateful)
         self.dropout = _rate(dropout, "dropout")
+        # Keras 3's recurrent dropout (its cells' implementation 1): in training, one mask
+        # per call, direction and gate block on h in the recurrent products (lstmc.nn's
+        # recurrent_dropout, which draws them; lstmc.reference is the spec)
         self.recurrent_dropout = _rate(recurrent_dropout, "recurrent_dropout")
-        if self.recurrent_dropout:
-            raise ValueError("recurrent_dropout is not supported: the fused kernels have no "
-                             "per-step mask on the recurrent input (use dropout=, on the "
-                             "inputs)")
         self._check_activations()
         self._states = None
         self._saved = None
@@ -738,7 +737,8 @@ class _RNN(Layer):
         c = {**super().get_config(), "units": self.units, "activation": self.activation,
              "use_bias": self.use_bias, "return_sequences": self.return_sequences,
              "return_state": self.return_state, "go_backwards": self.go_backwards,
-             "stateful": self.stateful, "dropout": self.dropout}
+             "stateful": self.stateful, "dropout": self.dropout,
+             "recurrent_dropout": self.recurrent_dropout}
         if self._gates > 1:
             c["recurrent_activation"] = self.recurrent_activation
         return c
@@ -758,7 +758,8 @@ class LSTM(_RNN):
 
     def _make_module(self, input_dim, bidirectional):
         return nn.LSTM(input_dim, self.units, bias=self.use_bias, batch_first=True,
-                       bidirectional=bidirectional, dtype=self.dtype)
+                       bidirectional=bidirectional, dtype=self.dtype,
+                       recurrent_dropout=self.recurrent_dropout)
 
     def _keras_init(self, input_dim):
         w = super()._keras_init(input_dim)
@@ -802,7 +803,7 @@ class GRU(_RNN):
     def _make_module(self, input_dim, bidirectional):
         return nn.GRU(input_dim, self.units, bias=self.use_bias, batch_first=True,
                       bidirectional=bidirectional, reset_after=self.reset_after,
-                      dtype=self.dtype)
+                      dtype=self.dtype, recurrent_dropout=self.recurrent_dropout)
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -824,7 +825,8 @@ class SimpleRNN(_RNN):
 
     def _make_module(self, input_dim, bidirectional):
         return nn.RNN(input_dim, self.units, nonlinearity=self.activation, bias=self.use_bias,
-                      batch_first=True, bidirectional=bidirectional, dtype=self.dtype)
+                      batch_first=True, bidirectional=bidirectional, dtype=self.dtype,
+                      recurrent_dropout=self.recurrent_dropout)
 
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave")

@@ -34,11 +34,20 @@ class Spec:
         self.hout = proj or hidden_size
         self.has_c = cell == _core.CELL_LSTM
 
-    def seq(self, T, B, sorted_lengths):
-        """The kernels' problem of T steps of B rows (lengths sorted, longest first)."""
+    def seq(self, T, B, sorted_lengths, recurrent_dropout=False):
+        """The kernels' problem of T steps of B rows (lengths sorted, longest first);
+        recurrent_dropout: a training call's, with recurrent dropout masks."""
         return _core.Seq(self.cell, T, B, self.input_size, self.hidden_size, self.proj,
                          self.num_layers, self.directions, self.bias, sorted_lengths,
-                         None if self.options is None else self.options.core)
+                         None if self.options is None else self.options.core,
+                         recurrent_dropout)
+
+    @property
+    def gate_blocks(self):
+        """G: the gate blocks of the cell (LSTM 4, GRU 3, RNN 1), one recurrent dropout
+        mask each."""
+        return 4 if self.cell == _core.CELL_LSTM else \
+            3 if self.cell in (_core.CELL_GRU, _core.CELL_GRU_RESET_BEFORE) else 1
 
     def layout(self):
         """A one-step problem of these shapes: parameter and packed-copy layouts."""
@@ -70,6 +79,8 @@ class Plan:
 
     def __init__(self, spec, T, B, lengths):
         self.T, self.B = T, B
+        self._spec = spec
+        self._seq_rd = None
         if lengths is None:
             self.perm = None                      # identity: dense time-major == packed
             sorted_lengths = np.full(B, T, dtype=np.intc)
@@ -87,6 +98,13 @@ class Plan:
             j = np.arange(self.N) - np.repeat(offsets, bs)
             self.t_idx = np.repeat(np.arange(T), bs)
             self.b_idx = j if self.perm is None else self.perm[j]
+
+    @property
+    def seq_rd(self):
+        """The same problem with recurrent dropout (its training calls take rmasks)."""
+        if self._seq_rd is None:
+            self._seq_rd = self._spec.seq(self.T, self.B, self.seq.lengths, True)
+        return self._seq_rd
 
     def pack(self, a):
         """(T, B, F) -> contiguous (N, F)."""
@@ -156,6 +174,7 @@ class Saved(NamedTuple):
     plan: Plan
     x: np.ndarray              # (N, I) packed input, the engine's own copy
     masks: np.ndarray          # (L-1, N, D*H_out) packed dropout masks, or None
+    rmasks: np.ndarray         # (L*D, G, B, H_out) recurrent dropout masks, sorted rows, or None
     reserve: np.ndarray        # the kernels' reserve (gates, states) of this forward
     unbatched: bool            # how the caller shaped the call, handed back to its backward
     thread: int                # threading.get_ident() of the thread that ran the forward
@@ -394,10 +413,12 @@ class Engine:
         return saved
 
     # ---- calls ------------------------------------------------------------------------------
-    def forward(self, plan, xp, h0, c0, masks, train, unbatched=False):
+    def forward(self, plan, xp, h0, c0, masks, train, unbatched=False, rmasks=None):
         """The kernels' forward of `plan`. xp: (N, I) packed input (plan.pack; in training the
         engine keeps it for backward: pass a copy of your own); h0, c0: (L*D, B, .) or None
-        (zeros); masks: (L-1, N, D*H_out) packed dropout masks or None. Training saves a
+        (zeros); masks: (L-1, N, D*H_out) packed dropout masks or None; rmasks: training
+        only, (L*D, G, B, H_out) recurrent dropout masks in the user's row order, or None
+        (csrc/lstmc.h: one per gate block, the same at every step). Training saves a
         `Saved` (with `unbatched`, for the caller's backward). Returns out (T, B, D*H_out),
         zeros at padding, h_n and c_n (L*D, B, .) (c_n None without c)."""
         spec = self.spec
@@ -405,6 +426,12 @@ class Engine:
         y = np.empty((plan.N, Y), dtype=spec.dtype)
         hn, cn = self._new_states(plan.B)
         seq = plan.seq
+        if rmasks is not None:
+            if not train:
+                raise RuntimeError("recurrent dropout masks are for training-mode forwards")
+            seq = plan.seq_rd
+            rmasks = np.ascontiguousarray(
+                rmasks if plan.perm is None else rmasks[:, :, plan.perm], dtype=spec.dtype)
         if self.quant is not None:
             if train:
                 raise RuntimeError(self.quantized_refusal("a training-mode forward"))
@@ -423,9 +450,11 @@ class Engine:
                 reserve = ws.get("reserve", seq.reserve_size) if train else None
                 seq.forward(y.reshape(-1), hn.reshape(-1), _flat(cn), reserve, xp.reshape(-1),
                             _flat(plan.to_sorted(h0)), _flat(plan.to_sorted(c0)), _flat(masks),
-                            self.flat, ws.get("scratch", seq.scratch_size(train)), packed)
+                            self.flat, ws.get("scratch", seq.scratch_size(train)), packed,
+                            _flat(rmasks))
             if train:
-                self.saved = Saved(plan, xp, masks, reserve, unbatched, threading.get_ident())
+                self.saved = Saved(plan, xp, masks, rmasks, reserve, unbatched,
+                                   threading.get_ident())
             else:
                 self.saved = None
         finally:
@@ -445,7 +474,7 @@ class Engine:
         dyp = plan.pack(dy)
         dx = np.empty((plan.N, spec.input_size), dtype=spec.dtype)
         dh0, dc0 = self._new_states(plan.B)
-        seq = plan.seq
+        seq = plan.seq if saved.rmasks is None else plan.seq_rd
         self.claim()
         ws = self.workspace()
         try:
@@ -455,7 +484,8 @@ class Engine:
             seq.backward(dx.reshape(-1), dh0.reshape(-1), _flat(dc0), self.flat_grad,
                          saved.reserve, dyp.reshape(-1), _flat(plan.to_sorted(dhn)),
                          _flat(plan.to_sorted(dcn)), saved.x.reshape(-1), _flat(saved.masks),
-                         self.flat, ws.get("scratch", seq.scratch_size(True)))
+                         self.flat, ws.get("scratch", seq.scratch_size(True)),
+                         _flat(saved.rmasks))
         finally:
             self.give_back(ws)
             self._training.release()

@@ -1,6 +1,12 @@
 """The one-step cells `LSTMCell`, `GRUCell`, `RNNCell`, as torch's: each keeps its weights in
 a one-layer sequence module of its cell and runs one step of it, exposing the tensors under
-torch's cell names (weight_ih, weight_hh, bias_ih, bias_hh)."""
+torch's cell names (weight_ih, weight_hh, bias_ih, bias_hh).
+
+Recurrent dropout (``recurrent_dropout=p``, keyword, lstmc's beyond torch): a cell sees one
+step at a time, so, as Keras' cells (DropoutRNNCell), it draws its masks (one per gate block,
+(B, H)) at its first training-mode step and keeps them for the steps after, until
+``reset_dropout_mask()`` starts the next sequence (or the batch size changes): call it before
+each sequence. Eval mode never drops."""
 import numpy as np
 
 from lstmc import _core
@@ -15,6 +21,7 @@ class _CellBase(Module):
 
     def __init__(self, seq_module):
         super().__init__()
+        object.__setattr__(self, "_rmask", None)   # (1, G, B, H): this sequence's masks
         self.input_size = seq_module.input_size
         self.hidden_size = seq_module.hidden_size
         self.bias = seq_module.bias
@@ -24,7 +31,25 @@ class _CellBase(Module):
             setattr(self, name[:-len("_l0")], p)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dtype={self.dtype}"
+        s = f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dtype={self.dtype}"
+        return s + (f", recurrent_dropout={self.recurrent_dropout}"
+                    if self.recurrent_dropout else "")
+
+    recurrent_dropout = property(
+        lambda self: self._seq.recurrent_dropout,
+        lambda self, p: setattr(self._seq, "recurrent_dropout", p),
+        doc="the rate of recurrent dropout (the sequence module's, which draws the masks)")
+
+    def reset_dropout_mask(self):
+        """Forgets the recurrent dropout masks: the next training-mode step draws new ones
+        (call it at the start of every sequence)."""
+        object.__setattr__(self, "_rmask", None)
+
+    def _sequence_masks(self, B):
+        """This sequence's recurrent dropout masks (1, G, B, H), drawn at its first step."""
+        if self._rmask is None or self._rmask.shape[2] != B:
+            object.__setattr__(self, "_rmask", self._seq._draw_recurrent_masks(B))
+        return self._rmask
 
     def _inner_modules(self):
         return (self._seq,)
@@ -76,7 +101,8 @@ class _CellBase(Module):
             raise ValueError(f"x must have at least one row, got shape {xa.shape}")
         states = self._states((h, "h"), (c, "c"), B=B, unbatched=unbatched)
         if seq.training:   # backward needs what the forward saves, and how it was batched
-            out, hn, cn = seq._run(xb[None], states[0], states[1], None)
+            rmasks = self._sequence_masks(B) if self.recurrent_dropout > 0 else None
+            out, hn, cn = seq._run(xb[None], states[0], states[1], None, rmasks)
             self._unbatched = unbatched
             hn, cn = hn[0], None if cn is None else cn[0]
         else:
@@ -111,8 +137,10 @@ class LSTMCell(_CellBase):
     """One LSTM step, as torch.nn.LSTMCell: `h, c = cell(x, (h, c))`; parameters weight_ih
     (4H, I), weight_hh (4H, H), bias_ih (4H), bias_hh (4H)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32):
-        super().__init__(LSTM(input_size, hidden_size, bias=bias, dtype=dtype))
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, *,
+                 recurrent_dropout=0.0):
+        super().__init__(LSTM(input_size, hidden_size, bias=bias, dtype=dtype,
+                              recurrent_dropout=recurrent_dropout))
 
     def forward(self, x, hx=None):
         """x (B, input_size) or (input_size,); hx (h, c) each (B, H) / (H,), or None (zeros).
@@ -144,9 +172,10 @@ class GRUCell(_HiddenStateCell):
     """One GRU step, as torch.nn.GRUCell: `h = cell(x, h)`; parameters weight_ih (3H, I),
     weight_hh (3H, H), bias_ih (3H), bias_hh (3H). reset_after as for `GRU`."""
 
-    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32):
+    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
+                 *, recurrent_dropout=0.0):
         super().__init__(GRU(input_size, hidden_size, bias=bias, reset_after=reset_after,
-                             dtype=dtype))
+                             dtype=dtype, recurrent_dropout=recurrent_dropout))
         self.reset_after = bool(reset_after)
 
 
@@ -155,7 +184,7 @@ class RNNCell(_HiddenStateCell):
     (H, I), weight_hh (H, H), bias_ih (H), bias_hh (H)."""
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype=np.float32):
+                 dtype=np.float32, *, recurrent_dropout=0.0):
         super().__init__(RNN(input_size, hidden_size, nonlinearity=nonlinearity, bias=bias,
-                             dtype=dtype))
+                             dtype=dtype, recurrent_dropout=recurrent_dropout))
         self.nonlinearity = nonlinearity

@@ -98,7 +98,7 @@ class _RNNBase(Streaming, Module):
     _peepholes = False
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, dtype):
+                 bidirectional, dtype, recurrent_dropout=0.0):
         super().__init__()
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
@@ -107,6 +107,11 @@ class _RNNBase(Streaming, Module):
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        if isinstance(recurrent_dropout, bool) or \
+                not isinstance(recurrent_dropout, (int, float)) or not 0 <= recurrent_dropout < 1:
+            raise ValueError(f"recurrent_dropout must be a number in [0, 1), got "
+                             f"{recurrent_dropout!r}")
+        self.recurrent_dropout = float(recurrent_dropout)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -157,7 +162,7 @@ class _RNNBase(Streaming, Module):
                 "input_forget and a GRU's or RNN's cell_clip run forward only (inference)")
 
     # the attributes a module starts with, and a copy (copy.deepcopy, pickle) starts afresh
-    _AFRESH = ("_engine", "_last_dropout_masks")
+    _AFRESH = ("_engine", "_last_dropout_masks", "_last_recurrent_masks")
 
     def _afresh(self):
         """The engine (plans, workspace, lock, packed weights, what a forward saved) on this
@@ -167,7 +172,7 @@ class _RNNBase(Streaming, Module):
         # a quantized module's state (lstmc.quantize), attached to its parameters by
         # quantize and again by Module.__setstate__ after a copy
         engine.quant = self.__dict__.get("_quant")
-        return dict(_engine=engine, _last_dropout_masks=[])
+        return dict(_engine=engine, _last_dropout_masks=[], _last_recurrent_masks=None)
 
     def _spec(self):
         """This module's shapes, as its engine, plans and stream states take them."""
@@ -248,7 +253,8 @@ class _RNNBase(Streaming, Module):
 
     def _repr_defaults(self):
         return (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                ("bidirectional", False), ("cell_clip", None), ("activations", None))
+                ("bidirectional", False), ("recurrent_dropout", 0.0), ("cell_clip", None),
+                ("activations", None))
 
     # ---- argument checks ----------------------------------------------------------------
     def _input(self, x):
@@ -305,9 +311,19 @@ class _RNNBase(Streaming, Module):
         return seq, h, c
 
     # ---- calls into the engine ------------------------------------------------------------
-    def _run(self, x, h0, c0, lengths):
+    def _draw_recurrent_masks(self, B):
+        """Recurrent dropout's masks of one training call: (L*D, G, B, H_out), one per layer,
+        direction and gate block, 0 with probability recurrent_dropout, else
+        1 / (1 - recurrent_dropout), from lstmc's generator."""
+        keep = 1.0 - self.recurrent_dropout
+        shape = (self.num_layers * self._D, self._gates, B, self._hout)
+        return (generator().random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+
+    def _run(self, x, h0, c0, lengths, rmasks=None):
         """Forward. h0/c0 are user arrays or None (checked here). Returns (out, h_n, c_n) in
-        the user's layout (c_n None without c)."""
+        the user's layout (c_n None without c). rmasks: a training call's recurrent dropout
+        masks (the cells keep theirs across steps), else drawn here when recurrent_dropout
+        > 0."""
         xt, unbatched = self._input(x)
         T, B, _ = xt.shape
         lengths = self._lengths(lengths, T, B)
@@ -328,7 +344,15 @@ class _RNNBase(Streaming, Module):
             self._last_dropout_masks = [m.astype(self.dtype) / self.dtype.type(keep)
                                         for m in dense]
             masks = np.stack([plan.pack(m) for m in self._last_dropout_masks])
-        out, hn, cn = engine.forward(plan, xp, h0, c0, masks, train, unbatched)
+        self._last_recurrent_masks = None
+        if train and self.recurrent_dropout > 0:
+            # one mask per layer, direction and gate block for the whole sequence (Keras)
+            if rmasks is None:
+                rmasks = self._draw_recurrent_masks(B)
+            self._last_recurrent_masks = rmasks
+        else:
+            rmasks = None
+        out, hn, cn = engine.forward(plan, xp, h0, c0, masks, train, unbatched, rmasks)
         return self._to_user(out, hn, cn, unbatched)
 
     def _saved(self):
@@ -376,6 +400,13 @@ _SEQ_PARAMS = """
         Dropout on the outputs of every layer but the last, in training mode.
     bidirectional : bool, default False
     dtype : float32 or float64
+    recurrent_dropout : float in [0, 1), default 0 (keyword; lstmc's, beyond torch.nn)
+        Keras' recurrent dropout (variational, Gal & Ghahramani): in training mode each call
+        draws, per layer, direction and gate block, one mask (B, H_out) from lstmc's
+        generator (zeros with this probability, else 1 / (1 - p)) and every step's
+        recurrent product of that block reads h times it; GRU's z * h keeps the plain h.
+        Eval mode, `step` and quantized copies never drop. The last call's masks are
+        `_last_recurrent_masks` (L*D, G, B, H_out); lstmc.reference is the spec.
 
     Parameters are named as in PyTorch (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
     bias_hh_l{k}, suffix _reverse) and initialised from U(-1/sqrt(H), 1/sqrt(H)) with lstmc's
@@ -432,9 +463,10 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32, *,
-                 peepholes=False, cell_clip=None, input_forget=False, activations=None):
+                 peepholes=False, cell_clip=None, input_forget=False, activations=None,
+                 recurrent_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype)
+                         bidirectional, dtype, recurrent_dropout)
         self.proj_size = positive_int(proj_size, "proj_size", minimum=0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be < hidden_size ({self.hidden_size}), got "
@@ -496,9 +528,9 @@ class GRU(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, *,
-                 cell_clip=None, activations=None):
+                 cell_clip=None, activations=None, recurrent_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype)
+                         bidirectional, dtype, recurrent_dropout)
         object.__setattr__(self, "_reset_after", bool(reset_after))
         self._set_options(activations, cell_clip)
         self._init_parameters()
@@ -531,11 +563,11 @@ class RNN(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, *,
-                 cell_clip=None, activations=None):
+                 cell_clip=None, activations=None, recurrent_dropout=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype)
+                         bidirectional, dtype, recurrent_dropout)
         object.__setattr__(self, "_nonlinearity", nonlinearity)
         self._set_options(activations, cell_clip)
         self._init_parameters()

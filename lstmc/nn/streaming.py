@@ -52,8 +52,9 @@ class Streaming:
     def step(self, x_t, state, out=None):
         """One timestep of a stream through all layers; updates `state` in place.
 
-        Runs in eval semantics whatever the module's mode: no dropout between layers, and
-        nothing is saved for backward. With x_t a C-contiguous array of the module's dtype,
+        Runs in eval semantics whatever the module's mode: no dropout between layers, no
+        recurrent dropout (a step has no backward to train, and one mask per stream would
+        only add noise to what it serves), and nothing is saved for backward. With x_t a C-contiguous array of the module's dtype,
         a step allocates no memory: the kernels read x_t, update state.h (and state.c) in
         place and write y_t into a buffer of the state (or into `out`).
 
