@@ -1,12 +1,20 @@
 """The one-step cells `LSTMCell`, `GRUCell`, `RNNCell`, as torch's: each keeps its weights in
 a one-layer sequence module of its cell and runs one step of it, exposing the tensors under
 torch's cell names (weight_ih, weight_hh, bias_ih, bias_hh)."""
+from typing import NamedTuple
+
 import numpy as np
 
 from lstmc import _core
 from lstmc.nn._checks import as_float, check_shape, pair
 from lstmc.nn.module import Module
 from lstmc.nn.rnn import GRU, LSTM, RNN
+
+
+class _CellSaved(NamedTuple):
+    """What a cell's backward reads of one training-mode step."""
+    unbatched: bool      # how the step's arguments were batched
+    seq: object          # its sequence module's record of the T = 1 forward (_engine.Saved)
 
 
 class _CellBase(Module):
@@ -93,6 +101,15 @@ class _CellBase(Module):
             stepper = self._seq._stepper(B)
             object.__setattr__(self, "_stepper", stepper)   # not a parameter or child
         return stepper
+
+    _tape_kind = "cell"
+
+    def _saved_for_backward(self):
+        return _CellSaved(self._unbatched, self._seq._saved_for_backward())
+
+    def _restore_saved(self, saved):
+        self._unbatched = saved.unbatched
+        self._seq._restore_saved(saved.seq)
 
     def _step_backward(self, dh, dc):
         B = self._seq._saved().plan.B

@@ -12,9 +12,13 @@ lstmc.nn._engine.PackedWeights).
 copy.deepcopy and pickle give a module whose parameters are views of its own flat buffer
 (Module.__getstate__ records where each one sits); a copy starts without derived copies.
 """
+import threading
 from collections import OrderedDict
 
 import numpy as np
+
+# The tape recording in this thread, if any (lstmc.nn._tape sets and clears `tape`).
+_recording = threading.local()
 
 
 class Parameter:
@@ -97,8 +101,27 @@ class Module:
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
+    # How a tape (lstmc.nn.tape) records a call of this module: None, through its forward
+    # (the calls and operations inside it are recorded); a kind named in lstmc.nn._tape's
+    # rules, as one step whose backward is the module's own (`_saved_for_backward` and
+    # `_restore_saved` then keep each call's saved state apart).
+    _tape_kind = None
+
     def __call__(self, *args, **kwargs):
+        if self._tape_kind is not None:
+            tape = getattr(_recording, "tape", None)
+            if tape is not None:
+                return tape.call(self, args, kwargs)
         return self.forward(*args, **kwargs)
+
+    def _saved_for_backward(self):
+        """What `backward` reads of the last forward, as an object of this call alone
+        (modules with a `_tape_kind`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-call saved state")
+
+    def _restore_saved(self, saved):
+        """Makes `saved` (from `_saved_for_backward`) what the next `backward` reads."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-call saved state")
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
