@@ -194,6 +194,28 @@ def test_gradient_sums_over_uses():
     np.testing.assert_allclose(w.grad, 2 * x + (1 - np.tanh(x) ** 2) + [0, 3, 0], rtol=1e-15)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_losses_on_tape_tensors(reduction):
+    """Each loss takes a tape tensor: its value is a tensor (0-d for mean and sum), and the
+    gradient through it matches central differences."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 5))
+    cases = [(nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.1),
+              rng.integers(0, 5, (3, 4))),
+             (nn.BCEWithLogitsLoss(reduction=reduction), rng.random((3, 4, 5))),
+             (nn.MSELoss(reduction=reduction), rng.standard_normal((3, 4, 5)))]
+    for loss_fn, target in cases:
+        def fn(v):
+            out = loss_fn(F.tanh(v) * 2.0, target)
+            return out if reduction != "none" else out * np.linspace(0.5, 1.5, out.size).reshape(out.shape)
+        with nn.tape() as t:
+            value = loss_fn(t.watch(x), target)
+        assert isinstance(value, nn.Tensor) and value.dtype == np.float64
+        assert value.shape == (() if reduction != "none" else loss_fn(x, target).shape)
+        np.testing.assert_array_equal(value.numpy(), loss_fn(x, target))
+        check_op(fn, x)
+
+
 # ------------------------------------------------------------------------------------------
 # the encoder-decoder with attention
 
