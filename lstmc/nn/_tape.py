@@ -298,7 +298,11 @@ class Tape:
         plain = [_plain(v) for v in values]
         if self.record:
             rule.check(module)
-        result = module.forward(*plain)
+        _module._recording.tape = None   # what the module's own forward calls is its own
+        try:
+            result = module.forward(*plain)
+        finally:
+            _module._recording.tape = self
         saved = module._saved_for_backward() if self.record else None
         outputs, rebuild = rule.outputs(result, plain)
         shapes = [(a.shape, a.dtype) for a in outputs]
@@ -600,14 +604,13 @@ class Composite(Module):
         tape, args, result = last
         object.__setattr__(self, "_last", None)
         outputs = _flat_tensors(result, [])
-        if len(grads) == 1 and isinstance(result, Tensor):
-            given = list(grads)
+        if isinstance(result, (tuple, list)):   # backward(d_first, d_second, ...)
+            given = _flat_grads(tuple(grads), tuple(result))
+        elif len(grads) == 1:
+            given = _flat_grads(grads[0], result)
         else:
-            given = _flat_grads(grads if not isinstance(result, (tuple, list)) or
-                                len(grads) != 1 else grads[0], result)
-        if len(given) != len(outputs):
-            raise ValueError(f"{type(self).__name__}.backward takes one gradient per output of "
-                             f"forward ({len(outputs)}), got {len(given)}")
+            raise ValueError(f"{type(self).__name__}.backward takes one gradient (forward "
+                             f"returned one output), got {len(grads)}")
         tape.backward_many([(t, g) for t, g in zip(outputs, given) if g is not None])
         out = tuple(_grads_of(a) for a in args)
         return out[0] if len(out) == 1 else out
@@ -627,7 +630,7 @@ def _flat_grads(grads, result):
             grads = (None,) * len(result)
         if not isinstance(grads, (tuple, list)) or len(grads) != len(result):
             raise ValueError(f"backward: gradients must follow forward's result ({len(result)} "
-                             f"outputs), got {type(grads).__name__}")
+                             f"outputs), got {grads!r:.80}")
         return [g for r, gr in zip(result, grads) for g in _flat_grads(gr, r)]
     if isinstance(result, dict):
         grads = grads or {}

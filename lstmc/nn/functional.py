@@ -137,13 +137,15 @@ def reshape(x, shape):
 def add(a, b):
     sa, sb = _shape_of(a), _shape_of(b)
     return _record([a, b], np.add(_data(a), _data(b)),
-                   lambda g: [_unbroadcast(g, sa), _unbroadcast(g, sb)])
+                   lambda g: [_unbroadcast(g, sa) if isinstance(a, Tensor) else None,
+                              _unbroadcast(g, sb) if isinstance(b, Tensor) else None])
 
 
 def subtract(a, b):
     sa, sb = _shape_of(a), _shape_of(b)
     return _record([a, b], np.subtract(_data(a), _data(b)),
-                   lambda g: [_unbroadcast(g, sa), _unbroadcast(-g, sb)])
+                   lambda g: [_unbroadcast(g, sa) if isinstance(a, Tensor) else None,
+                              _unbroadcast(-g, sb) if isinstance(b, Tensor) else None])
 
 
 def multiply(a, b):
@@ -172,7 +174,8 @@ def power(x, exponent):
     if isinstance(exponent, Tensor):
         raise TypeError("power: the exponent must be a constant, not a tape Tensor")
     data = x.data
-    return _record([x], data ** exponent, lambda g: [g * exponent * data ** (exponent - 1)])
+    return _record([x], data ** exponent,
+                   lambda g: [_unbroadcast(g * exponent * data ** (exponent - 1), data.shape)])
 
 
 def matmul(a, b):
