@@ -224,14 +224,15 @@ B, S, T = 3, 6, 4
 LENGTHS = np.array([6, 2, 4])
 
 
-def batch(seed=0):
+def batch(seed=0, b=B, s=S, t=T, lengths=LENGTHS):
+    """src (b, s) padded with id 0 past each length, lengths, tgt (b, t), targets y."""
     rng = np.random.default_rng(seed)
-    src = rng.integers(1, V, (B, S))
-    src[np.arange(S)[None] >= LENGTHS[:, None]] = 0          # padding id 0 past each length
-    tgt = rng.integers(1, V, (B, T))
-    y = rng.integers(0, V, (B, T))
-    y[1, -1] = -100                                          # an ignored target
-    return src, tgt, y
+    src = rng.integers(1, V, (b, s))
+    src[np.arange(s)[None] >= lengths[:, None]] = 0
+    tgt = rng.integers(1, V, (b, t))
+    y = rng.integers(0, V, (b, t))
+    y[-1, -1] = -100                                         # an ignored target
+    return src, lengths, tgt, y
 
 
 def attend(query, keys, lengths):
@@ -245,13 +246,13 @@ class Seq2Seq(nn.Composite):
     """Embedding -> LSTM encoder; decoder LSTM from the encoder's (h, c); dot attention over
     the encoder's outputs; concat; Linear."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, e=E, h=H):
         super().__init__()
-        self.src_embed = nn.Embedding(V, E, padding_idx=0, dtype=dtype)
-        self.tgt_embed = nn.Embedding(V, E, dtype=dtype)
-        self.encoder = nn.LSTM(E, H, batch_first=True, dtype=dtype)
-        self.decoder = nn.LSTM(E, H, batch_first=True, dtype=dtype)
-        self.out = nn.Linear(2 * H, V, dtype=dtype)
+        self.src_embed = nn.Embedding(V, e, padding_idx=0, dtype=dtype)
+        self.tgt_embed = nn.Embedding(V, e, dtype=dtype)
+        self.encoder = nn.LSTM(e, h, batch_first=True, dtype=dtype)
+        self.decoder = nn.LSTM(e, h, batch_first=True, dtype=dtype)
+        self.out = nn.Linear(2 * h, V, dtype=dtype)
 
     def forward(self, src, lengths, tgt):
         enc, state = self.encoder(self.src_embed(src), lengths=lengths)
@@ -263,12 +264,12 @@ class StepDecoder(nn.Composite):
     """The same model with the decoder run one step at a time (an LSTMCell, teacher
     forcing), attention per step with einsum; one embedding shared by both sides."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, e=E, h=H):
         super().__init__()
-        self.embed = nn.Embedding(V, E, dtype=dtype)
-        self.encoder = nn.LSTM(E, H, batch_first=True, dtype=dtype)
-        self.cell = nn.LSTMCell(E, H, dtype=dtype)
-        self.out = nn.Linear(2 * H, V, dtype=dtype)
+        self.embed = nn.Embedding(V, e, dtype=dtype)
+        self.encoder = nn.LSTM(e, h, batch_first=True, dtype=dtype)
+        self.cell = nn.LSTMCell(e, h, dtype=dtype)
+        self.out = nn.Linear(2 * h, V, dtype=dtype)
 
     def forward(self, src, lengths, tgt):
         enc, (h, c) = self.encoder(self.embed(src), lengths=lengths)
@@ -288,14 +289,14 @@ class BiGRUSeq2Seq(nn.Composite):
     """A bidirectional GRU encoder whose two final states, concatenated and bridged by a
     Linear + tanh, start a GRU decoder; attention with projected keys."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, e=E, h=H):
         super().__init__()
-        self.embed = nn.Embedding(V, E, dtype=dtype)
-        self.encoder = nn.GRU(E, H, batch_first=True, bidirectional=True, dtype=dtype)
-        self.bridge = nn.Linear(2 * H, H, dtype=dtype)
-        self.decoder = nn.GRU(E, H, batch_first=True, dtype=dtype)
-        self.key = nn.Linear(2 * H, H, dtype=dtype)
-        self.out = nn.Linear(3 * H, V, dtype=dtype)
+        self.embed = nn.Embedding(V, e, dtype=dtype)
+        self.encoder = nn.GRU(e, h, batch_first=True, bidirectional=True, dtype=dtype)
+        self.bridge = nn.Linear(2 * h, h, dtype=dtype)
+        self.decoder = nn.GRU(e, h, batch_first=True, dtype=dtype)
+        self.key = nn.Linear(2 * h, h, dtype=dtype)
+        self.out = nn.Linear(3 * h, V, dtype=dtype)
 
     def forward(self, src, lengths, tgt):
         enc, h_n = self.encoder(self.embed(src), lengths=lengths)      # h_n (2, B, H)
@@ -309,25 +310,25 @@ class BiGRUSeq2Seq(nn.Composite):
 MODELS = [Seq2Seq, StepDecoder, BiGRUSeq2Seq]
 
 
-def model_loss(model, loss_fn, src, tgt, y):
-    return loss_fn(model(src, LENGTHS, tgt), y)
+def model_loss(model, loss_fn, src, lengths, tgt, y):
+    return loss_fn(model(src, lengths, tgt), y)
 
 
-def composite_grads(model, src, tgt, y):
+def composite_grads(model, src, lengths, tgt, y):
     """Gradients by Composite.backward after the usual lstmc training step."""
     loss_fn = nn.CrossEntropyLoss()
     model.zero_grad()
-    loss = model_loss(model, loss_fn, src, tgt, y)
+    loss = model_loss(model, loss_fn, src, lengths, tgt, y)
     model.backward(loss_fn.backward())
     return loss, {n: p.grad.copy() for n, p in model.named_parameters()}
 
 
-def tape_grads(model, src, tgt, y):
+def tape_grads(model, src, lengths, tgt, y):
     """Gradients by an explicit tape around the model and the loss."""
     loss_fn = nn.CrossEntropyLoss()
     model.zero_grad()
     with nn.tape() as t:
-        loss = model_loss(model, loss_fn, src, tgt, y)
+        loss = model_loss(model, loss_fn, src, lengths, tgt, y)
     assert isinstance(loss, nn.Tensor) and loss.shape == ()
     t.backward(loss)
     return float(loss), {n: p.grad.copy() for n, p in model.named_parameters()}
@@ -337,34 +338,34 @@ def tape_grads(model, src, tgt, y):
 def test_encoder_decoder_against_finite_differences(cls):
     lstmc.manual_seed(0)
     model = cls(np.float64)
-    src, tgt, y = batch()
-    loss, grads = composite_grads(model, src, tgt, y)
+    src, lengths, tgt, y = batch()
+    loss, grads = composite_grads(model, src, lengths, tgt, y)
     loss_fn = nn.CrossEntropyLoss()
     chk = Checks(f"{cls.__name__}: Composite.backward vs central differences (float64)")
     for name, p in model.named_parameters():
-        num = numerical_grad(lambda: model_loss(model, loss_fn, src, tgt, y), p.data)
+        num = numerical_grad(lambda: model_loss(model, loss_fn, src, lengths, tgt, y), p.data)
         chk.close(name, grads[name], num, 0.0, FD_TOL)
         if name != "key.bias":   # adds one constant to a row of scores: softmax ignores it
             assert np.abs(num).max() > 1e-6, f"{name}: the loss does not reach it"
     chk.raise_if_any()
-    loss2, grads2 = tape_grads(model, src, tgt, y)         # the explicit tape: same numbers
+    loss2, grads2 = tape_grads(model, src, lengths, tgt, y)         # the explicit tape: same numbers
     assert loss2 == loss
     for name in grads:
         np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
 
 
-def torch_twin(torch, cls, model, dtype):
+def torch_twin(torch, cls, model, dtype, e=E, h=H):
     """The torch model of `cls` with `model`'s weights (state_dict by name)."""
     tn = torch.nn
 
     class TorchSeq2Seq(tn.Module):
-        def __init__(self):
+        def __init__(self, e, h):
             super().__init__()
-            self.src_embed = tn.Embedding(V, E, padding_idx=0)
-            self.tgt_embed = tn.Embedding(V, E)
-            self.encoder = tn.LSTM(E, H, batch_first=True)
-            self.decoder = tn.LSTM(E, H, batch_first=True)
-            self.out = tn.Linear(2 * H, V)
+            self.src_embed = tn.Embedding(V, e, padding_idx=0)
+            self.tgt_embed = tn.Embedding(V, e)
+            self.encoder = tn.LSTM(e, h, batch_first=True)
+            self.decoder = tn.LSTM(e, h, batch_first=True)
+            self.out = tn.Linear(2 * h, V)
 
         def forward(self, src, lengths, tgt):
             packed = tn.utils.rnn.pack_padded_sequence(self.src_embed(src), lengths,
@@ -379,12 +380,12 @@ def torch_twin(torch, cls, model, dtype):
             return self.out(torch.cat([dec, ctx], -1))
 
     class TorchStepDecoder(tn.Module):
-        def __init__(self):
+        def __init__(self, e, h):
             super().__init__()
-            self.embed = tn.Embedding(V, E)
-            self.encoder = tn.LSTM(E, H, batch_first=True)
-            self.cell = tn.LSTMCell(E, H)
-            self.out = tn.Linear(2 * H, V)
+            self.embed = tn.Embedding(V, e)
+            self.encoder = tn.LSTM(e, h, batch_first=True)
+            self.cell = tn.LSTMCell(e, h)
+            self.out = tn.Linear(2 * h, V)
 
         def forward(self, src, lengths, tgt):
             packed = tn.utils.rnn.pack_padded_sequence(self.embed(src), lengths,
@@ -404,14 +405,14 @@ def torch_twin(torch, cls, model, dtype):
             return torch.stack(logits, 1)
 
     class TorchBiGRUSeq2Seq(tn.Module):
-        def __init__(self):
+        def __init__(self, e, h):
             super().__init__()
-            self.embed = tn.Embedding(V, E)
-            self.encoder = tn.GRU(E, H, batch_first=True, bidirectional=True)
-            self.bridge = tn.Linear(2 * H, H)
-            self.decoder = tn.GRU(E, H, batch_first=True)
-            self.key = tn.Linear(2 * H, H)
-            self.out = tn.Linear(3 * H, V)
+            self.embed = tn.Embedding(V, e)
+            self.encoder = tn.GRU(e, h, batch_first=True, bidirectional=True)
+            self.bridge = tn.Linear(2 * h, h)
+            self.decoder = tn.GRU(e, h, batch_first=True)
+            self.key = tn.Linear(2 * h, h)
+            self.out = tn.Linear(3 * h, V)
 
         def forward(self, src, lengths, tgt):
             packed = tn.utils.rnn.pack_padded_sequence(self.embed(src), lengths,
@@ -426,31 +427,47 @@ def torch_twin(torch, cls, model, dtype):
             return self.out(torch.cat([dec, torch.softmax(scores, -1) @ enc], -1))
 
     twin = {Seq2Seq: TorchSeq2Seq, StepDecoder: TorchStepDecoder,
-            BiGRUSeq2Seq: TorchBiGRUSeq2Seq}[cls]().to(
+            BiGRUSeq2Seq: TorchBiGRUSeq2Seq}[cls](e, h).to(
         torch.float64 if dtype == np.float64 else torch.float32)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     return twin
 
 
-@pytest.mark.parametrize("cls", MODELS)
-def test_encoder_decoder_against_torch(torch, cls, float_dtype):
-    lstmc.manual_seed(1)
-    model = cls(float_dtype)
-    twin = torch_twin(torch, cls, model, float_dtype)
-    src, tgt, y = batch(3)
-    loss, grads = composite_grads(model, src, tgt, y)
-    logits = twin(torch.from_numpy(src), torch.from_numpy(LENGTHS), torch.from_numpy(tgt))
+def compare_with_torch(torch, cls, dtype, e=E, h=H, b=B, s=S, t=T, lengths=LENGTHS, seed=1):
+    lstmc.manual_seed(seed)
+    model = cls(dtype, e, h)
+    twin = torch_twin(torch, cls, model, dtype, e, h)
+    src, lengths, tgt, y = batch(seed + 2, b, s, t, lengths)
+    loss, grads = composite_grads(model, src, lengths, tgt, y)
+    logits = twin(torch.from_numpy(src), torch.from_numpy(lengths), torch.from_numpy(tgt))
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(y).reshape(-1))
     ref.backward()
-    rtol, atol = (1e-9, 1e-12) if float_dtype == np.float64 else (1e-5, 1e-5)
-    chk = Checks(f"{cls.__name__} vs torch ({np.dtype(float_dtype).name})")
+    rtol, atol = (1e-9, 1e-12) if dtype == np.float64 else (1e-5, 1e-5)
+    chk = Checks(f"{cls.__name__} vs torch ({np.dtype(dtype).name}, E={e} H={h} B={b} S={s} "
+                 f"T={t} lengths={list(lengths)})")
     chk.close("loss", np.float64(loss), ref.item(), rtol, atol)
     for name, p in twin.named_parameters():
         chk.close(name, grads[name], p.grad.numpy(), rtol, atol)
     chk.raise_if_any()
-    _, tape = tape_grads(model, src, tgt, y)
+    _, taped = tape_grads(model, src, lengths, tgt, y)
     for name in grads:
-        np.testing.assert_array_equal(tape[name], grads[name], err_msg=name)
+        np.testing.assert_array_equal(taped[name], grads[name], err_msg=name)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_encoder_decoder_against_torch(torch, cls, float_dtype):
+    compare_with_torch(torch, cls, float_dtype)
+
+
+@settings(max_examples=12, **_SETTINGS)
+@given(b=st.integers(1, 3), s=st.integers(1, 5), t=st.integers(1, 4), e=st.integers(1, 4),
+       h=st.integers(1, 5), data=st.data())
+def test_encoder_decoder_shapes_against_torch(torch, b, s, t, e, h, data):
+    """The three models over shapes with sizes 1 and odd sizes (float64, torch the
+    reference), lengths from 1 to S in any order."""
+    lengths = np.array(data.draw(st.lists(st.integers(1, s), min_size=b, max_size=b)))
+    for cls in MODELS:
+        compare_with_torch(torch, cls, np.float64, e, h, b, s, t, lengths)
 
 
 def test_inputs_gradient_and_state_outputs(torch):
