@@ -20,6 +20,7 @@ BPTT), float32 rtol 1e-5 with atol 1e-5 * max|torch| (a gradient element sums ma
 products; an element that cancels to ~0 is judged against the tensor's scale).
 """
 import copy
+import pickle
 import threading
 
 import numpy as np
@@ -207,7 +208,9 @@ def test_losses_on_tape_tensors(reduction):
     for loss_fn, target in cases:
         def fn(v):
             out = loss_fn(F.tanh(v) * 2.0, target)
-            return out if reduction != "none" else out * np.linspace(0.5, 1.5, out.size).reshape(out.shape)
+            if reduction == "none":   # weighted, so that each element's gradient differs
+                out = out * np.linspace(0.5, 1.5, out.size).reshape(out.shape)
+            return out
         with nn.tape() as t:
             value = loss_fn(t.watch(x), target)
         assert isinstance(value, nn.Tensor) and value.dtype == np.float64
@@ -348,7 +351,7 @@ def test_encoder_decoder_against_finite_differences(cls):
         if name != "key.bias":   # adds one constant to a row of scores: softmax ignores it
             assert np.abs(num).max() > 1e-6, f"{name}: the loss does not reach it"
     chk.raise_if_any()
-    loss2, grads2 = tape_grads(model, src, lengths, tgt, y)         # the explicit tape: same numbers
+    loss2, grads2 = tape_grads(model, src, lengths, tgt, y)   # the explicit tape: same numbers
     assert loss2 == loss
     for name in grads:
         np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
@@ -663,6 +666,28 @@ def test_composite_in_sequential_and_eval_mode():
     np.testing.assert_array_equal(seq(x), y)
     with pytest.raises(RuntimeError, match="training-mode forward"):
         seq[0].backward(np.ones((5, 3)))
+
+
+def test_composite_copies_and_one_backward_per_forward():
+    """A deep copy (or pickle) of a Composite starts without the last forward's tape and
+    trains as the original; backward runs once per forward, as torch's graph."""
+    lstmc.manual_seed(12)
+    model = Seq2Seq(np.float64)
+    src, lengths, tgt, y = batch()
+    loss, grads = composite_grads(model, src, lengths, tgt, y)
+    logits = model(src, lengths, tgt)                       # leaves a tape behind
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.__dict__.get("_last") is None
+        loss2, grads2 = composite_grads(twin, src, lengths, tgt, y)
+        assert loss2 == loss
+        for name in grads:
+            np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
+    model.backward(np.ones_like(logits))
+    with pytest.raises(RuntimeError, match="once per forward"):
+        model.backward(np.ones_like(logits))
+    model(src, lengths, tgt)
+    with pytest.raises(ValueError, match="one gradient"):
+        model.backward(np.ones_like(logits), None)
 
 
 def test_threads_record_apart():

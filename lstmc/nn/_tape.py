@@ -21,6 +21,7 @@ second forward of every recurrent call and would need the dropout masks drawn ag
 the same generator state; keeping the state costs a copy.
 """
 import inspect
+import threading
 
 import numpy as np
 
@@ -28,6 +29,8 @@ from lstmc.nn import module as _module
 from lstmc.nn.module import Module
 
 __all__ = ["Tape", "Tensor", "tape", "Composite"]
+
+_COUNT_LOCK = threading.Lock()   # guards lstmc.nn.module._tapes_open
 
 
 class Tensor:
@@ -239,11 +242,13 @@ class Tape:
         self._replayed = False
 
     def __enter__(self):
-        if getattr(_module._recording, "tape", None) is not None:
+        if _module._recording.tape is not None:
             raise RuntimeError("a tape is already recording in this thread: one tape at a time "
                                "(a Composite called inside it records on it)")
         if self._open or self._replayed or self._count:
             raise RuntimeError("a tape records one forward: open a new one")
+        with _COUNT_LOCK:
+            _module._tapes_open += 1
         self._open = True
         _module._recording.tape = self
         return self
@@ -251,6 +256,8 @@ class Tape:
     def __exit__(self, *exc):
         self._open = False
         _module._recording.tape = None
+        with _COUNT_LOCK:
+            _module._tapes_open -= 1
         return False
 
     def __repr__(self):
@@ -584,7 +591,7 @@ class Composite(Module):
     """
 
     def __call__(self, *args, **kwargs):
-        if getattr(_module._recording, "tape", None) is not None:
+        if _module._recording.tape is not None:
             return self.forward(*args, **kwargs)
         tape = Tape(record=self.training)
         object.__setattr__(self, "_last", None)   # the previous forward's tape is let go

@@ -64,7 +64,7 @@ def _shape_of(v):
     return np.shape(_data(v))
 
 
-# ---- indexing and layout ------------------------------------------------------------------------
+# ---- indexing and layout ---------------------------------------------------------------------
 def _basic(key):
     """True if `key` is basic indexing (ints, slices, None, Ellipsis): each element picked
     once, so the gradient is assigned rather than summed."""
@@ -133,7 +133,7 @@ def reshape(x, shape):
     return _record([x], np.reshape(x.data, shape), lambda g: [g.reshape(shape_in)])
 
 
-# ---- arithmetic ----------------------------------------------------------------------------------
+# ---- arithmetic ------------------------------------------------------------------------------
 def add(a, b):
     sa, sb = _shape_of(a), _shape_of(b)
     return _record([a, b], np.add(_data(a), _data(b)),
@@ -237,7 +237,7 @@ def einsum(subscripts, *operands):
             kept = "".join(c for c in sub if c in known)
             gk = np.einsum(",".join([out] + [s for s, _ in others]) + "->" + kept, g,
                            *(d for _, d in others))
-            if kept != sub:   # axes summed in this operand alone: the gradient is constant along them
+            if kept != sub:   # axes summed in this operand alone: constant along them
                 shape = [n if c in kept else 1 for c, n in zip(sub, op.shape)]
                 gk = np.broadcast_to(gk.reshape(shape), op.shape).copy()
             grads.append(gk)
@@ -245,7 +245,7 @@ def einsum(subscripts, *operands):
     return _tape_of(operands)._record(list(operands), [y], lambda grads: backward(grads[0]))[0]
 
 
-# ---- elementwise functions --------------------------------------------------------------------------
+# ---- elementwise functions -------------------------------------------------------------------
 def tanh(x):
     y = np.tanh(x.data)
     return _record([x], y, lambda g: [g * (1 - y * y)])
@@ -307,7 +307,7 @@ def softmax(x, axis=-1, mask=None):
     return _record([x], y, backward)
 
 
-# ---- reductions ---------------------------------------------------------------------------------------
+# ---- reductions ------------------------------------------------------------------------------
 def _reduced_back(g, shape, axis, keepdims):
     """g of a reduction over `axis` -> x's shape (each element's share)."""
     if axis is not None and not keepdims:
