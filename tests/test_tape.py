@@ -133,6 +133,9 @@ def test_softmax_values():
     mask = np.array([[True, True, True, False], [False, False, False, False]])
     with nn.tape() as t:
         y = F.softmax(t.watch(x), mask=mask).numpy()
+    constant = F.softmax(x, mask=mask)            # no tensor in: a plain array out
+    assert type(constant) is np.ndarray
+    np.testing.assert_array_equal(constant, y)
     e = np.exp(np.array([1.0, 2.0, 3.0]) - 3.0)
     np.testing.assert_allclose(y[0], np.append(e / e.sum(), 0.0), rtol=1e-15, atol=0)
     np.testing.assert_array_equal(y[1], 0.0)          # a fully masked row: zeros, not NaN

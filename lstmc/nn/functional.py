@@ -1,8 +1,9 @@
 """The operations of lstmc.nn's tape (lstmc.nn.tape, Composite), each with its backward.
 
-They take tape tensors (lstmc.nn.Tensor) and constants (numpy arrays, numbers), at least one
-tensor, and return tensors; the tensor methods, Python's operators and numpy's functions of
-the same names (np.concatenate, np.tanh, np.einsum, ...) run them. The set is what
+They take tape tensors (lstmc.nn.Tensor) and constants (numpy arrays, numbers) and return a
+tensor (a plain array when no input is a tensor: a constant); the tensor methods, Python's
+operators and numpy's functions of the same names (np.concatenate, np.tanh, np.einsum, ...)
+run them. The set is what
 encoder-decoder and attention models need, kept small so that each backward is tested
 against finite differences (tests/test_tape.py):
 
@@ -26,7 +27,7 @@ __all__ = ["getitem", "concatenate", "stack", "transpose", "swapaxes", "reshape"
 
 
 def _tape_of(values):
-    """The tape of the tensors among `values` (one tape for all of them)."""
+    """The tape of the tensors among `values` (one tape for all of them), or None."""
     tape = None
     for v in values:
         if isinstance(v, Tensor):
@@ -34,14 +35,16 @@ def _tape_of(values):
                 tape = v._tape
             elif v._tape is not tape:
                 raise ValueError("an operation on tensors of two different tapes")
-    if tape is None:
-        raise TypeError("a tape operation takes at least one tape Tensor")
     return tape
 
 
 def _record(inputs, output, backward):
-    """One node of one output: backward(g) -> one gradient per input."""
-    return _tape_of(inputs)._record(inputs, [output], lambda grads: backward(grads[0]))[0]
+    """One node of one output: backward(g) -> one gradient per input. Without a tensor among
+    the inputs the output is a constant: the plain array."""
+    tape = _tape_of(inputs)
+    if tape is None:
+        return output
+    return tape._record(inputs, [output], lambda grads: backward(grads[0]))[0]
 
 
 def _data(v):
@@ -79,7 +82,7 @@ def getitem(x, key):
         key = tuple(_data(k) for k in key)
     else:
         key = _data(key)
-    data = x.data
+    data = _data(x)
     y = data[key]
     if isinstance(y, np.generic) or np.ndim(y) == 0:
         y = np.asarray(y)
@@ -103,7 +106,7 @@ def concatenate(tensors, axis=0):
 
     def backward(g):
         return np.split(g, ends, axis=axis)
-    return _tape_of(tensors)._record(tensors, [y], lambda grads: backward(grads[0]))[0]
+    return _record(tensors, y, backward)
 
 
 def stack(tensors, axis=0):
@@ -114,23 +117,23 @@ def stack(tensors, axis=0):
 
     def backward(g):
         return [np.take(g, i, axis=axis) for i in range(len(tensors))]
-    return _tape_of(tensors)._record(tensors, [y], lambda grads: backward(grads[0]))[0]
+    return _record(tensors, y, backward)
 
 
 def transpose(x, axes=None):
-    y = np.transpose(x.data, axes)
+    y = np.transpose(_data(x), axes)
     inverse = None if axes is None else np.argsort([a % x.ndim for a in axes])
     return _record([x], y, lambda g: [np.transpose(g, inverse)])
 
 
 def swapaxes(x, axis1, axis2):
-    return _record([x], np.swapaxes(x.data, axis1, axis2),
+    return _record([x], np.swapaxes(_data(x), axis1, axis2),
                    lambda g: [np.swapaxes(g, axis1, axis2)])
 
 
 def reshape(x, shape):
     shape_in = x.shape
-    return _record([x], np.reshape(x.data, shape), lambda g: [g.reshape(shape_in)])
+    return _record([x], np.reshape(_data(x), shape), lambda g: [g.reshape(shape_in)])
 
 
 # ---- arithmetic ------------------------------------------------------------------------------
@@ -166,14 +169,14 @@ def divide(a, b):
 
 
 def negative(x):
-    return _record([x], -x.data, lambda g: [-g])
+    return _record([x], -_data(x), lambda g: [-g])
 
 
 def power(x, exponent):
     """x ** exponent for a constant exponent (a number or an array)."""
     if isinstance(exponent, Tensor):
         raise TypeError("power: the exponent must be a constant, not a tape Tensor")
-    data = x.data
+    data = _data(x)
     return _record([x], data ** exponent,
                    lambda g: [_unbroadcast(g * exponent * data ** (exponent - 1), data.shape)])
 
@@ -242,34 +245,34 @@ def einsum(subscripts, *operands):
                 gk = np.broadcast_to(gk.reshape(shape), op.shape).copy()
             grads.append(gk)
         return grads
-    return _tape_of(operands)._record(list(operands), [y], lambda grads: backward(grads[0]))[0]
+    return _record(list(operands), y, backward)
 
 
 # ---- elementwise functions -------------------------------------------------------------------
 def tanh(x):
-    y = np.tanh(x.data)
+    y = np.tanh(_data(x))
     return _record([x], y, lambda g: [g * (1 - y * y)])
 
 
 def sigmoid(x):
-    y = _sigmoid(x.data)
+    y = _sigmoid(_data(x))
     return _record([x], y, lambda g: [g * y * (1 - y)])
 
 
 def relu(x):
     """max(x, 0); the gradient at 0 is 0, as torch's."""
-    data = x.data
+    data = _data(x)
     return _record([x], np.where(data < 0, 0, data).astype(data.dtype, copy=False),
                    lambda g: [g * (data > 0)])
 
 
 def exp(x):
-    y = np.exp(x.data)
+    y = np.exp(_data(x))
     return _record([x], y, lambda g: [g * y])
 
 
 def log(x):
-    data = x.data
+    data = _data(x)
     return _record([x], np.log(data), lambda g: [g / data])
 
 
@@ -282,7 +285,7 @@ def softmax(x, axis=-1, mask=None):
         its negation): the others get weight 0, as a score of -inf would. A slice whose
         entries are all masked is all zeros (torch gives NaN there), with gradient 0.
     """
-    data = x.data
+    data = _data(x)
     if mask is not None:
         mask = np.asarray(_data(mask))
         if mask.dtype != bool:
@@ -318,13 +321,13 @@ def _reduced_back(g, shape, axis, keepdims):
 
 def sum(x, axis=None, keepdims=False):   # noqa: A001  (numpy's name)
     shape = x.shape
-    y = np.asarray(x.data.sum(axis=axis, keepdims=keepdims))
+    y = np.asarray(_data(x).sum(axis=axis, keepdims=keepdims))
     return _record([x], y, lambda g: [_reduced_back(g, shape, axis, keepdims)])
 
 
 def mean(x, axis=None, keepdims=False):
     shape = x.shape
-    y = np.asarray(x.data.mean(axis=axis, keepdims=keepdims))
+    y = np.asarray(_data(x).mean(axis=axis, keepdims=keepdims))
     n = x.size // max(y.size, 1) if x.size else 0
     return _record([x], y,
                    lambda g: [_reduced_back(g / x.dtype.type(max(n, 1)), shape, axis,
