@@ -303,6 +303,7 @@ class Tape:
         rule = _RULES[module._tape_kind]
         values = _bind(module, args, kwargs)
         plain = [_plain(v) for v in values]
+        inputs = rule.inputs(module, values)   # checked before the call runs
         if self.record:
             rule.check(module)
         _module._recording.tape = None   # what the module's own forward calls is its own
@@ -318,7 +319,7 @@ class Tape:
             module._restore_saved(saved)
             return rule.backward(module, grads, shapes, values)
 
-        return rebuild(self._record(rule.inputs(module, values), outputs, backward))
+        return rebuild(self._record(inputs, outputs, backward))
 
     # ---- replay ---------------------------------------------------------------------------
     def backward(self, tensor, grad=None):
