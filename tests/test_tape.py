@@ -693,6 +693,24 @@ def test_composite_copies_and_one_backward_per_forward():
         model.backward(np.ones_like(logits), None)
 
 
+def test_quantized_composite_runs_its_forward():
+    """lstmc.quantize quantizes a Composite's modules; its forward runs as written (eval
+    mode, nothing recorded) and training stays refused."""
+    lstmc.manual_seed(13)
+    model = Seq2Seq(np.float32).eval()
+    src, lengths, tgt, _ = batch()
+    expected = model(src, lengths, tgt)
+    q = lstmc.quantize(model, dtype="int8")
+    got = q(src, lengths, tgt)
+    assert type(got) is np.ndarray and got.shape == expected.shape
+    # int8 weights and activations: logits of a few tenths move by a few thousandths
+    assert 0 < np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    with pytest.raises(RuntimeError, match="training-mode forward"):
+        q.backward(np.ones_like(got))
+    with pytest.raises(RuntimeError):
+        q.train()
+
+
 def test_threads_record_apart():
     """Each thread records on its own tape (the recording tape is per thread)."""
     lstmc.manual_seed(10)
