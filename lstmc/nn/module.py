@@ -89,8 +89,9 @@ class Module:
     """Base class of lstmc.nn modules, after torch.nn.Module.
 
     Subclasses assign Parameters and child Modules as attributes (they are registered in
-    assignment order) and implement `forward` and `backward`. Calling the module calls
-    `forward`.
+    assignment order) and implement `forward` and `backward` (or subclass
+    lstmc.nn.Composite and implement `forward` alone). Calling the module calls `forward`
+    (under a tape, lstmc.nn.tape, a module with a `_tape_kind` is recorded instead).
     """
 
     def __init__(self):
