@@ -544,7 +544,7 @@ def test_recurrent_module_called_per_step(kind):
             total = total + (head(y) ** 2).sum()
         return total
 
-    with nn.tape() as tp:
+    with nn.tape():
         loss = run()
     rec.zero_grad()
     head.zero_grad()
