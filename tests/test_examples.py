@@ -327,3 +327,18 @@ def test_own_bleu_equals_sacrebleu():
         for ours, theirs in (("char", "char"), ("space", "none")):
             want = sacrebleu.metrics.BLEU(tokenize=theirs).corpus_score(hyps, [refs]).score
             assert corpus_bleu(hyps, refs, ours) == pytest.approx(want, abs=1e-9), (hyps, refs)
+
+
+def test_seq2seq_attention_smoke():
+    """the Composite encoder-decoder learns to reverse digit strings (no data package)"""
+    res = run_example("seq2seq_attention.py")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    first, last = metric(rf"trained 150 steps in {NUM} s: loss first {NUM}, last \(smoothed\) "
+                         rf"{NUM}", out)[1:]
+    # an untrained model spreads its guesses over 12 ids: ln 12 = 2.48
+    assert 2.0 < first < 3.0 and last < first / 2, out
+    acc, exact = metric(rf"held-out \(256 strings\): token accuracy {NUM} \(teacher forcing\), "
+                        rf"exact match {NUM}", out)
+    assert 0.5 < acc <= 1 and 0 <= exact <= 1, out
+    assert re.search(r"example: \d+ -> [\d?]+", out), out

@@ -492,6 +492,18 @@ class Engine:
         return plan.unpack(dx, spec.input_size), plan.from_sorted(dh0), \
             None if dc0 is None else plan.from_sorted(dc0)
 
+    def kept_saved(self):
+        """What the last training forward saved, as a record of that forward alone (for
+        lstmc.nn's tape, which replays several forwards of one module): the reserve is a
+        buffer of a workspace that the next call overwrites, so the record owns a copy of
+        it (the packed input and dropout masks are the forward's own arrays already)."""
+        saved = self.last_saved()
+        return None if saved is None else saved._replace(reserve=saved.reserve.copy())
+
+    def restore_saved(self, saved):
+        """Makes `saved` (from kept_saved) the forward that the next backward reads."""
+        self.saved = saved
+
     def quantized_refusal(self, what):
         return self.quant.refusal(what)
 

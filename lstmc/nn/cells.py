@@ -7,12 +7,20 @@ step at a time, so, as Keras' cells (DropoutRNNCell), it draws its masks (one pe
 (B, H)) at its first training-mode step and keeps them for the steps after, until
 ``reset_dropout_mask()`` starts the next sequence (or the batch size changes): call it before
 each sequence. Eval mode never drops."""
+from typing import NamedTuple
+
 import numpy as np
 
 from lstmc import _core
 from lstmc.nn._checks import as_float, check_shape, pair
 from lstmc.nn.module import Module
 from lstmc.nn.rnn import GRU, LSTM, RNN
+
+
+class _CellSaved(NamedTuple):
+    """What a cell's backward reads of one training-mode step."""
+    unbatched: bool      # how the step's arguments were batched
+    seq: object          # its sequence module's record of the T = 1 forward (_engine.Saved)
 
 
 class _CellBase(Module):
@@ -119,6 +127,15 @@ class _CellBase(Module):
             stepper = self._seq._stepper(B)
             object.__setattr__(self, "_stepper", stepper)   # not a parameter or child
         return stepper
+
+    _tape_kind = "cell"
+
+    def _saved_for_backward(self):
+        return _CellSaved(self._unbatched, self._seq._saved_for_backward())
+
+    def _restore_saved(self, saved):
+        self._unbatched = saved.unbatched
+        self._seq._restore_saved(saved.seq)
 
     def _step_backward(self, dh, dc):
         B = self._seq._saved().plan.B

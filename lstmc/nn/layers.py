@@ -55,6 +55,14 @@ class Linear(Module):
             self.bias = None
         self._x = None
 
+    _tape_kind = "unary"
+
+    def _saved_for_backward(self):
+        return self._x
+
+    def _restore_saved(self, saved):
+        self._x = saved
+
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
@@ -112,6 +120,14 @@ class Embedding(Module):
             self.weight.data[padding_idx] = 0
         self._idx = None
 
+    _tape_kind = "unary"
+
+    def _saved_for_backward(self):
+        return self._idx
+
+    def _restore_saved(self, saved):
+        self._idx = saved
+
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
@@ -156,6 +172,14 @@ class Dropout(Module):
         self.p = float(p)
         self._mask = None
 
+    _tape_kind = "unary"
+
+    def _saved_for_backward(self):
+        return self._mask
+
+    def _restore_saved(self, saved):
+        self._mask = saved
+
     def extra_repr(self):
         return f"p={self.p}"
 
@@ -175,6 +199,14 @@ class Dropout(Module):
 
 class _Activation(Module):
     """Elementwise activation: forward keeps its output, backward multiplies by f'(y)."""
+
+    _tape_kind = "unary"
+
+    def _saved_for_backward(self):
+        return self._y
+
+    def _restore_saved(self, saved):
+        self._y = saved
 
     def forward(self, x):
         self._y = self._f(to_numpy(x))

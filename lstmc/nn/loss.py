@@ -93,6 +93,14 @@ class _Loss(Module):
     def _save(self, **saved):
         object.__setattr__(self, "_saved", saved)
 
+    _tape_kind = "loss"
+
+    def _saved_for_backward(self):
+        return self._saved
+
+    def _restore_saved(self, saved):
+        object.__setattr__(self, "_saved", saved)
+
     def _reduce(self, loss):
         """Elementwise losses -> the array ('none') or a Python float ('sum', 'mean')."""
         if self.reduction == "none":

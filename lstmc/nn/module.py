@@ -12,9 +12,21 @@ lstmc.nn._engine.PackedWeights).
 copy.deepcopy and pickle give a module whose parameters are views of its own flat buffer
 (Module.__getstate__ records where each one sits); a copy starts without derived copies.
 """
+import threading
 from collections import OrderedDict
 
 import numpy as np
+
+
+class _Recording(threading.local):
+    """The tape recording in this thread, if any (lstmc.nn._tape sets and clears it)."""
+    tape = None   # a class default: reading it costs 40 ns where getattr(local, .., None) took 360
+
+
+_recording = _Recording()
+# Tapes open in the process (lstmc.nn._tape counts them under a lock): 0 lets a call skip
+# the thread-local read. A thread sees its own increment before its own calls.
+_tapes_open = 0
 
 
 class Parameter:
@@ -77,8 +89,9 @@ class Module:
     """Base class of lstmc.nn modules, after torch.nn.Module.
 
     Subclasses assign Parameters and child Modules as attributes (they are registered in
-    assignment order) and implement `forward` and `backward`. Calling the module calls
-    `forward`.
+    assignment order) and implement `forward` and `backward` (or subclass
+    lstmc.nn.Composite and implement `forward` alone). Calling the module calls `forward`
+    (under a tape, lstmc.nn.tape, a module with a `_tape_kind` is recorded instead).
     """
 
     def __init__(self):
@@ -97,8 +110,27 @@ class Module:
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
+    # How a tape (lstmc.nn.tape) records a call of this module: None, through its forward
+    # (the calls and operations inside it are recorded); a kind named in lstmc.nn._tape's
+    # rules, as one step whose backward is the module's own (`_saved_for_backward` and
+    # `_restore_saved` then keep each call's saved state apart).
+    _tape_kind = None
+
     def __call__(self, *args, **kwargs):
+        if _tapes_open and self._tape_kind is not None:
+            tape = _recording.tape
+            if tape is not None:
+                return tape.call(self, args, kwargs)
         return self.forward(*args, **kwargs)
+
+    def _saved_for_backward(self):
+        """What `backward` reads of the last forward, as an object of this call alone
+        (modules with a `_tape_kind`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-call saved state")
+
+    def _restore_saved(self, saved):
+        """Makes `saved` (from `_saved_for_backward`) what the next `backward` reads."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-call saved state")
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")

@@ -364,6 +364,14 @@ class _RNNBase(Streaming, Module):
                                "copy does not carry what a forward saved)")
         return saved
 
+    _tape_kind = "sequence"
+
+    def _saved_for_backward(self):
+        return self._engine.kept_saved()
+
+    def _restore_saved(self, saved):
+        self._engine.restore_saved(saved)
+
     def _run_backward(self, dout, dhn, dcn):
         """Backward; returns (dx, dh0, dc0) in the user's layout."""
         self.refuse_if_quantized("backward")
