@@ -57,8 +57,9 @@ class Numbers:
 
     def __init__(self):
         self.words_of = num2words()
-        # every word and character appears among 0..1099 and the thousands
-        sample = list(range(1100)) + [k * 1000 for k in range(1, 1000)]
+        # every word and character appears among 0..1099, the thousands and k,123 ("... thousand,
+        # one hundred and ...")
+        sample = list(range(1100)) + [k * 1000 + r for k in range(1, 1000) for r in (0, 123)]
         words = sorted({w for k in sample for w in self.english(k)})
         chars = sorted({c for k in sample for c in self.german(k)})
         self.source_vocab = {w: i + 1 for i, w in enumerate(words)}          # 0: padding

@@ -342,3 +342,28 @@ def test_seq2seq_attention_smoke():
                         rf"exact match {NUM}", out)
     assert 0.5 < acc <= 1 and 0 <= exact <= 1, out
     assert re.search(r"example: \d+ -> [\d?]+", out), out
+
+
+@pytest.mark.skipif(not _installed("num2words"), reason=f"num2words not installed ({_data.INSTALL})")
+def test_translate_smoke(tmp_path):
+    """English -> German number words: trains, decodes greedy and beam over its stream,
+    scores exact match and BLEU, and draws an attention map (text and picture)."""
+    pgm = tmp_path / "attention.pgm"
+    res = run_example("translate.py", "--attention-map", str(pgm))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    first, = metric(rf"step\s+50  loss {NUM}", out)
+    last, = metric(rf"trained \d+ steps of 32 numbers in {NUM} s, loss {NUM}", out)[1:]
+    assert last < first / 2, out
+    for name in ("greedy", "beam 4"):
+        exact, bleu = metric(rf"held-out \(200 numbers\), {name}: exact match {NUM}, character "
+                             rf"BLEU {NUM}", out)
+        assert 0 <= exact <= 1 and 0 <= bleu <= 100, out
+    assert "attention of '" in out
+    header = pgm.read_bytes()[:20].split(b"\n")[0].split()
+    assert header[0] == b"P5" and int(header[1]) % 16 == 0 and int(header[2]) % 8 == 0
+
+
+def test_translate_without_num2words_exits_2():
+    res = run_example("translate.py", prelude="import sys; sys.modules['num2words'] = None")
+    assert res.returncode == 2 and "num2words" in res.stderr
