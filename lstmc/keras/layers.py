@@ -765,10 +765,16 @@ class _RNN(Layer):
         return out
 
     def _node_forward(self, xs, masks, training, call, logits=False):
-        y, mask = self.forward(xs[0], masks[0], training, initial_state=xs[1:] or None)
+        # Keras 3 hands a layer its input's mask only when the call has one tensor
+        # argument (keras/src/layers/layer.py, "Populate mask argument(s)"): called with
+        # initial_state= tensors, the layer runs every step, masked or not, and its output
+        # still carries the input's mask. Models must compute what Keras' do.
+        run_mask = None if call.n_state else masks[0]
+        y, _ = self.forward(xs[0], run_mask, training, initial_state=xs[1:] or None)
+        out_mask = self.compute_mask(masks[0])
         if self.return_state:
-            return y, [self.compute_mask(masks[0])] + [None] * self._n_states
-        return [y], [mask]
+            return y, [out_mask] + [None] * self._n_states
+        return [y], [out_mask]
 
     def _node_backward(self, dys, call, logits=False):
         dx, dstates = self._backward(dys[0], dys[1:] if self.return_state else None)

@@ -866,7 +866,7 @@ _MODEL_KIND = "lstmc.models.Model"
 def _structure(value, what):
     """A tensor, a list or a dict of tensors -> (how to rebuild it, the flat list)."""
     if isinstance(value, dict):
-        keys = list(value)
+        keys = sorted(value)   # Keras flattens a dict in the order of its sorted keys
         return {"keys": keys}, [value[k] for k in keys]
     if isinstance(value, (list, tuple)):
         if not value:
