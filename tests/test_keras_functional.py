@@ -233,14 +233,16 @@ def test_shaping_layers_and_two_outputs_match_keras():
         assert_close("predict", a, b, 1e-5, 1e-6)
     for m, lib_opt in ((ours, lstmc.optimizers.SGD), (theirs, keras.optimizers.SGD)):
         m.compile(lib_opt(learning_rate=0.3), ["binary_crossentropy", "mse"],
-                  loss_weights=[1.0, 0.5])
+                  loss_weights=[1.0, 0.5], metrics=[["accuracy"], ["mae"]])
     a = ours.fit(x, [y_seq, y_aux], epochs=2, batch_size=8, shuffle=False, verbose=0).history
     b = theirs.fit(x, [y_seq, y_aux], epochs=2, batch_size=8, shuffle=False,
                    verbose=0).history
-    assert_close("loss", a["loss"], b["loss"], 1e-5, 0)
+    assert set(a) == set(b) == {"loss", "activation_loss", "aux_loss", "activation_accuracy",
+                                "aux_mae"}
     for name in a:
-        if name in b:
-            assert_close(name, a[name], b[name], 1e-5, 1e-7)
+        assert_close(name, a[name], b[name], 1e-5, 1e-6)
+    assert_close("evaluate", ours.evaluate(x, [y_seq, y_aux], verbose=0),
+                 theirs.evaluate(x, [y_seq, y_aux], verbose=0), 1e-5, 1e-6)
 
 
 def _shared_graph(lib):
@@ -408,11 +410,11 @@ def test_graph_gradients_finite_differences():
 
     def loss():
         outs, masks = model._forward([xa, xb], True)
-        figures, _ = model._figures(outs, masks, [ya, yb], [], True)
+        figures, _ = model._figures(outs, masks, [ya, yb], [])
         return figures.logs()["loss"]
 
     outs, masks = model._forward([xa, xb], True)
-    _, douts = model._figures(outs, masks, [ya, yb], [], True)
+    _, douts = model._figures(outs, masks, [ya, yb], [])
     model.zero_grad()
     model._graph.backward(douts)
     for name, p in model.named_parameters():

@@ -117,11 +117,8 @@ class _Trainer(Module):
             raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
         dp = None
         if distributed:
-            if not isinstance(self, Sequential):
-                raise ValueError("fit(distributed=True) trains Sequential models only (the "
-                                 "functional Model's data-parallel path is not there yet)")
             from lstmc.distributed.training import DataParallel
-            dp = DataParallel(self, x)
+            dp = DataParallel(self, x, n)
         history = callbacks_module.History()
         cbs = list(callbacks or [])
         if dp is not None and dp.rank != 0:   # files and the progress bar: rank 0's
@@ -151,7 +148,8 @@ class _Trainer(Module):
                 figures = self._train_figures(_take(x, mine), _take(y, mine), dp, len(idx))
                 if dp is not None:    # the whole batch's: the ranks' shares summed
                     figures = dp.sum_totals(figures, names)
-                    figures.counts["loss"] = len(idx)
+                    for name in self._loss_names():
+                        figures.counts[name] = len(idx)
                 totals.merge(figures)
                 cb.on_train_batch_end(step, totals.logs())
                 if self.stop_training:   # as Keras: a callback stops within the epoch
@@ -322,6 +320,11 @@ class Sequential(_Trainer):
 
     def _figure_names(self):
         return ["loss"] + self._metric_names
+
+    def _loss_names(self):
+        """The figures that are a loss: in data-parallel training each rank's is its share
+        of the global batch's mean (see _train_step)."""
+        return ["loss"]
 
     def _figures(self, loss, out, y, mask, n=None):
         """The batch's figures; `n`: the samples its loss is the mean over (the global
@@ -646,14 +649,12 @@ class Model(_Trainer):
         return len(self.output_names) > 1
 
     def _figure_names(self):
-        names = ["loss"]
-        for i, out in enumerate(self.output_names):
-            if self._losses[i] is None:
-                continue
-            if self._multi():
-                names.append(f"{out}_loss")
-            names += [f"{out}_{m}" if self._multi() else m for m in self._metrics[i]]
-        return names
+        """Keras' order: the total loss, each output's loss, then each output's metrics."""
+        trained = [i for i, loss in enumerate(self._losses) if loss is not None]
+        if not self._multi():
+            return ["loss"] + [m for i in trained for m in self._metrics[i]]
+        return (["loss"] + [f"{self.output_names[i]}_loss" for i in trained]
+                + [f"{self.output_names[i]}_{m}" for i in trained for m in self._metrics[i]])
 
     def _fused(self):
         """Output positions whose Dense layer's activation the loss undoes: the loss takes
@@ -671,11 +672,17 @@ class Model(_Trainer):
                 out.append(i)
         return out
 
-    def _figures(self, outs, masks, ys, fused, training):
-        """(_Totals of the batch, the outputs' gradients, the gradient of `loss`)."""
+    def _loss_names(self):
+        return [n for n in self._figure_names() if n == "loss" or
+                (self._multi() and n in {f"{o}_loss" for o in self.output_names})]
+
+    def _figures(self, outs, masks, ys, fused, dp=None, n=None):
+        """(_Totals of the batch, the outputs' gradients). With `dp` each loss is divided by
+        the global batch's count of positions (so the ranks' shares sum to the global mean)
+        and counted as the `n` samples of the global batch."""
         figures = _Totals()
-        n = len(next(a for a in ys if a is not None)) if any(a is not None for a in ys) \
-            else len(outs[0])
+        if n is None:
+            n = len(outs[0])
         total, douts = 0.0, []
         for i, (out, mask, y, loss) in enumerate(zip(outs, masks, ys, self._losses)):
             if loss is None:
@@ -684,7 +691,8 @@ class Model(_Trainer):
             if y is None:
                 raise ValueError(f"y: no target for output {self.output_names[i]!r}, which "
                                  "has a loss")
-            value, d = loss.compute(y, out, mask, logits=i in fused)
+            count = None if dp is None else dp.total(loss.count(out, mask))
+            value, d = loss.compute(y, out, mask, logits=i in fused, count=count)
             w = self._loss_weights[i]
             total += w * value
             douts.append(d * d.dtype.type(w) if w != 1 else d)
@@ -702,21 +710,34 @@ class Model(_Trainer):
         return figures, douts
 
     def _train_figures(self, x, y, dp=None, n=None):
+        """One optimizer step on a batch -> its figures. With `dp` (data parallel, see
+        Sequential._train_step) the batch is this rank's share of the global one of `n`
+        samples."""
         if not self.compiled:
             raise RuntimeError("call compile(optimizer, loss) before fit / evaluate")
+        self._ensure_optimizer()
+        if dp is not None and len(x[0]) == 0:   # a rank with no share of a short batch
+            for loss in self._losses:
+                if loss is not None:
+                    dp.total(0)
+            self.zero_grad()
+            dp.gradients(self._trainable())
+            self.optimizer.step()
+            return _Totals()
         fused = self._fused()
         outs, masks = self._forward(x, True, fused)
-        self._ensure_optimizer()
-        figures, douts = self._figures(outs, masks, y, fused, True)
+        figures, douts = self._figures(outs, masks, y, fused, dp, n)
         self.zero_grad()
         self._graph.backward(douts, fused)
+        if dp is not None:
+            dp.gradients(self._trainable())
         self.optimizer.step()
         return figures
 
     def _eval_figures(self, x, y):
         fused = self._fused()
         outs, masks = self._forward(x, False, fused)
-        return self._figures(outs, masks, y, fused, False)[0]
+        return self._figures(outs, masks, y, fused)[0]
 
     def reset_states(self):
         for layer in self._layers:
