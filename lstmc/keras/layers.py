@@ -1,5 +1,9 @@
 """Keras-flavoured layers: `Embedding(mask_zero)`, `LSTM`, `GRU`, `SimpleRNN`,
-`Bidirectional`, `Dense`, `Dropout` and `Input`, for `lstmc.models.Sequential`.
+`Bidirectional`, `Dense`, `Dropout`, `Activation`, `RepeatVector`, `LayerNormalization`,
+`TimeDistributed` and `Input`, for `lstmc.models.Sequential` and the functional
+`lstmc.models.Model`; the merge layers (`Concatenate`, `Add`, `Multiply`, `Dot`) and the
+attention layers (`Attention`, `AdditiveAttention`) live in lstmc.keras.merging and
+lstmc.keras.attention and are exported here too.
 
 Each layer is a thin adapter around an `lstmc.nn` module (one engine, two faces). It adapts
 what Keras users expect at its edge and nowhere else:
@@ -14,7 +18,10 @@ what Keras users expect at its edge and nowhere else:
   cost no compute on padding), as Keras does.
 
 Inside `Sequential` a layer runs as `y, mask = layer.forward(x, mask, training)` and
-`dx = layer.backward(dy)`; called directly, `layer(x)` runs it in inference mode.
+`dx = layer.backward(dy)`; called directly, `layer(x)` runs it in inference mode. Called on
+symbolic tensors (`Input(...)` and what layers made of them) it records a node of a functional
+graph (lstmc.keras.graph), which runs it through `_node_forward` / `_node_backward`: lists of
+inputs, masks and outputs, for layers with several of each.
 """
 import math
 import re

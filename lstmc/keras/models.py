@@ -48,6 +48,16 @@ class _Trainer(Module):
     def layers(self):
         return list(self._layers)
 
+    def get_layer(self, name=None, index=None):
+        """The layer called `name` (or at position `index` of `layers`)."""
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r}; the model's are "
+                         f"{[l.name for l in self.layers]}")
+
     def _check_data(self, x, y):
         """(x, y) as the loop slices them, and the number of samples."""
         x, y = _array(x, "x"), _array(y, "y")
