@@ -104,6 +104,45 @@ def test_seq2seq_matches_keras(attention):
         assert_close(f"weight {i}", w1, w2, 1e-3, 5e-4)
 
 
+def _bidirectional_graph(lib, V=9, E=4, U=5):
+    """A Bidirectional encoder's states (forward h, c, backward h, c) start a decoder, and
+    a Bidirectional GRU starts from states computed by Dense layers."""
+    src, tgt = lib.Input(shape=(None,), dtype="int32"), lib.Input(shape=(None,), dtype="int32")
+    enc, fh, fc, bh, bc = lib.Bidirectional(lib.LSTM(U, return_sequences=True,
+                                                     return_state=True))(
+        lib.Embedding(V, E, mask_zero=True)(src))
+    dec = lib.LSTM(2 * U, return_sequences=True)(
+        lib.Embedding(V, E, mask_zero=True)(tgt),
+        initial_state=[lib.Concatenate()([fh, bh]), lib.Concatenate()([fc, bc])])
+    g = lib.Bidirectional(lib.GRU(3, return_sequences=True), merge_mode="sum")(
+        dec, initial_state=[lib.Dense(3)(fh), lib.Dense(3)(bh)])
+    return [src, tgt], lib.Dense(3, activation="softmax")(
+        lib.Concatenate()([g, lib.Attention()([dec, enc])]))
+
+
+def test_bidirectional_states_in_graphs_match_keras():
+    """Bidirectional return_state outputs and initial_state= inputs (Keras' order: the
+    forward direction's states, then the backward one's): Keras' outputs and fit."""
+    keras = _keras()
+    rng = np.random.default_rng(12)
+    x_src, x_tgt = _ids(rng, 40, 6, 9), _ids(rng, 40, 5, 9, lo=1)
+    y = rng.integers(0, 3, (40, 5))
+    lstmc.manual_seed(12)
+    ours = Model(*_bidirectional_graph(L))
+    theirs = keras.Model(*_bidirectional_graph(keras.layers))
+    theirs.set_weights(ours.get_weights())
+    assert_close("predict", ours.predict([x_src, x_tgt]),
+                 theirs.predict([x_src, x_tgt], verbose=0), 1e-5, 1e-6)
+    for m, opt in ((ours, lstmc.optimizers.SGD), (theirs, keras.optimizers.SGD)):
+        m.compile(opt(learning_rate=0.5), "sparse_categorical_crossentropy")
+    a = ours.fit([x_src, x_tgt], y, epochs=2, batch_size=8, shuffle=False, verbose=0).history
+    b = theirs.fit([x_src, x_tgt], y, epochs=2, batch_size=8, shuffle=False,
+                   verbose=0).history
+    assert_close("loss", a["loss"], b["loss"], 1e-5, 0)
+    for i, (w1, w2) in enumerate(zip(ours.get_weights(), theirs.get_weights())):
+        assert_close(f"weight {i}", w1, w2, 1e-4, 1e-5)
+
+
 def _merge_graph(lib, merge, V=9, E=5, U=6, T=6):
     """Two masked sequences (different paddings) merged, then a masked tagger head."""
     a, b = lib.Input(shape=(T,), dtype="int32"), lib.Input(shape=(T,), dtype="int32")
@@ -390,8 +429,9 @@ def test_shaping_layers_finite_differences(B, T, F, center, scale):
 
 def test_graph_gradients_finite_differences():
     """A whole graph in float64 — a shared LSTM called twice, return_state outputs feeding
-    initial_state, fan-out into several merges, two outputs — against central differences
-    of the loss for every parameter."""
+    initial_state (of a GRU and of a Bidirectional GRU whose states are outputs too), fan-out
+    into several merges, two outputs — against central differences of the loss for every
+    parameter."""
     rng = np.random.default_rng(1)
     f64 = {"dtype": "float64"}
     a, b = L.Input((4, 3), dtype="float64"), L.Input((5, 3), dtype="float64")
@@ -402,7 +442,9 @@ def test_graph_gradients_finite_differences():
     att = L.AdditiveAttention(**f64)([dec, ea])
     mix = L.Concatenate(**f64)([dec, att, L.Multiply(**f64)([dec, att])])
     out1 = L.TimeDistributed(L.Dense(2, **f64), **f64)(L.LayerNormalization(**f64)(mix))
-    out2 = L.Dense(1, **f64)(L.Add(**f64)([h, c]))
+    bi, fh, bh = L.Bidirectional(L.GRU(3, return_state=True, **f64), merge_mode="mul",
+                                 **f64)(eb, initial_state=[h, c])
+    out2 = L.Dense(1, **f64)(L.Add(**f64)([h, c, bi, fh, L.Multiply(**f64)([bh, bh])]))
     model = Model([a, b], [out1, out2])
     model.compile("sgd", ["mse", "mse"], loss_weights=[1.0, 0.7])
     xa, xb = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3))
@@ -520,6 +562,24 @@ def test_graph_errors():
         model.predict({"nope": np.zeros((1, 3))})
     with pytest.raises(ValueError, match="loss"):
         model.compile("sgd", ["mse", "mse"])
+
+
+def test_quantized_model_and_what_it_refuses(tmp_path):
+    """lstmc.quantize copies a functional model (int8 weights, predictions within
+    quantization error); saving it or exporting a functional model to ONNX says it is not
+    available instead of writing something else."""
+    V = 11
+    x_src, x_tgt, _ = _copy_task(V=V)
+    lstmc.manual_seed(2)
+    model = Model(*_seq2seq(L, V, 5, 6))
+    q = lstmc.quantize(model, "int8")
+    assert q.quantized == "int8" and model.quantized is None
+    assert_close("int8", q.predict([x_src, x_tgt]), model.predict([x_src, x_tgt]), 0, 5e-3)
+    with pytest.raises(ValueError, match="quantized"):
+        q.save(tmp_path / "q.lstmc")
+    pytest.importorskip("onnx")
+    with pytest.raises(TypeError, match="functional"):
+        lstmc.onnx.export(model, tmp_path / "m.onnx")
 
 
 def test_sequential_takes_input_tensor():

@@ -716,13 +716,15 @@ class _RNN(Layer):
         self._states = [s[None] for s in states]
 
     def _initial(self, initial_state, B):
+        """The states to start from, (D, B, U) each, or None (zeros)."""
         if initial_state is not None:
             states = [np.asarray(s, dtype=self.dtype) for s in initial_state]
-            if len(states) != self._n_states or any(s.shape != (B, self.units)
-                                                    for s in states):
-                raise ValueError(f"{self.name}: initial_state must be {self._n_states} arrays "
-                                 f"of shape ({B}, {self.units})")
-            return [s[None] for s in states]
+            n, D = self._n_states, 2 if self.bidirectional else 1
+            if len(states) != D * n or any(s.shape != (B, self.units) for s in states):
+                raise ValueError(f"{self.name}: initial_state must be {D * n} arrays of shape "
+                                 f"({B}, {self.units})")
+            # Keras' order: the forward direction's states, then the backward one's
+            return [np.stack([states[d * n + i] for d in range(D)]) for i in range(n)]
         if self.stateful and self._states is not None:
             if self._states[0].shape[1] != B:
                 raise ValueError(f"{self.name}: a stateful layer needs the same batch size "
@@ -849,17 +851,24 @@ class _RNN(Layer):
             dout = np.zeros((B, T, D * self.units), dtype=self.dtype)
         else:
             dout = np.ascontiguousarray(steps.scatter_backward(dseq))
-        dfinal = [None] * self._n_states   # (D, B, U) each: the final states' gradients
-        for i, d in enumerate(dstates or []):
-            if d is not None:
-                dfinal[i] = to_numpy(d).astype(self.dtype, copy=False)[None]
+        n = self._n_states
+        dfinal = [None] * n   # (D, B, U) each: the final states' gradients
+        dstates = list(dstates or [])
+        for i in range(n):    # dstates in Keras' order: each direction's states in turn
+            per_dir = [dstates[d * n + i] if d * n + i < len(dstates) else None
+                       for d in range(D)]
+            if any(g is not None for g in per_dir):
+                dfinal[i] = np.stack([np.zeros((B, self.units), self.dtype) if g is None
+                                      else to_numpy(g).astype(self.dtype, copy=False)
+                                      for g in per_dir])
         if dh is not None:   # the last output is h_n: both gradients reach it
             dfinal[0] = dh if dfinal[0] is None else dfinal[0] + dh
         dhx = None if all(d is None for d in dfinal) else self._backward_hx(dfinal)
         dxs, dhx0 = self._module.backward(dout, dhx)
         dx = steps.scatter_input_grad(dxs)
-        dinit = [np.zeros((B, self.units), self.dtype) if d is None else d[0]
-                 for d in self._split_state_grads(dhx0)]
+        per_state = [np.zeros((D, B, self.units), self.dtype) if g is None else g
+                     for g in self._split_state_grads(dhx0)]
+        dinit = [g[d] for d in range(D) for g in per_state]
         return (dx if drop is None else dx * drop), dinit
 
     def _split_state_grads(self, dhx0):
@@ -979,13 +988,6 @@ class Bidirectional(Layer):
     engine; weights are the forward layer's then the backward layer's, each in Keras'
     layout. With return_sequences, masked steps output zeros (as Keras)."""
 
-    def _check_call(self, call):
-        super()._check_call(call)
-        if self.return_state:
-            raise ValueError(f"{self.name}: in a functional model Bidirectional takes "
-                             "return_state=False (the states of both directions are not "
-                             "graph outputs yet)")
-
     def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
         if not isinstance(layer, _RNN):
             raise TypeError(f"Bidirectional wraps an LSTM, GRU or SimpleRNN layer, got "
@@ -1028,11 +1030,51 @@ class Bidirectional(Layer):
     def _inner_modules(self):
         return self.layer._inner_modules()
 
-    def forward(self, x, mask=None, training=False):
+    # ---- in a functional graph: initial_state= (forward states, then backward ones) and
+    # return_state outputs in Keras' order, as the wrapped layer's
+    def __call__(self, x, mask=None, training=False, initial_state=None):
+        kwargs = {} if initial_state is None else {"initial_state": initial_state}
+        if graph.is_symbolic(x, kwargs):
+            return graph.call_symbolic(self, x, kwargs)
+        y, _ = self.forward(x, mask, training, initial_state=initial_state)
+        return y
+
+    def _check_call(self, call):
+        n = 2 * self.layer._n_states
+        if call.listed or call.kwargs:
+            raise ValueError(f"{self.name} takes one input tensor (and initial_state=)")
+        if call.n_state not in (0, n):
+            raise ValueError(f"{self.name}: initial_state must be {n} tensors (the forward "
+                             f"direction's states, then the backward one's), got "
+                             f"{call.n_state}")
+
+    def _symbolic_outputs(self, shapes, call):
+        for i, shape in enumerate(shapes[1:]):
+            if tuple(shape) != (self.units,):
+                raise ValueError(f"{self.name}: initial_state[{i}] must have shape (batch, "
+                                 f"{self.units}), got {(None,) + tuple(shape)}")
+        self.build(shapes[0])
+        out = [(tuple(self.compute_output_shape(shapes[0])), self.dtype.name)]
+        if self.return_state:
+            out += [((self.units,), self.dtype.name)] * (2 * self.layer._n_states)
+        return out
+
+    _node_forward = _RNN._node_forward
+
+    @property
+    def _n_states(self):   # of one direction, as _RNN._node_forward counts them
+        return 2 * self.layer._n_states
+
+    def _node_backward(self, dys, call, logits=False):
+        dy = None if dys[0] is None else self._unmerge(dys[0])
+        dx, dstates = self.layer._backward(dy, dys[1:] if self.return_state else None)
+        return [dx] + (dstates if call.n_state else [])
+
+    def forward(self, x, mask=None, training=False, initial_state=None):
         x = _float_input(x, self)
         if x.ndim == 3:
             self._check_built_for(x)
-        y, mask_out = self.layer.forward(x, mask, training)
+        y, mask_out = self.layer.forward(x, mask, training, initial_state=initial_state)
         if self.layer.return_state:
             return [self._merge(y[0])] + y[1:], None
         return self._merge(y), mask_out
@@ -1053,6 +1095,10 @@ class Bidirectional(Layer):
         return (f + b) / 2
 
     def backward(self, dy):
+        return self.layer.backward(self._unmerge(dy))
+
+    def _unmerge(self, dy):
+        """The merged output's gradient -> the wrapped layer's (both directions)."""
         dy = to_numpy(dy).astype(self.dtype, copy=False)
         U, (f, b) = self.units, self._halves
         if self.merge_mode == "concat":
@@ -1064,8 +1110,8 @@ class Bidirectional(Layer):
         else:
             df = db = dy / 2
         if self.layer.return_sequences:
-            return self.layer.backward(np.concatenate([df, db], axis=-1))
-        return self.layer.backward(np.stack([df, db]))
+            return np.concatenate([df, db], axis=-1)
+        return np.stack([df, db])
 
     def compute_mask(self, mask):
         return self.layer.compute_mask(mask)

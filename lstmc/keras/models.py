@@ -48,6 +48,13 @@ class _Trainer(Module):
     def layers(self):
         return list(self._layers)
 
+    @property
+    def quantized(self):
+        """The dtype name of the layers' quantized weights ("int8" or "bf16";
+        lstmc.quantize), or None for a float model."""
+        from lstmc._quantize import quantized_dtype   # lstmc._quantize imports lstmc.nn
+        return quantized_dtype(self)
+
     def get_layer(self, name=None, index=None):
         """The layer called `name` (or at position `index` of `layers`)."""
         if index is not None:
@@ -432,12 +439,6 @@ class Sequential(_Trainer):
         print_fn("\n".join(lines))
 
     # ---- saving -------------------------------------------------------------------------
-    @property
-    def quantized(self):
-        """The dtype name of the layers' quantized weights ("int8" or "bf16";
-        lstmc.quantize), or None for a float model."""
-        from lstmc._quantize import quantized_dtype   # lstmc._quantize imports lstmc.nn
-        return quantized_dtype(self)
 
     def _config(self):
         return {"name": self.name,
@@ -866,7 +867,12 @@ class Model(_Trainer):
     def save(self, filepath):
         """One file (lstmc.io format) with the graph, the weights and — once compiled — the
         losses, metrics, loss weights and the optimizer with its state. Written
-        atomically."""
+        atomically. A quantized functional model (lstmc.quantize) is not saved yet: save
+        the float model and quantize it after loading."""
+        if self.quantized is not None:
+            raise ValueError(f"{self.name} is quantized ({self.quantized}): a quantized "
+                             "functional Model is not saved yet; save the float model and "
+                             "quantize it after load_model")
         config = {"model": self._config()}
         arrays = _weight_arrays(self.get_weights())
         if self.compiled:
