@@ -326,6 +326,43 @@ def test_shared_layers_and_dicts_match_keras():
         assert_close(f"weight {i}", w1, w2, 1e-3, 5e-4)
 
 
+def _nested_graph(lib, model_cls):
+    """A masked sentence encoder (a Model) called on two inputs inside another Model."""
+    ids = lib.Input(shape=(None,), dtype="int32")
+    h = lib.LSTM(5)(lib.Embedding(9, 4, mask_zero=True)(ids))
+    encoder = model_cls(ids, lib.Dense(4, activation="tanh")(h))
+    a, b = lib.Input(shape=(None,), dtype="int32"), lib.Input(shape=(None,), dtype="int32")
+    ea, eb = encoder(a), encoder(b)
+    both = lib.Concatenate()([ea, eb, lib.Multiply()([ea, eb])])
+    return [a, b], lib.Dense(1, activation="sigmoid")(both)
+
+
+def test_model_called_as_a_layer_matches_keras(tmp_path):
+    """A Model called on tensors of another (a siamese encoder, shared by two inputs):
+    Keras' layers, weights order, predictions and fit trajectory; save / load_model keeps
+    the nested model."""
+    keras = _keras()
+    rng = np.random.default_rng(13)
+    xa, xb = _ids(rng, 40, 6, 9), _ids(rng, 40, 5, 9)
+    y = rng.integers(0, 2, 40).astype(np.float32)
+    lstmc.manual_seed(13)
+    ours = Model(*_nested_graph(L, Model))
+    theirs = keras.Model(*_nested_graph(keras.layers, keras.Model))
+    assert len(ours.layers) == len(theirs.layers)
+    theirs.set_weights(ours.get_weights())
+    assert_close("predict", ours.predict([xa, xb]), theirs.predict([xa, xb], verbose=0),
+                 1e-5, 1e-6)
+    for m, opt in ((ours, lstmc.optimizers.Adam), (theirs, keras.optimizers.Adam)):
+        m.compile(opt(learning_rate=0.02), "binary_crossentropy", metrics=["accuracy"])
+    a = ours.fit([xa, xb], y, epochs=2, batch_size=8, shuffle=False, verbose=0).history
+    b = theirs.fit([xa, xb], y, epochs=2, batch_size=8, shuffle=False, verbose=0).history
+    assert_close("loss", a["loss"], b["loss"], 1e-5, 0)
+    assert_close("accuracy", a["accuracy"], b["accuracy"], 1e-7, 1e-6)
+    ours.save(tmp_path / "nested.lstmc")
+    np.testing.assert_array_equal(load_model(tmp_path / "nested.lstmc").predict([xa, xb]),
+                                  ours.predict([xa, xb]))
+
+
 # ---- finite differences (float64) -----------------------------------------------------------
 def _numerical(f, x, eps=1e-6):
     g = np.zeros_like(x)

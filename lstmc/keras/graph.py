@@ -236,13 +236,14 @@ class Graph:
         return depth
 
     # ---- running --------------------------------------------------------------------------
-    def forward(self, arrays, training, logits=()):
-        """Runs the graph on `arrays` (one per input) -> (outputs, their masks), lists in
-        the order of `outputs`. `logits`: output positions whose Dense layer stops before its
-        activation (a fused loss). With training, what backward needs is kept."""
+    def forward(self, arrays, training, logits=(), masks=None):
+        """Runs the graph on `arrays` (one per input; `masks`: theirs, or None) -> (outputs,
+        their masks), lists in the order of `outputs`. `logits`: output positions whose
+        Dense layer stops before its activation (a fused loss). With training, what backward
+        needs is kept."""
         logit_nodes = {self.outputs[i].node for i in logits}
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
-        masks = {id(t): None for t in self.inputs}
+        masks = {id(t): m for t, m in zip(self.inputs, masks or [None] * len(self.inputs))}
         run = _Run() if training else None
         for node in self.nodes:
             xs = [values[id(t)] for t in node.inputs]
@@ -262,7 +263,8 @@ class Graph:
     def backward(self, douts, logits=()):
         """Gradients of the outputs (a list, None for an output the loss does not use) back
         through the nodes of the latest training forward: layers add their weights'
-        gradients to their parameters' `.grad`."""
+        gradients to their parameters' `.grad`. Returns the inputs' gradients (None for an
+        input that gets none, such as token ids)."""
         run = self._run
         if run is None:
             raise RuntimeError("backward needs a forward with training=True first")
@@ -280,9 +282,9 @@ class Graph:
                 self._replay(node, run, node in logit_nodes)
             dxs = layer._node_backward(dys, node.call, node in logit_nodes)
             for t, dx in zip(node.inputs, dxs):
-                if dx is not None and not t.node.is_input:
-                    _accumulate(grads, t, dx)
+                _accumulate(grads, t, dx)
         _set_random_state(after)
+        return [grads.get(id(t)) for t in self.inputs]
 
     def _replay(self, node, run, logits):
         """Runs `node`'s forward again as it ran (same inputs, same random draws) so that

@@ -425,7 +425,8 @@ class Sequential(_Trainer):
         for layer, shape in zip(self._layers, self._output_shapes()):
             shape_text = "?" if shape is None else str((None,) + tuple(shape))
             count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape_text, count))
+            kind = "Functional" if isinstance(layer, Model) else type(layer).__name__
+            rows.append((f"{layer.name} ({kind})", shape_text, count))
         w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
         rule = "-" * (sum(w) + 2)
         lines = [f'Model: "{self.name}"', rule]
@@ -517,6 +518,8 @@ class Model(_Trainer):
         for layer in self._layers:
             if not isinstance(layer, layers_module.InputLayer):
                 self._modules[layer.name] = layer   # a child: parameters, train / eval
+        self._inbound_nodes = []   # its calls on symbolic tensors, as a layer's
+        self.built_shape = None
         self.input_names = [t.node.layer.name for t in ins]
         if isinstance(self._out_keys, list) and all(isinstance(k, str) for k in self._out_keys):
             self.output_names = list(self._out_keys)
@@ -590,9 +593,47 @@ class Model(_Trainer):
         xs = [_float_or_ids(x, t) for x, t in zip(xs, self._graph.inputs)]
         return self._graph.forward(xs, training, logits)
 
-    def __call__(self, x, training=False):
+    def __call__(self, x, training=False, mask=None):
+        """Outputs for `x`; on symbolic tensors the model is called as a layer of another
+        graph (its weights shared with this model)."""
+        if graph.is_symbolic(x):
+            return graph.call_symbolic(self, list(x.values()) if isinstance(x, dict)
+                                       else x, {})
         outs, _ = self._forward(self._xs(x), training)
         return self._pack(outs)
+
+    # ---- as a layer of another functional model (lstmc.keras.graph calls these) ------------
+    @property
+    def dtype(self):
+        return np.dtype(self._graph.outputs[0].dtype)
+
+    def _check_call(self, call):
+        if call.n_state or call.kwargs:
+            raise ValueError(f"{self.name} is called on its inputs only (no initial_state= "
+                             "or options)")
+
+    def _symbolic_outputs(self, shapes, call):
+        inputs = self._graph.inputs
+        if len(shapes) != len(inputs):
+            raise ValueError(f"{self.name} takes {len(inputs)} input tensors, got "
+                             f"{len(shapes)}")
+        for i, (shape, t) in enumerate(zip(shapes, inputs)):
+            want = t.shape[1:]
+            if len(shape) != len(want) or any(a is not None and b is not None and a != b
+                                              for a, b in zip(shape, want)):
+                raise ValueError(f"{self.name}: input {i} must have shape "
+                                 f"{(None,) + tuple(want)}, got {(None,) + tuple(shape)}")
+        return [(t.shape[1:], t.dtype) for t in self._graph.outputs]
+
+    def _node_forward(self, xs, masks, training, call, logits=False):
+        xs = [_float_or_ids(np.asarray(x), t) for x, t in zip(xs, self._graph.inputs)]
+        return self._graph.forward(xs, training, masks=masks)
+
+    def _node_backward(self, dys, call, logits=False):
+        return self._graph.backward(dys)
+
+    def get_config(self):
+        return self._config()
 
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for `x` (an array, a list or a dict by input name), batch by batch
@@ -796,7 +837,8 @@ class Model(_Trainer):
             shape_text = str(shapes[0]) if len(shapes) == 1 else \
                 "[" + ", ".join(str(s) for s in shapes) + "]"
             links = [ref(t) for node in nodes for t in node.inputs]
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape_text,
+            kind = "Functional" if isinstance(layer, Model) else type(layer).__name__
+            rows.append((f"{layer.name} ({kind})", shape_text,
                          f"{layer.count_params():,}", ", ".join(links) or "-"))
         w = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
         rule = "-" * (sum(w) + 3)
@@ -838,7 +880,8 @@ class Model(_Trainer):
     def _from_config(cls, mc):
         layers = {}
         for spec, shape in zip(mc["layers"], mc["built_shapes"]):
-            layer = layers_module.deserialize(spec)
+            layer = cls._from_config(spec["config"]) if spec.get("class_name") == "Model" \
+                else layers_module.deserialize(spec)
             if shape is not None and not isinstance(layer, layers_module.InputLayer):
                 layer.build(_shape_of_config(shape))
             layers[layer.name] = layer
