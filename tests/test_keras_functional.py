@@ -363,6 +363,48 @@ def test_model_called_as_a_layer_matches_keras(tmp_path):
                                   ours.predict([xa, xb]))
 
 
+def _every_layer_graph(k):
+    """A Keras graph with every layer lstmc reads: masks from two embeddings, states into
+    a decoder, both attentions (with scores as an output), merges, LayerNormalization,
+    TimeDistributed, RepeatVector, a shared Dense and a Bidirectional's states."""
+    L_ = k.layers
+    a = k.Input((None,), dtype="int32", name="src")
+    b = k.Input((None,), dtype="int32", name="tgt")
+    enc, h, c = L_.LSTM(5, return_sequences=True, return_state=True)(
+        L_.Embedding(9, 4, mask_zero=True)(a))
+    dec = L_.LSTM(5, return_sequences=True)(L_.Embedding(9, 4, mask_zero=True)(b),
+                                            initial_state=[h, c])
+    att, scores = L_.Attention(use_scale=True)([dec, enc], return_attention_scores=True)
+    add_att = L_.AdditiveAttention()([dec, enc])
+    mixed = L_.LayerNormalization()(L_.Concatenate()([dec, att, add_att]))
+    out = L_.TimeDistributed(L_.Dense(3))(mixed)
+    out = L_.Activation("softmax")(L_.Add()([out, L_.Multiply()([out, out])]))
+    shared = L_.Dense(2, activation="tanh")
+    bi = L_.Bidirectional(L_.GRU(2, return_state=True))(enc)
+    return k.Model([a, b], [out, L_.Dot(axes=2)([dec, enc]), L_.RepeatVector(2)(h), scores,
+                            bi[0], shared(bi[1]), shared(bi[2])])
+
+
+def test_keras_functional_file_loads(tmp_path):
+    """A Keras 3 .keras file of a functional graph (the ops Keras saves for its masks left
+    out: lstmc's layers propagate masks by the same rules) predicts every output as Keras,
+    and the loaded model trains."""
+    keras = _keras()
+    pytest.importorskip("h5py")
+    model = _every_layer_graph(keras)
+    model.save(tmp_path / "graph.keras")
+    ours = load_model(tmp_path / "graph.keras")
+    rng = np.random.default_rng(14)
+    xa, xb = _ids(rng, 12, 6, 9), _ids(rng, 12, 5, 9, lo=1)
+    for i, (a, b) in enumerate(zip(ours.predict([xa, xb]),
+                                   model.predict([xa, xb], verbose=0))):
+        assert_close(f"output {i}", a, b, 1e-5, 1e-6)
+    ours.compile("adam", ["sparse_categorical_crossentropy"] + [None] * 6)
+    history = ours.fit([xa, xb], [rng.integers(0, 3, (12, 5))] + [None] * 6, epochs=2,
+                       verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 # ---- finite differences (float64) -----------------------------------------------------------
 def _numerical(f, x, eps=1e-6):
     g = np.zeros_like(x)

@@ -990,7 +990,8 @@ def load_model(filepath, compile=True):
     `compile`) its optimizer state: predictions are bit-identical to the saved model's.
 
     A Keras file (`.keras`, `.h5`, `.hdf5`) is read with h5py alone (`lstmc[keras]`) into an
-    uncompiled Sequential of lstmc's layers: see `lstmc.keras.files`. What lstmc saved is
+    uncompiled Sequential of lstmc's layers, or a functional Model for a graph that is not a
+    chain: see `lstmc.keras.files`. A functional Model's own file gives a Model. What lstmc saved is
     read as lstmc's, whatever the file's name (`save("model.keras")` writes lstmc's format)."""
     if os.fspath(filepath).lower().endswith((".keras", ".h5", ".hdf5")) \
             and not io.is_lstmc_file(filepath):
