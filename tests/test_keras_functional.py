@@ -151,7 +151,8 @@ def _merge_graph(lib, merge, V=9, E=5, U=6, T=6):
     layer = {"add": lambda: lib.Add(), "multiply": lambda: lib.Multiply(),
              "concatenate": lambda: lib.Concatenate(),
              "concatenate_time": lambda: lib.Concatenate(axis=1),
-             "dot": lambda: lib.Dot(axes=2), "dot_normalize": lambda: lib.Dot(axes=2, normalize=True),
+             "dot": lambda: lib.Dot(axes=2),
+             "dot_normalize": lambda: lib.Dot(axes=2, normalize=True),
              "dense_merge": lambda: lib.Concatenate()}[merge]()
     m = layer([xa, xb])
     if merge.startswith("dot"):

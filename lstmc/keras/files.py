@@ -525,8 +525,9 @@ class _Builder:
         spec = cfg.get("layer")
         if not isinstance(spec, dict) or spec.get("class_name") not in ("Dense", "Dropout",
                                                                         "Activation"):
+            got = spec.get("class_name") if isinstance(spec, dict) else spec
             self.fail(name, "TimeDistributed must wrap a Dense, Dropout or Activation layer "
-                      f"in lstmc, got {spec.get('class_name') if isinstance(spec, dict) else spec!r}")
+                      f"in lstmc, got {got!r}")
         inner_cfg = spec.get("config")
         if not isinstance(inner_cfg, dict):
             raise io.FormatError(f"{self.path}: layer {name!r}: wrapped layer has no config")

@@ -75,8 +75,9 @@ class Node:
         self.call = call
         self.outputs = []
         self.uid = next(_uids)
-        self.index = len(layer._inbound_nodes)   # which call of the layer
-        layer._inbound_nodes.append(self)
+        calls = layer.__dict__.setdefault("_inbound_nodes", [])   # layers pickled before
+        self.index = len(calls)   # which call of the layer
+        calls.append(self)
 
     @property
     def is_input(self):

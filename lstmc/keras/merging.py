@@ -7,6 +7,8 @@ when an input has no mask; Multiply reads a masked input as 1 there and zeroes w
 input keeps), Concatenate concatenates the inputs' masks (all True for an input without
 one) and keeps a position when any of its entries is kept, Dot gives no mask.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from lstmc.keras.layers import Layer, _float_input
@@ -97,8 +99,9 @@ class Add(_Merge):
         try:
             np.broadcast_shapes(*[tuple(1 if d is None else d for d in s) for s in shapes])
         except ValueError:
-            raise ValueError(f"{self.name}: inputs of shapes {[(None,) + tuple(s) for s in shapes]} "
-                             "cannot be added") from None
+            shown = [(None,) + tuple(s) for s in shapes]
+            raise ValueError(f"{self.name}: inputs of shapes {shown} cannot be "
+                             "added") from None
 
     def forward(self, inputs, mask=None, training=False):
         xs, masks = self._inputs(inputs, mask)
@@ -123,6 +126,13 @@ class Add(_Merge):
         return tuple(out)
 
 
+class _MultiplySaved(NamedTuple):
+    """What Multiply's forward keeps for its backward."""
+    xs: list                  # the factors (1 where an input's mask drops an entry)
+    keep: list                # each input's mask broadcast to its shape, or None
+    out_keep: np.ndarray      # where the output is kept (every input masked), or None
+
+
 class Multiply(Add):
     """The elementwise product of the inputs; a masked input counts as 1 at its masked
     positions and, when every input has a mask, positions no input keeps are 0 (Keras)."""
@@ -140,12 +150,12 @@ class Multiply(Add):
         if all(k is not None for k in keep):
             out_keep = np.logical_or.reduce(keep)
             y = np.where(out_keep, y, y.dtype.type(0))
-        self._saved = (xs, keep, out_keep)
+        self._saved = _MultiplySaved(xs, keep, out_keep)
         return y, (None if out_keep is None else out_keep.any(axis=-1))
 
     def backward(self, dy):
         dy = to_numpy(dy).astype(self.dtype, copy=False)
-        xs, keep, out_keep = self._saved
+        xs, keep, out_keep = self._saved.xs, self._saved.keep, self._saved.out_keep
         if out_keep is not None:
             dy = dy * out_keep
         grads = []
@@ -223,6 +233,15 @@ class Concatenate(_Merge):
         return {**super().get_config(), "axis": self.axis}
 
 
+class _DotSaved(NamedTuple):
+    """What Dot's forward keeps for its backward."""
+    x1: np.ndarray            # the inputs as multiplied (normalised with normalize=True)
+    x2: np.ndarray
+    norms: tuple              # their L2 norms along the axes (normalize=True), else Nones
+    subscripts: tuple         # einsum subscripts of x1, x2 and the output
+    axes: tuple               # the contracted axis of each input
+
+
 class Dot(_Merge):
     """Per sample, the dot product of two inputs over `axes` (an int, or one per input;
     Keras' batch_dot): (B, T, D) and (B, S, D) with axes=2 give (B, T, S); two (B, D) give
@@ -285,17 +304,18 @@ class Dot(_Merge):
     def forward(self, inputs, mask=None, training=False):
         (x1, x2), _ = self._inputs(inputs, mask)
         s1, s2, so, (a, b) = self._subscripts(x1.ndim, x2.ndim)
-        raw = (x1, x2)
         norms = (None, None)
         if self.normalize:
             (x1, n1), (x2, n2) = self._l2(x1, a), self._l2(x2, b)
             norms = (n1, n2)
         y = np.einsum(f"{s1},{s2}->{so}", x1, x2)
-        self._saved = (raw, (x1, x2), norms, (s1, s2, so, a, b))
+        self._saved = _DotSaved(x1, x2, norms, (s1, s2, so), (a, b))
         return (y[:, None] if y.ndim == 1 else y), None
 
     def backward(self, dy):
-        raw, (x1, x2), norms, (s1, s2, so, a, b) = self._saved
+        saved = self._saved
+        x1, x2, norms = saved.x1, saved.x2, saved.norms
+        (s1, s2, so), (a, b) = saved.subscripts, saved.axes
         dy = to_numpy(dy).astype(self.dtype, copy=False)
         if len(so) == 1:
             dy = dy[:, 0]

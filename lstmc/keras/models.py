@@ -679,7 +679,6 @@ class Model(_Trainer):
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = self._losses[0] if len(self._losses) == 1 else self._losses
         self._metric_names = self._figure_names()[1:]
-        self._compile_args = {"loss": loss, "metrics": metrics, "loss_weights": loss_weights}
         self.compiled = True
 
     def _per_output(self, value, what):
@@ -748,8 +747,9 @@ class Model(_Trainer):
             w = self._loss_weights[i]
             total += w * value
             douts.append(d * d.dtype.type(w) if w != 1 else d)
-            if i in fused:
-                out = layers_module._ACTIVATIONS[self._graph.outputs[i].node.layer.activation][0](out)
+            if i in fused:   # the metrics see the activation's output
+                activation = self._graph.outputs[i].node.layer.activation
+                out = layers_module._ACTIVATIONS[activation][0](out)
             prefix = f"{self.output_names[i]}_" if self._multi() else ""
             if self._multi():
                 figures.add(prefix + "loss", value * n, n)
