@@ -583,6 +583,64 @@ def test_encoder_and_decoder_models_share_the_trained_layers():
                  expected[full_rows], 1e-5, 1e-6)
 
 
+def test_shared_layers_with_dropout_finite_differences():
+    """Shared layers that draw dropout masks (an LSTM with dropout=, a Dropout layer), each
+    called twice: backward replays each earlier call with its own draws, so the gradients
+    equal central differences of the loss with the generator reseeded before every
+    forward (the same masks each time)."""
+    rng = np.random.default_rng(3)
+    f64 = {"dtype": "float64"}
+    a, b = L.Input((4, 3), dtype="float64"), L.Input((3, 3), dtype="float64")
+    rnn = L.LSTM(3, dropout=0.4, return_sequences=True, **f64)
+    drop = L.Dropout(0.5, **f64)
+    dense = L.Dense(2, activation="tanh", **f64)
+    ya = dense(drop(rnn(a)))
+    yb = dense(drop(rnn(b)))
+    out = L.Dense(1, **f64)(L.Concatenate(axis=1, **f64)([ya, yb]))
+    model = Model([a, b], out)
+    model.compile("sgd", "mse")
+    xa, xb = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 3, 3))
+    y = rng.standard_normal((2, 7, 1))
+
+    def run():
+        lstmc.manual_seed(5)
+        outs, masks = model._forward([xa, xb], True)
+        return model._figures(outs, masks, [y], [])
+
+    _, douts = run()
+    model.zero_grad()
+    model._graph.backward(douts)
+    for name, p in model.named_parameters():
+        assert_close(name, p.grad.copy(), _numerical(lambda: run()[0].logs()["loss"],
+                                                     p.data), 1e-6, 1e-8)
+
+
+@settings(max_examples=6, deadline=None)
+@given(B=st.integers(1, 4), Ts=st.integers(1, 6), Tt=st.integers(1, 5))
+def test_seq2seq_shapes_match_keras(B, Ts, Tt):
+    """The encoder-decoder on batches of any size and lengths (1 included; rows padded at
+    either end): Keras' predictions."""
+    keras = _keras()
+    ours, theirs = _seq2seq_pair(keras)
+    rng = np.random.default_rng(B * 100 + Ts * 10 + Tt)
+    x_src, x_tgt = _ids(rng, B, Ts, 11, lo=1), _ids(rng, B, Tt, 11, lo=1)
+    assert_close("predict", ours.predict([x_src, x_tgt]),
+                 theirs.predict([x_src, x_tgt], verbose=0), 1e-5, 1e-6)
+
+
+_PAIR = {}
+
+
+def _seq2seq_pair(keras):
+    if not _PAIR:
+        lstmc.manual_seed(21)
+        ours = Model(*_seq2seq(L, 11, 4, 5))
+        theirs = keras.Model(*_seq2seq(keras.layers, 11, 4, 5))
+        theirs.set_weights(ours.get_weights())
+        _PAIR["models"] = ours, theirs
+    return _PAIR["models"]
+
+
 # ---- the model's API ---------------------------------------------------------------------------
 def test_save_load_and_weights_round_trip(tmp_path):
     """save / load_model of a functional model: same predictions bit for bit, the optimizer
