@@ -31,10 +31,11 @@ _KIND = "lstmc.models.Sequential"
 
 class _Trainer(Module):
     """What Sequential and the functional Model share: the training loop (fit, evaluate,
-    train_on_batch), the optimizer's binding and the weight lists. A subclass gives
-    `_train_figures(x, y, dp)` (one optimizer step on a batch -> its _Totals),
-    `_eval_figures(x, y)`, `_figure_names()`, `_compile_losses(loss, metrics, ...)` and its
-    data's sample count and slicing (`_check_data`)."""
+    train_on_batch) and the optimizer's binding. A subclass gives `compile`,
+    `_train_figures(x, y, dp, n)` (one optimizer step on a batch -> its _Totals),
+    `_eval_figures(x, y)`, `_figure_names()` (the logs' names, in order), `_loss_names()`
+    (those that are losses) and, if its data is not one array each, `_check_data` (the
+    loop slices lists and dicts of arrays itself: `_take`)."""
 
     def __init__(self, name):
         super().__init__()
