@@ -184,8 +184,8 @@ def read(path, kind=None):
     Parameters
     ----------
     path : str or os.PathLike
-    kind : str, optional
-        If given, the file must hold this kind.
+    kind : str or tuple of str, optional
+        If given, the file must hold this kind (one of these kinds).
 
     Returns
     -------
@@ -212,8 +212,10 @@ def read(path, kind=None):
             raise FormatError(f"{path}: truncated or damaged lstmc file ({_why(e)})") from None
         with zf:
             header = _read_header(zf, path, size)
-            if kind is not None and header["kind"] != kind:
-                raise FormatError(f"{path}: file holds {header['kind']}, expected {kind}")
+            kinds = (kind,) if isinstance(kind, str) else kind
+            if kinds is not None and header["kind"] not in kinds:
+                expected = kind if isinstance(kind, str) else " or ".join(kind)
+                raise FormatError(f"{path}: file holds {header['kind']}, expected {expected}")
             arrays = {}
             for spec in header["arrays"]:
                 arrays[spec["name"]] = _read_array(zf, spec, path, size)

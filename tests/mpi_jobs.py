@@ -176,6 +176,32 @@ def keras_face(n="13", batch="4", epochs="3"):
            checkpoint=os.path.exists(os.path.join(ckpt_dir, "m.lstmc")))
 
 
+def keras_functional(n="13", batch="4", epochs="2"):
+    """A functional Model's fit(distributed=True) (or plain fit alone): an encoder-decoder
+    with attention over masked sequences and a second output with its own loss."""
+    from lstmc.layers import LSTM, Attention, Concatenate, Dense, Embedding, Input
+    from lstmc.models import Model
+    n, batch, epochs = int(n), int(batch), int(epochs)
+    lstmc.manual_seed(0)
+    rng = np.random.default_rng(2)
+    x_src, x_tgt = rng.integers(1, 12, (n, 5)), rng.integers(1, 12, (n, 4))
+    for i in range(n):
+        x_src[i, 5 - rng.integers(0, 3):] = 0
+    y, y_len = x_tgt % 3, (x_src > 0).sum(axis=1, keepdims=True).astype(np.float32)
+    src, tgt = Input(shape=(None,), dtype="int32"), Input(shape=(None,), dtype="int32")
+    enc, h, c = LSTM(6, return_sequences=True, return_state=True)(
+        Embedding(12, 4, mask_zero=True)(src))
+    dec = LSTM(6, return_sequences=True)(Embedding(12, 4, mask_zero=True)(tgt),
+                                         initial_state=[h, c])
+    out = Dense(3, activation="softmax", name="tags")(Concatenate()([dec, Attention()([dec, enc])]))
+    model = Model([src, tgt], [out, Dense(1, name="length")(h)])
+    model.compile("adam", ["sparse_categorical_crossentropy", "mse"], metrics=[["accuracy"], []])
+    history = model.fit([x_src, x_tgt], [y, y_len], batch_size=batch, epochs=epochs,
+                        validation_split=0.25, distributed=SIZE > 1, verbose=0)
+    report(params=np.concatenate([w.ravel() for w in model.get_weights()]).tolist(),
+           hash=digest(model), history=history.history)
+
+
 def resume(directory, crash_at="-1", resume_from="", reseed=""):
     """Trains 3 epochs with dropout and a numpy Generator of its own (noise added to the
     logits), checkpointing after every 2 steps; `crash_at` step: rank 1 raises there;

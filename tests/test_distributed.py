@@ -142,6 +142,21 @@ def test_keras_face_equals_one_process_on_the_whole_batch(ranks, tmp_path):
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
+def test_functional_model_equals_one_process_on_the_whole_batch(ranks):
+    """A functional Model (two inputs, attention, return_state -> initial_state, two outputs
+    with a loss each) trained with fit(distributed=True): the weights and every figure of
+    the history equal one process's on the whole batch."""
+    one, _, _ = run(0, "keras_functional")
+    found, _, _ = run(ranks, "keras_functional")
+    _same_across_ranks(found, "hash")
+    np.testing.assert_allclose(found[0]["params"], one[0]["params"], rtol=0, atol=1e-6)
+    assert set(found[0]["history"]) == set(one[0]["history"])
+    for key, values in one[0]["history"].items():
+        np.testing.assert_allclose(found[0]["history"][key], values, rtol=1e-6,
+                                   err_msg=key)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
 def test_horovod_recipe_on_the_keras_face(ranks):
     """compile(DistributedOptimizer(Adam())) with each rank fitting its own shard: the same
     weights on every rank, equal to one process's fit on the same global batches; the model

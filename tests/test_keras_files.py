@@ -325,14 +325,21 @@ def test_unsupported_layers_and_options_are_named(tmp_path, build, match):
         load_model(path)
 
 
-def test_nonlinear_functional_model_refused(tmp_path):
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+def test_branching_functional_model_loads(tmp_path, suffix):
+    """A Functional graph that is not a chain loads as an lstmc.models.Model (.keras, and
+    Keras 3's legacy .h5) and predicts as Keras does; a layer class lstmc lacks is named."""
     k = _keras()
     i = k.Input((T, 3))
     a, b = k.layers.LSTM(4)(i), k.layers.GRU(4)(i)
-    path = tmp_path / "m.keras"
-    _save(k.Model(i, k.layers.Add()([a, b])), path)
-    with pytest.raises(UnsupportedModelError, match="chain"):
-        load_model(path)
+    model = k.Model(i, k.layers.Add()([a, b]))
+    path = tmp_path / f"m.{suffix}"
+    _save(model, path)
+    x = np.random.default_rng(0).standard_normal((5, T, 3)).astype(np.float32)
+    _check_same(load_model(path).predict(x), model.predict(x, verbose=0))
+    _save(k.Model(i, k.layers.Subtract()([a, b])), tmp_path / "s.keras")
+    with pytest.raises(UnsupportedModelError, match="Subtract"):
+        load_model(tmp_path / "s.keras")
 
 
 # ---- dependencies --------------------------------------------------------------------------

@@ -251,9 +251,11 @@ def load_checkpoint(path, model, optimizer=None, sampler=None, rngs=()):
 
 # ---- the Keras face: Sequential.fit(distributed=True) -----------------------------------
 class DataParallel:
-    """What Sequential.fit(distributed=True) asks of the job (lstmc.keras.models)."""
+    """What a Keras-face model's fit(distributed=True) asks of the job
+    (lstmc.keras.models). `x`: the samples (an array: an unbuilt Sequential is built for
+    them), `n`: their number (default len(x); a functional Model's x is a list)."""
 
-    def __init__(self, model, x):
+    def __init__(self, model, x, n=None):
         mpi.init()
         self.model = model
         self.rank, self.size = mpi.rank(), mpi.size()
@@ -261,7 +263,8 @@ class DataParallel:
             raise ValueError("fit(distributed=True) shares the data out and sums the "
                              "gradients itself: compile the model with the optimizer the "
                              "DistributedOptimizer wraps")
-        mpi._agree((len(x),), "fit(distributed=True): the number of samples")
+        mpi._agree((len(x) if n is None else n,), "fit(distributed=True): the number of "
+                   "samples")
         if not model.built:
             model.build((None,) + tuple(np.shape(x)[1:]))
 

@@ -1,7 +1,8 @@
 """Keras model files without Keras: `load(path)` reads a Keras 3 `.keras` archive
 (config.json + model.weights.h5) or a legacy Keras 2 / tf.keras / Keras 3 `.h5` file
 (model_config attribute + model_weights group) with h5py alone, and returns an
-`lstmc.models.Sequential` of lstmc's own layers.
+`lstmc.models.Sequential` of lstmc's own layers (a Sequential model or a Functional chain),
+or an `lstmc.models.Model` (any other Functional graph of lstmc's layers).
 
 The reader stays at the edge: it translates Keras' configuration into the arguments of
 `lstmc.layers` and hands each layer its weights in Keras' layout (which the layers'
@@ -50,7 +51,8 @@ def _h5py():
 
 
 def load(path):
-    """The Keras model in `path` (.keras or .h5) as an uncompiled lstmc Sequential."""
+    """The Keras model in `path` (.keras or .h5) as an uncompiled lstmc Sequential (or a
+    functional Model for a graph that is not a chain)."""
     path = os.fspath(path)
     h5py = _h5py()
     with open(path, "rb") as f:
@@ -250,7 +252,9 @@ _INERT = {"name", "trainable", "dtype", "seed", "implementation", "unroll", "use
           "lora_alpha"}
 _TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
                   "activity_regularizer", "embeddings_regularizer", "kernel_constraint",
-                  "recurrent_constraint", "bias_constraint", "embeddings_constraint")
+                  "recurrent_constraint", "bias_constraint", "embeddings_constraint",
+                  "beta_regularizer", "gamma_regularizer", "beta_constraint",
+                  "gamma_constraint")
 # option -> the value lstmc runs (anything else is refused)
 _FIXED = {"time_major": False, "sparse": False, "ragged": False, "lora_rank": None,
           "quantization_config": None, "noise_shape": None, "weights": None}
@@ -264,10 +268,22 @@ _ARGS = {
 _ARGS["GRU"] = _ARGS["LSTM"] + ("reset_after",)
 _ARGS["SimpleRNN"] = tuple(a for a in _ARGS["LSTM"] if a != "recurrent_activation")
 _RECURRENT = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+# the layers of functional graphs
+_ARGS.update({
+    "Activation": ("activation",), "RepeatVector": ("n",), "Concatenate": ("axis",),
+    "Add": (), "Multiply": (), "Dot": ("axes", "normalize"),
+    "Attention": ("use_scale", "score_mode", "dropout"),
+    "AdditiveAttention": ("use_scale", "dropout"),
+    "LayerNormalization": ("axis", "epsilon", "center", "scale"),
+})
 # where each layer's weights sit in a .keras file, in Keras' order
 _KERAS3_VARS = {"Dense": ["vars"], "Embedding": ["vars"], "Dropout": [], "InputLayer": [],
                 "LSTM": ["cell/vars"], "GRU": ["cell/vars"], "SimpleRNN": ["cell/vars"],
                 "Bidirectional": ["forward_layer/cell/vars", "backward_layer/cell/vars"]}
+# a functional graph's layers: where their weights sit (when they have any)
+_GRAPH_VARS = dict(_KERAS3_VARS, Activation=[], RepeatVector=[], Concatenate=[], Add=[],
+                   Multiply=[], Dot=[], Attention=["vars"], AdditiveAttention=["vars"],
+                   LayerNormalization=["vars"], TimeDistributed=["layer/vars"])
 _HARD_SIGMOID = {2: "Keras 2: clip(0.2 x + 0.5, 0, 1)", 3: "Keras 3: relu6(x + 3) / 6"}
 
 
@@ -285,6 +301,8 @@ class _Builder:
         if kind == "Sequential":
             specs = mc["layers"]
         elif kind in ("Functional", "Model"):
+            if not self.is_chain(mc):
+                return self.graph(mc)
             specs = self.chain(mc)
         else:
             raise UnsupportedModelError(f"{self.path}: a {kind!r} model; lstmc reads "
@@ -330,6 +348,91 @@ class _Builder:
         if not model.layers:
             raise UnsupportedModelError(f"{self.path}: the model has no layers")
         return model
+
+    def is_chain(self, mc):
+        try:
+            self.chain(mc)
+        except UnsupportedModelError:
+            return False
+        return True
+
+    # ---- functional graphs ----------------------------------------------------------------
+    def graph(self, mc):
+        """A Functional model's graph as an lstmc.models.Model: the layers its outputs need
+        (Keras 3 also saves the ops that computed masks — NotEqual, LogicalOr, ... — wired
+        through mask= arguments; lstmc's layers propagate masks themselves, by the same
+        rules, so those arguments and the ops only they need are left out), called as the
+        file's nodes say, then given their weights."""
+        from lstmc.keras.models import Model
+        specs, slots, by_name = mc["layers"], {}, {}
+        for spec in specs:
+            if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+                raise io.FormatError(f"{self.path}: a layer entry without a config")
+            name = _text(spec.get("name") or spec["config"].get("name"))
+            by_name[name] = (spec, _slot(_snake(spec.get("class_name")), slots))
+        inputs = [_history(v, self.path) for v in _as_list(mc.get("input_layers"))]
+        outputs = [_history(v, self.path) for v in _as_list(mc.get("output_layers"))]
+        needed, stack = set(), [h[0] for h in outputs]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            if name not in by_name:
+                raise io.FormatError(f"{self.path}: a node refers to no layer {name!r}")
+            needed.add(name)
+            for node in _nodes(by_name[name][0], self.path):
+                stack += [h[0] for h in node.tensors()]
+        layers = {}
+        for name in [n for n in by_name if n in needed]:   # the file's order
+            spec, _ = by_name[name]
+            cls, cfg = spec.get("class_name"), spec["config"]
+            if cls == "InputLayer":
+                layers[name] = L.InputLayer(shape=self.input_shape(cfg, name),
+                                            dtype=_policy(cfg.get("dtype")), name=name)
+                continue
+            if cls not in _GRAPH_VARS:
+                self.fail(name, f"layer class {cls!r} is not one lstmc has "
+                          f"({', '.join(sorted(_GRAPH_VARS))})")
+            layers[name], notes = self.layer(cls, cfg, name)
+            if notes:
+                layers[name].training_unsupported = "; ".join(notes)
+        made = {name: [[layer.output]] for name, layer in layers.items()
+                if isinstance(layer, L.InputLayer)}
+        pending = [(name, k, node) for name in layers if name not in made
+                   for k, node in enumerate(_nodes(by_name[name][0], self.path))]
+        while pending:
+            ready = [p for p in pending if all(
+                h[0] in made and len(made[h[0]]) > h[1] for h in p[2].tensors())
+                and len(made.get(p[0], [])) == p[1]]
+            if not ready:
+                raise io.FormatError(f"{self.path}: the nodes of layers "
+                                     f"{sorted({p[0] for p in pending})} cannot be ordered")
+            for name, k, node in ready:
+                out = node.call(layers[name], made, self)
+                made.setdefault(name, []).append(out if isinstance(out, list) else [out])
+                pending.remove((name, k, node))
+        for name, layer in layers.items():
+            if isinstance(layer, L.InputLayer):
+                continue
+            spec, slot = by_name[name]
+            expected = [w.shape for w in layer.get_weights()]
+            subpaths = _GRAPH_VARS[spec["class_name"]] if expected else []
+            weights = self.store.weights(slot, name, subpaths)
+            got = [w.shape for w in weights]
+            if got != expected:
+                raise io.FormatError(f"{self.path}: layer {name!r}: weights of shapes {got}, "
+                                     f"its configuration needs {expected}")
+            try:
+                layer.set_weights([w.read() for w in weights])
+            except ValueError as e:
+                if isinstance(e, io.FormatError):
+                    raise
+                self.fail(name, str(e))
+        def tensor(h):
+            return made[h[0]][h[1]][h[2]]
+        ins, outs = [tensor(h) for h in inputs], [tensor(h) for h in outputs]
+        return Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0],
+                     name=_text(mc.get("name") or "functional"))
 
     def chain(self, mc):
         """A Functional model's layers when they form one chain from its one input."""
@@ -389,6 +492,10 @@ class _Builder:
                 self.fail(name, f"{key}={cfg[key]!r} is not supported (lstmc runs {value!r})")
         if cls == "Bidirectional":
             return self.bidirectional(cfg, name, dtype, notes)
+        if cls == "TimeDistributed":
+            return self.time_distributed(cfg, name, dtype, notes)
+        if cls == "LayerNormalization" and cfg.get("rms_scaling"):
+            self.fail(name, "rms_scaling=True is not supported")
         args = _ARGS[cls]
         kw = {k: cfg[k] for k in args if k in cfg}
         for key in ("activation", "recurrent_activation"):
@@ -399,7 +506,8 @@ class _Builder:
                 self.fail(name, "zero_output_for_mask=True outside Bidirectional")
         known = set(args) | _INERT | set(_TRAINING_ONLY) | set(_FIXED) | {
             "recurrent_dropout", "zero_output_for_mask", "kernel_initializer",
-            "recurrent_initializer", "bias_initializer", "embeddings_initializer"}
+            "recurrent_initializer", "bias_initializer", "embeddings_initializer",
+            "beta_initializer", "gamma_initializer", "rms_scaling"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             self.fail(name, f"{cls} options lstmc does not know: {unknown}")
@@ -408,6 +516,27 @@ class _Builder:
         except (TypeError, ValueError) as e:
             self.fail(name, str(e))
         return layer, notes
+
+    def time_distributed(self, cfg, name, dtype, notes):
+        unknown = sorted(set(cfg) - _INERT - set(_FIXED) - {"layer"})
+        if unknown:
+            self.fail(name, f"TimeDistributed options lstmc does not know: {unknown}")
+        spec = cfg.get("layer")
+        if not isinstance(spec, dict) or spec.get("class_name") not in ("Dense", "Dropout",
+                                                                        "Activation"):
+            got = spec.get("class_name") if isinstance(spec, dict) else spec
+            self.fail(name, "TimeDistributed must wrap a Dense, Dropout or Activation layer "
+                      f"in lstmc, got {got!r}")
+        inner_cfg = spec.get("config")
+        if not isinstance(inner_cfg, dict):
+            raise io.FormatError(f"{self.path}: layer {name!r}: wrapped layer has no config")
+        inner, inner_notes = self.layer(spec["class_name"], inner_cfg,
+                                        _text(inner_cfg.get("name", name)), inner=True)
+        try:
+            layer = L.TimeDistributed(inner, name=name, dtype=dtype)
+        except (TypeError, ValueError) as e:
+            self.fail(name, str(e))
+        return layer, notes + inner_notes
 
     def bidirectional(self, cfg, name, dtype, notes):
         unknown = sorted(set(cfg) - _INERT - set(_FIXED) - set(_TRAINING_ONLY)
@@ -432,7 +561,7 @@ class _Builder:
                     or bool(bc.get("go_backwards")) == bool(forward.get("go_backwards")):
                 self.fail(name, "backward_layer is not layer's configuration reversed")
         if cfg.get("merge_mode", "concat") is None:
-            self.fail(name, "merge_mode=None (two outputs) in a Sequential model")
+            self.fail(name, "merge_mode=None (two outputs) is not supported")
         inner, inner_notes = self.layer(spec["class_name"], forward,
                                         _text(forward.get("name", name)), inner=True)
         try:
@@ -524,3 +653,93 @@ def _endpoints(value):
     if value and not isinstance(value[0], list):
         value = [value]
     return [_text(v[0]) for v in value or []]
+
+
+# ---- the nodes of a functional graph -------------------------------------------------------
+def _as_list(value):
+    if value and not isinstance(value[0], list):
+        value = [value]
+    return value or []
+
+
+def _history(value, path):
+    """[layer name, node index, tensor index] of an input / output entry or keras tensor."""
+    if isinstance(value, dict):
+        value = (value.get("config") or {}).get("keras_history")
+    if not isinstance(value, list) or len(value) < 3:
+        raise io.FormatError(f"{path}: {value!r} is not a tensor reference")
+    name, node, index = value[:3]
+    if not isinstance(node, int) or not isinstance(index, int) or node < 0 or index < 0:
+        raise io.FormatError(f"{path}: {value!r} is not a tensor reference")
+    return _text(name), node, index
+
+
+def _is_tensor(value):
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+class _Node:
+    """One call of a layer in a file: its tensor argument (one or a list), initial_state
+    and the call options lstmc honours; mask= (Keras' own mask ops) is left out."""
+
+    _OPTIONS = ("return_attention_scores", "use_causal_mask")
+
+    def __init__(self, args, kwargs, layer, path):
+        self.layer, self.path = layer, path
+        if not args or len(args) != 1:
+            raise UnsupportedModelError(f"{path}: layer {layer!r} is called with "
+                                        f"{len(args or [])} positional arguments")
+        first = args[0]
+        self.listed = isinstance(first, list)
+        values = first if self.listed else [first]
+        if not all(_is_tensor(v) for v in values):
+            raise UnsupportedModelError(f"{path}: layer {layer!r} is called on a value that "
+                                        "is not a tensor")
+        self.inputs = [_history(v, path) for v in values]
+        kwargs = dict(kwargs or {})
+        kwargs.pop("mask", None)
+        kwargs.pop("training", None)
+        states = kwargs.pop("initial_state", None)
+        self.states = [] if states is None else [_history(v, path) for v in
+                                                  (states if isinstance(states, list)
+                                                   else [states])]
+        self.options = {k: kwargs.pop(k) for k in self._OPTIONS if kwargs.get(k)}
+        extra = sorted(k for k, v in kwargs.items() if v not in (None, False))
+        if extra:
+            raise UnsupportedModelError(f"{path}: layer {layer!r} is called with "
+                                        f"arguments lstmc does not take: {extra}")
+
+    def tensors(self):
+        return self.inputs + self.states
+
+    def call(self, layer, made, builder):
+        get = lambda h: made[h[0]][h[1]][h[2]]
+        x = [get(h) for h in self.inputs] if self.listed else get(self.inputs[0])
+        kwargs = dict(self.options)
+        if self.states:
+            kwargs["initial_state"] = [get(h) for h in self.states]
+        try:
+            return layer(x, **kwargs)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, io.FormatError):
+                raise
+            builder.fail(self.layer, str(e))
+
+
+def _nodes(spec, path):
+    """A layer entry's calls as _Node (Keras 3 dicts or Keras 2 lists)."""
+    name = _text(spec.get("name") or spec.get("config", {}).get("name"))
+    out = []
+    for node in spec.get("inbound_nodes") or []:
+        if isinstance(node, dict):                                   # Keras 3
+            out.append(_Node(node.get("args"), node.get("kwargs"), name, path))
+        elif isinstance(node, list):                                 # Keras 2
+            tensors = [{"class_name": "__keras_tensor__",
+                        "config": {"keras_history": list(e[:3])}} for e in node]
+            kwargs = node[0][3] if node and len(node[0]) > 3 and \
+                isinstance(node[0][3], dict) else {}
+            out.append(_Node([tensors if len(tensors) > 1 else tensors[0]], kwargs, name,
+                             path))
+        else:
+            raise io.FormatError(f"{path}: layer {name!r} has a node {node!r}")
+    return out

@@ -1,5 +1,9 @@
 """Keras-flavoured layers: `Embedding(mask_zero)`, `LSTM`, `GRU`, `SimpleRNN`,
-`Bidirectional`, `Dense`, `Dropout` and `Input`, for `lstmc.models.Sequential`.
+`Bidirectional`, `Dense`, `Dropout`, `Activation`, `RepeatVector`, `LayerNormalization`,
+`TimeDistributed` and `Input`, for `lstmc.models.Sequential` and the functional
+`lstmc.models.Model`; the merge layers (`Concatenate`, `Add`, `Multiply`, `Dot`) and the
+attention layers (`Attention`, `AdditiveAttention`) live in lstmc.keras.merging and
+lstmc.keras.attention and are exported here too.
 
 Each layer is a thin adapter around an `lstmc.nn` module (one engine, two faces). It adapts
 what Keras users expect at its edge and nowhere else:
@@ -14,7 +18,10 @@ what Keras users expect at its edge and nowhere else:
   cost no compute on padding), as Keras does.
 
 Inside `Sequential` a layer runs as `y, mask = layer.forward(x, mask, training)` and
-`dx = layer.backward(dy)`; called directly, `layer(x)` runs it in inference mode.
+`dx = layer.backward(dy)`; called directly, `layer(x)` runs it in inference mode. Called on
+symbolic tensors (`Input(...)` and what layers made of them) it records a node of a functional
+graph (lstmc.keras.graph), which runs it through `_node_forward` / `_node_backward`: lists of
+inputs, masks and outputs, for layers with several of each.
 """
 import math
 import re
@@ -24,10 +31,13 @@ import numpy as np
 
 from lstmc import nn
 from lstmc._random import generator
-from lstmc.nn.module import Module, to_numpy
+from lstmc.keras import graph
+from lstmc.nn.module import Module, Parameter, to_numpy
 
-__all__ = ["Layer", "Input", "Embedding", "Dense", "Dropout", "LSTM", "GRU", "SimpleRNN",
-           "Bidirectional"]
+__all__ = ["Layer", "Input", "InputLayer", "Embedding", "Dense", "Dropout", "LSTM", "GRU",
+           "SimpleRNN", "Bidirectional", "Activation", "RepeatVector", "LayerNormalization",
+           "TimeDistributed", "Concatenate", "Add", "Multiply", "Dot", "Attention",
+           "AdditiveAttention"]
 
 _name_counts = {}
 
@@ -121,6 +131,7 @@ class Layer(Module):
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.built = False
         self.built_shape = None
+        self._inbound_nodes = []   # its calls on symbolic tensors (lstmc.keras.graph.Node)
 
     # why this layer cannot train, if it cannot: options of a loaded Keras file that only
     # training would honour (regularizers, constraints, ...)
@@ -180,10 +191,43 @@ class Layer(Module):
         return "(" + ", ".join("T" if d is None else str(d) for d in shape) + \
             ("," if len(shape) == 1 else "") + ")"
 
-    def __call__(self, x, mask=None, training=False):
-        """Runs the layer on a batch (inference unless training=True); returns its output."""
+    def __call__(self, x, mask=None, training=False, **kwargs):
+        """Runs the layer on a batch (inference unless training=True); returns its output.
+        On symbolic tensors (`Input(...)` and what layers made of them) it records the call
+        in the functional graph and returns the output's symbolic tensor(s)."""
+        if graph.is_symbolic(x, kwargs):
+            return graph.call_symbolic(self, x, kwargs)
+        if kwargs:
+            raise TypeError(f"{self.name} got unexpected call arguments {sorted(kwargs)}")
         y, _ = self.forward(x, mask=mask, training=training)
         return y
+
+    # ---- one call in a functional graph (lstmc.keras.graph) -------------------------------
+    # A node runs its layer with lists: the arrays and masks of its inputs in, the arrays and
+    # masks of its outputs out; backward takes one gradient (or None) per output and gives
+    # one (or None) per input. Single-input, single-output layers adapt forward / backward.
+    def _check_call(self, call):
+        """ValueError if this layer cannot take the call's form (a list, states, options)."""
+        if call.listed or call.n_state or call.kwargs:
+            raise ValueError(f"{self.name} ({type(self).__name__}) takes one input tensor "
+                             "and no call options")
+
+    def _symbolic_outputs(self, shapes, call):
+        """Builds for the input feature shapes (without the batch axis; one per input) ->
+        [(shape, dtype name)] of the outputs."""
+        self.build(shapes[0])
+        return [(tuple(self.compute_output_shape(shapes[0])), self.dtype.name)]
+
+    def _node_forward(self, xs, masks, training, call, logits=False):
+        if logits:
+            return [self.logits(xs[0], training)], [masks[0]]
+        y, mask = self.forward(xs[0], masks[0], training)
+        return [y], [mask]
+
+    def _node_backward(self, dys, call, logits=False):
+        if dys[0] is None:
+            return [None]
+        return [self.backward(dys[0], from_logits=True) if logits else self.backward(dys[0])]
 
     def compute_mask(self, mask):
         return mask
@@ -237,13 +281,49 @@ class Layer(Module):
         return f"name={self.name!r}"
 
 
-class Input:
-    """`Sequential([Input(shape=(T, F)), ...])`: the input shape without the batch axis."""
+class InputLayer(Layer):
+    """The start of a functional graph (what `Input` makes): a named input of feature shape
+    `shape` (without the batch axis) and dtype `input_dtype` (ids stay integers)."""
 
-    def __init__(self, shape, dtype=None, name=None):
-        self.shape = tuple(None if d is None else int(d) for d in shape)
-        self.dtype = dtype
-        self.name = name
+    def __init__(self, shape=None, dtype=None, name=None, batch_size=None, batch_shape=None):
+        super().__init__(name=name or _auto_name("InputLayer"))
+        if batch_shape is not None:
+            if shape is not None:
+                raise ValueError("give Input shape= or batch_shape=, not both")
+            batch_size, shape = batch_shape[0], batch_shape[1:]
+        if shape is None:
+            raise ValueError("Input needs shape= (without the batch axis) or batch_shape=")
+        if isinstance(shape, (int, np.integer)):
+            shape = (shape,)
+        self.shape = tuple(None if d is None else _units(d, "shape") for d in shape)
+        self.input_dtype = np.dtype("float32" if dtype is None else dtype).name
+        self.batch_size = None if batch_size is None else _units(batch_size, "batch_size")
+        self.built, self.built_shape = True, self.shape
+        self.output = graph.input_tensor(self)
+
+    def compute_output_shape(self, input_shape):
+        return self.shape
+
+    def forward(self, x, mask=None, training=False):
+        return x, mask
+
+    def get_config(self):
+        return {"name": self.name, "batch_shape": [self.batch_size, *self.shape],
+                "dtype": self.input_dtype}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        shape = config.pop("batch_shape")
+        return cls(shape=tuple(shape[1:]), batch_size=shape[0], **config)
+
+
+def Input(shape=None, dtype=None, name=None, batch_size=None, batch_shape=None):
+    """A symbolic input of a functional `Model` (or the first entry of a `Sequential`):
+    `shape` without the batch axis (None for a length that varies), `dtype` "float32" (the
+    default), "float64" or an integer type for token ids. Returns its `KerasTensor`, whose
+    `shape` has the batch axis first, as Keras."""
+    return InputLayer(shape, dtype, name, batch_size, batch_shape).output
 
 
 def _float_input(x, layer):
@@ -635,13 +715,15 @@ class _RNN(Layer):
         self._states = [s[None] for s in states]
 
     def _initial(self, initial_state, B):
+        """The states to start from, (D, B, U) each, or None (zeros)."""
         if initial_state is not None:
             states = [np.asarray(s, dtype=self.dtype) for s in initial_state]
-            if len(states) != self._n_states or any(s.shape != (B, self.units)
-                                                    for s in states):
-                raise ValueError(f"{self.name}: initial_state must be {self._n_states} arrays "
-                                 f"of shape ({B}, {self.units})")
-            return [s[None] for s in states]
+            n, D = self._n_states, 2 if self.bidirectional else 1
+            if len(states) != D * n or any(s.shape != (B, self.units) for s in states):
+                raise ValueError(f"{self.name}: initial_state must be {D * n} arrays of shape "
+                                 f"({B}, {self.units})")
+            # Keras' order: the forward direction's states, then the backward one's
+            return [np.stack([states[d * n + i] for d in range(D)]) for i in range(n)]
         if self.stateful and self._states is not None:
             if self._states[0].shape[1] != B:
                 raise ValueError(f"{self.name}: a stateful layer needs the same batch size "
@@ -663,8 +745,48 @@ class _RNN(Layer):
 
     def __call__(self, x, mask=None, training=False, initial_state=None):
         """Runs the layer on a batch; `initial_state` is a list of (B, units) arrays (h, or
-        h and c for LSTM), zeros when None."""
+        h and c for LSTM), zeros when None. On symbolic tensors the states may be symbolic
+        too (a functional graph: an encoder's return_state outputs start a decoder)."""
+        kwargs = {} if initial_state is None else {"initial_state": initial_state}
+        if graph.is_symbolic(x, kwargs):
+            return graph.call_symbolic(self, x, kwargs)
         return self.forward(x, mask=mask, training=training, initial_state=initial_state)[0]
+
+    def _check_call(self, call):
+        if call.listed or call.kwargs:
+            raise ValueError(f"{self.name} takes one input tensor (and initial_state=)")
+        if call.n_state not in (0, self._n_states):
+            raise ValueError(f"{self.name}: initial_state must be {self._n_states} tensors, "
+                             f"got {call.n_state}")
+        if self.bidirectional:
+            raise ValueError("a Bidirectional layer's inner layer is not called directly")
+
+    def _symbolic_outputs(self, shapes, call):
+        for i, shape in enumerate(shapes[1:]):
+            if tuple(shape) != (self.units,):
+                raise ValueError(f"{self.name}: initial_state[{i}] must have shape (batch, "
+                                 f"{self.units}), got {(None,) + tuple(shape)}")
+        self.build(shapes[0])
+        out = [(tuple(self.compute_output_shape(shapes[0])), self.dtype.name)]
+        if self.return_state:
+            out += [((self.units,), self.dtype.name)] * self._n_states
+        return out
+
+    def _node_forward(self, xs, masks, training, call, logits=False):
+        # Keras 3 hands a layer its input's mask only when the call has one tensor
+        # argument (keras/src/layers/layer.py, "Populate mask argument(s)"): called with
+        # initial_state= tensors, the layer runs every step, masked or not, and its output
+        # still carries the input's mask. Models must compute what Keras' do.
+        run_mask = None if call.n_state else masks[0]
+        y, _ = self.forward(xs[0], run_mask, training, initial_state=xs[1:] or None)
+        out_mask = self.compute_mask(masks[0])
+        if self.return_state:
+            return y, [out_mask] + [None] * self._n_states
+        return [y], [out_mask]
+
+    def _node_backward(self, dys, call, logits=False):
+        dx, dstates = self._backward(dys[0], dys[1:] if self.return_state else None)
+        return [dx] + (dstates if call.n_state else [])
 
     # ---- forward / backward -------------------------------------------------------------
     def forward(self, x, mask=None, training=False, initial_state=None):
@@ -709,21 +831,48 @@ class _RNN(Layer):
         return None, (dy if self.bidirectional else dy[None])
 
     def backward(self, dy):
+        return self._backward(dy)[0]
+
+    def _backward(self, dy, dstates=None):
+        """Gradients of the output `dy` (or None) and, with return_state, of the returned
+        states `dstates` (a list, None entries for states not used) -> (dx, [gradient of
+        each initial state (B, units)])."""
         saved = self._saved
         if saved is None or not saved.training:
             raise RuntimeError(f"{self.name}: backward needs a forward with training=True")
         steps, drop, B, T = saved.steps, saved.drop, saved.B, saved.T
-        dy = to_numpy(dy).astype(self.dtype, copy=False)
-        dseq, dh = self._merge_backward(dy, B, T)
         D = 2 if self.bidirectional else 1
+        dseq = dh = None
+        if dy is not None:
+            dy = to_numpy(dy).astype(self.dtype, copy=False)
+            dseq, dh = self._merge_backward(dy, B, T)
         if dseq is None:
             dout = np.zeros((B, T, D * self.units), dtype=self.dtype)
         else:
             dout = np.ascontiguousarray(steps.scatter_backward(dseq))
-        dhx = None if dh is None else [dh] + [None] * (self._n_states - 1)
-        dxs, _ = self._module.backward(dout, None if dhx is None else self._backward_hx(dhx))
+        n = self._n_states
+        dfinal = [None] * n   # (D, B, U) each: the final states' gradients
+        dstates = list(dstates or [])
+        for i in range(n):    # dstates in Keras' order: each direction's states in turn
+            per_dir = [dstates[d * n + i] if d * n + i < len(dstates) else None
+                       for d in range(D)]
+            if any(g is not None for g in per_dir):
+                dfinal[i] = np.stack([np.zeros((B, self.units), self.dtype) if g is None
+                                      else to_numpy(g).astype(self.dtype, copy=False)
+                                      for g in per_dir])
+        if dh is not None:   # the last output is h_n: both gradients reach it
+            dfinal[0] = dh if dfinal[0] is None else dfinal[0] + dh
+        dhx = None if all(d is None for d in dfinal) else self._backward_hx(dfinal)
+        dxs, dhx0 = self._module.backward(dout, dhx)
         dx = steps.scatter_input_grad(dxs)
-        return dx if drop is None else dx * drop
+        per_state = [np.zeros((D, B, self.units), self.dtype) if g is None else g
+                     for g in self._split_state_grads(dhx0)]
+        dinit = [g[d] for d in range(D) for g in per_state]
+        return (dx if drop is None else dx * drop), dinit
+
+    def _split_state_grads(self, dhx0):
+        """The module's initial-state gradient -> a list of (D, B, U) (or None) per state."""
+        return [dhx0]
 
     def compute_mask(self, mask):
         return mask if self.return_sequences else None
@@ -780,6 +929,9 @@ class LSTM(_RNN):
 
     def _backward_hx(self, dstates):
         return (dstates[0], dstates[1])
+
+    def _split_state_grads(self, dhx0):
+        return list(dhx0)
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -880,11 +1032,51 @@ class Bidirectional(Layer):
     def _inner_modules(self):
         return self.layer._inner_modules()
 
-    def forward(self, x, mask=None, training=False):
+    # ---- in a functional graph: initial_state= (forward states, then backward ones) and
+    # return_state outputs in Keras' order, as the wrapped layer's
+    def __call__(self, x, mask=None, training=False, initial_state=None):
+        kwargs = {} if initial_state is None else {"initial_state": initial_state}
+        if graph.is_symbolic(x, kwargs):
+            return graph.call_symbolic(self, x, kwargs)
+        y, _ = self.forward(x, mask, training, initial_state=initial_state)
+        return y
+
+    def _check_call(self, call):
+        n = 2 * self.layer._n_states
+        if call.listed or call.kwargs:
+            raise ValueError(f"{self.name} takes one input tensor (and initial_state=)")
+        if call.n_state not in (0, n):
+            raise ValueError(f"{self.name}: initial_state must be {n} tensors (the forward "
+                             f"direction's states, then the backward one's), got "
+                             f"{call.n_state}")
+
+    def _symbolic_outputs(self, shapes, call):
+        for i, shape in enumerate(shapes[1:]):
+            if tuple(shape) != (self.units,):
+                raise ValueError(f"{self.name}: initial_state[{i}] must have shape (batch, "
+                                 f"{self.units}), got {(None,) + tuple(shape)}")
+        self.build(shapes[0])
+        out = [(tuple(self.compute_output_shape(shapes[0])), self.dtype.name)]
+        if self.return_state:
+            out += [((self.units,), self.dtype.name)] * (2 * self.layer._n_states)
+        return out
+
+    _node_forward = _RNN._node_forward
+
+    @property
+    def _n_states(self):   # of one direction, as _RNN._node_forward counts them
+        return 2 * self.layer._n_states
+
+    def _node_backward(self, dys, call, logits=False):
+        dy = None if dys[0] is None else self._unmerge(dys[0])
+        dx, dstates = self.layer._backward(dy, dys[1:] if self.return_state else None)
+        return [dx] + (dstates if call.n_state else [])
+
+    def forward(self, x, mask=None, training=False, initial_state=None):
         x = _float_input(x, self)
         if x.ndim == 3:
             self._check_built_for(x)
-        y, mask_out = self.layer.forward(x, mask, training)
+        y, mask_out = self.layer.forward(x, mask, training, initial_state=initial_state)
         if self.layer.return_state:
             return [self._merge(y[0])] + y[1:], None
         return self._merge(y), mask_out
@@ -905,6 +1097,10 @@ class Bidirectional(Layer):
         return (f + b) / 2
 
     def backward(self, dy):
+        return self.layer.backward(self._unmerge(dy))
+
+    def _unmerge(self, dy):
+        """The merged output's gradient -> the wrapped layer's (both directions)."""
         dy = to_numpy(dy).astype(self.dtype, copy=False)
         U, (f, b) = self.units, self._halves
         if self.merge_mode == "concat":
@@ -916,8 +1112,8 @@ class Bidirectional(Layer):
         else:
             df = db = dy / 2
         if self.layer.return_sequences:
-            return self.layer.backward(np.concatenate([df, db], axis=-1))
-        return self.layer.backward(np.stack([df, db]))
+            return np.concatenate([df, db], axis=-1)
+        return np.stack([df, db])
 
     def compute_mask(self, mask):
         return self.layer.compute_mask(mask)
@@ -954,8 +1150,210 @@ class Bidirectional(Layer):
         return cls(layer, **config)
 
 
+# ---- shaping and normalisation layers (functional models) ---------------------------------
+class Activation(Layer):
+    """activation(x) elementwise ('linear', 'relu', 'tanh', 'sigmoid', 'softmax' over the
+    last axis); a mask passes through."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = _activation(activation)
+        self._y = None
+
+    def _accepts(self, shape):
+        return True
+
+    def forward(self, x, mask=None, training=False):
+        x = _float_input(x, self)
+        self._check_built_for(x)
+        self._y = _ACTIVATIONS[self.activation][0](x)
+        return self._y, mask
+
+    def backward(self, dy):
+        if self._y is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward first")
+        return _ACTIVATIONS[self.activation][1](self._y, to_numpy(dy).astype(self.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+class RepeatVector(Layer):
+    """(B, F) -> (B, n, F): the input repeated n times along a new time axis (no mask, as
+    Keras)."""
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = _units(n, "n")
+
+    def _build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.name}: input must be (batch, features), got feature "
+                             f"shape {input_shape}")
+
+    def forward(self, x, mask=None, training=False):
+        x = _float_input(x, self)
+        if x.ndim != 2:
+            raise ValueError(f"{self.name}: input must be 2-D (batch, features), got shape "
+                             f"{x.shape}")
+        self._check_built_for(x)
+        return np.repeat(x[:, None, :], self.n, axis=1), None
+
+    def backward(self, dy):
+        return to_numpy(dy).astype(self.dtype, copy=False).sum(axis=1)
+
+    def compute_mask(self, mask):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (self.n,) + tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
+class LayerNormalization(Layer):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta over the last axis (Keras' default
+    axis=-1); gamma ones, beta zeros; weights [gamma (with scale), beta (with center)]; a
+    mask passes through."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, **kwargs):
+        super().__init__(**kwargs)
+        if axis not in (-1, [-1], (-1,)):
+            raise ValueError(f"{type(self).__name__} normalises the last axis (axis=-1), got "
+                             f"axis={axis!r}")
+        self.axis = -1
+        self.epsilon = float(epsilon)
+        if not self.epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+        self.center, self.scale = bool(center), bool(scale)
+        self._saved = None
+
+    def _build(self, input_shape):
+        F = input_shape[-1] if input_shape else None
+        if F is None:
+            raise ValueError(f"{self.name}: the last input axis must be known to build")
+        if self.scale:
+            self.gamma = Parameter(np.ones(F, dtype=self.dtype))
+        if self.center:
+            self.beta = Parameter(np.zeros(F, dtype=self.dtype))
+
+    def _accepts(self, shape):
+        return len(shape) >= 1 and shape[-1] == self.built_shape[-1]
+
+    def forward(self, x, mask=None, training=False):
+        x = _float_input(x, self)
+        if x.ndim < 2:
+            raise ValueError(f"{self.name}: input must be (batch, ..., features), got shape "
+                             f"{x.shape}")
+        self._check_built_for(x)
+        mean = x.mean(axis=-1, keepdims=True)
+        centred = x - mean
+        inv = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.epsilon)
+        xhat = centred * inv
+        self._saved = (xhat, inv)
+        y = xhat * self.gamma.data if self.scale else xhat
+        return (y + self.beta.data if self.center else y), mask
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward first")
+        xhat, inv = self._saved
+        dy = to_numpy(dy).astype(self.dtype, copy=False)
+        lead = tuple(range(dy.ndim - 1))
+        if self.center:
+            self.beta.grad += dy.sum(axis=lead)
+        if self.scale:
+            self.gamma.grad += (dy * xhat).sum(axis=lead)
+            dy = dy * self.gamma.data
+        # dx = inv (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+        return inv * (dy - dy.mean(axis=-1, keepdims=True)
+                      - xhat * (dy * xhat).mean(axis=-1, keepdims=True))
+
+    def get_weights(self):
+        return [p.data.copy() for p in self.parameters()]
+
+    def set_weights(self, weights):
+        params = list(self.parameters())
+        ws = self._check_weights(list(weights), [p.shape for p in params])
+        for p, w in zip(params, ws):
+            p.data[...] = w
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale}
+
+
+class TimeDistributed(Layer):
+    """Applies `layer` to every step of a (B, T, ...) input: the steps are folded into the
+    batch, so the layer sees (B*T, ...); its weights are the layer's; a mask passes
+    through."""
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, Layer) or isinstance(layer, (_RNN, Bidirectional)):
+            raise TypeError(f"TimeDistributed wraps a feed-forward lstmc layer (Dense, "
+                            f"Activation, ...), got {type(layer).__name__}")
+        super().__init__(**kwargs)
+        self.layer = layer    # a child: its parameters are this layer's
+
+    def _build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(f"{self.name}: input must be (batch, time, ...), got feature "
+                             f"shape {input_shape}")
+        self.layer.build(tuple(input_shape[1:]))
+
+    def _accepts(self, shape):
+        return len(shape) == len(self.built_shape) and self.layer._accepts(tuple(shape[1:]))
+
+    def _inner_modules(self):
+        return self.layer._inner_modules()
+
+    def forward(self, x, mask=None, training=False):
+        x = to_numpy(x)
+        if x.ndim < 3:
+            raise ValueError(f"{self.name}: input must be (batch, time, ...), got shape "
+                             f"{x.shape}")
+        if not self.built:
+            self.build(x.shape[1:])
+        B, T = x.shape[:2]
+        y, _ = self.layer.forward(x.reshape((B * T,) + x.shape[2:]), None, training)
+        return y.reshape((B, T) + y.shape[1:]), mask
+
+    def backward(self, dy):
+        dy = to_numpy(dy)
+        B, T = dy.shape[:2]
+        dx = self.layer.backward(dy.reshape((B * T,) + dy.shape[2:]))
+        return None if dx is None else dx.reshape((B, T) + dx.shape[1:])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + tuple(self.layer.compute_output_shape(input_shape[1:]))
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    def set_weights(self, weights):
+        self.layer.set_weights(weights)
+
+    def get_config(self):
+        return {**super().get_config(), "layer": serialize(self.layer)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layer = deserialize(config.pop("layer"))
+        if "input_shape" in config:
+            config["input_shape"] = tuple(config["input_shape"])
+        return cls(layer, **config)
+
+
+# the merge and attention layers live in their own modules (they import this one)
+from lstmc.keras.merging import Add, Concatenate, Dot, Multiply  # noqa: E402
+from lstmc.keras.attention import AdditiveAttention, Attention  # noqa: E402
+
 _LAYERS = {c.__name__: c for c in (Embedding, Dense, Dropout, LSTM, GRU, SimpleRNN,
-                                   Bidirectional)}
+                                   Bidirectional, InputLayer, Activation, RepeatVector,
+                                   LayerNormalization, TimeDistributed, Concatenate, Add,
+                                   Multiply, Dot, Attention, AdditiveAttention)}
 
 
 def deserialize(spec):

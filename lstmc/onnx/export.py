@@ -442,6 +442,10 @@ def export(model, path, *, dynamic_batch=True, opset=17, states=False, lengths=F
             raise ValueError(f"the model is quantized ({quantized_dtype(model)}, "
                              "lstmc.quantize): export writes float models, and quantized "
                              "ONNX export is not available yet; export the float model")
+    from lstmc.keras.models import Model as KerasModel
+    if isinstance(model, KerasModel):
+        raise TypeError("a functional lstmc.models.Model is not exported to ONNX yet: "
+                        "export a Sequential (or an lstmc.nn model)")
     if isinstance(model, KerasSequential):
         if lengths:
             raise ValueError("lengths=True is for lstmc.nn models: a Keras-face model takes its "
