@@ -322,3 +322,34 @@ def test_keras_initialisers_have_keras_statistics():
     assert np.abs(k).max() <= limit and np.abs(k).max() > 0.9 * limit
     assert_close("r r^T", r @ r.T, np.eye(64), 1e-7, 1e-5)
     np.testing.assert_array_equal(b, np.r_[np.zeros(64), np.ones(64), np.zeros(128)])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+def test_rnn_layers_stream_as_their_sequences_run(kind):
+    """initial_state / step (lstmc's streaming on a Keras layer) give the layer's own
+    sequence outputs step by step, from zeros or from given states in Keras' order."""
+    from lstmc import layers
+    from lstmc.models import Model
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    layer = getattr(layers, kind)(6, return_sequences=True, return_state=True)
+    inp = layers.Input(shape=(None, 4))
+    states_in = [layers.Input(shape=(6,)) for _ in range(2 if kind == "LSTM" else 1)]
+    model = Model([inp] + states_in, layer(inp, initial_state=states_in))
+    start = [rng.standard_normal((3, 6)).astype(np.float32) for _ in states_in]
+    want = model.predict([x] + start)
+    state = layer.initial_state(3, start)
+    got = np.stack([layer.step(np.ascontiguousarray(x[:, t]), state)[0].copy()
+                    for t in range(5)], axis=1)
+    np.testing.assert_allclose(got, want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.h[0], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_layer_streams_are_refused_where_time_runs_backwards():
+    from lstmc import layers
+    with pytest.raises(RuntimeError, match="build the layer"):
+        layers.LSTM(3).initial_state(1)
+    back = layers.LSTM(3, go_backwards=True)
+    back.build((5, 2))          # layers build on the shape without the batch axis
+    with pytest.raises(ValueError, match="runs forward in time"):
+        back.initial_state(1)

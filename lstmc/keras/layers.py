@@ -32,6 +32,7 @@ import numpy as np
 from lstmc import nn
 from lstmc._random import generator
 from lstmc.keras import graph
+from lstmc.nn._checks import positive_int
 from lstmc.nn.module import Module, Parameter, to_numpy
 
 __all__ = ["Layer", "Input", "InputLayer", "Embedding", "Dense", "Dropout", "LSTM", "GRU",
@@ -713,6 +714,30 @@ class _RNN(Layer):
             raise ValueError(f"{self.name}: states must be {self._n_states} arrays of shape "
                              f"(batch, {self.units})")
         self._states = [s[None] for s in states]
+
+    # ---- streaming (lstmc's, beyond Keras) -----------------------------------------------
+    def initial_state(self, batch_size=1, states=None):
+        """A stream through this layer for `step`, one timestep a call (lstmc's addition:
+        Keras has no streaming call): a StreamState of `batch_size` rows starting from zeros
+        or from `states` (Keras' order, a list of (B, units): [h] or [h, c], e.g. an
+        encoder's return_state outputs). Unidirectional layers only (not go_backwards, not
+        inside Bidirectional); the layer must be built."""
+        if not self.built:
+            raise RuntimeError(f"{self.name}: build the layer (call or fit its model) before "
+                               "streaming through it")
+        if self.bidirectional or self.go_backwards:
+            raise ValueError(f"{self.name}: a stream runs forward in time: not for "
+                             "go_backwards or Bidirectional layers")
+        start = self._initial(states, positive_int(batch_size, "batch_size")) if states is not None \
+            else None
+        h0 = None if start is None else start[0]
+        c0 = None if start is None or len(start) < 2 else start[1]
+        return self._module.initial_state(batch_size, h0=h0, c0=c0)
+
+    def step(self, x_t, state, out=None):
+        """One timestep of the stream: x_t (B, input_dim) -> (y_t (B, units), state), as
+        lstmc.nn's step (in place, allocation-free; y_t is the state's buffer)."""
+        return self._module.step(x_t, state, out=out)
 
     def _initial(self, initial_state, B):
         """The states to start from, (D, B, U) each, or None (zeros)."""
