@@ -161,40 +161,79 @@ class Translator(nn.Composite):
         return self.out(mixed)                                          # (B, T, V)
 
 
-class StreamDecoder:
-    """The Translator's decoder one step at a time, for lstmc.nn's searches: the decoder
-    LSTM's stream, attention over the encoder's outputs of each row's sentence, the two
-    Linears; every result goes into a buffer of its own, so a step allocates nothing."""
+class Parts:
+    """What decoding needs of a trained model, from either face: the target embedding
+    (V, E), the decoder's stream (`initial_state`, `step`), the combining Linear / Dense as
+    (in, out) weights and bias, and the output layer's (logits: before any softmax), and
+    `encode(src, lengths)` -> (encoder outputs (B, S, H), h (B, H), c (B, H))."""
 
-    def __init__(self, model, src, lengths, rows_per_sentence=1):
+    def __init__(self, embedding, stream, start, w_combine, b_combine, w_out, b_out, encode):
+        self.embedding, self.stream, self.start = embedding, stream, start
+        self.w_combine, self.b_combine = np.ascontiguousarray(w_combine), b_combine
+        self.w_out, self.b_out = np.ascontiguousarray(w_out), b_out
+        self.encode = encode
+        self.vocab = self.w_out.shape[1]
+
+    @classmethod
+    def of_torch(cls, model):
         model.eval()
-        enc, (h, c) = model.encode(src, lengths)
+
+        def encode(src, lengths):
+            enc, (h, c) = model.encode(src, lengths)
+            return enc, h[0], c[0]
+
+        def start(rows, h, c):
+            state = model.decoder.initial_state(rows)
+            state.h[0], state.c[0] = h, c
+            return state
+
+        return cls(model.tgt_embed.weight.data, model.decoder, start,
+                   model.combine.weight.data.T, model.combine.bias.data,
+                   model.out.weight.data.T, model.out.bias.data, encode)
+
+    @classmethod
+    def of_keras(cls, model, encoder):
+        decoder = model.get_layer("decoder")
+        combine, out = model.get_layer("combine"), model.get_layer("out")
+
+        def encode(src, lengths):
+            return tuple(encoder.predict(src, batch_size=len(src)))
+
+        return cls(model.get_layer("tgt_embed").get_weights()[0], decoder,
+                   lambda rows, h, c: decoder.initial_state(rows, [h, c]),
+                   *combine.get_weights(), *out.get_weights(), encode)
+
+
+class StreamDecoder:
+    """A trained model's decoder one step at a time, for lstmc.nn's searches: the decoder
+    LSTM's stream, dot attention over the encoder's outputs of each row's sentence, the
+    combining layer and the output layer; every result goes into a buffer of its own, so a
+    step allocates nothing. `rows_per_sentence` rows (a beam) decode each sentence."""
+
+    def __init__(self, parts, src, lengths, rows_per_sentence=1):
+        enc, h, c = parts.encode(src, lengths)
         K = rows_per_sentence
-        self.enc = np.ascontiguousarray(np.repeat(enc, K, axis=0))       # (N, S, H)
+        self.enc = np.ascontiguousarray(np.repeat(enc, K, axis=0), np.float32)   # (N, S, H)
         N, S, H = self.enc.shape
         self.bias = np.where(np.arange(S)[None, :] < np.repeat(lengths, K)[:, None], 0.0,
                              -np.inf).astype(np.float32)[:, None, :]     # (N, 1, S)
-        self.state = model.decoder.initial_state(N)
-        self.state.h[:] = np.repeat(h, K, axis=1)
-        self.state.c[:] = np.repeat(c, K, axis=1)
-        self.model = model
-        self.embedding = model.tgt_embed.weight.data
-        self.x = np.empty((N, self.embedding.shape[1]), np.float32)
+        self.parts = parts
+        self.state = parts.start(N, np.repeat(h, K, axis=0), np.repeat(c, K, axis=0))
+        self.x = np.empty((N, parts.embedding.shape[1]), np.float32)
         self.scores = np.empty((N, 1, S), np.float32)
         self.peak = np.empty((N, 1, 1), np.float32)
         self.total = np.empty((N, 1, 1), np.float32)
         self.both = np.empty((N, 1, 2 * H), np.float32)
-        self.w_combine = np.ascontiguousarray(model.combine.weight.data.T)
-        self.b_combine = np.tile(model.combine.bias.data, (N, 1))
+        self.b_combine = np.tile(parts.b_combine, (N, 1))
         self.mixed = np.empty((N, H), np.float32)
-        self.w_out = np.ascontiguousarray(model.out.weight.data.T)
-        self.b_out = np.tile(model.out.bias.data, (N, 1))
-        self.logits = np.empty((N, self.w_out.shape[1]), np.float32)
-        self.keep = None   # (steps, N, S): attention weights, when asked for
+        self.b_out = np.tile(parts.b_out, (N, 1))
+        self.logits = np.empty((N, parts.vocab), np.float32)
+        self.keep = None   # a list to collect the attention weights of each step in
 
     def step(self, tokens):
-        np.take(self.embedding, tokens, axis=0, out=self.x, mode="clip")
-        y, _ = self.model.decoder.step(self.x, self.state)                   # (N, H)
+        p = self.parts
+        np.take(p.embedding, tokens, axis=0, out=self.x, mode="clip")
+        y, _ = p.stream.step(self.x, self.state)                            # (N, H)
         q = y[:, None, :]
         np.matmul(q, self.enc.transpose(0, 2, 1), out=self.scores)          # (N, 1, S)
         np.add(self.scores, self.bias, out=self.scores)
@@ -208,15 +247,53 @@ class StreamDecoder:
         H = self.enc.shape[2]
         self.both[:, :, :H] = q
         np.matmul(self.scores, self.enc, out=self.both[:, :, H:])          # the context
-        np.matmul(self.both[:, 0], self.w_combine, out=self.mixed)
+        np.matmul(self.both[:, 0], p.w_combine, out=self.mixed)
         np.add(self.mixed, self.b_combine, out=self.mixed)
         np.tanh(self.mixed, out=self.mixed)
-        np.matmul(self.mixed, self.w_out, out=self.logits)
+        np.matmul(self.mixed, p.w_out, out=self.logits)
         np.add(self.logits, self.b_out, out=self.logits)
         return self.logits
 
     def reorder(self, rows):
         self.state.reorder(rows)   # the encoder's outputs are the same for a sentence's rows
+
+
+def keras_model(source_vocab, target_vocab, embed, hidden):
+    """The same model on the Keras face, a functional Model; and its encoder (a Model of
+    the same layers) for decoding."""
+    from lstmc.layers import LSTM, Attention, Concatenate, Dense, Embedding, Input
+    from lstmc.models import Model
+    src = Input(shape=(None,), dtype="int32", name="src")
+    tgt = Input(shape=(None,), dtype="int32", name="tgt")
+    enc, h, c = LSTM(hidden, return_sequences=True, return_state=True, name="encoder")(
+        Embedding(source_vocab, embed, mask_zero=True, name="src_embed")(src))
+    dec = LSTM(hidden, return_sequences=True, name="decoder")(
+        Embedding(target_vocab, embed, mask_zero=True, name="tgt_embed")(tgt),
+        initial_state=[h, c])
+    context = Attention(name="attention")([dec, enc])
+    mixed = Dense(hidden, activation="tanh", name="combine")(Concatenate()([dec, context]))
+    out = Dense(target_vocab, activation="softmax", name="out")(mixed)
+    return Model([src, tgt], out), Model(src, [enc, h, c])
+
+
+def train_keras(model, numbers, training, args, budget, batch, progress):
+    """train_on_batch on fresh numbers until the budget is spent (the padding, id 0, is
+    masked from the target embedding to the loss)."""
+    import lstmc.optimizers
+    model.compile(lstmc.optimizers.Adam(learning_rate=args.lr), "sparse_categorical_crossentropy")
+    decay_at = budget * 0.7
+    start, step, avg = time.time(), 0, None
+    while time.time() - start < budget:
+        src, _, tgt_in, tgt_out = numbers.batch(training(batch))
+        loss = float(model.train_on_batch([src, tgt_in], np.maximum(tgt_out, 0)))
+        step += 1
+        if time.time() - start > decay_at:
+            model.optimizer.learning_rate = args.lr / 10
+        avg = loss if avg is None else 0.98 * avg + 0.02 * loss
+        progress.update(f"step {step:5d}  loss {avg:.4f}  {time.time() - start:5.0f} s")
+    progress.done(f"trained {step} steps of {batch} numbers in {time.time() - start:.0f} s, "
+                  f"loss {avg:.4f}")
+    return step
 
 
 def train_torch(model, numbers, training, args, budget, batch, progress):
@@ -245,17 +322,17 @@ def train_torch(model, numbers, training, args, budget, batch, progress):
 
 
 # ---- evaluation -------------------------------------------------------------------------------
-def decode(model, numbers, held, beam, max_length, chunk=250):
+def decode(parts, numbers, held, beam, max_length, chunk=250):
     """Greedy and beam-search outputs (German strings) for the held-out numbers."""
     out = {"greedy": [], f"beam {beam}": []}
-    V = model.out.out_features
+    V = parts.vocab
     for i in range(0, len(held), chunk):
         src, lengths, _, _ = numbers.batch(held[i:i + chunk])
         n = len(src)
-        seqs, _ = nn.GreedySearch(n, V, BOS, EOS, max_length)(StreamDecoder(model, src, lengths))
+        seqs, _ = nn.GreedySearch(n, V, BOS, EOS, max_length)(StreamDecoder(parts, src, lengths))
         out["greedy"] += [numbers.text(s) for s in seqs]
         search = nn.BeamSearch(n, V, BOS, EOS, beam_width=beam, max_length=max_length)
-        seqs, _ = search(StreamDecoder(model, src, lengths, beam))
+        seqs, _ = search(StreamDecoder(parts, src, lengths, beam))
         out[f"beam {beam}"] += [numbers.text(s) for s in seqs]
     return out
 
@@ -269,12 +346,12 @@ def bleu(hypotheses, references):
     return score.score, "sacrebleu"
 
 
-def attention_map(model, numbers, k, path=None):
+def attention_map(parts, numbers, k, path=None):
     """The attention weights of greedy decoding of the number k, as text (and a PGM)."""
     src, lengths, _, _ = numbers.batch([k])
-    dec = StreamDecoder(model, src, lengths)
+    dec = StreamDecoder(parts, src, lengths)
     dec.keep = []
-    seqs, _ = nn.GreedySearch(1, model.out.out_features, BOS, EOS, 80)(dec)
+    seqs, _ = nn.GreedySearch(1, parts.vocab, BOS, EOS, 80)(dec)
     words = numbers.english(k)
     chars = list(numbers.text(seqs[0])) + ["</s>"]
     weights = np.array([w[0] for w in dec.keep])[:len(chars)]             # (T, S)
@@ -309,17 +386,20 @@ def main():
     print(f"English -> German number words: {len(numbers.source_vocab)} English words, "
           f"{len(numbers.target_chars)} German characters; {HELD_OUT} numbers held out; "
           f"{lstmc.get_num_threads()} threads")
+    source_vocab, target_vocab = len(numbers.source_vocab) + 1, len(numbers.target_chars) + 3
     if args.face == "keras":
-        raise SystemExit("--face keras: the functional Keras face of this example is not "
-                         "written yet")
-    model = Translator(len(numbers.source_vocab) + 1, len(numbers.target_chars) + 3, embed,
-                       hidden)
-    print(f"model: {sum(p.size for p in model.parameters()):,} parameters (embed {embed}, "
-          f"hidden {hidden}), batch {batch}, Adam lr {args.lr}, {budget:.0f} s")
-    train_torch(model, numbers, training, args, budget, batch, _data.Progress())
+        model, encoder = keras_model(source_vocab, target_vocab, embed, hidden)
+        train = train_keras
+    else:
+        model = Translator(source_vocab, target_vocab, embed, hidden)
+        train = train_torch
+    print(f"model ({args.face} face): {sum(p.size for p in model.parameters()):,} parameters "
+          f"(embed {embed}, hidden {hidden}), batch {batch}, Adam lr {args.lr}, {budget:.0f} s")
+    train(model, numbers, training, args, budget, batch, _data.Progress())
+    parts = Parts.of_keras(model, encoder) if args.face == "keras" else Parts.of_torch(model)
     references = [numbers.german(int(k)) for k in held]
     start = time.time()
-    outputs = decode(model, numbers, held, args.beam, max_length=80)
+    outputs = decode(parts, numbers, held, args.beam, max_length=80)
     seconds = time.time() - start
     for name, hyps in outputs.items():
         exact = np.mean([h == r for h, r in zip(hyps, references)])
@@ -330,7 +410,7 @@ def main():
     for k, hyp in list(zip(held, outputs[f"beam {args.beam}"]))[:5]:
         print(f"  {numbers.words_of(int(k))!r} -> {hyp!r}"
               f"{'' if hyp == numbers.german(int(k)) else '  (should be ' + repr(numbers.german(int(k))) + ')'}")
-    print(attention_map(model, numbers, 742_315, args.attention_map))
+    print(attention_map(parts, numbers, 742_315, args.attention_map))
 
 
 if __name__ == "__main__":

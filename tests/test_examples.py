@@ -345,11 +345,12 @@ def test_seq2seq_attention_smoke():
 
 
 @pytest.mark.skipif(not _installed("num2words"), reason=f"num2words not installed ({_data.INSTALL})")
-def test_translate_smoke(tmp_path):
+@pytest.mark.parametrize("face", [(), ("--face", "keras")], ids=["torch", "keras"])
+def test_translate_smoke(tmp_path, face):
     """English -> German number words: trains, decodes greedy and beam over its stream,
     scores exact match and BLEU, and draws an attention map (text and picture)."""
     pgm = tmp_path / "attention.pgm"
-    res = run_example("translate.py", "--attention-map", str(pgm))
+    res = run_example("translate.py", "--attention-map", str(pgm), *face)
     assert res.returncode == 0, res.stderr
     out = res.stdout
     first, = metric(rf"step\s+50  loss {NUM}", out)
@@ -367,3 +368,34 @@ def test_translate_smoke(tmp_path):
 def test_translate_without_num2words_exits_2():
     res = run_example("translate.py", prelude="import sys; sys.modules['num2words'] = None")
     assert res.returncode == 2 and "num2words" in res.stderr
+
+
+@pytest.mark.skipif(not _installed("num2words"), reason=f"num2words not installed ({_data.INSTALL})")
+def test_translate_stream_decoder_equals_the_whole_model():
+    """Stepping the decoder through its stream (what the searches drive) gives the logits the
+    whole model computes under teacher forcing, on both faces."""
+    import numpy as np
+
+    import lstmc
+    import translate as tr
+    from lstmc.reference import log_softmax
+    lstmc.manual_seed(0)
+    numbers = tr.Numbers()
+    _, training = tr.split(np.random.default_rng(0))
+    src, lengths, tgt_in, tgt_out = numbers.batch(training(7))
+    valid = tgt_out >= 0
+    vs, vt = len(numbers.source_vocab) + 1, len(numbers.target_chars) + 3
+
+    def stepped(parts):
+        dec = tr.StreamDecoder(parts, src, lengths)
+        return np.stack([dec.step(np.ascontiguousarray(tgt_in[:, t])).copy()
+                         for t in range(tgt_in.shape[1])], axis=1)
+
+    model = tr.Translator(vs, vt, 8, 12).eval()
+    want = model(src, lengths, tgt_in)
+    np.testing.assert_allclose(stepped(tr.Parts.of_torch(model))[valid], want[valid],
+                               rtol=1e-5, atol=1e-6)
+    model, encoder = tr.keras_model(vs, vt, 8, 12)
+    want = np.log(model.predict([src, tgt_in]))
+    got = log_softmax(stepped(tr.Parts.of_keras(model, encoder)))
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-5)
