@@ -213,7 +213,31 @@ class _Trainer(Module):
             totals = dp.sum_totals(totals, self._figure_names())
         return totals
 
+    def reset_states(self):
+        for layer in self._layers:
+            if hasattr(layer, "reset_states"):
+                layer.reset_states()
 
+    # ---- weights ----------------------------------------------------------------------------
+    def get_weights(self):
+        """Every layer's weights in Keras' layout, layers in Keras' order (model.layers:
+        a Sequential's in order, a functional Model's as Keras orders a graph)."""
+        return [w for layer in self._layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        expected = sum(len(layer.get_weights()) for layer in self._layers)
+        if expected != len(weights):
+            raise ValueError(f"set_weights expects {expected} arrays, got {len(weights)}")
+        at = 0
+        for layer in self._layers:
+            n = len(layer.get_weights())
+            if n:                             # an unbuilt layer has none yet
+                layer.set_weights(weights[at:at + n])
+            at += n
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self._layers)
 
 
 class Sequential(_Trainer):
@@ -395,30 +419,6 @@ class Sequential(_Trainer):
         if fused:
             out = layers_module._ACTIVATIONS[self._layers[-1].activation][0](out)
         return loss, out, mask
-
-    def reset_states(self):
-        for layer in self._layers:
-            if hasattr(layer, "reset_states"):
-                layer.reset_states()
-
-    # ---- weights ------------------------------------------------------------------------
-    def get_weights(self):
-        """Every layer's weights in Keras' layout, in order."""
-        return [w for layer in self._layers for w in layer.get_weights()]
-
-    def set_weights(self, weights):
-        weights = list(weights)
-        at = 0
-        for layer in self._layers:
-            n = len(layer.get_weights())
-            if n:                             # an unbuilt layer has none yet
-                layer.set_weights(weights[at:at + n])
-            at += n
-        if at != len(weights):
-            raise ValueError(f"set_weights expects {at} arrays, got {len(weights)}")
-
-    def count_params(self):
-        return sum(layer.count_params() for layer in self._layers)
 
     def summary(self, print_fn=print):
         """A table of the layers, their output shapes and parameter counts."""
@@ -791,31 +791,6 @@ class Model(_Trainer):
         fused = self._fused()
         outs, masks = self._forward(x, False, fused)
         return self._figures(outs, masks, y, fused)[0]
-
-    def reset_states(self):
-        for layer in self._layers:
-            if hasattr(layer, "reset_states"):
-                layer.reset_states()
-
-    # ---- weights ----------------------------------------------------------------------------
-    def get_weights(self):
-        """Every layer's weights in Keras' layout, layers in Keras' order (model.layers)."""
-        return [w for layer in self._layers for w in layer.get_weights()]
-
-    def set_weights(self, weights):
-        weights = list(weights)
-        expected = sum(len(layer.get_weights()) for layer in self._layers)
-        if expected != len(weights):
-            raise ValueError(f"set_weights expects {expected} arrays, got {len(weights)}")
-        at = 0
-        for layer in self._layers:
-            n = len(layer.get_weights())
-            if n:
-                layer.set_weights(weights[at:at + n])
-            at += n
-
-    def count_params(self):
-        return sum(layer.count_params() for layer in self._layers)
 
     def summary(self, print_fn=print):
         """A table as Keras': each layer, its output shape(s), parameters and the tensors it
