@@ -422,3 +422,24 @@ def test_the_only_worker_dying_loses_nothing(tmp_path):
         got = predict(model, x, client=c, batch_size=2)
     assert (tmp_path / "died").exists()
     assert_close("predict", got, model.lstm(x)[0], RTOL, ATOL)
+
+
+def test_functional_model_of_one_input(client):
+    """A functional Model (two outputs: the classes and the LSTM's last state) over a bag:
+    a tuple of arrays in order, as its predict returns; a Model of two inputs is refused."""
+    from lstmc.layers import Input
+    from lstmc.models import Model
+    lstmc.manual_seed(2)
+    src = Input(shape=(None,), dtype="int32")
+    h = LSTM(6)(Embedding(VOCAB, 8, mask_zero=True)(src))
+    model = Model(src, [Dense(3, activation="softmax")(h), h])
+    seqs = sequences(np.random.default_rng(5), 23)
+    got = predict(model, db.from_sequence(seqs, npartitions=3), client=client, batch_size=4)
+    want = model.predict(padded(seqs, "pre")[0])
+    assert isinstance(got, tuple) and len(got) == 2
+    for g, w in zip(got, want):
+        assert_close("predict", g, w, RTOL, ATOL)
+    other = Input(shape=(None,), dtype="int32")
+    two = Model([src, other], Dense(2)(h))
+    with pytest.raises(TypeError, match="functional Model of 2 inputs"):
+        predict(two, np.zeros((3, 4), np.int64), client=client)

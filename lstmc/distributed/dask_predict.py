@@ -37,9 +37,11 @@ def predict(model, data, client=None, batch_size=256):
 
     Parameters
     ----------
-    model : lstmc.models.Sequential, lstmc.nn.Module, or lstmc.quantize's copy of either
-        A Keras-face model runs `model.predict(x, batch_size)`; it must be built (called,
-        fitted or given an input shape), so that every worker runs the same weights. An
+    model : lstmc.models.Sequential or Model, lstmc.nn.Module, or lstmc.quantize's copy of one
+        A Keras-face model runs `model.predict(x, batch_size)`; a Sequential must be built
+        (called, fitted or given an input shape), so that every worker runs the same
+        weights; a functional Model must have one input (its outputs come back as predict
+        returns them: an array, or a tuple of arrays for several). An
         lstmc.nn module is called in eval mode on a batch with the samples on axis 0
         (batch-first); when it returns a tuple, as nn.LSTM returns `(output, (h_n, c_n))`,
         its first element is the output (the states carry the batch on axis 1). A bare
@@ -165,9 +167,15 @@ class _Data(NamedTuple):
 
 def _call_for(model):
     from lstmc.keras.layers import Layer
-    from lstmc.keras.models import Sequential
+    from lstmc.keras.models import Model, Sequential
     from lstmc.nn.module import Module
     from lstmc.nn.rnn import _RNNBase
+    if isinstance(model, Model):
+        if len(model.inputs) != 1:
+            raise TypeError(f"model is a functional Model of {len(model.inputs)} inputs: "
+                            "predict feeds one array or bag; run a Model of one input (its "
+                            "encoder, say) or split the work yourself")
+        return _Call(keras=True, takes_lengths=False, bare_rnn=False, time_major=False)
     if isinstance(model, Sequential):
         if not model.built:
             raise ValueError("model (a Keras-face Sequential) is not built: call it, fit it "
@@ -187,8 +195,8 @@ def _call_for(model):
         raise TypeError("model is an lstmc.onnx Session, which predict does not run (which "
                         "axis of its inputs holds the samples depends on the graph): pass "
                         "the lstmc model it came from, or lstmc.quantize's copy of it")
-    raise TypeError(f"model must be an lstmc.models.Sequential, an lstmc.nn Module or "
-                    f"lstmc.quantize's copy of one, got {type(model).__name__}")
+    raise TypeError(f"model must be an lstmc.models.Sequential or Model, an lstmc.nn Module "
+                    f"or lstmc.quantize's copy of one, got {type(model).__name__}")
 
 
 def _positive_int(value, name):
