@@ -1075,17 +1075,7 @@ class Bidirectional(Layer):
                              f"direction's states, then the backward one's), got "
                              f"{call.n_state}")
 
-    def _symbolic_outputs(self, shapes, call):
-        for i, shape in enumerate(shapes[1:]):
-            if tuple(shape) != (self.units,):
-                raise ValueError(f"{self.name}: initial_state[{i}] must have shape (batch, "
-                                 f"{self.units}), got {(None,) + tuple(shape)}")
-        self.build(shapes[0])
-        out = [(tuple(self.compute_output_shape(shapes[0])), self.dtype.name)]
-        if self.return_state:
-            out += [((self.units,), self.dtype.name)] * (2 * self.layer._n_states)
-        return out
-
+    _symbolic_outputs = _RNN._symbolic_outputs   # with _n_states of both directions
     _node_forward = _RNN._node_forward
 
     @property

@@ -27,6 +27,7 @@ from lstmc.nn.module import Module, to_numpy
 __all__ = ["Sequential", "Model", "load_model"]
 
 _KIND = "lstmc.models.Sequential"
+_MODEL_KIND = "lstmc.models.Model"
 
 
 class _Trainer(Module):
@@ -239,9 +240,20 @@ class _Trainer(Module):
     def count_params(self):
         return sum(layer.count_params() for layer in self._layers)
 
+    def save_weights(self, filepath):
+        weights = self.get_weights()
+        io.write(filepath, self._file_kind + ".weights", {"count": len(weights)},
+                 _weight_arrays(weights))
+
+    def load_weights(self, filepath):
+        _, arrays = io.read(filepath, kind=self._file_kind + ".weights")
+        self.set_weights(_weights_of(arrays))
+
 
 class Sequential(_Trainer):
     """A stack of layers, each feeding the next (the first may be an `Input`)."""
+
+    _file_kind = _KIND   # the kind of its files
 
     def __init__(self, layers=None, name=None):
         super().__init__(name or layers_module._auto_name("Sequential"))
@@ -483,15 +495,6 @@ class Sequential(_Trainer):
                 config["compile"]["optimizer_state"] = io.encode(opt.state_dict(), arrays)
         io.write(filepath, _KIND, config, arrays)
 
-    def save_weights(self, filepath):
-        weights = self.get_weights()
-        io.write(filepath, _KIND + ".weights", {"count": len(weights)},
-                 _weight_arrays(weights))
-
-    def load_weights(self, filepath):
-        _, arrays = io.read(filepath, kind=_KIND + ".weights")
-        self.set_weights(_weights_of(arrays))
-
 
 class Model(_Trainer):
     """A functional model: the layers called between `inputs` and `outputs`, symbolic
@@ -509,6 +512,8 @@ class Model(_Trainer):
     losses, loss_weights and metrics likewise; fit / evaluate report "loss" (the weighted
     sum) and, with several outputs, "<output>_loss" and "<output>_<metric>" per output.
     """
+
+    _file_kind = _MODEL_KIND   # the kind of its files
 
     def __init__(self, inputs, outputs, name=None):
         super().__init__(name or layers_module._auto_name("Functional"))
@@ -906,17 +911,7 @@ class Model(_Trainer):
                 config["compile"]["optimizer_state"] = io.encode(opt.state_dict(), arrays)
         io.write(filepath, _MODEL_KIND, config, arrays)
 
-    def save_weights(self, filepath):
-        weights = self.get_weights()
-        io.write(filepath, _MODEL_KIND + ".weights", {"count": len(weights)},
-                 _weight_arrays(weights))
 
-    def load_weights(self, filepath):
-        _, arrays = io.read(filepath, kind=_MODEL_KIND + ".weights")
-        self.set_weights(_weights_of(arrays))
-
-
-_MODEL_KIND = "lstmc.models.Model"
 
 
 def _structure(value, what):
