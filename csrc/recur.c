@@ -218,7 +218,11 @@ static void tile_run_avx2(int R, int S, int K, const float *A, int lda,
  * only their tests on CPUs without AVX-512 see). Each strip's sum over k runs in k order
  * with one FMA per k, as in the AVX2 tiles, so both kernels give the same bits. A tile
  * always takes its full S strips: missing ones at the end of a group repeat the last strip
- * with nothing stored (cnt 0), so one instance per row count serves every group. */
+ * with nothing stored (cnt 0), so one instance per row count serves every group. They do not
+ * prefetch, as the 8-lane tiles do: an L1 prefetch per strip and k cost issue slots and bought
+ * nothing even where W comes from L3 (benchmarks/ab_builds.py --in-process, one thread, new /
+ * base: LSTM eval I128 H256 B32 T100 0.94, GRU 0.90, H256 B1 T150 0.93, H512 B1 T25 0.97,
+ * H512 B4 T25 1.00, training H256 B16 T50 1.01; docs/decisions.md#packed-layout). */
 typedef float wide_vec __attribute__((vector_size(64), aligned(4), may_alias));
 #define UNROLL _Pragma("GCC unroll 16")
 #define DEFINE_WIDE_TILE(ISA, TARGET, R, S)                                                    \
@@ -235,10 +239,8 @@ typedef float wide_vec __attribute__((vector_size(64), aligned(4), may_alias));
                 acc[r][s] = (wide_vec){0};                                                     \
         _Pragma("GCC unroll 4") for (int k = 0; k < K; k++) {                                  \
             wide_vec x[S];                                                                     \
-            UNROLL for (int s = 0; s < S; s++) {                                               \
-                __builtin_prefetch(p[s] + (size_t)k * 16 + PREFETCH_FLOATS);                   \
+            UNROLL for (int s = 0; s < S; s++)                                                 \
                 x[s] = *(const wide_vec *)(p[s] + (size_t)k * 16);                             \
-            }                                                                                  \
             UNROLL for (int r = 0; r < R; r++) {                                               \
                 const float a = A[(size_t)r * lda + k];                                        \
                 UNROLL for (int s = 0; s < S; s++)                                             \
