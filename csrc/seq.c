@@ -534,10 +534,12 @@ static void share(int n, int align, int tid, int nt, int *lo, int *hi)
  *   own_pack     the forward packs W_hh per call into scratch, each thread its own units: a
  *                packed kernel without the caller's copy (weights may change between calls)
  *   proj_kernel  the input projection: with the caller's copy and at most
- *                LSTMC_PACKED_PROJ_MAX_ROWS positions, or on a team of one, the packed kernel
- *                on its W_ih (sgemm repacks W_ih inside every call), else BLAS. Packed / BLAS:
- *                H512 B1 T25 0.93; AVX-512 tiles, one thread, I128 H256 B32 T100 0.96 (see
- *                docs)
+ *                LSTMC_PACKED_PROJ_MAX_ROWS positions, on a team of one, or in a rows plan
+ *                (each thread then projects its own rows), the packed kernel on its W_ih
+ *                (sgemm repacks W_ih inside every call), else BLAS. Packed / BLAS: H512 B1 T25
+ *                0.93; AVX-512 tiles, one thread, I128 H256 B32 T100 0.96; a rows plan's own
+ *                rows, two threads, against sgemm by units: I128 H256 B32 T100 0.93, GRU 0.97,
+ *                H128 B64 T50 0.93 (see docs)
  *   team         all of lstmc's threads, unless a step is too small to share
  *                (LSTMC_PAR_MIN_STEP_WORK: a barrier per step costs about a microsecond) or
  *                there are fewer blocks of LSTMC_UNIT_ALIGN units than threads
@@ -579,13 +581,14 @@ static seq_plan plan_of(const lstmc_seq *s, int f64, int train, int packed, int 
     p.splits = splittable(s, train) && !masks;
     p.team = work >= LSTMC_PAR_MIN_STEP_WORK ? threads : 1;
     p.team = p.splits && threads == 2 ? 2 : p.team < units ? p.team : units;
-    p.proj_kernel = packed && (lstmc_seq_rows(s) <= LSTMC_PACKED_PROJ_MAX_ROWS || p.team == 1)
-                        ? lstmc_recur_kernel_for(f64, 1, s->steps, 1)
-                        : LSTMC_RECUR_BLAS;
     p.split = p.splits && p.team == 2;
     p.rows = !train && packed && p.team > 1 && !p.split && !s->proj &&
              s->batch >= LSTMC_ROWS_SPLIT_MIN * p.team &&
              (long)gates_of(s->cell) * s->hidden * hout_of(s) <= LSTMC_ROWS_SPLIT_MAX_WEIGHTS;
+    p.proj_kernel =
+        packed && (lstmc_seq_rows(s) <= LSTMC_PACKED_PROJ_MAX_ROWS || p.team == 1 || p.rows)
+            ? lstmc_recur_kernel_for(f64, 1, s->steps, 1)
+            : LSTMC_RECUR_BLAS;
     p.panels = !train && packed && p.team > 1 && !p.split && !p.rows;
     p.blas = p.proj_kernel == LSTMC_RECUR_BLAS || p.kernel == LSTMC_RECUR_BLAS || s->proj;
     if (qtype) {        /* quantized: its own kernels on its own packed copy (any batch), no BLAS */

@@ -307,13 +307,15 @@ def test_one_and_two_threads_agree(float_dtype, cell, shape, use_lengths, dropou
 @pytest.mark.parametrize("options", [{}, {"peepholes": True, "cell_clip": 0.7}],
                          ids=["", "peepholes-clip"])
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("B, bidirectional", [(16, False), (17, False), (33, False), (65, True)])
-def test_rows_plan_matches_one_thread(cell, B, bidirectional, options):
+@pytest.mark.parametrize("B, bidirectional, T", [(16, False, 6), (17, False, 6), (33, False, 6),
+                                                 (65, True, 6), (33, False, 40)])
+def test_rows_plan_matches_one_thread(cell, B, bidirectional, T, options):
     """An eval-mode float32 call on two threads with at least 8 rows a thread and a W_hh of
     at most 2^18 elements (csrc/seq.c plan_of `rows`; H 40, and 70 for the one-gate RNN so
     that the step has work enough for two threads) runs each thread's rows over all units: two
     layers, ragged and full lengths, zero and given initial states; both directions at 65
-    rows (at most 64 run a direction a thread instead, `split`). Every element sums in the
+    rows (at most 64 run a direction a thread instead, `split`); 40 steps of 33 rows pass
+    LSTMC_PACKED_PROJ_MAX_ROWS, where each thread projects its own rows. Every element sums in the
     same order as on one thread, so the outputs and final states are the one-thread ones bit
     for bit, and the float64 reference's within spec §7. (The projection, lstm_proj, keeps the
     shared-units plan.)"""
@@ -322,7 +324,7 @@ def test_rows_plan_matches_one_thread(cell, B, bidirectional, options):
     if options and CELLS[cell].cls != "LSTM":
         pytest.skip("peepholes are an LSTM option")
     rng = np.random.default_rng(B)
-    T, I, H = 6, 11, 70 if CELLS[cell].cls == "RNN" else 40
+    I, H = 11, 70 if CELLS[cell].cls == "RNN" else 40
     extra = {"proj_size": 13} if "proj_size" in CELLS[cell].options else {}
     m = make_module(cell, I, H, num_layers=2, bidirectional=bidirectional, **extra,
                     **options).eval()
