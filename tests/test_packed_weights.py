@@ -15,6 +15,8 @@ What must hold:
   after which the next call sees the new weights;
 * the C boundary refuses a packed buffer of the wrong size, dtype or alignment.
 """
+import gc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -299,6 +301,25 @@ def test_a_pack_is_correct_under_every_kernel_setting():
     for kernel in _core.RECURRENT_KERNELS:
         _core._set_recurrent_kernel(kernel)
         check_reference("gru_rb", m, x)
+
+
+@pytest.mark.parametrize("count, dtype, huge", [(1, np.float32, False), (1000, np.uint8, True),
+                                               (3 << 18, np.float32, True),
+                                               ((1 << 20) + 7, np.uint8, True),
+                                               (3 << 18, np.float64, False)])
+def test_empty_aligned(count, dtype, huge):
+    """The kernels' buffers: count elements of dtype on a 64-byte boundary; huge ones (the
+    quantized weights, from 1 MB) zeroed on their own 2 MB-aligned memory, which stays
+    alive with the array."""
+    a = _core.empty_aligned(count, dtype, huge=huge)
+    assert a.shape == (count,) and a.dtype == dtype and a.flags.c_contiguous
+    address = a.__array_interface__["data"][0]
+    assert address % 64 == 0
+    if huge and a.nbytes >= _core.HUGE_MIN_BYTES:
+        assert address % _core.HUGE_PAGE == 0 and not a.any()
+    a[...] = 1
+    gc.collect()
+    assert (a == 1).all()
 
 
 def test_boundary_refuses_bad_packed_buffers():

@@ -266,7 +266,8 @@ class QuantizedWeights(QuantizedState):
     def _repack(self):
         m = self.module
         layout = m._layout()
-        buf = np.zeros(layout.qsize(self.dtype), np.uint8)
+        buf = _core.empty_aligned(layout.qsize(self.dtype), np.uint8, huge=True)
+        buf[:] = 0
         for name, l, d, which in _matrices(m):
             packed = self.rows[name].packed(m.hidden_size, m._gates)
             at = layout.qoffset(self.dtype, l, d, which)
