@@ -23,6 +23,10 @@ alternation read 0.96 and 1.15 for one such pair. A change worth keeping on spee
 beat that, or show its gain in a measurement that does not depend on the neighbours (a perf
 profile's share, a C harness).
 
+--quantize int8 (or bf16) times the forward of lstmc.quantize(module, ...) instead:
+
+    python benchmarks/ab_builds.py --base HEAD --in-process --quantize int8 --B 4 --threads 2
+
 --base . --base-kernel blas compares two settings of the working tree's own build in the same
 way (here: the packed recurrent kernels against BLAS, new / base):
 
@@ -45,7 +49,7 @@ MAKE_CALL = r"""
 import sys, time, numpy as np
 
 
-def make_call(lib, cell, I, H, B, T, L, D, mode):
+def make_call(lib, cell, I, H, B, T, L, D, mode, quantize="none"):
     lib.manual_seed(0)
     rng = np.random.default_rng(0)
     if mode == "cell":   # one eval-mode step of the one-step module (LSTMCell, ...)
@@ -66,6 +70,8 @@ def make_call(lib, cell, I, H, B, T, L, D, mode):
             m.zero_grad(); m(x); m.backward(dy)
         return call
     m.eval(); x = rng.random((T, B, I), dtype=np.float32)
+    if quantize != "none":   # an eval-mode forward of lstmc.quantize(m, quantize)
+        m = lib.quantize(m, quantize)
     return lambda: m(x)
 
 
@@ -86,23 +92,23 @@ def median_ms(call, warm, calls):
 # one process: build the module, warm up, time `calls` calls, print the median in ms
 WORKLOAD = MAKE_CALL + r"""
 import lstmc
-cell, I, H, B, T, L, D, mode, thr, calls = sys.argv[1:]
+cell, I, H, B, T, L, D, mode, quantize, thr, calls = sys.argv[1:]
 I, H, B, T, L, D, thr, calls = map(int, (I, H, B, T, L, D, thr, calls))
 lstmc.set_num_threads(thr)
-print(median_ms(make_call(lstmc, cell, I, H, B, T, L, D, mode), 3, calls))
+print(median_ms(make_call(lstmc, cell, I, H, B, T, L, D, mode, quantize), 3, calls))
 """
 
 # one process, both builds: `rounds` blocks of `calls` calls each, alternating
 INTERLEAVED = MAKE_CALL + r"""
 import importlib
-cell, I, H, B, T, L, D, mode, thr, calls, rounds, kbase, knew = sys.argv[1:]
+cell, I, H, B, T, L, D, mode, quantize, thr, calls, rounds, kbase, knew = sys.argv[1:]
 I, H, B, T, L, D, thr, calls, rounds = map(int, (I, H, B, T, L, D, thr, calls, rounds))
 libs = {k: importlib.import_module("lstmc_" + k) for k in ("base", "new")}
 calls_of = {}
 for (name, lib), kernel in zip(libs.items(), (kbase, knew)):
     lib.set_num_threads(thr)
     lib._core._set_recurrent_kernel(kernel)   # each copy of the extension has its own setting
-    calls_of[name] = make_call(lib, cell, I, H, B, T, L, D, mode)
+    calls_of[name] = make_call(lib, cell, I, H, B, T, L, D, mode, quantize)
 medians = {name: [] for name in libs}
 for r in range(rounds):
     for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
@@ -181,6 +187,8 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
+                    help="fwd: time lstmc.quantize(module, QUANTIZE)")
     ap.add_argument("--in-process", action="store_true",
                     help="both builds in one process, alternating call blocks (see above)")
     ap.add_argument("--base-kernel", default="auto",
@@ -190,7 +198,8 @@ def main():
     a = ap.parse_args()
     builds = {"base": base_build(a.base), "new": ROOT}
     D = 2 if a.bidirectional else 1
-    args = [a.cell, a.I or a.H, a.H, a.B, a.T, a.layers, D, a.mode, a.threads, a.calls]
+    args = [a.cell, a.I or a.H, a.H, a.B, a.T, a.layers, D, a.mode, a.quantize, a.threads,
+            a.calls]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if a.in_process:
         pairs = in_process(builds, args, a.rounds, env, (a.base_kernel, a.new_kernel))
