@@ -413,6 +413,72 @@ static int amx_usable(void)
     return s > 0;
 }
 
+/* Tile t's 16 x 16 int32 sums, dequantised, into 16 rows of C at dst: (sum - comp) times the
+ * row's scale and the unit's, the first cnt units */
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void
+q8_amx_store(int32_t (*sums)[16], const uint8_t *strip, const float *a_scale, float *dst,
+             int ldc, int cnt)
+{
+    const __mmask16 mask = (__mmask16)((1u << cnt) - 1);
+    const __m512i comp = _mm512_loadu_si512(strip);
+    const __m512 sc = _mm512_loadu_ps((const float *)(strip + U * 4));
+    for (int r = 0; r < 16; r++) {
+        __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(sums[r]), comp));
+        f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(a_scale[r])), sc);
+        _mm512_mask_storeu_ps(dst + (size_t)r * ldc, mask, f);
+    }
+}
+
+/* 32 rows at once when K is whole 64-k blocks, as quant_bf16.c's bf16_amx_32: rows 0-15 and
+ * 16-31 in A tiles 4 and 5, two strips in B tiles 6 and 7, four sums (tmm0-3), so that each
+ * strip's block is loaded once for the 32 rows, half the weight traffic of two 16-row passes
+ * (LSTM I128 H256 B32 T100 int8 forward, one thread: see docs/decisions.md#int8-inference) */
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni"))) static void
+q8_amx_32(const uint8_t *a, int lda, const float *a_scale, int blocks, const uint8_t *set, int K,
+          int nstrips, int g0, int Wg, int gstep, int bscale, int u0, int u1, float *C, int ldc)
+{
+    int32_t sums[16][16];
+    for (int q0 = 0; q0 < nstrips; q0 += 2) {
+        const int S = nstrips - q0 < 2 ? nstrips - q0 : 2;
+        const uint8_t *w[2];
+        for (int s = 0; s < 2; s++) {
+            const int q = q0 + (s < S ? s : S - 1);
+            w[s] = strip_at((uint8_t *)set, u0 + q / Wg * U, q % Wg, Wg, K) + HEADER_BYTES;
+        }
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int kb = 0; kb < blocks; kb++) {
+            const size_t at = (size_t)kb * 16 * 64;
+            _tile_loadd(4, a + (size_t)kb * 64, lda);
+            _tile_loadd(6, w[0] + at, 64);
+            _tile_dpbusd(0, 4, 6);
+            _tile_loadd(5, a + 16 * (size_t)lda + (size_t)kb * 64, lda);
+            _tile_dpbusd(1, 5, 6);
+            _tile_loadd(7, w[1] + at, 64);
+            _tile_dpbusd(2, 4, 7);
+            _tile_dpbusd(3, 5, 7);
+        }
+        for (int s = 0; s < S; s++) {
+            const int b0 = u0 + (q0 + s) / Wg * U, v = (q0 + s) % Wg;
+            const int cnt = u1 - b0 < U ? u1 - b0 : U;
+            const uint8_t *strip = w[s] - HEADER_BYTES;
+            float *dst = C + (size_t)(g0 + v) * gstep + (size_t)(b0 - u0) * bscale;
+            if (s == 0)
+                _tile_stored(0, sums, 64);
+            else
+                _tile_stored(2, sums, 64);
+            q8_amx_store(sums, strip, a_scale, dst, ldc, cnt);
+            if (s == 0)
+                _tile_stored(1, sums, 64);
+            else
+                _tile_stored(3, sums, 64);
+            q8_amx_store(sums, strip, a_scale + 16, dst + 16 * (size_t)ldc, ldc, cnt);
+        }
+    }
+}
+
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni"))) static void
 q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const uint8_t *set,
             int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc)
@@ -420,7 +486,14 @@ q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const
     const int Wg = g1 - g0, nstrips = (u1 - u0 + U - 1) / U * Wg, Kp = lstmc_q8_row_bytes(K);
     const int blocks = Kp / 64, tail = (Kp % 64) / 4;      /* 64-k blocks; groups past them */
     int32_t sums[4][16][16];
-    for (int r0 = 0; r0 < n; r0 += 16) {
+    int r0 = 0;
+    if (!tail && n >= 32) {
+        lstmc_amx_configure(16);
+        for (; r0 + 32 <= n; r0 += 32)
+            q8_amx_32(A + (size_t)r0 * lda, lda, a_scale + r0, blocks, set, K, nstrips, g0, Wg,
+                      gstep, bscale, u0, u1, C + (size_t)r0 * ldc, ldc);
+    }
+    for (; r0 < n; r0 += 16) {
         const int M = n - r0 < 16 ? n - r0 : 16;
         lstmc_amx_configure(M);    /* sums 0-3, A's 64-k blocks 4 and 5, B 6 and 7 in turn */
         const uint8_t *a = A + (size_t)r0 * lda;

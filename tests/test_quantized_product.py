@@ -62,9 +62,11 @@ def test_every_kernel_gives_the_reference_bits(n, K, H, G, seed):
 
 
 @pytest.mark.parametrize("n,K,H,G", [(1, 1, 1, 1), (6, 4, 16, 4), (7, 5, 17, 3), (13, 65, 33, 4),
-                                     (33, 130, 70, 1), (12, 9, 9, 2)])
+                                     (33, 130, 70, 1), (12, 9, 9, 2), (32, 64, 16, 1),
+                                     (70, 128, 33, 4), (45, 192, 20, 3)])
 def test_shapes_past_a_tile(kernel, n, K, H, G):
-    """Rows past a tile's (4 or 6), units past a block (16), K past a group of 4"""
+    """Rows past a tile's (4 or 6), units past a block (16), K past a group of 4; 32 rows and
+    more with K in whole 64-k blocks (AMX's 32-row pass, then 16-row passes for the rest)"""
     rng = np.random.default_rng(n * 1000 + K)
     got, want = _product(rng.standard_normal((n, K)).astype(np.float32),
                          rng.standard_normal((G * H, K)).astype(np.float32), H, G)
