@@ -413,6 +413,19 @@ static int amx_usable(void)
     return s > 0;
 }
 
+/* The weights of strips q0 .. q0 + width - 1 (their k groups, past the header) into w; a
+ * strip past the last repeats it. Returns how many are real. */
+static int strip_group(const uint8_t *set, int q0, int width, int nstrips, int u0, int Wg,
+                       int K, const uint8_t **w)
+{
+    const int S = nstrips - q0 < width ? nstrips - q0 : width;
+    for (int s = 0; s < width; s++) {
+        const int q = q0 + (s < S ? s : S - 1);
+        w[s] = strip_at((uint8_t *)set, u0 + q / Wg * U, q % Wg, Wg, K) + HEADER_BYTES;
+    }
+    return S;
+}
+
 /* Tile t's 16 x 16 int32 sums, dequantised, into 16 rows of C at dst: (sum - comp) times the
  * row's scale and the unit's, the first cnt units */
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void
@@ -439,12 +452,8 @@ q8_amx_32(const uint8_t *a, int lda, const float *a_scale, int blocks, const uin
 {
     int32_t sums[16][16];
     for (int q0 = 0; q0 < nstrips; q0 += 2) {
-        const int S = nstrips - q0 < 2 ? nstrips - q0 : 2;
         const uint8_t *w[2];
-        for (int s = 0; s < 2; s++) {
-            const int q = q0 + (s < S ? s : S - 1);
-            w[s] = strip_at((uint8_t *)set, u0 + q / Wg * U, q % Wg, Wg, K) + HEADER_BYTES;
-        }
+        const int S = strip_group(set, q0, 2, nstrips, u0, Wg, K, w);
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
@@ -498,12 +507,8 @@ q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const
         lstmc_amx_configure(M);    /* sums 0-3, A's 64-k blocks 4 and 5, B 6 and 7 in turn */
         const uint8_t *a = A + (size_t)r0 * lda;
         for (int q0 = 0; q0 < nstrips; q0 += 4) {
-            const int S = nstrips - q0 < 4 ? nstrips - q0 : 4;
             const uint8_t *w[4];
-            for (int s = 0; s < 4; s++) {
-                const int q = q0 + (s < S ? s : S - 1);
-                w[s] = strip_at((uint8_t *)set, u0 + q / Wg * U, q % Wg, Wg, K) + HEADER_BYTES;
-            }
+            const int S = strip_group(set, q0, 4, nstrips, u0, Wg, K, w);
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
