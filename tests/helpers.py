@@ -20,9 +20,11 @@ Tolerances: ``KERNEL_TOL[dtype].out`` / ``.grad`` are docs/spec.md §7's (rtol, 
 kernel against the float64 reference (atol scaled by ``max(1, max|expected|)``);
 ``THREAD_TOL`` bounds 1 vs 2 threads (see test_threads.py).
 """
+import os
 from collections import namedtuple
 
 import numpy as np
+import pytest
 
 import lstmc
 
@@ -129,6 +131,16 @@ def central_difference(f, a, idx, eps=1e-6):
     f_minus = f()
     a[idx] = old
     return (f_plus - f_minus) / (2 * eps)
+
+
+def keras_or_skip():
+    """Keras 3 on its torch backend (KERAS_BACKEND, unless set), or the test is skipped."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception:   # not installed, or no usable backend
+        pytest.skip("keras (with its torch backend) is not installed")
+    return keras
 
 
 def numerical_grad(f, a, eps=1e-6):

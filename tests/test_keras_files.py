@@ -21,17 +21,9 @@ from lstmc.keras.files import UnsupportedModelError  # noqa: E402
 from lstmc.models import load_model  # noqa: E402
 from lstmc.keras import layers as L  # noqa: E402
 
-from helpers import assert_close, scale_of  # noqa: E402
+from helpers import assert_close, keras_or_skip, scale_of  # noqa: E402
 
 V, T, B = 12, 7, 5
-
-
-def _keras():
-    try:
-        import keras
-    except Exception:
-        pytest.skip("keras (with its torch backend) is not installed")
-    return keras
 
 
 # ---- models, built with Keras ------------------------------------------------------------
@@ -145,7 +137,7 @@ def _check_same(actual, expected):
 @pytest.mark.parametrize("ext", [".keras", ".h5"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_predictions_match_keras(tmp_path, name, ext):
-    k = _keras()
+    k = keras_or_skip()
     model = MODELS[name](k)
     _randomise(model, seed=len(name))
     x = _inputs(name, model, seed=1)
@@ -156,7 +148,7 @@ def test_predictions_match_keras(tmp_path, name, ext):
 
 
 def test_training_only_options_load_for_inference_and_refuse_training(tmp_path):
-    k = _keras()
+    k = keras_or_skip()
     path = tmp_path / "m.keras"
     model = k.Sequential([k.Input((T, 3)),
                           k.layers.LSTM(4, kernel_regularizer=k.regularizers.L2(0.01)),
@@ -172,7 +164,7 @@ def test_training_only_options_load_for_inference_and_refuse_training(tmp_path):
 def test_recurrent_dropout_loads_and_trains(tmp_path):
     """recurrent_dropout is the layers' own now: it round-trips through the file, leaves
     predict alone and acts in fit."""
-    k = _keras()
+    k = keras_or_skip()
     path = tmp_path / "m.keras"
     keras_model = _recurrent_dropout(k)
     _save(keras_model, path)
@@ -237,7 +229,7 @@ def _keras2_lstm_layers(recurrent_activation="sigmoid"):
 
 @pytest.mark.parametrize("functional", [False, True])
 def test_keras2_h5_layout(tmp_path, functional):
-    k = _keras()
+    k = keras_or_skip()
     ref = k.Sequential([k.Input((T, 3)), k.layers.LSTM(4), k.layers.Dense(2,
                                                                          activation="sigmoid")])
     _randomise(ref, seed=3)
@@ -254,7 +246,7 @@ def test_keras2_h5_layout(tmp_path, functional):
 def test_keras2_h5_bidirectional_embedding_without_input_layer(tmp_path):
     """Keras 2 before InputLayer entries: the first layer carries batch_input_shape; a
     Bidirectional without backward_layer; a GRU of Keras 2's reset_after=True."""
-    k = _keras()
+    k = keras_or_skip()
     ref = _masked_gru(k)
     _randomise(ref, seed=5)
     w = ref.get_weights()
@@ -301,7 +293,7 @@ def test_hard_sigmoid_named_with_each_versions_definition(tmp_path):
     with pytest.raises(UnsupportedModelError,
                        match=r"'lstm'.*recurrent_activation='hard_sigmoid' \(Keras 2: clip"):
         load_model(path)
-    k = _keras()
+    k = keras_or_skip()
     path3 = tmp_path / "m.keras"
     _save(k.Sequential([k.Input((T, 3)), k.layers.GRU(3, recurrent_activation="hard_sigmoid")]),
           path3)
@@ -318,7 +310,7 @@ def test_hard_sigmoid_named_with_each_versions_definition(tmp_path):
      "LayerNormalization"),
 ])
 def test_unsupported_layers_and_options_are_named(tmp_path, build, match):
-    k = _keras()
+    k = keras_or_skip()
     path = tmp_path / "m.keras"
     _save(k.Sequential([k.Input((T, 3))] + build(k)), path)
     with pytest.raises(UnsupportedModelError, match=match):
@@ -329,7 +321,7 @@ def test_unsupported_layers_and_options_are_named(tmp_path, build, match):
 def test_branching_functional_model_loads(tmp_path, suffix):
     """A Functional graph that is not a chain loads as an lstmc.models.Model (.keras, and
     Keras 3's legacy .h5) and predicts as Keras does; a layer class lstmc lacks is named."""
-    k = _keras()
+    k = keras_or_skip()
     i = k.Input((T, 3))
     a, b = k.layers.LSTM(4)(i), k.layers.GRU(4)(i)
     model = k.Model(i, k.layers.Add()([a, b]))
@@ -359,7 +351,7 @@ def test_missing_h5py_names_the_extra(tmp_path, monkeypatch):
 # ---- damaged and hostile files ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_keras(tmp_path_factory):
-    k = _keras()
+    k = keras_or_skip()
     path = tmp_path_factory.mktemp("keras") / "small.keras"
     _save(k.Sequential([k.Input((None,), dtype="int32"), k.layers.Embedding(V, 3, mask_zero=True),
                         k.layers.LSTM(2), k.layers.Dense(1)]), path)
@@ -511,7 +503,7 @@ def test_fuzz_keras_members(tmp_path_factory, small_keras):
 
 @pytest.mark.parametrize("ext", [".keras", ".h5"])
 def test_stateful_layers_carry_state_across_calls(tmp_path, ext):
-    k = _keras()
+    k = keras_or_skip()
     model = k.Sequential([k.Input(batch_shape=(B, T, 3)),
                           k.layers.GRU(4, stateful=True, return_sequences=True),
                           k.layers.LSTM(3, stateful=True)])

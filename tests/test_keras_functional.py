@@ -13,17 +13,9 @@ import lstmc
 from lstmc import layers as L
 from lstmc.models import Model, Sequential, load_model
 
-from helpers import assert_close
+from helpers import assert_close, keras_or_skip, numerical_grad
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-
-
-def _keras():
-    try:
-        import keras
-    except Exception:
-        pytest.skip("keras (with its torch backend) is not installed")
-    return keras
 
 
 def _ids(rng, n, T, V, lo=2):
@@ -78,7 +70,7 @@ def test_spec_target_program_runs_and_learns():
 def test_seq2seq_matches_keras(attention):
     """The encoder-decoder: Keras' layer order and weights, its predictions, and its fit
     trajectory (Adam, two epochs, same batches) with masks from both embeddings."""
-    keras = _keras()
+    keras = keras_or_skip()
     V, E, U = 11, 6, 8
     x_src, x_tgt, y = _copy_task(V=V)
     lstmc.manual_seed(3)
@@ -120,10 +112,10 @@ def _bidirectional_graph(lib, V=9, E=4, U=5):
         lib.Concatenate()([g, lib.Attention()([dec, enc])]))
 
 
-def test_bidirectional_states_in_graphs_match_keras():
+def test_bidirectional_states_in_graphs_matchkeras_or_skip():
     """Bidirectional return_state outputs and initial_state= inputs (Keras' order: the
     forward direction's states, then the backward one's): Keras' outputs and fit."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(12)
     x_src, x_tgt = _ids(rng, 40, 6, 9), _ids(rng, 40, 5, 9, lo=1)
     y = rng.integers(0, 3, (40, 5))
@@ -166,7 +158,7 @@ def _merge_graph(lib, merge, V=9, E=5, U=6, T=6):
 def test_merge_layers_match_keras(merge):
     """Each merge layer with masks on both inputs: Keras' outputs and masked loss, and two
     epochs of SGD."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(5)
     n, T, V = 48, 6, 9
     xa, xb = _ids(rng, n, T, V), _ids(rng, n, T, V, lo=1)
@@ -215,7 +207,7 @@ def test_attention_layers_match_keras(kind, use_scale, causal, key):
     """Attention (dot, concat) and AdditiveAttention with query and value masks, use_scale,
     a separate key and the causal mask: Keras' outputs, attention scores and a fit
     trajectory (Adam; the scales train too)."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(7)
     n, Tq, Tv = 32, 5, 7
     xq, xv = _ids(rng, n, Tq, 9, lo=1), _ids(rng, n, Tv, 9)
@@ -257,10 +249,10 @@ def _shaping_graph(lib):
     return x, [out, aux]
 
 
-def test_shaping_layers_and_two_outputs_match_keras():
+def test_shaping_layers_and_two_outputs_matchkeras_or_skip():
     """RepeatVector, LayerNormalization, TimeDistributed(Dense), Activation, and a model
     with two outputs, a loss each and loss_weights: Keras' outputs and per-output logs."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(9)
     x = rng.standard_normal((40, 6, 3)).astype(np.float32)
     y_seq = (rng.random((40, 4, 2)) > 0.5).astype(np.float32)
@@ -297,10 +289,10 @@ def _shared_graph(lib):
                                                        name="code")(ha)}
 
 
-def test_shared_layers_and_dicts_match_keras():
+def test_shared_layers_and_dicts_matchkeras_or_skip():
     """Shared layers (each called twice), inputs and targets as dicts by name: Keras'
     predictions and fit trajectory."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(11)
     xa = rng.standard_normal((32, 5, 3)).astype(np.float32)
     xb = rng.standard_normal((32, 5, 3)).astype(np.float32)
@@ -342,7 +334,7 @@ def test_model_called_as_a_layer_matches_keras(tmp_path):
     """A Model called on tensors of another (a siamese encoder, shared by two inputs):
     Keras' layers, weights order, predictions and fit trajectory; save / load_model keeps
     the nested model."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(13)
     xa, xb = _ids(rng, 40, 6, 9), _ids(rng, 40, 5, 9)
     y = rng.integers(0, 2, 40).astype(np.float32)
@@ -390,7 +382,7 @@ def test_keras_functional_file_loads(tmp_path):
     """A Keras 3 .keras file of a functional graph (the ops Keras saves for its masks left
     out: lstmc's layers propagate masks by the same rules) predicts every output as Keras,
     and the loaded model trains."""
-    keras = _keras()
+    keras = keras_or_skip()
     pytest.importorskip("h5py")
     model = _every_layer_graph(keras)
     model.save(tmp_path / "graph.keras")
@@ -407,19 +399,6 @@ def test_keras_functional_file_loads(tmp_path):
 
 
 # ---- finite differences (float64) -----------------------------------------------------------
-def _numerical(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def _check_layer_grads(layer, xs, masks=None, listed=True, **options):
@@ -440,10 +419,10 @@ def _check_layer_grads(layer, xs, masks=None, listed=True, **options):
     f()
     dxs = layer.backward(R) if listed else [layer.backward(R)]
     for i, (x, dx) in enumerate(zip(xs, dxs)):
-        assert_close(f"d input {i}", dx, _numerical(f, x), 1e-6, 1e-8)
+        assert_close(f"d input {i}", dx, numerical_grad(f, x), 1e-6, 1e-8)
     for name, p in layer.named_parameters():
         analytic = p.grad.copy()
-        assert_close(f"d {name}", analytic, _numerical(f, p.data), 1e-6, 1e-8)
+        assert_close(f"d {name}", analytic, numerical_grad(f, p.data), 1e-6, 1e-8)
 
 
 def _masks(rng, B, T):
@@ -540,7 +519,7 @@ def test_graph_gradients_finite_differences():
     model.zero_grad()
     model._graph.backward(douts)
     for name, p in model.named_parameters():
-        assert_close(name, p.grad.copy(), _numerical(loss, p.data), 1e-6, 1e-8)
+        assert_close(name, p.grad.copy(), numerical_grad(loss, p.data), 1e-6, 1e-8)
 
 
 def test_encoder_and_decoder_models_share_the_trained_layers():
@@ -611,8 +590,8 @@ def test_shared_layers_with_dropout_finite_differences():
     model.zero_grad()
     model._graph.backward(douts)
     for name, p in model.named_parameters():
-        assert_close(name, p.grad.copy(), _numerical(lambda: run()[0].logs()["loss"],
-                                                     p.data), 1e-6, 1e-8)
+        assert_close(name, p.grad.copy(), numerical_grad(lambda: run()[0].logs()["loss"],
+                                                         p.data), 1e-6, 1e-8)
 
 
 @settings(max_examples=6, deadline=None)
@@ -620,7 +599,7 @@ def test_shared_layers_with_dropout_finite_differences():
 def test_seq2seq_shapes_match_keras(B, Ts, Tt):
     """The encoder-decoder on batches of any size and lengths (1 included; rows padded at
     either end): Keras' predictions."""
-    keras = _keras()
+    keras = keras_or_skip()
     ours, theirs = _seq2seq_pair(keras)
     rng = np.random.default_rng(B * 100 + Ts * 10 + Tt)
     x_src, x_tgt = _ids(rng, B, Ts, 11, lo=1), _ids(rng, B, Tt, 11, lo=1)
@@ -667,7 +646,7 @@ def test_save_load_and_weights_round_trip(tmp_path):
 
 
 def test_summary_lists_connections(capsys):
-    keras = _keras()
+    keras = keras_or_skip()
     model = Model(*_seq2seq(L, 11, 5, 6))
     model.summary()
     text = capsys.readouterr().out

@@ -11,17 +11,9 @@ import lstmc
 from lstmc import layers as L
 from lstmc import reference
 
-from helpers import assert_close, central_difference
+from helpers import assert_close, central_difference, keras_or_skip
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-
-
-def _keras():
-    try:
-        import keras
-    except Exception:   # not installed, or no usable backend
-        pytest.skip("keras (with its torch backend) is not installed")
-    return keras
 
 
 B, T, I, U = 3, 7, 5, 4
@@ -94,7 +86,7 @@ def test_set_get_weights_round_trip(make):
     assert b.count_params() == sum(w.size for w in ws)
 
 
-def test_param_counts_are_keras():
+def test_param_counts_arekeras_or_skip():
     assert L.LSTM(50).build((10, 1)).count_params() == 4 * (50 * (1 + 50) + 50)
     assert L.GRU(8).build((10, 3)).count_params() == 3 * (8 * (3 + 8) + 2 * 8)
     assert L.GRU(8, reset_after=False).build((10, 3)).count_params() == 3 * (8 * 11 + 8)
@@ -276,7 +268,7 @@ def _keras_out(keras, layer, x, mask):
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_matches_keras(x, holes, kind, return_sequences, go_backwards, masked):
-    keras = _keras()
+    keras = keras_or_skip()
     kw = dict(return_sequences=return_sequences, go_backwards=go_backwards)
     if kind == "GRU_reset_before":
         kl, ll = keras.layers.GRU(U, reset_after=False, **kw), L.GRU(U, reset_after=False, **kw)
@@ -292,7 +284,7 @@ def test_matches_keras(x, holes, kind, return_sequences, go_backwards, masked):
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_bidirectional_matches_keras(x, holes, merge_mode, return_sequences):
-    keras = _keras()
+    keras = keras_or_skip()
     kl = keras.layers.Bidirectional(keras.layers.LSTM(U, return_sequences=return_sequences),
                                     merge_mode=merge_mode)
     ll = L.Bidirectional(L.LSTM(U, return_sequences=return_sequences), merge_mode=merge_mode)
@@ -303,7 +295,7 @@ def test_bidirectional_matches_keras(x, holes, merge_mode, return_sequences):
 
 
 def test_return_state_matches_keras(x, holes):
-    keras = _keras()
+    keras = keras_or_skip()
     kl = keras.layers.Bidirectional(keras.layers.LSTM(U, return_state=True))
     ll = L.Bidirectional(L.LSTM(U, return_state=True))
     ky = _keras_out(keras, kl, x, holes)

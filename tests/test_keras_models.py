@@ -11,17 +11,9 @@ from lstmc.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lstmc.layers import GRU, LSTM, Bidirectional, Dense, Dropout, Embedding, Input, SimpleRNN
 from lstmc.models import Sequential, load_model
 
-from helpers import THREAD_TOL, assert_close, scale_of
+from helpers import THREAD_TOL, assert_close, keras_or_skip, scale_of
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-
-
-def _keras():
-    try:
-        import keras
-    except Exception:
-        pytest.skip("keras (with its torch backend) is not installed")
-    return keras
 
 
 def _sum_sign_data(n=512, seed=0):
@@ -120,7 +112,7 @@ def test_fit_learns_memory_over_50_steps():
 
 def test_fit_matches_keras_trajectory():
     """Same initial weights, same batches: the per-epoch losses of Keras' own fit."""
-    keras = _keras()
+    keras = keras_or_skip()
     x, y = _sum_sign_data(96)
     for opt in ("adam", "sgd", "rmsprop"):
         lstmc.manual_seed(2)
@@ -136,10 +128,10 @@ def test_fit_matches_keras_trajectory():
         assert_close(f"{opt} accuracy", a["accuracy"], b["accuracy"], 1e-7, 1e-6)
 
 
-def test_masked_tagger_fit_matches_keras():
+def test_masked_tagger_fit_matcheskeras_or_skip():
     """Masks through Embedding -> Bidirectional(return_sequences) -> Dense(softmax) and a
     masked sparse cross-entropy: Keras' own per-epoch loss and accuracy."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(8)
     n, T = 96, 9
     x = rng.integers(1, 9, (n, T))
@@ -168,7 +160,7 @@ def test_masked_tagger_fit_matches_keras():
 @pytest.mark.parametrize("name", ["binary_crossentropy", "categorical_crossentropy",
                                   "sparse_categorical_crossentropy", "mse"])
 def test_losses_match_keras(name):
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(3)
     p = rng.random((4, 5, 3)).astype(np.float32) * 0.98 + 0.01
     if name == "binary_crossentropy":
@@ -190,7 +182,7 @@ def test_losses_match_keras(name):
                                     ("SparseCategoricalCrossentropy", {})])
 def test_losses_from_logits_match_keras(cls, kw):
     """On logits the losses are lstmc.nn.loss's arithmetic: Keras' own from_logits values."""
-    keras = _keras()
+    keras = keras_or_skip()
     rng = np.random.default_rng(13)
     z = (rng.standard_normal((4, 5, 3)) * 3).astype(np.float32)
     if cls == "BinaryCrossentropy":
@@ -489,7 +481,7 @@ def _drive_early_stopping(stop, values, model=None):
     return int(model.get_weights()[0][0, 0]), stop.stopped_epoch
 
 
-def test_early_stopping_follows_keras():
+def test_early_stopping_followskeras_or_skip():
     losses = [1.0, 0.9, 0.95, 0.97, 0.99, 1.2]
     # restored at the end of training even without an early stop
     assert _drive_early_stopping(EarlyStopping(patience=10, restore_best_weights=True),
@@ -500,8 +492,8 @@ def test_early_stopping_follows_keras():
     assert _drive_early_stopping(EarlyStopping(patience=1), losses) == (2, 2)   # no restore
 
 
-def test_early_stopping_matches_keras():
-    keras = _keras()
+def test_early_stopping_matcheskeras_or_skip():
+    keras = keras_or_skip()
     losses = [1.0, 0.9, 0.95, 0.97, 0.99, 1.2]
     for kw in (dict(patience=10, restore_best_weights=True),
                dict(patience=2, baseline=0.5, restore_best_weights=True),
@@ -532,7 +524,7 @@ def test_train_on_batch_returns_loss_and_metrics():
     assert isinstance(model.train_on_batch(x, y), float)
 
 
-def test_accuracy_is_chosen_from_shapes_as_keras():
+def test_accuracy_is_chosen_from_shapes_askeras_or_skip():
     from lstmc.keras.losses import _binary_accuracy, _categorical_accuracy, \
         _sparse_categorical_accuracy, metric
     assert metric("accuracy", (8,), (8, 1))[1] is _binary_accuracy
@@ -583,7 +575,7 @@ def _fit_until_nan(sequential, layers, terminate, recorder_base, raise_error=Fal
 
 
 def test_terminate_on_nan_matches_keras(capsys):
-    keras = _keras()
+    keras = keras_or_skip()
     from lstmc import layers
     from lstmc.callbacks import TerminateOnNaN
     lstmc.manual_seed(0)
@@ -598,8 +590,8 @@ def test_terminate_on_nan_matches_keras(capsys):
     assert ours.strip() == theirs.strip() == "Batch 2: Invalid loss, terminating training"
 
 
-def test_terminate_on_nan_raise_error_matches_keras():
-    keras = _keras()
+def test_terminate_on_nan_raise_error_matcheskeras_or_skip():
+    keras = keras_or_skip()
     from lstmc import layers
     from lstmc.callbacks import TerminateOnNaN
     messages = []

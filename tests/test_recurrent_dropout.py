@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import lstmc
 from lstmc import _core, reference
 
-from helpers import CELLS, KERNEL_TOL, Checks, central_difference, make_module
+from helpers import CELLS, Checks, KERNEL_TOL, central_difference, keras_or_skip, make_module
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -320,14 +320,6 @@ def test_bad_rates_and_masks_are_refused():
 
 
 # ---- the Keras face against Keras 3 --------------------------------------------------------
-def _keras():
-    try:
-        import keras
-    except Exception:   # not installed, or no usable backend
-        pytest.skip("keras (with its torch backend) is not installed")
-    return keras
-
-
 _KERAS_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 _KERAS_ORDER = {"LSTM": [0, 1, 2, 3], "GRU": [1, 0, 2], "SimpleRNN": [0]}   # Keras -> lstmc
 
@@ -339,7 +331,7 @@ def test_keras_face_matches_keras_with_the_same_masks(kind, case):
     """Keras' cells get the masks through get_recurrent_dropout_mask (Keras order: LSTM i,
     f, c, o; GRU z, r, h), lstmc's module through _draw_recurrent_masks (lstmc's order);
     outputs and the input and weight gradients of sum(out * w) in float32."""
-    keras = _keras()
+    keras = keras_or_skip()
     import torch
     rng = np.random.default_rng(6)
     B, T, I, U = 3, 7, 5, 4

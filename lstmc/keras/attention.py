@@ -242,14 +242,8 @@ class Attention(_BaseAttention):
         du = du * scale
         return du.sum(axis=2), du.sum(axis=1)
 
-    def get_weights(self):
-        return [p.data.copy() for p in self.parameters()]
-
-    def set_weights(self, weights):
-        params = list(self.parameters())
-        ws = self._check_weights(list(weights), [p.shape for p in params])
-        for p, w in zip(params, ws):
-            p.data[...] = w
+    get_weights = Layer._parameter_weights
+    set_weights = Layer._set_parameter_weights
 
     def get_config(self):
         return {**super().get_config(), "use_scale": self.use_scale,

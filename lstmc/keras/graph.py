@@ -181,6 +181,11 @@ class Graph:
         self.calls = defaultdict(list)   # layer -> its nodes in this graph
         for node in self.nodes:
             self.calls[node.layer].append(node)
+        # node -> its index among its layer's calls in this graph (an input's node: 0), the
+        # [call] of Keras' "layer[call][output]" references
+        self.call_index = {t.node: 0 for t in self.inputs}
+        for nodes in self.calls.values():
+            self.call_index.update((node, i) for i, node in enumerate(nodes))
         self.consumers = defaultdict(int)   # tensor id -> how many node inputs read it
         for node in self.nodes:
             for t in node.inputs:

@@ -243,6 +243,17 @@ class Layer(Module):
         if list(weights):
             raise ValueError(f"{self.name} has no weights, got {len(list(weights))} arrays")
 
+    def _parameter_weights(self):
+        """get_weights of a layer whose weights are its parameters, in their order"""
+        return [p.data.copy() for p in self.parameters()]
+
+    def _set_parameter_weights(self, weights):
+        """set_weights of such a layer"""
+        params = list(self.parameters())
+        ws = self._check_weights(list(weights), [p.shape for p in params])
+        for p, w in zip(params, ws):
+            p.data[...] = w
+
     def _require_built(self):
         if not self.built:
             raise RuntimeError(f"{self.name}: set_weights needs the layer built (call it on "
@@ -1285,14 +1296,8 @@ class LayerNormalization(Layer):
         return inv * (dy - dy.mean(axis=-1, keepdims=True)
                       - xhat * (dy * xhat).mean(axis=-1, keepdims=True))
 
-    def get_weights(self):
-        return [p.data.copy() for p in self.parameters()]
-
-    def set_weights(self, weights):
-        params = list(self.parameters())
-        ws = self._check_weights(list(weights), [p.shape for p in params])
-        for p, w in zip(params, ws):
-            p.data[...] = w
+    get_weights = Layer._parameter_weights
+    set_weights = Layer._set_parameter_weights
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,

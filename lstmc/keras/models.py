@@ -440,17 +440,7 @@ class Sequential(_Trainer):
             count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
             kind = "Functional" if isinstance(layer, Model) else type(layer).__name__
             rows.append((f"{layer.name} ({kind})", shape_text, count))
-        w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
-        rule = "-" * (sum(w) + 2)
-        lines = [f'Model: "{self.name}"', rule]
-        for i, (a, b, c) in enumerate(rows):
-            lines.append(f"{a:<{w[0]}} {b:<{w[1]}} {c:>{w[2]}}")
-            lines.append("=" * len(rule) if i == 0 else rule)
-        total = self.count_params()
-        lines.append(f" Total params: {total:,} ({_bytes(total * 4)})")
-        lines.append(f" Trainable params: {total:,} ({_bytes(total * 4)})")
-        lines.append(" Non-trainable params: 0 (0.00 B)")
-        print_fn("\n".join(lines))
+        print_fn(_summary_table(self.name, rows, self.count_params()))
 
     # ---- saving -------------------------------------------------------------------------
 
@@ -801,15 +791,9 @@ class Model(_Trainer):
         """A table as Keras': each layer, its output shape(s), parameters and the tensors it
         is connected to (layer[call][output])."""
         g = self._graph
-        calls = {}
-        for layer, nodes in g.calls.items():
-            for i, node in enumerate(nodes):
-                calls[node] = i
-        for t in g.inputs:
-            calls[t.node] = 0
 
         def ref(t):
-            return f"{t.node.layer.name}[{calls[t.node]}][{t.index}]"
+            return f"{t.node.layer.name}[{g.call_index[t.node]}][{t.index}]"
 
         rows = [("Layer (type)", "Output Shape", "Param #", "Connected to")]
         for layer in self._layers:
@@ -821,32 +805,16 @@ class Model(_Trainer):
             kind = "Functional" if isinstance(layer, Model) else type(layer).__name__
             rows.append((f"{layer.name} ({kind})", shape_text,
                          f"{layer.count_params():,}", ", ".join(links) or "-"))
-        w = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
-        rule = "-" * (sum(w) + 3)
-        lines = [f'Model: "{self.name}"', rule]
-        for i, (a, b, c, d) in enumerate(rows):
-            lines.append(f"{a:<{w[0]}} {b:<{w[1]}} {c:>{w[2]}} {d:<{w[3]}}".rstrip())
-            lines.append("=" * len(rule) if i == 0 else rule)
-        total = self.count_params()
-        lines.append(f" Total params: {total:,} ({_bytes(total * 4)})")
-        lines.append(f" Trainable params: {total:,} ({_bytes(total * 4)})")
-        lines.append(" Non-trainable params: 0 (0.00 B)")
-        print_fn("\n".join(lines))
+        print_fn(_summary_table(self.name, rows, self.count_params()))
 
     # ---- saving -----------------------------------------------------------------------------
     def _config(self):
         """The graph: each layer's config, then each call (node) in running order with its
         inputs as [layer name, call index in this model, output index]."""
         g = self._graph
-        index = {}
-        for layer, nodes in g.calls.items():
-            for i, node in enumerate(nodes):
-                index[node] = i
-        for t in g.inputs:
-            index[t.node] = 0
 
         def ref(t):
-            return [t.node.layer.name, index[t.node], t.index]
+            return [t.node.layer.name, g.call_index[t.node], t.index]
 
         return {"name": self.name,
                 "layers": [layers_module.serialize(l) for l in self._layers],
@@ -1109,6 +1077,23 @@ def _batch_size(batch_size):
             or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
+
+
+def _summary_table(name, rows, total):
+    """Keras' summary: rows (the header first) of layer, output shape, parameter count (right
+    aligned) and any more columns, then the totals of `total` float32 parameters."""
+    n = len(rows[0])
+    w = [max(len(r[i]) for r in rows) + 2 for i in range(n)]
+    rule = "-" * (sum(w) + n - 1)
+    lines = [f'Model: "{name}"', rule]
+    for i, row in enumerate(rows):
+        cells = [f"{v:>{w[k]}}" if k == 2 else f"{v:<{w[k]}}" for k, v in enumerate(row)]
+        lines.append(" ".join(cells).rstrip())
+        lines.append("=" * len(rule) if i == 0 else rule)
+    lines.append(f" Total params: {total:,} ({_bytes(total * 4)})")
+    lines.append(f" Trainable params: {total:,} ({_bytes(total * 4)})")
+    lines.append(" Non-trainable params: 0 (0.00 B)")
+    return "\n".join(lines)
 
 
 def _bytes(n):
