@@ -13,15 +13,16 @@ import os as _os
 
 # OpenMP's worker threads wait between calls (the per-step barrier is lstmc's own, csrc/seq.c
 # team_barrier). GCC's default is to spin ~300,000 rounds (milliseconds) before sleeping,
-# which burns a core after every call that other processes could use; 1,000 rounds sleep
-# within ~50 us. Measured again with our own barrier (2-core AVX-512 guest, two threads, median
-# of 150 calls): beside a busy process LSTM I80 H320 B1 T200 4.1-4.4 ms with 1,000 rounds,
-# 4.2-5.0 with the default; idle, calls 2 ms apart pay the guest's CPU wake-up instead (GRU
-# H512 B1 T25 1.0 against 0.7-0.8 ms), calls 0.3 ms apart or closer nothing. libgomp reads
-# this when it loads, so it is set before the extension (which loads it) is imported; a
-# user's GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+# which burns a core after every call that other processes could use; 10,000 rounds spin
+# about 0.13 ms on the 2-core AVX-512 guest (a lone call's worker CPU time: +0.12 ms against
+# 1,000), which covers back-to-back calls: a sleeping worker's wake-up cost each 2-thread call
+# ~0.1 ms there (int8 LSTM H512 B1 T2 0.13 -> 0.03 ms; T25 0.32 -> 0.25; float32 GRU H512 B1
+# T25 idle 1.10 -> 0.69 in benchmarks/bench_contention.py, whose contended rows held: 2 / 1
+# threads at most 1.03, lstmc / ORT at most 0.99; docs/decisions.md#contention). libgomp
+# reads this when it loads, so it is set before the extension (which loads it) is imported;
+# a user's GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ["GOMP_SPINCOUNT"] = "1000"
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from lstmc._core import openmp_enabled  # noqa: E402
 from lstmc import _scipy_blas  # noqa: E402,F401  (hands scipy's BLAS to the kernels)
