@@ -489,9 +489,16 @@ int lstmc_bf16_amx_supported(void)
 }
 
 static int bf16_kernel = LSTMC_BF16_AUTO;
+/* AMX from 2 rows on, and for one row where the strips walked fit well inside L2 (AMX CPUs
+ * have 2 MB a core): there one VDPBF16PS every two cycles bounds the 16-lane tiles, while a
+ * TDPBF16PS takes 1 KB of weights; from L3 AMX's tile loads wait longer than the tiles'
+ * prefetched streams. LSTM B1 bf16, one thread, AMX at one row / the tiles
+ * (ab_builds.py --in-process --quantize bf16): H256 T150 (W_hh 512 KB) 0.86, H512 T25
+ * (2 MB) 1.08; at two rows H512 0.95 (docs/decisions.md#bf16-inference) */
 #ifndef LSTMC_BF16_AMX_MIN_ROWS
-#define LSTMC_BF16_AMX_MIN_ROWS 4
+#define LSTMC_BF16_AMX_MIN_ROWS 2
 #endif
+#define BF16_AMX_ONE_ROW_BYTES ((size_t)1 << 19)
 
 void lstmc_set_bf16_kernel(int kernel)
 {
@@ -518,8 +525,10 @@ void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K, const
                      int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc)
 {
 #if LSTMC_HAVE_BF16_AMX
-    /* AMX from LSTMC_BF16_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
-    if (kernel == LSTMC_BF16_AMX && n >= LSTMC_BF16_AMX_MIN_ROWS) {
+    const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *
+                          lstmc_bf16_strip_bytes(K);
+    if (kernel == LSTMC_BF16_AMX &&
+        (n >= LSTMC_BF16_AMX_MIN_ROWS || (n == 1 && walked <= BF16_AMX_ONE_ROW_BYTES))) {
         bf16_gemm_amx(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
         return;
     }
