@@ -651,9 +651,16 @@ int lstmc_q8_vnni_supported(void)
 }
 
 static int q8_kernel = LSTMC_Q8_AUTO;
+/* AMX from 4 rows on, and from 3 where the strips walked are at most 1.5 MB (in L2; AMX CPUs
+ * have 2 MB a core): from L3 the VPDPBUSD tiles' prefetched streams keep up better than AMX's
+ * tile loads. LSTM T25 int8 forward, AMX at 3 rows / the tiles (ab_builds.py --in-process
+ * --quantize int8): H512 B3 0.84 (0.85 at two threads), H1024 B3 (4 MB) 1.06; at 2 rows H512
+ * 1.05, so fewer rows keep VPDPBUSD */
 #ifndef LSTMC_Q8_AMX_MIN_ROWS
 #define LSTMC_Q8_AMX_MIN_ROWS 4
 #endif
+#define Q8_AMX_NEAR_ROWS 3
+#define Q8_AMX_NEAR_BYTES ((size_t)3 << 19)
 
 void lstmc_set_q8_kernel(int kernel)
 {
@@ -694,8 +701,10 @@ void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_
                    float *C, int ldc)
 {
 #if LSTMC_HAVE_Q8_AMX
-    /* AMX from LSTMC_Q8_AMX_MIN_ROWS rows on; fewer rows leave most of its tiles idle */
-    if (kernel == LSTMC_Q8_AMX && n >= LSTMC_Q8_AMX_MIN_ROWS) {
+    const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *
+                          lstmc_q8_strip_bytes(K);
+    if (kernel == LSTMC_Q8_AMX &&
+        (n >= LSTMC_Q8_AMX_MIN_ROWS || (n >= Q8_AMX_NEAR_ROWS && walked <= Q8_AMX_NEAR_BYTES))) {
         q8_gemm_amx(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
         return;
     }
