@@ -145,6 +145,7 @@ typedef struct {
     float *step_aux;        /* (B, H) a cell's between-phase buffer (GRU reset-before: r*h) */
     float *aux[2];          /* (N, H) each: what a training forward saves, or NULL */
     int panel;              /* gates is this thread's panel (LSTMC_ZROW): inference */
+    int gh_ld;              /* gh's row stride (seq.c gh_ld_of: G*H, or padded past it) */
     const lstmc_cell_options *opts;   /* NULL: the default cell; else the general step */
     const float *peep;      /* (3, H) LSTM peepholes p_i, p_f, p_o, or NULL */
     float *dpeep;           /* (3, H) backward: their gradient, accumulated, or NULL */
@@ -170,7 +171,7 @@ typedef struct {
     double *gates;
     const double *gh, *bias_i, *bias_h, *hp;
     double *h, *c, *step_aux, *aux[2];
-    int panel;
+    int panel, gh_ld;
     const lstmc_cell_options *opts;
     const double *peep;
     double *dpeep;

@@ -342,6 +342,17 @@ static int q_input_bytes(const lstmc_seq *s, int qtype)
     return most;
 }
 
+/* The row stride of gh, a step's recurrent product (B, G H): G H, plus 16 elements where G H
+ * is a multiple of 512, a row then a whole number of 2 KB (float32) or 4 KB (float64). There
+ * every row of a tile's store fell on one L1 set, more lines than its ways: the AMX 32-row
+ * bf16 product of K = H = 256 took 12.0 ns a TDPBF16PS storing to rows 4 KB apart, 9.8 ns
+ * 64 bytes further apart (C harness of quant_bf16.c; docs/decisions.md#bf16-inference) */
+static size_t gh_ld_of(const lstmc_seq *s)
+{
+    const size_t GH = (size_t)gates_of(s->cell) * s->hidden;
+    return GH % 512 ? GH : GH + 16;
+}
+
 /* A quantized forward (qtype, else 0) adds, per direction, h quantized (double-buffered,
  * rows of q_row_bytes(Hout)) and its rows' scales, and the layer input quantized, rows and
  * scales; it packs nothing per call. */
@@ -360,7 +371,7 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(ints, (size_t)s->steps);   /* off[t] */
     TAKE(bias_i, GH);
     TAKE(bias_h, GH);
-    TAKE(gh, B * GH);
+    TAKE(gh, B * gh_ld_of(s) + 16);          /* + alignment slack (align64) */
     TAKE(h, 2 * B * Hout);
     TAKE(c, c ? B * H : 0);
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
