@@ -375,7 +375,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(h, 2 * B * Hout);
     TAKE(c, c ? B * H : 0);
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
-    TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
+    /* LSTMC_ZROW, + alignment slack (align64) */
+    TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)) + 16);
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
     TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !qtype
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
