@@ -380,13 +380,13 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
     TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !qtype
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
-    TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 : 0);
+    TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 + 16 : 0);  /* align64 */
     TAKE(hs, qtype ? B : 0);
     w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
     at += w.dir1;
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
-    TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 : 0);
+    TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 + 16 : 0);            /* align64 */
     TAKE(xs, qtype ? N : 0);
     /* h times each gate block's recurrent dropout mask, double-buffered as h is */
     TAKE(hm, rd ? 2 * G * B * Hout : 0);
