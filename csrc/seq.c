@@ -367,32 +367,34 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     const size_t G = (size_t)gates_of(s->cell);
     scratch_layout w;
     size_t at = 0;
-#define TAKE(field, count) (w.field = at, at += (count))
+    /* every buffer on a 64-byte boundary (16 elements on, from a base that the entry points
+     * align): rows the tiles load and store whole lines of (docs/decisions.md#bf16-inference) */
+#define TAKE(field, count) (at = (at + 15) / 16 * 16, w.field = at, at += (count))
     TAKE(ints, (size_t)s->steps);   /* off[t] */
     TAKE(bias_i, GH);
     TAKE(bias_h, GH);
-    TAKE(gh, B * gh_ld_of(s) + 16);          /* + alignment slack (align64) */
+    TAKE(gh, B * gh_ld_of(s));
     TAKE(h, 2 * B * Hout);
     TAKE(c, c ? B * H : 0);
     TAKE(step_aux, step_aux ? B * H : 0);   /* LSTM: o*tanh(c) before W_hr; GRU: r*h */
-    /* LSTMC_ZROW, + alignment slack (align64) */
-    TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)) + 16);
-    /* packed W_hh of the current layer and direction (recur.c), 64 bytes of alignment slack */
+    TAKE(gx, train ? 0 : N * lstmc_pack_size(s->hidden, 1, gates_of(s->cell)));  /* LSTMC_ZROW */
+    /* packed W_hh of the current layer and direction (recur.c) */
     TAKE(pack, s->batch <= LSTMC_PACK_MAX_ROWS && !qtype
-                   ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) + 16 : 0);
-    TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 + 16 : 0);  /* align64 */
+                   ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) : 0);
+    TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 : 0);
     TAKE(hs, qtype ? B : 0);
+    at = (at + 15) / 16 * 16;
     w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
     at += w.dir1;
     TAKE(ybuf0, train ? 0 : inter);
     TAKE(ybuf1, train || s->layers < 3 ? 0 : inter);
-    TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 + 16 : 0);            /* align64 */
+    TAKE(xq, qtype ? N * (size_t)q_input_bytes(s, qtype) / 4 : 0);
     TAKE(xs, qtype ? N : 0);
     /* h times each gate block's recurrent dropout mask, double-buffered as h is */
     TAKE(hm, rd ? 2 * G * B * Hout : 0);
-    /* the backward's packed W_hh^T (the blocks before R, all h columns), 64 bytes of slack */
+    /* the backward's packed W_hh^T (the blocks before R, all h columns) */
     TAKE(bpack, train && s->batch <= LSTMC_PACK_MAX_ROWS
-                    ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1) + 16
+                    ? lstmc_pack_size((int)Hout, cell_of(s)->rec_gates * s->hidden, 1)
                     : 0);
     TAKE(ones, train ? N : 0);
     TAKE(dgates, train ? N * GH : 0);
@@ -408,7 +410,7 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(dhm, rd ? B * Hout : 0);       /* one gate block's dgates W_hh, before its mask */
     TAKE(hmask, rd ? N * Hout : 0);     /* h_prev times one block's mask, for its dW_hh */
 #undef TAKE
-    w.total = at;
+    w.total = at + 16;                  /* the base's alignment */
     return w;
 }
 
