@@ -253,8 +253,22 @@ int lstmc_avx512_supported(void);   /* AVX-512F (and AVX2/FMA) */
 /* The kernel lets this process use AMX's tile data (quant.c; asked once, on Linux) */
 int lstmc_amx_permitted(void);
 /* AMX's tile configuration of quant.c's and quant_bf16.c's products: tmm0-5 (sums, A) M rows
- * of 64 bytes, tmm6-7 (B) 16 rows of 64 bytes */
+ * of 64 bytes, tmm6-7 (B) 16 rows of 64 bytes, loaded only where this thread's differs. A
+ * product keeps it for the next (a sequence's steps); lstmc_amx_release returns the tiles to
+ * their initial state and forgets it, which every call does before it returns (other code on
+ * the thread may load its own configuration between calls): lstmc_q8_gemm and
+ * lstmc_bf16_gemm after their product, a sequence call on each thread at its end. Once a
+ * call instead of once a product: bf16 LSTM H64 B1 T50 0.90 of the time, H128 B4 0.96
+ * (benchmarks/ab_builds.py --in-process --quantize bf16) */
 void lstmc_amx_configure(int M);
+void lstmc_amx_release(void);
+/* lstmc_q8_gemm and lstmc_bf16_gemm without the release: within a sequence call */
+void lstmc_q8_gemm_keep(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
+                        int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                        int u1, float *C, int ldc);
+void lstmc_bf16_gemm_keep(int kernel, int n, const uint16_t *A, int lda, int K,
+                          const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                          int u1, float *C, int ldc);
 
 /* The quantized products' register tiles (quant.c, quant_bf16.c). A tile takes R rows of A
  * (lda bytes a row; int8 rows with their scales a_scale, bf16 rows with a_scale unused) over

@@ -319,6 +319,9 @@ enum {
 void lstmc_set_q8_kernel(int kernel);   /* out-of-range values mean AUTO */
 int lstmc_get_q8_kernel(void);
 int lstmc_q8_kernel_for(void);          /* the kernel that runs here: forced ones fall back */
+/* The tile rows AMX is configured for on the calling thread, 0 when released (as after every
+ * call of lstmc's; internal.h lstmc_amx_configure). For tests. */
+int lstmc_amx_configured_rows(void);
 int lstmc_q8_vnni_supported(void);
 int lstmc_q8_avxvnni_supported(void);
 int lstmc_q8_amx_supported(void);       /* and usable: the kernel granted the tile data */

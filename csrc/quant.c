@@ -367,8 +367,12 @@ typedef struct {
     uint8_t rows[16];
 } amx_config;
 
+static __thread int amx_rows;   /* the M this thread's tiles are configured for; 0: released */
+
 __attribute__((target("amx-tile"))) void lstmc_amx_configure(int M)
 {
+    if (amx_rows == M)
+        return;
     amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -378,7 +382,18 @@ __attribute__((target("amx-tile"))) void lstmc_amx_configure(int M)
      * code here once loaded palette 1 with no tile): cfg escapes first, all 64 bytes kept */
     __asm__ volatile("" : : "r"(&cfg) : "memory");
     _tile_loadconfig(&cfg);
+    amx_rows = M;
 }
+
+__attribute__((target("amx-tile"))) void lstmc_amx_release(void)
+{
+    if (amx_rows) {
+        _tile_release();
+        amx_rows = 0;
+    }
+}
+
+int lstmc_amx_configured_rows(void) { return amx_rows; }
 
 #define XFEATURE_XTILEDATA 18
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -566,8 +581,12 @@ q8_gemm_amx(int n, const uint8_t *A, int lda, const float *a_scale, int K, const
             }
         }
     }
-    _tile_release();
 }
+#endif
+
+#if !LSTMC_HAVE_Q8_AMX
+void lstmc_amx_release(void) {}
+int lstmc_amx_configured_rows(void) { return 0; }
 #endif
 
 #if LSTMC_HAVE_Q8_AVX2
@@ -699,6 +718,14 @@ int lstmc_q8_kernel_for(void)
 void lstmc_q8_gemm(int kernel, int n, const uint8_t *A, int lda, const float *a_scale, int K,
                    const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0, int u1,
                    float *C, int ldc)
+{
+    lstmc_q8_gemm_keep(kernel, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+    lstmc_amx_release();
+}
+
+void lstmc_q8_gemm_keep(int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
+                        int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                        int u1, float *C, int ldc)
 {
 #if LSTMC_HAVE_Q8_AMX
     const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *

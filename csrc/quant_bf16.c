@@ -426,7 +426,6 @@ bf16_gemm_amx(int n, const uint16_t *A, int lda, int K, const uint8_t *set, int 
             }
         }
     }
-    _tile_release();
 }
 #endif
 
@@ -523,6 +522,14 @@ int lstmc_bf16_kernel_for(void)
 
 void lstmc_bf16_gemm(int kernel, int n, const uint16_t *A, int lda, int K, const uint8_t *set,
                      int g0, int g1, int gstep, int bscale, int u0, int u1, float *C, int ldc)
+{
+    lstmc_bf16_gemm_keep(kernel, n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+    lstmc_amx_release();
+}
+
+void lstmc_bf16_gemm_keep(int kernel, int n, const uint16_t *A, int lda, int K,
+                          const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
+                          int u1, float *C, int ldc)
 {
 #if LSTMC_HAVE_BF16_AMX
     const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *

@@ -319,16 +319,18 @@ static void q_rows(int qtype, uint8_t *q, int ldq, float *scale, const float *a,
         lstmc_q8_quantize_rows(q, ldq, scale, a, lda, n, K);
 }
 
-/* lstmc_q8_gemm or lstmc_bf16_gemm on rows A of lda bytes (a_scale: int8's row scales) */
+/* lstmc_q8_gemm or lstmc_bf16_gemm on rows A of lda bytes (a_scale: int8's row scales), the
+ * tiles' AMX configuration kept for the call's next product (forward_team releases it) */
 static void q_gemm(int qtype, int kernel, int n, const uint8_t *A, int lda, const float *a_scale,
                    int K, const uint8_t *set, int g0, int g1, int gstep, int bscale, int u0,
                    int u1, float *C, int ldc)
 {
     if (qtype == LSTMC_QT_BF16)
-        lstmc_bf16_gemm(kernel, n, (const uint16_t *)A, lda / 2, K, set, g0, g1, gstep, bscale,
+        lstmc_bf16_gemm_keep(kernel, n, (const uint16_t *)A, lda / 2, K, set, g0, g1, gstep, bscale,
                         u0, u1, C, ldc);
     else
-        lstmc_q8_gemm(kernel, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
+        lstmc_q8_gemm_keep(kernel, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
+                           ldc);
 }
 
 /* Quantized rows of a layer's input: the widest layer's bytes a row */

@@ -109,6 +109,7 @@ cdef extern from "lstmc.h" nogil:
     void lstmc_set_q8_kernel(int kernel)
     int lstmc_get_q8_kernel()
     int lstmc_q8_kernel_for()
+    int lstmc_amx_configured_rows()
     int lstmc_q8_row_bytes(int K)
     size_t lstmc_q8_pack_bytes(int H, int K, int G)
     void lstmc_q8_pack_gates(uint8_t *set, const int8_t *Wq, const float *scale, int H, int K,
@@ -791,6 +792,12 @@ def _set_q8_kernel(str kernel):
 def q8_kernel_for():
     """The int8 kernel (a name of Q8_KERNELS) that runs on this CPU under the setting."""
     return Q8_KERNELS[lstmc_q8_kernel_for()]
+
+
+def _amx_configured_rows():
+    """The tile rows AMX is configured for on this thread, 0 when released, as every call of
+    lstmc's leaves it (csrc/internal.h lstmc_amx_configure). For tests."""
+    return lstmc_amx_configured_rows()
 
 
 cdef _matrix(a, str name, dtype, Py_ssize_t cols=-1):

@@ -285,3 +285,31 @@ def test_a_scale_per_row_and_step_gives_one_threads_bits_on_a_team(make, B):
     np.testing.assert_array_equal(one[1], two[1])
     want, _ = _reference(m, x, "int8")
     _close_to_reference(one[0], want)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_amx_configuration_does_not_outlive_a_call(dtype):
+    """A call keeps its AMX tile configuration from product to product (csrc/internal.h
+    lstmc_amx_configure) and releases the tiles on every thread before it returns: other AMX
+    code on the thread between calls may load its own configuration or release the tiles, so
+    a configuration trusted from an earlier call would be wrong. After calls of several tile
+    row counts (batch 5 and 21, projections of 5 to 189 rows), on one and two threads, this
+    thread holds none; the bits do not depend on what ran before."""
+    if _core.q8_kernel_for() != "amx" or _core.bf16_kernel_for() != "amx":
+        pytest.skip("this CPU (or OS) gives lstmc no AMX")
+    lstmc.manual_seed(3)
+    m = nn.LSTM(64, 64)
+    m.eval()
+    q = lstmc.quantize(m, dtype)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((T, B, 64)).astype(np.float32) for T, B in ((1, 5), (9, 5), (9, 21))]
+    first = [q(x)[0].copy() for x in xs]
+    before = lstmc.get_num_threads()
+    try:
+        for threads in (1, 2):
+            lstmc.set_num_threads(threads)
+            for x, want in list(zip(xs, first)) * 2:
+                np.testing.assert_array_equal(q(x)[0], want)
+                assert _core._amx_configured_rows() == 0
+    finally:
+        lstmc.set_num_threads(before)
