@@ -674,12 +674,15 @@ static int q8_kernel = LSTMC_Q8_AUTO;
  * have 2 MB a core): from L3 the VPDPBUSD tiles' prefetched streams keep up better than AMX's
  * tile loads. LSTM T25 int8 forward, AMX at 3 rows / the tiles (ab_builds.py --in-process
  * --quantize int8): H512 B3 0.84 (0.85 at two threads), H1024 B3 (4 MB) 1.06; at 2 rows H512
- * 1.05, so fewer rows keep VPDPBUSD */
+ * 1.05, so fewer rows keep VPDPBUSD. Neither where the strips are under 32 KB: there a pass's
+ * tile stores outweigh its few TDPBUSD. LSTM T50 B4, one thread, the whole forward on the
+ * tiles / on AMX: H32 (5 KB) 0.80, H64 (18 KB) 0.87, H128 (70 KB) 1.08; H32 B16 0.78 */
 #ifndef LSTMC_Q8_AMX_MIN_ROWS
 #define LSTMC_Q8_AMX_MIN_ROWS 4
 #endif
 #define Q8_AMX_NEAR_ROWS 3
 #define Q8_AMX_NEAR_BYTES ((size_t)3 << 19)
+#define Q8_AMX_MIN_BYTES ((size_t)32 << 10)
 
 void lstmc_set_q8_kernel(int kernel)
 {
@@ -730,8 +733,11 @@ void lstmc_q8_gemm_keep(int kernel, int n, const uint8_t *A, int lda, const floa
 #if LSTMC_HAVE_Q8_AMX
     const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *
                           lstmc_q8_strip_bytes(K);
+    /* forced (lstmc_set_q8_kernel: tests, benchmarks), every product; else where it pays */
     if (kernel == LSTMC_Q8_AMX &&
-        (n >= LSTMC_Q8_AMX_MIN_ROWS || (n >= Q8_AMX_NEAR_ROWS && walked <= Q8_AMX_NEAR_BYTES))) {
+        (q8_kernel == LSTMC_Q8_AMX ||
+         (walked >= Q8_AMX_MIN_BYTES &&
+          (n >= LSTMC_Q8_AMX_MIN_ROWS || (n >= Q8_AMX_NEAR_ROWS && walked <= Q8_AMX_NEAR_BYTES))))) {
         q8_gemm_amx(n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
         return;
     }

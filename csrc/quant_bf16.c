@@ -534,8 +534,10 @@ void lstmc_bf16_gemm_keep(int kernel, int n, const uint16_t *A, int lda, int K,
 #if LSTMC_HAVE_BF16_AMX
     const size_t walked = (size_t)(u1 - u0 + U - 1) / U * (size_t)(g1 - g0) *
                           lstmc_bf16_strip_bytes(K);
+    /* forced (lstmc_set_bf16_kernel: tests, benchmarks), every product; else where it pays */
     if (kernel == LSTMC_BF16_AMX &&
-        (n >= LSTMC_BF16_AMX_MIN_ROWS || (n == 1 && walked <= BF16_AMX_ONE_ROW_BYTES))) {
+        (bf16_kernel == LSTMC_BF16_AMX || n >= LSTMC_BF16_AMX_MIN_ROWS ||
+         (n == 1 && walked <= BF16_AMX_ONE_ROW_BYTES))) {
         bf16_gemm_amx(n, A, lda, K, set, g0, g1, gstep, bscale, u0, u1, C, ldc);
         return;
     }

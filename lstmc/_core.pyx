@@ -783,7 +783,8 @@ cdef int _qtype(str dtype) except -1:
 def _set_q8_kernel(str kernel):
     """Forces the int8 product's kernel process-wide, one of Q8_KERNELS (a kernel this CPU
     lacks falls back: amx to the widest it has, avx512_vnni to its tiles built for AVX2
-    (wide_avx2), avx_vnni to avx2, avx2 to c). For tests and benchmarks."""
+    (wide_avx2), avx_vnni to avx2, avx2 to c). Forced, amx runs every product; "auto" takes
+    it only for the products where it pays (csrc/quant.c). For tests and benchmarks."""
     if kernel not in Q8_KERNELS:
         raise ValueError(f"kernel must be one of {Q8_KERNELS}, got {kernel!r}")
     lstmc_set_q8_kernel(Q8_KERNELS.index(kernel))
@@ -890,7 +891,8 @@ BF16_KERNELS = ("auto", "c", "avx2", "avx512_bf16", "amx", "wide_avx2")
 def _set_bf16_kernel(str kernel):
     """Forces the bfloat16 product's kernel process-wide, one of BF16_KERNELS (a kernel this
     CPU lacks falls back: amx to the widest it has, avx512_bf16 to its tiles built for AVX2
-    (wide_avx2), avx2 to c). For tests and benchmarks."""
+    (wide_avx2), avx2 to c). Forced, amx runs every product; "auto" takes it only for the
+    products where it pays (csrc/quant_bf16.c). For tests and benchmarks."""
     if kernel not in BF16_KERNELS:
         raise ValueError(f"kernel must be one of {BF16_KERNELS}, got {kernel!r}")
     lstmc_set_bf16_kernel(BF16_KERNELS.index(kernel))

@@ -12,7 +12,7 @@ from helpers import runnable_kernels
 from lstmc import _core
 from lstmc import reference as R
 
-KERNELS = ("c", "avx2", "avx512_bf16", "amx", "wide_avx2")   # amx: from 2 rows, 1 on small W
+KERNELS = ("c", "avx2", "avx512_bf16", "amx", "wide_avx2")
 EXACT = ("c", "avx2", "avx512_bf16", "wide_avx2")
 
 

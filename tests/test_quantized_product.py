@@ -10,7 +10,7 @@ from helpers import runnable_kernels
 from lstmc import _core
 from lstmc import reference as R
 
-KERNELS = ("c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")  # amx: 3+ rows
+KERNELS = ("c", "avx2", "avx_vnni", "avx512_vnni", "amx", "wide_avx2")
 
 
 RUNNABLE = runnable_kernels(_core._set_q8_kernel, _core.q8_kernel_for, KERNELS)
