@@ -326,8 +326,8 @@ static void q_gemm(int qtype, int kernel, int n, const uint8_t *A, int lda, cons
                    int u1, float *C, int ldc)
 {
     if (qtype == LSTMC_QT_BF16)
-        lstmc_bf16_gemm_keep(kernel, n, (const uint16_t *)A, lda / 2, K, set, g0, g1, gstep, bscale,
-                        u0, u1, C, ldc);
+        lstmc_bf16_gemm_keep(kernel, n, (const uint16_t *)A, lda / 2, K, set, g0, g1, gstep,
+                             bscale, u0, u1, C, ldc);
     else
         lstmc_q8_gemm_keep(kernel, n, A, lda, a_scale, K, set, g0, g1, gstep, bscale, u0, u1, C,
                            ldc);
@@ -371,7 +371,8 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     size_t at = 0;
     /* every buffer on a 64-byte boundary (16 elements on, from a base that the entry points
      * align): rows the tiles load and store whole lines of (docs/decisions.md#bf16-inference) */
-#define TAKE(field, count) (at = (at + 15) / 16 * 16, w.field = at, at += (count))
+#define LINE(at) (((at) + 15) / 16 * 16)
+#define TAKE(field, count) (at = LINE(at), w.field = at, at += (count))
     TAKE(ints, (size_t)s->steps);   /* off[t] */
     TAKE(bias_i, GH);
     TAKE(bias_h, GH);
@@ -385,7 +386,7 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
                    ? lstmc_pack_size(s->hidden, (int)Hout, gates_of(s->cell)) : 0);
     TAKE(hq, qtype ? 2 * B * (size_t)q_row_bytes(qtype, (int)Hout) / 4 : 0);
     TAKE(hs, qtype ? B : 0);
-    at = (at + 15) / 16 * 16;
+    at = LINE(at);
     w.dir1 = splittable(s, train) ? at - w.bias_i : 0;   /* the second run, that far on */
     at += w.dir1;
     TAKE(ybuf0, train ? 0 : inter);
@@ -412,6 +413,7 @@ static scratch_layout scratch_of(const lstmc_seq *s, int train, int qtype)
     TAKE(dhm, rd ? B * Hout : 0);       /* one gate block's dgates W_hh, before its mask */
     TAKE(hmask, rd ? N * Hout : 0);     /* h_prev times one block's mask, for its dW_hh */
 #undef TAKE
+#undef LINE
     w.total = at + 16;                  /* the base's alignment */
     return w;
 }

@@ -275,12 +275,11 @@ def empty_aligned(size_t count, dtype, bint huge=False):
     1.01, H512 B1 T25 1.03, I128 H256 B32 T100 1.00). Costs at most one huge page of RSS."""
     dt = np.dtype(dtype)
     cdef size_t nbytes = count * dt.itemsize
-    if huge and nbytes >= HUGE_MIN_BYTES:
-        raw = np.frombuffer(_huge_mapping(nbytes + HUGE_PAGE), dtype=np.uint8)
-        skip = (-raw.__array_interface__["data"][0]) % HUGE_PAGE
-        return raw[skip:skip + nbytes].view(dt)
-    raw = np.empty(nbytes + 64, dtype=np.uint8)
-    skip = (-raw.__array_interface__["data"][0]) % 64
+    huge = huge and nbytes >= HUGE_MIN_BYTES
+    cdef size_t align = HUGE_PAGE if huge else 64
+    raw = np.frombuffer(_huge_mapping(nbytes + align), dtype=np.uint8) if huge \
+        else np.empty(nbytes + align, dtype=np.uint8)
+    skip = (-raw.__array_interface__["data"][0]) % align
     return raw[skip:skip + nbytes].view(dt)
 
 
